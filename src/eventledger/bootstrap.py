@@ -1,0 +1,60 @@
+"""The composition root: the one place that picks concrete adapters and wires services.
+
+Nothing is connected at import time; `build_app` returns an app whose lifespan opens
+what it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+
+from eventledger.config import Settings
+from eventledger.domain.upcasters import UPCASTERS
+from eventledger.eventstore.store import EventStore
+from eventledger.eventstore.upcasting import UpcasterRegistry
+
+
+def build_upcasters() -> UpcasterRegistry:
+    registry = UpcasterRegistry()
+    for event_type, from_version, upcaster in UPCASTERS:
+        registry.register(event_type, from_version, upcaster)
+    return registry
+
+
+async def open_event_store(url: str, *, allow_unsafe_durability: bool = False) -> EventStore:
+    """Open the event store named by `url` (sqlite:///…, postgresql://…, memory://)."""
+    scheme = urlsplit(url).scheme
+    upcasters = build_upcasters()
+    if scheme == "memory":
+        from eventledger.eventstore.memory import MemoryEventStore
+
+        return MemoryEventStore(upcasters=upcasters)
+    if scheme == "sqlite":
+        from eventledger.eventstore.sqlite import SqliteEventStore
+
+        path = Path(url.removeprefix("sqlite://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteEventStore(path, upcasters=upcasters)
+    from eventledger.eventstore.postgres import PostgresEventStore
+
+    return await PostgresEventStore.open(
+        url, upcasters=upcasters, allow_unsafe_durability=allow_unsafe_durability
+    )
+
+
+def build_app(service: str, settings: Settings) -> FastAPI:
+    """The ASGI app of one service, wired to its adapters."""
+    if service == "stream":
+        from eventledger.services.stream.app import create_app as create_stream
+
+        store_url = settings.store_url()
+        unsafe = settings.allow_unsafe_durability
+
+        async def open_store() -> EventStore:
+            return await open_event_store(store_url, allow_unsafe_durability=unsafe)
+
+        return create_stream(open_store=open_store)
+    raise ValueError(f"unknown service {service!r}")

@@ -1,0 +1,55 @@
+"""The JSON envelope of a recorded event, as the stream service serves it (API.md, "Events").
+
+One encoder and one decoder, used by the stream service and by every client of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventledger.eventstore.records import RecordedEvent
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a `Z`: `2026-11-27T10:00:00.123456Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 time; a time without offset is refused (ValueError)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+def to_envelope(event: RecordedEvent) -> dict[str, Any]:
+    return {
+        "id": str(event.id),
+        "stream": event.stream,
+        "type": event.type,
+        "schema_version": event.schema_version,
+        "data": event.data,
+        "metadata": event.metadata,
+        "stream_version": event.stream_version,
+        "position": event.position,
+        "recorded_at": format_time(event.recorded_at),
+    }
+
+
+def from_envelope(envelope: Mapping[str, Any]) -> RecordedEvent:
+    """Decode an envelope; raises KeyError/ValueError/TypeError on a malformed one."""
+    return RecordedEvent(
+        id=UUID(envelope["id"]),
+        stream=str(envelope["stream"]),
+        type=str(envelope["type"]),
+        schema_version=int(envelope["schema_version"]),
+        data=dict(envelope["data"]),
+        metadata=dict(envelope.get("metadata") or {}),
+        stream_version=int(envelope["stream_version"]),
+        position=int(envelope["position"]),
+        recorded_at=parse_time(envelope["recorded_at"]),
+    )

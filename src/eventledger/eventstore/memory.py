@@ -1,0 +1,121 @@
+"""The in-memory event store: for tests and demos. Nothing survives the process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from uuid import UUID
+
+from eventledger.eventstore.errors import StreamNotFound
+from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
+from eventledger.eventstore.store import EventStore, check_expected_version, classify_replay
+from eventledger.eventstore.upcasting import UpcasterRegistry
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryEventStore(EventStore):
+    """Keeps the log in a list. Appends run under one lock, so visibility order is position
+    order. Safe for one event loop."""
+
+    def __init__(
+        self, *, upcasters: UpcasterRegistry | None = None, clock: Clock = utc_now
+    ) -> None:
+        super().__init__(upcasters=upcasters)
+        self._clock = clock
+        self._log: list[RecordedEvent] = []
+        self._streams: dict[str, list[RecordedEvent]] = {}
+        self._by_id: dict[UUID, RecordedEvent] = {}
+        self._changed = asyncio.Condition()
+
+    async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        async with self._changed:
+            # Decide everything before writing anything: the batch is all or nothing.
+            replays = [
+                classify_replay(a.stream, a.events, [self._by_id.get(e.id) for e in a.events])
+                for a in appends
+            ]
+            if all(r is not None for r in replays):
+                return [r for r in replays if r is not None]
+            for append, replay in zip(appends, replays, strict=True):
+                if replay is not None:
+                    # Part of the batch is stored, part is not: the ids are used elsewhere.
+                    from eventledger.eventstore.errors import DuplicateEventId
+
+                    raise DuplicateEventId(append.events[0].id, append.stream)
+                actual = len(self._streams.get(append.stream, ()))
+                check_expected_version(append.stream, append.expected_version, actual)
+            now = self._clock()
+            results = []
+            for append in appends:
+                stream_events = self._streams.setdefault(append.stream, [])
+                first = len(stream_events) + 1
+                positions = []
+                for event in append.events:
+                    recorded = RecordedEvent(
+                        id=event.id,
+                        stream=append.stream,
+                        type=event.type,
+                        schema_version=event.schema_version,
+                        data=dict(event.data),
+                        metadata=dict(event.metadata),
+                        stream_version=len(stream_events) + 1,
+                        position=len(self._log) + 1,
+                        recorded_at=now,
+                    )
+                    stream_events.append(recorded)
+                    self._log.append(recorded)
+                    self._by_id[event.id] = recorded
+                    positions.append(recorded.position)
+                results.append(
+                    AppendResult(append.stream, first, len(stream_events), tuple(positions))
+                )
+            self._changed.notify_all()
+            return results
+
+    async def _read_stream(
+        self, stream: str, from_version: int, limit: int | None
+    ) -> list[RecordedEvent]:
+        events = self._streams.get(stream)
+        if not events:
+            raise StreamNotFound(stream)
+        end = None if limit is None else from_version - 1 + limit
+        return events[from_version - 1 : end]
+
+    async def _read_all(
+        self, after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
+    ) -> list[RecordedEvent]:
+        page: list[RecordedEvent] = []
+        for event in self._log[after:]:
+            if types and event.type not in types:
+                continue
+            if stream_prefix and not event.stream.startswith(stream_prefix):
+                continue
+            page.append(event)
+            if len(page) == limit:
+                break
+        return page
+
+    async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
+        return self._by_id.get(event_id)
+
+    async def stream_version(self, stream: str) -> int:
+        return len(self._streams.get(stream, ()))
+
+    async def head_position(self) -> int:
+        return len(self._log)
+
+    async def wait_for_events(self, after: int, timeout: float) -> bool:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: len(self._log) > after), timeout
+                )
+            except TimeoutError:
+                pass
+            return len(self._log) > after

@@ -1,0 +1,199 @@
+"""The event store interface that every backend implements, and the checks they share.
+
+Semantics every backend guarantees (the contract suite in tests/integration checks them):
+
+* `append_batch` is atomic: every append of the batch is written, or none is.
+* Stream versions start at 1 and have no gaps. Global positions strictly increase in the
+  order in which events become visible to readers: a reader that has seen position P never
+  later sees a newly committed event below P.
+* Event ids are permanent deduplication keys. Re-appending events whose ids are already
+  stored in the same stream, at the same versions and in the same order, writes nothing and
+  returns the original result with `replayed=True` (whatever the expected version says).
+  An id stored anywhere else raises `DuplicateEventId`.
+* A failed expected-version check raises `WrongExpectedVersion` and writes nothing.
+* Events stored in an older schema version are upcast on every read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from uuid import UUID
+
+from eventledger.eventstore.errors import InvalidAppend, WrongExpectedVersion
+from eventledger.eventstore.records import (
+    EVENT_TYPE,
+    STREAM_NAME,
+    AppendResult,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+    StreamState,
+)
+from eventledger.eventstore.upcasting import UpcasterRegistry
+
+MAX_PAGE = 10_000
+
+
+class EventStore(ABC):
+    """An append-only log of events, organised in streams, with one global order."""
+
+    def __init__(self, *, upcasters: UpcasterRegistry | None = None) -> None:
+        self._upcasters = upcasters or UpcasterRegistry()
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def append(
+        self, stream: str, *, expected_version: ExpectedVersion, events: Sequence[NewEvent]
+    ) -> AppendResult:
+        """Append events to one stream if it is at `expected_version`."""
+        (result,) = await self.append_batch([StreamAppend(stream, expected_version, events)])
+        return result
+
+    async def append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        """Append to several streams atomically: all appends are written, or none."""
+        validate_batch(appends)
+        return await self._append_batch(appends)
+
+    @abstractmethod
+    async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        """Write a validated batch (see the module docstring for the semantics)."""
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def read_stream(
+        self, stream: str, *, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of one stream from `from_version` on, oldest first.
+        Raises StreamNotFound when the stream has no events."""
+        events = await self._read_stream(stream, max(from_version, 1), limit)
+        return [self._upcasters.upcast(e) for e in events]
+
+    async def read_all(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+    ) -> list[RecordedEvent]:
+        """A page of the global log: events with position > `after`, oldest first."""
+        limit = max(1, min(limit, MAX_PAGE))
+        events = await self._read_all(max(after, 0), limit, tuple(types or ()), stream_prefix)
+        return [self._upcasters.upcast(e) for e in events]
+
+    async def get_event(self, event_id: UUID) -> RecordedEvent | None:
+        """The stored event with this id, or None."""
+        event = await self._get_event(event_id)
+        return None if event is None else self._upcasters.upcast(event)
+
+    @abstractmethod
+    async def _read_stream(
+        self, stream: str, from_version: int, limit: int | None
+    ) -> list[RecordedEvent]: ...
+
+    @abstractmethod
+    async def _read_all(
+        self, after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
+    ) -> list[RecordedEvent]: ...
+
+    @abstractmethod
+    async def _get_event(self, event_id: UUID) -> RecordedEvent | None: ...
+
+    @abstractmethod
+    async def stream_version(self, stream: str) -> int:
+        """The stream's current version; 0 when it does not exist."""
+
+    @abstractmethod
+    async def head_position(self) -> int:
+        """The position of the newest visible event; 0 when the store is empty."""
+
+    @abstractmethod
+    async def wait_for_events(self, after: int, timeout: float) -> bool:
+        """Wait, without busy polling, until an event with position > `after` is visible or
+        `timeout` seconds pass. Returns True when there is such an event. A True answer is
+        a hint: read with `read_all(after=...)`, which is the truth."""
+
+    async def ping(self) -> None:  # noqa: B027 - optional hook
+        """Raise StoreUnavailable when the backing database cannot be reached."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and threads."""
+
+
+# -- checks shared by every backend -----------------------------------------------------
+
+
+def validate_batch(appends: Sequence[StreamAppend]) -> None:
+    """Refuse appends that can never succeed, before any backend work."""
+    if not appends:
+        raise InvalidAppend("a batch needs at least one append")
+    streams: set[str] = set()
+    ids: set[UUID] = set()
+    for append in appends:
+        if not isinstance(append.stream, str) or not STREAM_NAME.match(append.stream):
+            raise InvalidAppend(f"invalid stream name {append.stream!r}")
+        if append.stream in streams:
+            raise InvalidAppend(f"stream {append.stream!r} appears twice in one batch")
+        streams.add(append.stream)
+        expected = append.expected_version
+        if not isinstance(expected, StreamState) and (
+            isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
+        ):
+            raise InvalidAppend(f"invalid expected version {expected!r}")
+        if not append.events:
+            raise InvalidAppend(f"append to {append.stream!r} has no events")
+        for event in append.events:
+            if not EVENT_TYPE.match(event.type):
+                raise InvalidAppend(f"invalid event type {event.type!r}")
+            if event.schema_version < 1:
+                raise InvalidAppend(f"invalid schema version {event.schema_version}")
+            if event.id in ids:
+                raise InvalidAppend(f"event id {event.id} appears twice in one request")
+            ids.add(event.id)
+
+
+def check_expected_version(stream: str, expected: ExpectedVersion, actual: int) -> None:
+    """Raise WrongExpectedVersion unless a stream at version `actual` satisfies `expected`."""
+    if expected is StreamState.ANY:
+        return
+    if expected is StreamState.EXISTS:
+        ok = actual > 0
+    elif expected is StreamState.NO_STREAM:
+        ok = actual == 0
+    else:
+        ok = actual == expected
+    if not ok:
+        raise WrongExpectedVersion(
+            stream, expected.value if isinstance(expected, StreamState) else expected, actual
+        )
+
+
+def classify_replay(
+    stream: str, events: Sequence[NewEvent], stored: Sequence[RecordedEvent | None]
+) -> AppendResult | None:
+    """Given the already stored events for each new event's id (None where unknown), return
+    the original result when the whole append is an exact replay, None when nothing of it is
+    stored yet, and raise DuplicateEventId when it is stored only partly or elsewhere."""
+    from eventledger.eventstore.errors import DuplicateEventId
+
+    if all(s is None for s in stored):
+        return None
+    first = stored[0]
+    for i, (new, old) in enumerate(zip(events, stored, strict=True)):
+        if (
+            old is None
+            or first is None
+            or old.stream != stream
+            or old.stream_version != first.stream_version + i
+        ):
+            raise DuplicateEventId(new.id if old is None else old.id, stream)
+    assert first is not None
+    return AppendResult(
+        stream=stream,
+        first_version=first.stream_version,
+        last_version=first.stream_version + len(events) - 1,
+        positions=tuple(s.position for s in stored if s is not None),
+        replayed=True,
+    )

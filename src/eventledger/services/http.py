@@ -1,0 +1,268 @@
+"""What every service shares: problem documents, strict JSON bodies, metrics, the app factory.
+
+Errors leave a service only as RFC 9457 problem documents (`application/problem+json`) with a
+stable `type` slug. Request bodies are parsed strictly before validation: duplicate keys,
+NaN/Infinity, non-JSON and bodies over 1 MiB are refused; models refuse unknown fields and
+never coerce ("10", 10.0, true and 1e3 are not integers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MAX_BODY_BYTES = 1024 * 1024
+PROBLEM_JSON = "application/problem+json"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every request body: no coercion, no unknown fields."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ProblemError(Exception):
+    """Raised by handlers to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        type: str,
+        title: str,
+        detail: str = "",
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.type = type
+        self.title = title
+        self.detail = detail or title
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+def problem_response(
+    status: int,
+    type: str,
+    title: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": type, "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+# -- strict JSON bodies -----------------------------------------------------------------
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ProblemError(400, "malformed-json", "Malformed JSON", f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProblemError(400, "malformed-json", "Malformed JSON", f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a request body as strict JSON (RFC 8259): no duplicate keys, no NaN/Infinity."""
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except UnicodeDecodeError as exc:
+        raise ProblemError(400, "malformed-json", "Malformed JSON", "body is not UTF-8") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProblemError(400, "malformed-json", "Malformed JSON", str(exc)) from exc
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, refusing (413) anything over `limit` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(
+        413, "body-too-large", "Request body too large", f"bodies are limited to {limit} bytes"
+    )
+
+
+def validation_problem(exc: ValidationError | RequestValidationError) -> ProblemError:
+    errors = [
+        {
+            "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body",
+            "message": err.get("msg", "invalid"),
+        }
+        for err in exc.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return ProblemError(422, "validation-error", "Invalid request", detail, errors=errors)
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    """Read, parse and validate a JSON request body as `model` (strict), or raise a problem."""
+    content_type = request.headers.get("content-type", "application/json")
+    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise ProblemError(
+            415, "unsupported-media-type", "Unsupported media type", "send application/json"
+        )
+    payload = parse_json(await read_body(request))
+    if not isinstance(payload, dict):
+        raise ProblemError(422, "validation-error", "Invalid request", "body must be an object")
+    try:
+        return model.model_validate(payload, strict=True)
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a body that a handler reads with `read_model`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+class Metrics:
+    """A registry per app (several apps may live in one test process)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.service = service
+        self.requests = Counter(
+            "eventledger_http_requests",
+            "HTTP requests answered",
+            ["service", "method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "eventledger_http_request_seconds",
+            "HTTP request latency",
+            ["service", "method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times requests by route template (not raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            name = self.metrics.service
+            self.metrics.requests.labels(name, method, template, str(status)).inc()
+            self.metrics.latency.labels(name, method, template).observe(time.perf_counter() - start)
+
+
+# -- the app factory --------------------------------------------------------------------
+
+
+def create_service_app(
+    *,
+    service: str,
+    title: str,
+    description: str,
+    lifespan: Callable[[FastAPI], Any] | None = None,
+    version: str = "1",
+) -> tuple[FastAPI, Metrics]:
+    """A FastAPI app with problem-document error handling, /metrics, /openapi.json, /docs."""
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    metrics = Metrics(service)
+    app.state.metrics = metrics
+
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> Response:
+        return problem_response(
+            exc.status, exc.type, exc.title, exc.detail, exc.headers or None, **exc.extra
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        p = validation_problem(exc)
+        return problem_response(p.status, p.type, p.title, p.detail, errors=p.extra["errors"])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return problem_response(
+            exc.status_code, slug, str(exc.detail), str(exc.detail), exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        return problem_response(
+            500, "internal-error", "Internal error", f"{type(exc).__name__}: unexpected error"
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app, metrics
+
+
+Handler = Callable[..., Awaitable[Any]]
