@@ -57,4 +57,25 @@ def build_app(service: str, settings: Settings) -> FastAPI:
             return await open_event_store(store_url, allow_unsafe_durability=unsafe)
 
         return create_stream(open_store=open_store)
+    if service == "transaction":
+        from eventledger.services.transaction.app import create_app as create_transaction
+
+        return create_transaction(stream_url=settings.url("stream"))
+    if service in ("accounting", "statistics"):
+        from eventledger.services.readmodel import ReadModelDB, open_readmodel_db
+
+        url = settings.readmodel_url(service)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite://")).parent.mkdir(parents=True, exist_ok=True)
+
+        def open_db() -> ReadModelDB:
+            return open_readmodel_db(url, namespace=service)
+
+        if service == "accounting":
+            from eventledger.services.accounting.app import create_app as create_accounting
+
+            return create_accounting(stream_url=settings.url("stream"), open_db=open_db)
+        from eventledger.services.statistics.app import create_app as create_statistics
+
+        return create_statistics(stream_url=settings.url("stream"), open_db=open_db)
     raise ValueError(f"unknown service {service!r}")

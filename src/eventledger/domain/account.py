@@ -1,0 +1,244 @@
+"""The account Decider: `initial_state`, `evolve` (state + event -> state), `decide`
+(state + command -> events, or a DomainError).
+
+The rules, checked in this order so that the same input always gets the same answer:
+
+1. every value of the command (`commands.validate`): a transfer to the same account first,
+   then ids, amount, currency, overdraft limit, reference, owner;
+2. the account exists (AccountNotFound), except for opening, which needs it not to
+   (AccountExists); for a transfer, source before target;
+3. the account is open (AccountClosed);
+4. a transfer joins accounts of one currency (CurrencyMismatch);
+5. money: a withdrawal or transfer keeps the balance at or above -overdraft_limit
+   (InsufficientFunds); every balance stays within the signed 64-bit range
+   (BalanceOutOfRange); closing needs a balance of exactly 0 (BalanceNotZero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from eventledger.domain.commands import (
+    CloseAccount,
+    Deposit,
+    OpenAccount,
+    Transfer,
+    Withdraw,
+    validate,
+)
+from eventledger.domain.errors import (
+    AccountClosedError,
+    AccountExists,
+    AccountNotFound,
+    BalanceNotZero,
+    CurrencyMismatch,
+    InsufficientFunds,
+)
+from eventledger.domain.events import (
+    AccountClosed,
+    AccountOpened,
+    Event,
+    MoneyDeposited,
+    MoneyWithdrawn,
+    TransferReceived,
+    TransferSent,
+)
+from eventledger.domain.money import check_balance
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account as its events left it. `version` counts the events folded into it, so it
+    is the stream version to expect when appending the next ones."""
+
+    account_id: str
+    exists: bool
+    currency: str
+    overdraft_limit: int
+    owner: str | None
+    balance: int
+    closed: bool
+    version: int
+
+
+def initial_state(account_id: str) -> Account:
+    """The state of an account with no events: it does not exist yet."""
+    return Account(
+        account_id=account_id,
+        exists=False,
+        currency="",
+        overdraft_limit=0,
+        owner=None,
+        balance=0,
+        closed=False,
+        version=0,
+    )
+
+
+def evolve(state: Account, event: Event) -> Account:
+    """The state after one more event. Total: events record facts, so it never refuses one."""
+    version = state.version + 1
+    match event:
+        case AccountOpened():
+            return replace(
+                state,
+                exists=True,
+                currency=event.currency,
+                overdraft_limit=event.overdraft_limit,
+                owner=event.owner,
+                version=version,
+            )
+        case MoneyDeposited() | TransferReceived():
+            return replace(state, balance=state.balance + event.amount, version=version)
+        case MoneyWithdrawn() | TransferSent():
+            return replace(state, balance=state.balance - event.amount, version=version)
+        case AccountClosed():
+            return replace(state, closed=True, version=version)
+        case _:
+            # An event this code does not act on still takes its place in the stream.
+            return replace(state, version=version)
+
+
+def fold(account_id: str, events: Iterable[Event]) -> Account:
+    """The state of an account from its events, oldest first."""
+    state = initial_state(account_id)
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def decide(state: Account, command: OpenAccount | Deposit | Withdraw | CloseAccount) -> list[Event]:
+    """The events that carry out a command on one account, or the DomainError refusing it.
+
+    Transfers touch two accounts: use `decide_transfer`.
+    """
+    if isinstance(command, Transfer):
+        raise TypeError("a transfer touches two accounts: use decide_transfer")
+    validate(command)
+    _check_addressed(state, command.account_id)
+    match command:
+        case OpenAccount():
+            _check_not_exists(state)
+            return [
+                AccountOpened(
+                    account_id=command.account_id,
+                    currency=command.currency,
+                    overdraft_limit=command.overdraft_limit,
+                    owner=command.owner,
+                )
+            ]
+        case Deposit():
+            _check_exists(state)
+            _check_open(state)
+            _check_balance_in_range(state, state.balance + command.amount)
+            return [
+                MoneyDeposited(
+                    account_id=command.account_id,
+                    transaction_id=command.transaction_id,
+                    amount=command.amount,
+                    reference=command.reference,
+                )
+            ]
+        case Withdraw():
+            _check_exists(state)
+            _check_open(state)
+            _check_sufficient_funds(state, command.amount)
+            _check_balance_in_range(state, state.balance - command.amount)
+            return [
+                MoneyWithdrawn(
+                    account_id=command.account_id,
+                    transaction_id=command.transaction_id,
+                    amount=command.amount,
+                    reference=command.reference,
+                )
+            ]
+        case CloseAccount():
+            _check_exists(state)
+            _check_open(state)
+            _check_balance_zero(state)
+            return [AccountClosed(account_id=command.account_id)]
+
+
+def decide_transfer(
+    source: Account, target: Account, command: Transfer
+) -> tuple[TransferSent, TransferReceived]:
+    """The two events of a transfer, one for each account's stream, to append atomically;
+    or the DomainError refusing it."""
+    validate(command)
+    _check_addressed(source, command.from_account)
+    _check_addressed(target, command.to_account)
+    _check_exists(source)
+    _check_exists(target)
+    _check_open(source)
+    _check_open(target)
+    _check_same_currency(source, target)
+    _check_sufficient_funds(source, command.amount)
+    _check_balance_in_range(source, source.balance - command.amount)
+    _check_balance_in_range(target, target.balance + command.amount)
+    return (
+        TransferSent(
+            account_id=command.from_account,
+            transaction_id=command.transaction_id,
+            to_account=command.to_account,
+            amount=command.amount,
+            reference=command.reference,
+        ),
+        TransferReceived(
+            account_id=command.to_account,
+            transaction_id=command.transaction_id,
+            from_account=command.from_account,
+            amount=command.amount,
+            reference=command.reference,
+        ),
+    )
+
+
+def _check_addressed(state: Account, account_id: str) -> None:
+    # A caller bug, not a refusal: the events would land on the wrong stream.
+    if state.account_id != account_id:
+        raise ValueError(
+            f"a command for account {account_id!r} was decided on the state of "
+            f"account {state.account_id!r}"
+        )
+
+
+def _check_not_exists(state: Account) -> None:
+    if state.exists:
+        raise AccountExists(state.account_id)
+
+
+def _check_exists(state: Account) -> None:
+    if not state.exists:
+        raise AccountNotFound(state.account_id)
+
+
+def _check_open(state: Account) -> None:
+    if state.closed:
+        raise AccountClosedError(state.account_id)
+
+
+def _check_same_currency(source: Account, target: Account) -> None:
+    if source.currency != target.currency:
+        raise CurrencyMismatch(
+            source.account_id, source.currency, target.account_id, target.currency
+        )
+
+
+def _check_sufficient_funds(state: Account, amount: int) -> None:
+    if state.balance - amount < -state.overdraft_limit:
+        raise InsufficientFunds(
+            state.account_id,
+            balance=state.balance,
+            amount=amount,
+            overdraft_limit=state.overdraft_limit,
+        )
+
+
+def _check_balance_in_range(state: Account, balance: int) -> None:
+    check_balance(balance, account_id=state.account_id)
+
+
+def _check_balance_zero(state: Account) -> None:
+    if state.balance != 0:
+        raise BalanceNotZero(state.account_id, balance=state.balance)

@@ -1,0 +1,223 @@
+"""Why the domain refuses a command: one exception per rule, each with a stable slug.
+
+`code` is the problem `type` slug the services answer with, `status` the HTTP status they
+map it to, `title` the short, constant problem title; the message (`detail`) is for humans.
+
+    DomainError
+    ├── AccountNotFound            404 account-not-found
+    ├── AccountExists              409 account-exists
+    ├── AccountClosed              409 account-closed
+    ├── InsufficientFunds          409 insufficient-funds
+    ├── BalanceNotZero             409 balance-not-zero
+    ├── CurrencyMismatch           409 currency-mismatch
+    ├── BalanceOutOfRange          409 balance-out-of-range
+    ├── SameAccountTransfer        422 same-account-transfer
+    └── InvalidCommand             422 invalid-command      (a bad value; `field` names it)
+        ├── InvalidAmount              invalid-amount
+        ├── InvalidCurrency            invalid-currency
+        ├── InvalidOverdraftLimit      invalid-overdraft-limit
+        ├── InvalidAccountId           invalid-account-id
+        ├── InvalidTransactionId       invalid-transaction-id
+        ├── InvalidReference           invalid-reference
+        └── InvalidOwner               invalid-owner
+
+The event `AccountClosed` (in `events`) shares its name with the error; `AccountClosedError`
+is an alias of the error for modules that need both.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DomainError(Exception):
+    """Raised when a command breaks a rule of the domain; never for a bug or an outage."""
+
+    code: ClassVar[str] = "domain-error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "The command breaks a rule of the ledger"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class AccountNotFound(DomainError):
+    """Raised when a command names an account that was never opened."""
+
+    code = "account-not-found"
+    status = 404
+    title = "Account not found"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} does not exist")
+        self.account_id = account_id
+
+
+class AccountExists(DomainError):
+    """Raised when opening an account whose id is already taken (open or closed)."""
+
+    code = "account-exists"
+    status = 409
+    title = "Account already exists"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} already exists")
+        self.account_id = account_id
+
+
+class AccountClosed(DomainError):
+    """Raised when a command would move money on, or close again, a closed account."""
+
+    code = "account-closed"
+    status = 409
+    title = "Account is closed"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} is closed")
+        self.account_id = account_id
+
+
+AccountClosedError = AccountClosed
+
+
+class InsufficientFunds(DomainError):
+    """Raised when a withdrawal or transfer would take the balance below -overdraft_limit."""
+
+    code = "insufficient-funds"
+    status = 409
+    title = "Insufficient funds"
+
+    def __init__(self, account_id: str, *, balance: int, amount: int, overdraft_limit: int) -> None:
+        super().__init__(
+            f"account {account_id!r} has a balance of {balance} and an overdraft limit of "
+            f"{overdraft_limit}: taking {amount} would leave {balance - amount}, "
+            f"below the lowest allowed balance of {-overdraft_limit}"
+        )
+        self.account_id = account_id
+        self.balance = balance
+        self.amount = amount
+        self.overdraft_limit = overdraft_limit
+
+
+class BalanceNotZero(DomainError):
+    """Raised when closing an account whose balance is not exactly zero."""
+
+    code = "balance-not-zero"
+    status = 409
+    title = "Balance is not zero"
+
+    def __init__(self, account_id: str, *, balance: int) -> None:
+        super().__init__(f"account {account_id!r} can only be closed at balance 0, not {balance}")
+        self.account_id = account_id
+        self.balance = balance
+
+
+class CurrencyMismatch(DomainError):
+    """Raised when a transfer joins two accounts kept in different currencies."""
+
+    code = "currency-mismatch"
+    status = 409
+    title = "Currencies differ"
+
+    def __init__(
+        self, from_account: str, from_currency: str, to_account: str, to_currency: str
+    ) -> None:
+        super().__init__(
+            f"account {from_account!r} is in {from_currency} but account {to_account!r} "
+            f"is in {to_currency}"
+        )
+        self.from_account = from_account
+        self.from_currency = from_currency
+        self.to_account = to_account
+        self.to_currency = to_currency
+
+
+class BalanceOutOfRange(DomainError):
+    """Raised when a balance would leave the signed 64-bit range."""
+
+    code = "balance-out-of-range"
+    status = 409
+    title = "Balance out of range"
+
+    def __init__(self, balance: int, *, account_id: str | None = None) -> None:
+        who = "a balance" if account_id is None else f"the balance of account {account_id!r}"
+        super().__init__(f"{who} of {balance} would leave the signed 64-bit range [-2^63, 2^63-1]")
+        self.account_id = account_id
+        self.balance = balance
+
+
+class SameAccountTransfer(DomainError):
+    """Raised when a transfer names the same account as source and target."""
+
+    code = "same-account-transfer"
+    status = 422
+    title = "Transfer to the same account"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"a transfer needs two different accounts, got {account_id!r} twice")
+        self.account_id = account_id
+
+
+class InvalidCommand(DomainError):
+    """Raised when a value of a command is malformed or out of range; `field` names it."""
+
+    code = "invalid-command"
+    status = 422
+    title = "Invalid command"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+class InvalidAmount(InvalidCommand):
+    """Raised when an amount is not an integer (bools and floats refused) in 1..2^53-1."""
+
+    code = "invalid-amount"
+    title = "Invalid amount"
+
+
+class InvalidCurrency(InvalidCommand):
+    """Raised when a currency is not an active ISO 4217 alphabetic code."""
+
+    code = "invalid-currency"
+    title = "Invalid currency"
+
+
+class InvalidOverdraftLimit(InvalidCommand):
+    """Raised when an overdraft limit is not an integer in 0..2^53-1."""
+
+    code = "invalid-overdraft-limit"
+    title = "Invalid overdraft limit"
+
+
+class InvalidAccountId(InvalidCommand):
+    """Raised when an account id is not 1-64 letters, digits, '_', '.', '-' led by a letter
+    or digit."""
+
+    code = "invalid-account-id"
+    title = "Invalid account id"
+
+
+class InvalidTransactionId(InvalidCommand):
+    """Raised when a transaction id is not a UUID in canonical (lowercase, hyphenated) form."""
+
+    code = "invalid-transaction-id"
+    title = "Invalid transaction id"
+
+
+class InvalidReference(InvalidCommand):
+    """Raised when a reference is not a string of at most 256 characters without control
+    characters."""
+
+    code = "invalid-reference"
+    title = "Invalid reference"
+
+
+class InvalidOwner(InvalidCommand):
+    """Raised when an owner is not a string of at most 256 characters without control
+    characters."""
+
+    code = "invalid-owner"
+    title = "Invalid owner"

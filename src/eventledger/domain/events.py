@@ -1,0 +1,275 @@
+"""What happened to an account: the events of its stream, public forever.
+
+An event's `TYPE`, its fields and their meaning never change once stored. A change of shape
+gets a new `SCHEMA_VERSION` and an upcaster (see `upcasters`), so that `from_data` only ever
+sees the current shape. `to_data` gives JSON-ready plain values: money stays an int.
+
+Transfers are two events with the same `transaction_id`, one on each account's stream:
+`TransferSent` on the sender's, `TransferReceived` on the receiver's, appended atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeAlias
+
+ACCOUNT_STREAM_PREFIX = "account-"
+
+
+def stream_name(account_id: str) -> str:
+    """The stream that holds the events of one account."""
+    return f"account-{account_id}"
+
+
+class UnknownEvent(Exception):
+    """Raised when decoding an event type, or a schema version of it, that this code does
+    not know."""
+
+    def __init__(self, type: str, schema_version: int | None = None) -> None:
+        what = (
+            repr(type) if schema_version is None else f"{type!r} at schema version {schema_version}"
+        )
+        super().__init__(f"unknown event type {what}")
+        self.type = type
+        self.schema_version = schema_version
+
+
+class MalformedEvent(ValueError):
+    """Raised when stored event data lacks a field or holds a value of the wrong type."""
+
+    def __init__(self, event_type: str, field: str, value: object) -> None:
+        super().__init__(f"{event_type} event data has a bad {field!r}: {value!r}")
+        self.event_type = event_type
+        self.field = field
+
+
+# Readers of stored data: no coercion ("10" is not 10, True is not 1), a clear error instead.
+def _str(event_type: str, data: Mapping[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str):
+        raise MalformedEvent(event_type, field, value)
+    return value
+
+
+def _optional_str(event_type: str, data: Mapping[str, Any], field: str) -> str | None:
+    value = data.get(field)
+    if value is not None and not isinstance(value, str):
+        raise MalformedEvent(event_type, field, value)
+    return value
+
+
+def _int(event_type: str, data: Mapping[str, Any], field: str) -> int:
+    value = data.get(field)
+    if type(value) is not int:
+        raise MalformedEvent(event_type, field, value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AccountOpened:
+    """An account was opened in one currency, with an overdraft limit (0: none)."""
+
+    TYPE: ClassVar[str] = "AccountOpened"
+    SCHEMA_VERSION: ClassVar[int] = 2  # v1 had no overdraft_limit: upcast to 0
+
+    account_id: str
+    currency: str
+    overdraft_limit: int
+    owner: str | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "currency": self.currency,
+            "overdraft_limit": self.overdraft_limit,
+            "owner": self.owner,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> AccountOpened:
+        return cls(
+            account_id=_str(cls.TYPE, data, "account_id"),
+            currency=_str(cls.TYPE, data, "currency"),
+            overdraft_limit=_int(cls.TYPE, data, "overdraft_limit"),
+            owner=_optional_str(cls.TYPE, data, "owner"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyDeposited:
+    """Money came into an account from outside the ledger."""
+
+    TYPE: ClassVar[str] = "MoneyDeposited"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    amount: int
+    reference: str | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "transaction_id": self.transaction_id,
+            "amount": self.amount,
+            "reference": self.reference,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> MoneyDeposited:
+        return cls(
+            account_id=_str(cls.TYPE, data, "account_id"),
+            transaction_id=_str(cls.TYPE, data, "transaction_id"),
+            amount=_int(cls.TYPE, data, "amount"),
+            reference=_optional_str(cls.TYPE, data, "reference"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyWithdrawn:
+    """Money left an account to outside the ledger."""
+
+    TYPE: ClassVar[str] = "MoneyWithdrawn"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    amount: int
+    reference: str | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "transaction_id": self.transaction_id,
+            "amount": self.amount,
+            "reference": self.reference,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> MoneyWithdrawn:
+        return cls(
+            account_id=_str(cls.TYPE, data, "account_id"),
+            transaction_id=_str(cls.TYPE, data, "transaction_id"),
+            amount=_int(cls.TYPE, data, "amount"),
+            reference=_optional_str(cls.TYPE, data, "reference"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSent:
+    """Money left this account (`account_id`) for another account of the ledger."""
+
+    TYPE: ClassVar[str] = "TransferSent"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    to_account: str
+    amount: int
+    reference: str | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "transaction_id": self.transaction_id,
+            "to_account": self.to_account,
+            "amount": self.amount,
+            "reference": self.reference,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> TransferSent:
+        return cls(
+            account_id=_str(cls.TYPE, data, "account_id"),
+            transaction_id=_str(cls.TYPE, data, "transaction_id"),
+            to_account=_str(cls.TYPE, data, "to_account"),
+            amount=_int(cls.TYPE, data, "amount"),
+            reference=_optional_str(cls.TYPE, data, "reference"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferReceived:
+    """Money came into this account (`account_id`) from another account of the ledger."""
+
+    TYPE: ClassVar[str] = "TransferReceived"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    from_account: str
+    amount: int
+    reference: str | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "transaction_id": self.transaction_id,
+            "from_account": self.from_account,
+            "amount": self.amount,
+            "reference": self.reference,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> TransferReceived:
+        return cls(
+            account_id=_str(cls.TYPE, data, "account_id"),
+            transaction_id=_str(cls.TYPE, data, "transaction_id"),
+            from_account=_str(cls.TYPE, data, "from_account"),
+            amount=_int(cls.TYPE, data, "amount"),
+            reference=_optional_str(cls.TYPE, data, "reference"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountClosed:
+    """An account at balance 0 was closed; it takes no more money."""
+
+    TYPE: ClassVar[str] = "AccountClosed"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+
+    def to_data(self) -> dict[str, Any]:
+        return {"account_id": self.account_id}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> AccountClosed:
+        return cls(account_id=_str(cls.TYPE, data, "account_id"))
+
+
+Event: TypeAlias = (
+    AccountOpened
+    | MoneyDeposited
+    | MoneyWithdrawn
+    | TransferSent
+    | TransferReceived
+    | AccountClosed
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        AccountOpened,
+        MoneyDeposited,
+        MoneyWithdrawn,
+        TransferSent,
+        TransferReceived,
+        AccountClosed,
+    )
+}
+
+
+def decode(type: str, data: Mapping[str, Any], *, schema_version: int | None = None) -> Event:
+    """The event of this type read from its stored data (already upcast to the current schema).
+
+    Given a `schema_version`, refuse data in any other shape than the current one
+    (UnknownEvent) rather than misread it. Unknown extra fields are ignored.
+    """
+    cls = EVENT_TYPES.get(type)
+    if cls is None:
+        raise UnknownEvent(type)
+    if schema_version is not None and schema_version != cls.SCHEMA_VERSION:
+        raise UnknownEvent(type, schema_version)
+    return cls.from_data(data)
