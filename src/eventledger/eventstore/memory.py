@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
@@ -110,12 +111,9 @@ class MemoryEventStore(EventStore):
     async def head_position(self) -> int:
         return len(self._log)
 
-    async def wait_for_events(self, after: int, timeout: float) -> bool:
+    async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
         async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: len(self._log) > after), timeout
-                )
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await self._changed.wait_for(lambda: len(self._log) > after)
             return len(self._log) > after

@@ -6,15 +6,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-EVENT_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "abc\n" through.
+STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")
+EVENT_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}\Z")
 
 
-class StreamState(str, Enum):
+class StreamState(StrEnum):
     """Symbolic expectations for the state of a stream before an append."""
 
     ANY = "any"  # no check at all

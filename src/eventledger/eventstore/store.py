@@ -17,7 +17,7 @@ Semantics every backend guarantees (the contract suite in tests/integration chec
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 from eventledger.eventstore.errors import InvalidAppend, WrongExpectedVersion
@@ -67,6 +67,7 @@ class EventStore(ABC):
     ) -> list[RecordedEvent]:
         """Events of one stream from `from_version` on, oldest first.
         Raises StreamNotFound when the stream has no events."""
+        limit = None if limit is None else max(limit, 0)
         events = await self._read_stream(stream, max(from_version, 1), limit)
         return [self._upcasters.upcast(e) for e in events]
 
@@ -110,7 +111,7 @@ class EventStore(ABC):
         """The position of the newest visible event; 0 when the store is empty."""
 
     @abstractmethod
-    async def wait_for_events(self, after: int, timeout: float) -> bool:
+    async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait, without busy polling, until an event with position > `after` is visible or
         `timeout` seconds pass. Returns True when there is such an event. A True answer is
         a hint: read with `read_all(after=...)`, which is the truth."""
@@ -145,10 +146,16 @@ def validate_batch(appends: Sequence[StreamAppend]) -> None:
         if not append.events:
             raise InvalidAppend(f"append to {append.stream!r} has no events")
         for event in append.events:
-            if not EVENT_TYPE.match(event.type):
+            # isinstance first: a wrong type is an InvalidAppend, never a TypeError.
+            if not isinstance(event.id, UUID):
+                raise InvalidAppend(f"event id {event.id!r} is not a UUID")
+            if not isinstance(event.type, str) or not EVENT_TYPE.match(event.type):
                 raise InvalidAppend(f"invalid event type {event.type!r}")
-            if event.schema_version < 1:
-                raise InvalidAppend(f"invalid schema version {event.schema_version}")
+            version = event.schema_version
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise InvalidAppend(f"invalid schema version {version!r}")
+            if not isinstance(event.data, Mapping) or not isinstance(event.metadata, Mapping):
+                raise InvalidAppend(f"the data and metadata of event {event.id} must be objects")
             if event.id in ids:
                 raise InvalidAppend(f"event id {event.id} appears twice in one request")
             ids.add(event.id)
