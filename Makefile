@@ -35,6 +35,7 @@ e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:
