@@ -9,6 +9,7 @@ never coerce ("10", 10.0, true and 1e3 are not integers).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -90,16 +91,29 @@ def _refuse_constant(name: str) -> Any:
     raise ProblemError(400, "malformed-json", "Malformed JSON", f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # json parses 1e400 as inf, which no JSON encoder can write back out: refuse it here.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProblemError(400, "malformed-json", "Malformed JSON", f"{text} is out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
-    """Parse a request body as strict JSON (RFC 8259): no duplicate keys, no NaN/Infinity."""
+    """Parse a request body as strict JSON (RFC 8259): no duplicate keys, no NaN/Infinity,
+    no numbers that overflow to infinity."""
     try:
         text = raw.decode("utf-8")
         return json.loads(
-            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+            text,
+            object_pairs_hook=_refuse_duplicates,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
         )
     except UnicodeDecodeError as exc:
         raise ProblemError(400, "malformed-json", "Malformed JSON", "body is not UTF-8") from exc
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, and integers longer than Python's 4300-digit limit.
         raise ProblemError(400, "malformed-json", "Malformed JSON", str(exc)) from exc
 
 
@@ -145,7 +159,13 @@ async def read_model(request: Request, model: type[M]) -> M:
         )
     payload = parse_json(await read_body(request))
     if not isinstance(payload, dict):
-        raise ProblemError(422, "validation-error", "Invalid request", "body must be an object")
+        raise ProblemError(
+            422,
+            "validation-error",
+            "Invalid request",
+            "body: must be a JSON object",
+            errors=[{"field": "body", "message": "must be a JSON object"}],
+        )
     try:
         return model.model_validate(payload, strict=True)
     except ValidationError as exc:

@@ -1,0 +1,369 @@
+"""The stream service: the event store over HTTP (API.md, "Stream service").
+
+A thin adapter. Requests are validated strictly (`schemas.py`), handed to the `EventStore`,
+and its answers written as JSON (`encoding.py`); store errors become problem documents in one
+table (`problems.py`); subscriptions are Server-Sent Events (`sse.py`).
+
+Shutdown: the lifespan's shutdown ends every subscription. Uvicorn runs the lifespan shutdown
+only after open connections finish, so a server that must stop within seconds while clients
+are subscribed either sets `timeout_graceful_shutdown` or calls `app.state.begin_shutdown()`
+when it is asked to exit (every open stream then ends cleanly at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from uuid import UUID, uuid4
+
+from fastapi import FastAPI, Path, Request
+from fastapi.responses import Response
+
+from eventledger.eventstore.errors import EventStoreError
+from eventledger.eventstore.records import (
+    AppendResult,
+    ExpectedVersion,
+    NewEvent,
+    StreamAppend,
+    StreamState,
+)
+from eventledger.eventstore.store import EventStore
+from eventledger.services.http import ProblemError, create_service_app, json_body, read_model
+from eventledger.services.stream import schemas as s
+from eventledger.services.stream.encoding import append_result, envelopes, json_response
+from eventledger.services.stream.metrics import StreamMetrics
+from eventledger.services.stream.problems import (
+    handle_store_error,
+    invalid_field,
+    invalid_stream_name,
+    store_unavailable,
+)
+from eventledger.services.stream.sse import EventStreamResponse, Subscriptions, event_stream
+
+DESCRIPTION = """\
+The event store of eventledger over HTTP: appends with optimistic concurrency, stream and
+global-log reads, and live subscriptions as Server-Sent Events.
+
+Errors are RFC 9457 problem documents with a stable `type`. Store failures: 409
+`wrong-expected-version`, 409 `duplicate-event-id`, 422 `invalid-append`, 404
+`stream-not-found`, 503 `store-unavailable` (with `Retry-After`).
+"""
+
+StreamPath = Annotated[
+    str,
+    Path(
+        description="1-128 letters, digits, `_`, `.`, `-`, starting with a letter or digit "
+        "(otherwise 422 `invalid-stream-name`).",
+        examples=["account-acc-42"],
+    ),
+]
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": s.Problem, "description": _PROBLEM_TEXT[code]} for code in codes}
+
+
+_PROBLEM_TEXT = {
+    400: "`malformed-json`: not JSON, duplicate keys, NaN",
+    404: "`stream-not-found` / `event-not-found`",
+    409: "`wrong-expected-version` (with `actual_version`) or `duplicate-event-id`; "
+    "nothing written",
+    413: "`body-too-large`: over 1 MiB",
+    415: "`unsupported-media-type`",
+    422: "`validation-error` (with `errors`), `invalid-stream-name` or `invalid-append`",
+    503: "`store-unavailable`: retry after `Retry-After` seconds",
+}
+
+
+def _expected(value: int | str) -> ExpectedVersion:
+    return StreamState(value) if isinstance(value, str) else value
+
+
+def _new_events(events: Sequence[s.EventIn]) -> list[NewEvent]:
+    # The service, not the store, gives ids to events that come without one.
+    return [
+        NewEvent(
+            id=uuid4() if e.id is None else UUID(e.id),
+            type=e.type,
+            data=e.data,
+            metadata=e.metadata,
+            schema_version=e.schema_version,
+        )
+        for e in events
+    ]
+
+
+def _check_filters(types: list[str] | None, stream_prefix: str | None) -> tuple[list[str], str]:
+    types = types or []
+    if len(types) > s.MAX_TYPE_FILTERS:
+        raise invalid_field("query.type", f"at most {s.MAX_TYPE_FILTERS} types")
+    for event_type in types:
+        if not s.is_event_type(event_type):
+            raise invalid_field("query.type", f"{event_type[:200]!r} is not an event type")
+    prefix = stream_prefix or ""
+    if prefix and not s.STREAM_PREFIX.fullmatch(prefix):
+        raise invalid_field(
+            "query.stream_prefix", "1-128 letters, digits, '_', '.', '-' (or empty)"
+        )
+    return types, prefix
+
+
+class _Runtime:
+    """What the lifespan opens and the routes use."""
+
+    def __init__(self, heartbeat: float, metrics: StreamMetrics) -> None:
+        self.heartbeat = heartbeat
+        self.metrics = metrics
+        self.subscriptions = Subscriptions(metrics.subscribers)
+        self._store: EventStore | None = None
+
+    async def start(self, store: EventStore) -> None:
+        self._store = store
+        self.subscriptions.open()
+
+    async def stop(self) -> None:
+        self.subscriptions.close()
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
+
+    @property
+    def store(self) -> EventStore:
+        if self._store is None:
+            raise store_unavailable("the stream service is not started")
+        return self._store
+
+    async def append(self, endpoint: str, appends: list[StreamAppend]) -> list[AppendResult]:
+        try:
+            results = await self.store.append_batch(appends)
+        except EventStoreError as exc:
+            self.metrics.refused(endpoint, exc)
+            raise  # the app's store error handler answers with the problem document
+        replayed = all(r.replayed for r in results)
+        self.metrics.appended(
+            endpoint, events=sum(len(a.events) for a in appends), replayed=replayed
+        )
+        return results
+
+
+def create_app(
+    *, open_store: Callable[[], Awaitable[EventStore]], heartbeat_seconds: float = 15.0
+) -> FastAPI:
+    """The stream service app. Its lifespan opens the store with `open_store` and closes it;
+    `heartbeat_seconds` is how long a subscription stays silent before a heartbeat comment."""
+    if not 0 < heartbeat_seconds <= 3600:
+        raise ValueError(f"heartbeat_seconds must be in (0, 3600], not {heartbeat_seconds!r}")
+    runtime: _Runtime
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start(await open_store())
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app, http_metrics = create_service_app(
+        service="stream",
+        title="eventledger stream service",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    runtime = _Runtime(heartbeat_seconds, StreamMetrics(http_metrics.registry))
+    app.state.subscriptions = runtime.subscriptions
+    app.state.begin_shutdown = runtime.subscriptions.close
+    app.add_exception_handler(EventStoreError, handle_store_error)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    @app.post(
+        "/streams/{stream}",
+        status_code=201,
+        response_model=s.AppendOut,
+        responses={
+            200: {"model": s.AppendOut, "description": "Idempotent re-send: nothing written"},
+            **_problems(400, 409, 413, 415, 422, 503),
+        },
+        openapi_extra=json_body(s.AppendIn),
+        summary="Append events to one stream",
+        description="Appends if the stream is at `expected_version` (a number, `any`, "
+        "`no_stream` or `exists`); 409 `wrong-expected-version` with `actual_version` "
+        "otherwise, and nothing is written. Events without `id` get a UUID. Re-sending "
+        "events whose ids are stored in this stream at the same place answers 200 with the "
+        "original versions and positions and writes nothing; ids stored anywhere else are "
+        "409 `duplicate-event-id`. 1-1000 events per append.",
+    )
+    async def append(stream: StreamPath, request: Request) -> Response:
+        if not s.is_stream_name(stream):
+            raise invalid_stream_name(stream)
+        body = await read_model(request, s.AppendIn)
+        (result,) = await runtime.append(
+            "stream",
+            [StreamAppend(stream, _expected(body.expected_version), _new_events(body.events))],
+        )
+        return json_response(append_result(result), 200 if result.replayed else 201)
+
+    @app.post(
+        "/batches",
+        status_code=201,
+        response_model=s.BatchOut,
+        responses={
+            200: {"model": s.BatchOut, "description": "Every append was an idempotent re-send"},
+            **_problems(400, 409, 413, 415, 422, 503),
+        },
+        openapi_extra=json_body(s.BatchIn),
+        summary="Append to several streams atomically",
+        description="All appends are written, or none: one failed expected-version check "
+        "(409) or invalid append (422) and nothing is written. One result per append, in "
+        "request order; 200 when every append was an idempotent re-send. 1-100 appends, "
+        "each stream at most once.",
+    )
+    async def append_batch(request: Request) -> Response:
+        body = await read_model(request, s.BatchIn)
+        appends = [
+            StreamAppend(a.stream, _expected(a.expected_version), _new_events(a.events))
+            for a in body.appends
+        ]
+        results = await runtime.append("batch", appends)
+        replayed = all(r.replayed for r in results)
+        return json_response(
+            {"results": [append_result(r) for r in results]}, 200 if replayed else 201
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @app.get(
+        "/streams/{stream}",
+        response_model=s.StreamPage,
+        responses=_problems(404, 422, 503),
+        summary="Read one stream",
+        description="Events of the stream from `from_version` on, oldest first, at most "
+        "`limit` (1-10000, default 100). `version` is the stream's current version. 404 "
+        "`stream-not-found` when the stream has no events.",
+    )
+    async def read_stream(
+        stream: StreamPath, from_version: s.FromVersion = 1, limit: s.StreamLimit = 100
+    ) -> Response:
+        if not s.is_stream_name(stream):
+            raise invalid_stream_name(stream)
+        store = runtime.store
+        events = await store.read_stream(stream, from_version=from_version, limit=limit)
+        if events and len(events) < limit:
+            version = events[-1].stream_version  # the page reaches the end of the stream
+        else:
+            version = await store.stream_version(stream)
+            if events:
+                version = max(version, events[-1].stream_version)
+        return json_response({"stream": stream, "version": version, "events": envelopes(events)})
+
+    @app.get(
+        "/events",
+        response_model=s.LogPage,
+        responses=_problems(422, 503),
+        summary="Read a page of the global log",
+        description="Events with a position above `after`, oldest first, at most `limit` "
+        "(1-10000, default 1000), optionally only of the given `type`s (repeatable) and of "
+        "streams starting with `stream_prefix`. Continue with `after=last_position`. "
+        "`last_position` is the position of the last event in the page; when the page is "
+        "not full it is at least the head of the log as it was before the read, so a "
+        "filtered reader skips past non-matching events instead of reading them again. An "
+        "empty page answers `last_position` = max(after, head).",
+    )
+    async def read_log(
+        after: s.Position = 0,
+        limit: s.LogLimit = 1000,
+        types: s.TypeFilter = None,
+        stream_prefix: s.PrefixFilter = None,
+    ) -> Response:
+        type_list, prefix = _check_filters(types, stream_prefix)
+        store = runtime.store
+        filtered = bool(type_list) or bool(prefix)
+        # Read the head *before* the page: every event up to it was visible to the read.
+        head = await store.head_position() if filtered else 0
+        page = await store.read_all(
+            after=after, limit=limit, types=type_list, stream_prefix=prefix or None
+        )
+        last = page[-1].position if page else after
+        if len(page) < limit:
+            last = max(last, head)
+        return json_response({"events": envelopes(page), "last_position": last})
+
+    @app.get(
+        "/events/subscribe",
+        status_code=200,
+        response_class=EventStreamResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "`id:` the position, `event:` the type, `data:` the envelope; "
+                "comment lines (`: …`) on connect and as heartbeat when idle.",
+            },
+            **_problems(422, 503),
+        },
+        summary="Subscribe to the global log (Server-Sent Events)",
+        description="Every event after `after` (or after the `Last-Event-ID` header, which "
+        "wins when both are given, as SSE reconnection expects), oldest first, then live as "
+        "events are committed, with no gap or duplicate in between. Same filters as "
+        "`GET /events`. A `: connected` comment is sent at once and `: heartbeat` after "
+        "`heartbeat` seconds (0.1-60) of silence. If the store fails mid-stream, the stream "
+        "ends after a `: store-unavailable` comment: reconnect with `Last-Event-ID`.",
+    )
+    async def subscribe(
+        after: s.Position = 0,
+        last_event_id: s.LastEventId = None,
+        types: s.TypeFilter = None,
+        stream_prefix: s.PrefixFilter = None,
+        heartbeat: s.Heartbeat = None,
+    ) -> Response:
+        type_list, prefix = _check_filters(types, stream_prefix)
+        store = runtime.store
+        await store.head_position()  # answer 503 now, rather than open a dead stream
+        body = event_stream(
+            store,
+            runtime.subscriptions,
+            after=after if last_event_id is None else last_event_id,
+            types=type_list,
+            stream_prefix=prefix or None,
+            heartbeat=runtime.heartbeat if heartbeat is None else heartbeat,
+        )
+        return EventStreamResponse(body, gauge=runtime.metrics.subscribers)
+
+    @app.get(
+        "/events/{event_id}",
+        response_model=s.Envelope,
+        responses=_problems(404, 422, 503),
+        summary="Get one event by id",
+        description="Extension of API.md: the stored event with this id, or 404 "
+        "`event-not-found`. Lets a writer find out whether an event it sent was stored.",
+    )
+    async def get_event(event_id: str) -> Response:
+        if not s.UUID_RE.fullmatch(event_id):
+            raise invalid_field("path.event_id", "must be a UUID")
+        event = await runtime.store.get_event(UUID(event_id))
+        if event is None:
+            raise ProblemError(
+                404, "event-not-found", "Event not found", f"no event with id {event_id}"
+            )
+        return json_response(envelopes([event])[0])
+
+    # -- operations -------------------------------------------------------------------------
+
+    @app.get(
+        "/health",
+        response_model=s.Health,
+        responses=_problems(503),
+        summary="Health",
+        description="200 with the head position while the store answers; 503 "
+        "`store-unavailable` otherwise.",
+    )
+    async def health() -> Response:
+        store = runtime.store
+        try:
+            await store.ping()
+            head = await store.head_position()
+        except Exception as exc:  # any store failure means we cannot serve
+            raise store_unavailable(f"{type(exc).__name__}: {exc}") from exc
+        return json_response({"status": "ok", "service": "stream", "head_position": head})
+
+    return app

@@ -1,0 +1,113 @@
+"""Store errors as problem documents: the one table, and the validation problems of this service.
+
+EventStoreError          → problem
+├── WrongExpectedVersion → 409 wrong-expected-version  (stream, expected_version, actual_version)
+├── DuplicateEventId     → 409 duplicate-event-id      (event_id)
+├── StreamNotFound       → 404 stream-not-found        (stream)
+├── InvalidAppend        → 422 invalid-append
+└── StoreUnavailable     → 503 store-unavailable       (Retry-After: 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from eventledger.eventstore.errors import (
+    DuplicateEventId,
+    EventStoreError,
+    InvalidAppend,
+    StoreUnavailable,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
+from eventledger.services.http import ProblemError, problem_response
+
+
+def _wrong_version(exc: WrongExpectedVersion) -> ProblemError:
+    return ProblemError(
+        409,
+        "wrong-expected-version",
+        "Wrong expected version",
+        str(exc),
+        stream=exc.stream,
+        expected_version=exc.expected,
+        actual_version=exc.actual,
+    )
+
+
+def _duplicate(exc: DuplicateEventId) -> ProblemError:
+    return ProblemError(
+        409, "duplicate-event-id", "Duplicate event id", str(exc), event_id=str(exc.event_id)
+    )
+
+
+def _not_found(exc: StreamNotFound) -> ProblemError:
+    return ProblemError(404, "stream-not-found", "Stream not found", str(exc), stream=exc.stream)
+
+
+def _invalid(exc: InvalidAppend) -> ProblemError:
+    return ProblemError(422, "invalid-append", "Invalid append", str(exc))
+
+
+def _unavailable(exc: StoreUnavailable) -> ProblemError:
+    return store_unavailable(str(exc))
+
+
+# The one table. Most specific classes first: the first isinstance match wins.
+STORE_PROBLEMS: tuple[tuple[type[EventStoreError], Callable[[Any], ProblemError]], ...] = (
+    (WrongExpectedVersion, _wrong_version),
+    (DuplicateEventId, _duplicate),
+    (StreamNotFound, _not_found),
+    (InvalidAppend, _invalid),
+    (StoreUnavailable, _unavailable),
+)
+
+
+def problem_for(exc: EventStoreError) -> ProblemError:
+    for error_type, to_problem in STORE_PROBLEMS:
+        if isinstance(exc, error_type):
+            return to_problem(exc)
+    return ProblemError(500, "internal-error", "Internal error", f"{type(exc).__name__}: {exc}")
+
+
+def store_unavailable(detail: str = "the event store cannot be reached") -> ProblemError:
+    return ProblemError(
+        503,
+        "store-unavailable",
+        "Event store unavailable",
+        detail,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def handle_store_error(_: Request, exc: Exception) -> Response:
+    """The app's exception handler for every `EventStoreError` a route lets through."""
+    assert isinstance(exc, EventStoreError)
+    p = problem_for(exc)
+    return problem_response(p.status, p.type, p.title, p.detail, p.headers or None, **p.extra)
+
+
+def invalid_field(field: str, message: str) -> ProblemError:
+    """A 422 validation problem for one field, shaped like the body validation problems."""
+    return ProblemError(
+        422,
+        "validation-error",
+        "Invalid request",
+        f"{field}: {message}",
+        errors=[{"field": field, "message": message}],
+    )
+
+
+def invalid_stream_name(stream: str) -> ProblemError:
+    return ProblemError(
+        422,
+        "invalid-stream-name",
+        "Invalid stream name",
+        f"{stream[:200]!r} is not a stream name: 1-128 letters, digits, '_', '.', '-', "
+        "starting with a letter or digit",
+        errors=[{"field": "path.stream", "message": "invalid stream name"}],
+    )
