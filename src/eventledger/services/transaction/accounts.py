@@ -1,0 +1,129 @@
+"""Account state on the command side: folded from the stream service, cached, locked.
+
+* `fold_recorded` turns recorded events into an `Account` with the domain's `evolve`.
+* `AccountCache` keeps the folded state of recently used accounts, keyed by its version.
+  A cached state is only ever a guess: the expected-version check of the append decides,
+  and a conflict drops the entry. A refusal decided on a cached state is checked again on
+  fresh state before it is answered (see `handlers`).
+* `AccountLocks` serialises commands per account inside one instance, so one instance never
+  conflicts with itself; several instances still stay correct thanks to expected versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+
+from eventledger.domain.account import Account, evolve, initial_state
+from eventledger.domain.events import UnknownEvent, decode, stream_name
+from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.transaction.stream_client import StreamClient
+
+DEFAULT_CACHE_SIZE = 10_000
+
+
+def fold_recorded(state: Account, events: Iterable[RecordedEvent]) -> Account:
+    """`state` after the recorded events, which must follow it in its stream."""
+    for recorded in events:
+        if recorded.stream_version != state.version + 1:
+            raise ValueError(
+                f"event {recorded.id} of {recorded.stream} is at version "
+                f"{recorded.stream_version}, expected {state.version + 1}"
+            )
+        try:
+            event = decode(recorded.type, recorded.data)
+        except UnknownEvent:
+            # An event type this code does not know still takes its place in the stream,
+            # as `evolve` does for events it does not act on.
+            state = replace(state, version=state.version + 1)
+            continue
+        state = evolve(state, event)
+    return state
+
+
+async def load_account(
+    client: StreamClient, account_id: str, *, to_version: int | None = None
+) -> Account:
+    """The account folded from its whole stream (or up to `to_version`)."""
+    page = await client.read_stream(stream_name(account_id), to_version=to_version)
+    return fold_recorded(initial_state(account_id), page.events)
+
+
+async def catch_up(client: StreamClient, state: Account) -> Account:
+    """`state` brought up to date by reading only the events after its version."""
+    if state.version == 0:
+        return await load_account(client, state.account_id)
+    page = await client.read_stream(stream_name(state.account_id), from_version=state.version + 1)
+    if page.version < state.version:
+        # The stream is shorter than what we folded (a store that was reset): start over.
+        return await load_account(client, state.account_id)
+    return fold_recorded(state, page.events)
+
+
+class AccountCache:
+    """The folded state of the most recently used accounts (LRU, bounded)."""
+
+    def __init__(self, max_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self._max_size = max_size
+        self._states: OrderedDict[str, Account] = OrderedDict()
+
+    def get(self, account_id: str) -> Account | None:
+        state = self._states.get(account_id)
+        if state is not None:
+            self._states.move_to_end(account_id)
+        return state
+
+    def put(self, state: Account) -> None:
+        # Accounts that do not exist are not kept: unknown ids would only fill the cache.
+        if not state.exists or self._max_size <= 0:
+            self.drop(state.account_id)
+            return
+        self._states[state.account_id] = state
+        self._states.move_to_end(state.account_id)
+        while len(self._states) > self._max_size:
+            self._states.popitem(last=False)
+
+    def drop(self, account_id: str) -> None:
+        self._states.pop(account_id, None)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class AccountLocks:
+    """One asyncio lock per account, created on demand and forgotten when nobody holds or
+    waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def hold(self, *account_ids: str) -> AsyncIterator[None]:
+        """Hold the locks of these accounts. Always taken in sorted order, so that two
+        transfers between the same accounts in opposite directions cannot deadlock."""
+        async with AsyncExitStack() as stack:
+            for account_id in sorted(set(account_ids)):
+                await stack.enter_async_context(self._one(account_id))
+            yield
+
+    @asynccontextmanager
+    async def _one(self, account_id: str) -> AsyncIterator[None]:
+        lock = self._locks.get(account_id)
+        if lock is None:
+            lock = self._locks[account_id] = asyncio.Lock()
+        self._users[account_id] = self._users.get(account_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[account_id] -= 1
+            if self._users[account_id] == 0:
+                del self._users[account_id]
+                del self._locks[account_id]
+
+    def __len__(self) -> int:
+        return len(self._locks)

@@ -1,0 +1,425 @@
+"""The transaction service: the command side of the ledger over HTTP (API.md, "Transaction
+service").
+
+A route only translates: it checks the Idempotency-Key header and the path, reads the body
+strictly, builds the domain command and validates its values (nothing is loaded for a bad
+request), then hands it to `handlers.CommandHandler`. Failures become problem documents
+through the one table in `problems`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import Counter
+from pydantic import BaseModel, ValidationError
+
+from eventledger.domain.commands import (
+    CloseAccount,
+    Deposit,
+    OpenAccount,
+    Transfer,
+    Withdraw,
+    validate,
+)
+from eventledger.domain.money import check_account_id
+from eventledger.services.http import (
+    PROBLEM_JSON,
+    ProblemError,
+    create_service_app,
+    json_body,
+    parse_json,
+    read_body,
+    read_model,
+    validation_problem,
+)
+from eventledger.services.transaction.accounts import DEFAULT_CACHE_SIZE, AccountCache
+from eventledger.services.transaction.handlers import DEFAULT_MAX_RETRIES, CommandHandler
+from eventledger.services.transaction.idempotency import (
+    CORRELATION_ID_HEADER,
+    IDEMPOTENCY_KEY_HEADER,
+    CommandIds,
+    check_correlation_id,
+    check_key,
+    fingerprint,
+)
+from eventledger.services.transaction.problems import RETRY_AFTER, problem_for
+from eventledger.services.transaction.results import Result
+from eventledger.services.transaction.schemas import (
+    AccountClosedOut,
+    AccountOpenedOut,
+    CloseBody,
+    Health,
+    MoneyBody,
+    MoneyMovedOut,
+    OpenAccountBody,
+    Problem,
+    TransferBody,
+    TransferOut,
+)
+from eventledger.services.transaction.stream_client import StreamClient, StreamClientError
+
+B = TypeVar("B", bound=BaseModel)
+C = TypeVar("C", OpenAccount, Deposit, Withdraw, Transfer, CloseAccount)
+
+HEALTH_TIMEOUT = 0.8  # /health answers within a second even when the stream service hangs
+
+DESCRIPTION = """\
+The command side of eventledger: opens and closes accounts and moves money, by deciding
+events on the account's history and appending them through the stream service.
+
+Every command accepts an `Idempotency-Key` header (1-255 visible ASCII characters). A retry
+with the same key and body answers the first response again (200, `Idempotent-Replayed:
+true`) and writes nothing; the same key with another body is a 422 `idempotency-key-reused`.
+The `position` of a success is the global position of the last event written: send it as
+`X-Min-Position` to a read model to read your writes.
+"""
+
+
+def _problems(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of problem answers, keyed by status (`_404="..."`)."""
+    schema = Problem.model_json_schema()
+    return {
+        int(status.lstrip("_")): {
+            "description": text,
+            "content": {PROBLEM_JSON: {"schema": schema}},
+        }
+        for status, text in described.items()
+    }
+
+
+_INPUT_PROBLEMS = {
+    "_400": "Malformed JSON, or an invalid Idempotency-Key header (`invalid-idempotency-key`).",
+    "_413": "Body over 1 MiB (`body-too-large`).",
+    "_415": "Not `application/json`.",
+    "_422": "Invalid body or values (`validation-error`, `invalid-amount`, "
+    "`invalid-account-id`, …), or `idempotency-key-reused`.",
+    "_503": "The stream service cannot be reached (`stream-unavailable`), Retry-After.",
+}
+
+
+_HEADERS = [
+    {
+        "name": IDEMPOTENCY_KEY_HEADER,
+        "in": "header",
+        "required": False,
+        "description": "1-255 visible ASCII characters. A retry with the same key and body "
+        "answers the first response and writes nothing.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    },
+    {
+        "name": CORRELATION_ID_HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Kept as `correlation_id` in the metadata of the events written.",
+        "schema": {"type": "string", "maxLength": 255},
+    },
+]
+
+
+def _command_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` of a command: its JSON body (read with `read_model`) and headers."""
+    extra = json_body(model)
+    extra["requestBody"]["required"] = required
+    return {**extra, "parameters": _HEADERS}
+
+
+def _replayed_response(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "model": model,
+            "description": "An idempotent replay: the first response again, with the header "
+            "`Idempotent-Replayed: true`; nothing was written.",
+        }
+    }
+
+
+async def _read_optional_model(request: Request, model: type[B]) -> B:
+    """Like `read_model`, but an empty body means `{}`."""
+    raw = await read_body(request)
+    if not raw.strip():
+        return model()
+    content_type = request.headers.get("content-type", "application/json")
+    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise ProblemError(
+            415, "unsupported-media-type", "Unsupported media type", "send application/json"
+        )
+    payload = parse_json(raw)
+    if not isinstance(payload, dict):
+        raise ProblemError(422, "validation-error", "Invalid request", "body must be an object")
+    try:
+        return model.model_validate(payload, strict=True)
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+
+
+def checked(command: C) -> C:
+    """The command, once every value of it is valid: nothing is loaded for a bad request."""
+    validate(command)
+    return command
+
+
+def _outcome(status: int) -> str:
+    if status in (404, 409):
+        return "refused"
+    if status == 503:
+        return "unavailable"
+    if 400 <= status < 500:
+        return "invalid"
+    return "failed"
+
+
+def create_app(
+    *,
+    stream_url: str,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    cache_size: int = DEFAULT_CACHE_SIZE,
+    new_id: Callable[[], UUID] = uuid4,
+) -> FastAPI:
+    """The transaction service, talking to the stream service at `stream_url`.
+
+    `max_retries`: how many times a command is decided again after its append met another
+    writer. `cache_size`: how many accounts' folded states are kept (0: none). `new_id`:
+    where ids come from when a request has no Idempotency-Key.
+    """
+    client = StreamClient(stream_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await client.open()
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app, metrics = create_service_app(
+        service="transaction",
+        title="eventledger transaction service",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    commands = Counter(
+        "eventledger_transaction_commands",
+        "Commands answered, by outcome (accepted, replayed, refused, invalid, unavailable, "
+        "failed) and problem type",
+        ["command", "outcome", "reason"],
+        registry=metrics.registry,
+    )
+    retries = Counter(
+        "eventledger_transaction_retries",
+        "Commands decided again because their append met another writer",
+        ["command"],
+        registry=metrics.registry,
+    )
+    handler = CommandHandler(
+        client,
+        max_retries=max_retries,
+        cache=AccountCache(cache_size),
+        on_retry=lambda name: retries.labels(name).inc(),
+    )
+    app.state.handler = handler
+    app.state.stream_client = client
+
+    async def execute(
+        request: Request,
+        name: str,
+        read: Callable[[], Awaitable[BaseModel]],
+        run: Callable[[Any, CommandIds], Awaitable[Result]],
+        *,
+        path_account_id: str | None = None,
+    ) -> Response:
+        """Check the input, run the command, answer JSON or a problem; count the outcome."""
+        try:
+            key = check_key(request.headers.get(IDEMPOTENCY_KEY_HEADER))
+            if path_account_id is not None:
+                check_account_id(path_account_id)
+            body = await read()
+            ids = CommandIds(
+                key=key,
+                request_fingerprint=None
+                if key is None
+                else fingerprint(request.method, request.url.path, body.model_dump(mode="json")),
+                correlation_id=check_correlation_id(request.headers.get(CORRELATION_ID_HEADER)),
+                command=name,
+                new_id=new_id,
+            )
+            result = await run(body, ids)
+        except Exception as exc:
+            problem = problem_for(exc)
+            if problem is None:
+                commands.labels(name, "failed", "internal-error").inc()
+                raise
+            commands.labels(name, _outcome(problem.status), problem.type).inc()
+            if problem is exc:
+                raise
+            raise problem from exc
+        commands.labels(name, "replayed" if result.replayed else "accepted", "").inc()
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+        return JSONResponse(
+            result.body(), status_code=200 if result.replayed else 201, headers=headers
+        )
+
+    @app.post(
+        "/accounts",
+        summary="Open an account",
+        status_code=201,
+        response_model=AccountOpenedOut,
+        openapi_extra=_command_body(OpenAccountBody),
+        responses={
+            **_replayed_response(AccountOpenedOut),
+            **_problems(_409="`account-exists`", **_INPUT_PROBLEMS),
+        },
+    )
+    async def open_account(request: Request) -> Response:
+        """Open an account in one ISO 4217 currency, with an optional overdraft limit. An
+        account id is generated when none is given."""
+
+        async def run(body: OpenAccountBody, ids: CommandIds) -> Result:
+            command = OpenAccount(
+                account_id=body.account_id if body.account_id is not None else ids.account_id(),
+                currency=body.currency,
+                overdraft_limit=body.overdraft_limit,
+                owner=body.owner,
+            )
+            return await handler.open_account(checked(command), ids)
+
+        return await execute(request, "open", lambda: read_model(request, OpenAccountBody), run)
+
+    async def move_money(
+        request: Request, account_id: str, kind: type[Deposit | Withdraw]
+    ) -> Response:
+        async def run(body: MoneyBody, ids: CommandIds) -> Result:
+            values = (account_id, ids.transaction_id, body.amount, body.reference)
+            if kind is Deposit:
+                return await handler.deposit(checked(Deposit(*values)), ids)
+            return await handler.withdraw(checked(Withdraw(*values)), ids)
+
+        name = "deposit" if kind is Deposit else "withdraw"
+        return await execute(
+            request, name, lambda: read_model(request, MoneyBody), run, path_account_id=account_id
+        )
+
+    money_problems = _problems(
+        _404="`account-not-found`",
+        _409="`account-closed`, `insufficient-funds`, `balance-out-of-range`",
+        **_INPUT_PROBLEMS,
+    )
+
+    @app.post(
+        "/accounts/{account_id}/deposits",
+        summary="Deposit money",
+        status_code=201,
+        response_model=MoneyMovedOut,
+        openapi_extra=_command_body(MoneyBody),
+        responses={**_replayed_response(MoneyMovedOut), **money_problems},
+    )
+    async def deposit(account_id: str, request: Request) -> Response:
+        """Put `amount` minor units into the account."""
+        return await move_money(request, account_id, Deposit)
+
+    @app.post(
+        "/accounts/{account_id}/withdrawals",
+        summary="Withdraw money",
+        status_code=201,
+        response_model=MoneyMovedOut,
+        openapi_extra=_command_body(MoneyBody),
+        responses={**_replayed_response(MoneyMovedOut), **money_problems},
+    )
+    async def withdraw(account_id: str, request: Request) -> Response:
+        """Take `amount` minor units out of the account, down to -overdraft_limit at most
+        (409 `insufficient-funds` otherwise)."""
+        return await move_money(request, account_id, Withdraw)
+
+    @app.post(
+        "/transfers",
+        summary="Transfer money between two accounts",
+        status_code=201,
+        response_model=TransferOut,
+        openapi_extra=_command_body(TransferBody),
+        responses={
+            **_replayed_response(TransferOut),
+            **_problems(
+                _404="`account-not-found`",
+                _409="`account-closed`, `currency-mismatch`, `insufficient-funds`, "
+                "`balance-out-of-range`",
+                **{
+                    **_INPUT_PROBLEMS,
+                    "_422": _INPUT_PROBLEMS["_422"] + " `same-account-transfer`.",
+                },
+            ),
+        },
+    )
+    async def transfer(request: Request) -> Response:
+        """Move `amount` from one account to another of the same currency, atomically: both
+        accounts change, or neither does."""
+
+        async def run(body: TransferBody, ids: CommandIds) -> Result:
+            command = Transfer(
+                transaction_id=ids.transaction_id,
+                from_account=body.from_account,
+                to_account=body.to_account,
+                amount=body.amount,
+                reference=body.reference,
+            )
+            return await handler.transfer(checked(command), ids)
+
+        return await execute(request, "transfer", lambda: read_model(request, TransferBody), run)
+
+    @app.post(
+        "/accounts/{account_id}/close",
+        summary="Close an account",
+        status_code=201,
+        response_model=AccountClosedOut,
+        openapi_extra=_command_body(CloseBody, required=False),
+        responses={
+            **_replayed_response(AccountClosedOut),
+            **_problems(
+                _404="`account-not-found`",
+                _409="`balance-not-zero`, `account-closed`",
+                **_INPUT_PROBLEMS,
+            ),
+        },
+    )
+    async def close_account(account_id: str, request: Request) -> Response:
+        """Close an account whose balance is exactly 0. The body is empty or `{}`."""
+
+        async def run(_: CloseBody, ids: CommandIds) -> Result:
+            command = CloseAccount(account_id=account_id)
+            return await handler.close_account(checked(command), ids)
+
+        return await execute(
+            request,
+            "close",
+            lambda: _read_optional_model(request, CloseBody),
+            run,
+            path_account_id=account_id,
+        )
+
+    @app.get(
+        "/health",
+        summary="Health",
+        response_model=Health,
+        responses=_problems(_503="The stream service does not answer (`stream-unavailable`)."),
+    )
+    async def health() -> Response:
+        """200 while the stream service answers its /health; answers within a second."""
+        try:
+            await client.health(within=HEALTH_TIMEOUT)
+        except StreamClientError as exc:
+            raise ProblemError(
+                503,
+                "stream-unavailable",
+                "Stream service unavailable",
+                str(exc),
+                headers=RETRY_AFTER,
+                service="transaction",
+                stream="down",
+            ) from exc
+        return JSONResponse({"status": "ok", "service": "transaction", "stream": "up"})
+
+    return app

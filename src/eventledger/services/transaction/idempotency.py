@@ -1,0 +1,120 @@
+"""Idempotency keys, with no state in memory: the proof that a key was used is in the event log.
+
+A command sent with an `Idempotency-Key` gets ids derived from the key alone: its event ids
+(`uuid5(NAMESPACE, f"{key}\\n{i}")`), its transaction id and, for an account opened without an
+id, the account id. Its events carry the key and a fingerprint of the request in their
+metadata. So before deciding, one lookup of the first derived event id tells whether the key
+is already bound, and to which request; and if two requests with one key race, the event
+store's deduplication by id lets exactly one of them write.
+
+Without a key, ids are fresh (uuid4, or whatever `new_id` the app was given).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID, uuid4, uuid5
+
+# Fixed forever: changing it would unbind every key already in the log.
+NAMESPACE = UUID("6f0c5a7e-3a55-4d8e-9a57-5b1d2f0e7c11")
+
+# 1-255 visible ASCII characters (RFC 9110 token-ish, as API.md says).
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+CORRELATION_ID_HEADER = "X-Correlation-ID"
+
+
+class InvalidIdempotencyKey(ValueError):
+    """Raised when an Idempotency-Key header is not 1-255 visible ASCII characters."""
+
+
+class IdempotencyKeyReused(Exception):
+    """Raised when a key is already bound to a request with another method, path or body."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the Idempotency-Key {key!r} was already used for a different request; "
+            "send a new key for a new request"
+        )
+        self.key = key
+
+
+def check_key(value: str | None) -> str | None:
+    """The key when given and valid, None when not given; InvalidIdempotencyKey otherwise."""
+    if value is None:
+        return None
+    if _KEY.fullmatch(value) is None:
+        raise InvalidIdempotencyKey(
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters "
+            "(no spaces, no control characters)"
+        )
+    return value
+
+
+def check_correlation_id(value: str | None) -> str | None:
+    """A caller's correlation id, kept when it is 1-255 visible ASCII characters."""
+    return value if value is not None and _KEY.fullmatch(value) else None
+
+
+def fingerprint(method: str, path: str, body: Mapping[str, Any]) -> str:
+    """sha256 of the method, the path and the canonical JSON of the validated body: equal for
+    two requests that mean the same thing (key order, spacing and defaults do not count)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = f"{method.upper()}\n{path}\n{canonical}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def derived_id(key: str, name: str) -> UUID:
+    return uuid5(NAMESPACE, f"{key}\n{name}")
+
+
+@dataclass
+class CommandIds:
+    """The ids of one command and the metadata of its events."""
+
+    key: str | None = None
+    request_fingerprint: str | None = None
+    correlation_id: str | None = None
+    command: str = ""
+    new_id: Callable[[], UUID] = uuid4
+    _fresh: dict[str, UUID] = field(default_factory=dict, repr=False)
+
+    def _id(self, name: str) -> UUID:
+        if self.key is not None:
+            return derived_id(self.key, name)
+        # Fresh ids are drawn once per command, so a retry after a conflict reuses them.
+        if name not in self._fresh:
+            self._fresh[name] = self.new_id()
+        return self._fresh[name]
+
+    def event_id(self, index: int) -> UUID:
+        return self._id(str(index))
+
+    @property
+    def transaction_id(self) -> str:
+        return str(self._id("transaction"))
+
+    @property
+    def command_id(self) -> str:
+        return str(self._id("command"))
+
+    def account_id(self) -> str:
+        """An account id for an open without one: `acc-` and 20 hex digits."""
+        return "acc-" + self._id("account").hex[:20]
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "correlation_id": self.correlation_id or self.command_id,
+            "causation_id": self.command_id,
+            "command": self.command,
+        }
+        if self.key is not None:
+            meta["idempotency_key"] = self.key
+            meta["request_fingerprint"] = self.request_fingerprint
+        return meta
