@@ -1,0 +1,264 @@
+"""The accounting service over HTTP: balances and histories, fed by a subscription.
+
+Reads are served from this instance's read model, even while the stream service is down; a
+request with `X-Min-Position: P` (or `?min_position=P`) waits until P is applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Query
+from fastapi.responses import JSONResponse
+
+from eventledger.domain.money import ACCOUNT_ID
+from eventledger.eventstore.codec import format_time, parse_time
+from eventledger.services.accounting import queries
+from eventledger.services.accounting.projection import Account, HistoryItem
+from eventledger.services.accounting.store import AccountingProjection
+from eventledger.services.http import ProblemError, create_service_app
+from eventledger.services.readmodel import ReadModelDB, Session
+from eventledger.services.subscription import (
+    MAX_POS,
+    ProjectionRunner,
+    add_projection_routes,
+    consistency_dependency,
+    int_param,
+    invalid_param,
+    require_applied,
+)
+
+SERVICE = "accounting"
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+
+AccountIdPath = Annotated[str, Path(description="The account id")]
+
+
+def create_app(
+    *,
+    stream_url: str,
+    open_db: Callable[[], ReadModelDB],
+    min_position_wait: float = 5.0,
+    batch_size: int = 500,
+    head_poll_interval: float = 1.0,
+) -> FastAPI:
+    """The accounting service. Its lifespan opens the read model (`open_db`, called in a
+    thread), migrates it and starts following `stream_url` from the stored checkpoint."""
+    runner = ProjectionRunner(
+        AccountingProjection(),
+        stream_url=stream_url,
+        open_db=open_db,
+        batch_size=batch_size,
+        head_poll_interval=head_poll_interval,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+
+    app, metrics = create_service_app(
+        service=SERVICE,
+        title="eventledger accounting",
+        description="Balances and transaction histories: a read model fed by the stream service.",
+        lifespan=lifespan,
+    )
+    app.state.runner = runner
+    add_projection_routes(app, runner, service=SERVICE, metrics=metrics)
+    consistent = [Depends(consistency_dependency(runner, wait_seconds=min_position_wait))]
+
+    @app.get("/accounts/{account_id}", dependencies=consistent, tags=["accounts"])
+    async def get_account(account_id: AccountIdPath) -> JSONResponse:
+        """One account as of the last event this instance applied to it."""
+        account = await _find(runner, account_id)
+        return JSONResponse(_account_json(account))
+
+    @app.get("/accounts/{account_id}/transactions", dependencies=consistent, tags=["accounts"])
+    async def get_transactions(
+        account_id: AccountIdPath,
+        limit: Annotated[str | None, Query(description=f"1..{MAX_PAGE}, default 50")] = None,
+        before: Annotated[str | None, Query(description="The `next` cursor of a page")] = None,
+    ) -> JSONResponse:
+        """Movements of money on the account, newest first, one page at a time."""
+        size = int_param("limit", limit, default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+        below = None if before is None else _decode_cursor(before)
+        check_account_id(account_id)
+
+        def query(session: Session) -> tuple[Account | None, list[HistoryItem]]:
+            found = queries.get_account(session, account_id)
+            if found is None:
+                return None, []
+            return found, queries.history(session, account_id, before=below, limit=size + 1)
+
+        account, items = await runner.read(query)
+        if account is None:
+            raise _not_found(account_id)
+        page = items[:size]
+        more = len(items) > size
+        return JSONResponse(
+            {
+                "account_id": account_id,
+                "items": [_item_json(i) for i in page],
+                "next": _encode_cursor(page[-1].position) if more else None,
+            }
+        )
+
+    @app.get("/accounts/{account_id}/balance", dependencies=consistent, tags=["accounts"])
+    async def get_balance(
+        account_id: AccountIdPath,
+        at: Annotated[str | None, Query(description="An RFC 3339 time")] = None,
+        at_position: Annotated[str | None, Query(description="A global position")] = None,
+    ) -> JSONResponse:
+        """The balance as it was at a time or right after a global position (exactly one)."""
+        if (at is None) == (at_position is None):
+            raise invalid_param("at", "give exactly one of `at` (RFC 3339) or `at_position`")
+        check_account_id(account_id)
+        position: int | None = None
+        moment: str | None = None
+        if at_position is not None:
+            position = int_param("at_position", at_position, default=0, minimum=0, maximum=MAX_POS)
+            # The balance after P is only known once P is applied: wait as for X-Min-Position.
+            await require_applied(runner, position, wait_seconds=min_position_wait)
+        else:
+            assert at is not None
+            moment = _time_key(at)
+
+        def query(session: Session) -> tuple[Account | None, int, int]:
+            found = queries.get_account(session, account_id)
+            if found is None:
+                return None, 0, 0
+            if position is not None:
+                if found.opened_position > position:
+                    return None, 0, 0
+                return found, *queries.balance_at_position(session, found, position)
+            assert moment is not None
+            if found.opened_at > moment:
+                return None, 0, 0
+            return found, *queries.balance_at_time(session, found, moment)
+
+        account, balance, last = await runner.read(query)
+        if account is None:
+            raise _not_found(account_id, then=True)
+        body: dict[str, Any] = {
+            "account_id": account_id,
+            "currency": account.currency,
+            "balance": balance,
+            "as_of_position": last,
+        }
+        body.update({"at": at} if at is not None else {"at_position": position})
+        return JSONResponse(body)
+
+    @app.get("/accounts", dependencies=consistent, tags=["accounts"])
+    async def list_accounts(
+        limit: Annotated[str | None, Query(description=f"1..{MAX_PAGE}, default 50")] = None,
+        after: Annotated[str | None, Query(description="The `next` of the previous page")] = None,
+    ) -> JSONResponse:
+        """Every account this instance knows, ordered by id, one page at a time."""
+        size = int_param("limit", limit, default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+        if after is not None and not ACCOUNT_ID.fullmatch(after):
+            raise invalid_param("after", "must be an account id (the `next` of a page)")
+        accounts = await runner.read(
+            lambda session: queries.list_accounts(session, after=after, limit=size + 1)
+        )
+        page = accounts[:size]
+        more = len(accounts) > size
+        return JSONResponse(
+            {
+                "items": [_account_json(a) for a in page],
+                "next": page[-1].account_id if more else None,
+            }
+        )
+
+    return app
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def check_account_id(account_id: str) -> None:
+    if not ACCOUNT_ID.fullmatch(account_id):
+        raise invalid_param(
+            "account_id",
+            "must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+
+
+async def _find(runner: ProjectionRunner, account_id: str) -> Account:
+    check_account_id(account_id)
+    account = await runner.read(lambda session: queries.get_account(session, account_id))
+    if account is None:
+        raise _not_found(account_id)
+    return account
+
+
+def _not_found(account_id: str, *, then: bool = False) -> ProblemError:
+    detail = (
+        f"account {account_id!r} did not exist then"
+        if then
+        else f"no account {account_id!r} (this instance has not seen it)"
+    )
+    return ProblemError(
+        404, "account-not-found", "Account not found", detail, account_id=account_id
+    )
+
+
+def _time_key(text: str) -> str:
+    """The stored form of an RFC 3339 time (`format_time`), whose text order is time order."""
+    try:
+        moment = parse_time(text)
+    except ValueError as exc:
+        raise invalid_param("at", f"must be an RFC 3339 time with an offset: {exc}") from exc
+    if moment.year < 1000:
+        return "0"  # before any event; format_time does not pad such years
+    return format_time(moment)
+
+
+def _encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"p{position}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    digits = raw[1:]
+    if raw[:1] != "p" or not digits.isdigit() or len(digits) > 19 or not cursor.isascii():
+        raise invalid_param("before", "is not a cursor given by this service (`next`)")
+    return int(digits)
+
+
+def _account_json(a: Account) -> dict[str, Any]:
+    return {
+        "account_id": a.account_id,
+        "currency": a.currency,
+        "balance": a.balance,
+        "overdraft_limit": a.overdraft_limit,
+        "owner": a.owner,
+        "status": a.status,
+        "version": a.version,
+        "opened_at": a.opened_at,
+        "updated_at": a.updated_at,
+        "position": a.position,
+    }
+
+
+def _item_json(i: HistoryItem) -> dict[str, Any]:
+    return {
+        "transaction_id": i.transaction_id,
+        "kind": i.kind,
+        "amount": i.amount,
+        "balance_after": i.balance_after,
+        "counterparty": i.counterparty,
+        "reference": i.reference,
+        "recorded_at": i.recorded_at,
+        "position": i.position,
+    }

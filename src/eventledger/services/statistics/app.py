@@ -1,0 +1,159 @@
+"""The statistics service over HTTP: per-currency and per-day counters, fed by its own
+subscription and checkpoint, independent of the accounting service.
+
+Money is always an integer of minor units; counters of money may exceed 2^53 (JSON integers
+stay exact; clients that read numbers as doubles should read them as big integers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import JSONResponse
+
+from eventledger.services.http import create_service_app
+from eventledger.services.readmodel import ReadModelDB, Session
+from eventledger.services.statistics import queries
+from eventledger.services.statistics.projection import Tally
+from eventledger.services.statistics.store import StatisticsProjection
+from eventledger.services.subscription import (
+    ProjectionRunner,
+    add_projection_routes,
+    consistency_dependency,
+    invalid_param,
+)
+
+SERVICE = "statistics"
+MAX_DAYS = 366
+DEFAULT_DAYS = 30
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def create_app(
+    *,
+    stream_url: str,
+    open_db: Callable[[], ReadModelDB],
+    min_position_wait: float = 5.0,
+    batch_size: int = 500,
+    head_poll_interval: float = 1.0,
+) -> FastAPI:
+    """The statistics service. Its lifespan opens the read model (`open_db`, called in a
+    thread), migrates it and starts following `stream_url` from the stored checkpoint."""
+    runner = ProjectionRunner(
+        StatisticsProjection(),
+        stream_url=stream_url,
+        open_db=open_db,
+        batch_size=batch_size,
+        head_poll_interval=head_poll_interval,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+
+    app, metrics = create_service_app(
+        service=SERVICE,
+        title="eventledger statistics",
+        description="Counters per currency and per day: a read model fed by the stream service.",
+        lifespan=lifespan,
+    )
+    app.state.runner = runner
+    add_projection_routes(app, runner, service=SERVICE, metrics=metrics)
+    consistent = [Depends(consistency_dependency(runner, wait_seconds=min_position_wait))]
+
+    @app.get("/stats", dependencies=consistent, tags=["statistics"])
+    async def stats() -> JSONResponse:
+        """Per currency: accounts open and closed, total balance, count and volume of
+        deposits, withdrawals and transfers (a transfer counts once)."""
+
+        def query(session: Session) -> tuple[int, dict[str, Tally]]:
+            return queries.applied_position(session), queries.currency_totals(session)
+
+        position, totals = await runner.read(query)
+        return JSONResponse(
+            {
+                "position": position,
+                "currencies": {
+                    currency: {
+                        "accounts": {"open": t.opened - t.closed, "closed": t.closed},
+                        "total_balance": t.balance,
+                        **_movements(t),
+                    }
+                    for currency, t in totals.items()
+                },
+            }
+        )
+
+    @app.get("/stats/daily", dependencies=consistent, tags=["statistics"])
+    async def daily(
+        from_: Annotated[
+            str | None, Query(alias="from", description="First day, YYYY-MM-DD (UTC)")
+        ] = None,
+        to: Annotated[
+            str | None, Query(description="Last day, YYYY-MM-DD (UTC); default today")
+        ] = None,
+    ) -> JSONResponse:
+        """Per UTC day of `recorded_at` and per currency: accounts opened and closed, the net
+        flow of money and the count and volume of each kind of movement. Every day of the
+        range is listed, at most 366 days; by default the last 30 days up to today."""
+        last = _day("to", to) if to is not None else datetime.now(UTC).date()
+        first = _day("from", from_) if from_ is not None else last - timedelta(DEFAULT_DAYS - 1)
+        if first > last:
+            raise invalid_param("from", f"must not be after `to` ({last.isoformat()})")
+        if (last - first).days + 1 > MAX_DAYS:
+            raise invalid_param("to", f"the range may span at most {MAX_DAYS} days")
+
+        def query(session: Session) -> tuple[int, dict[tuple[str, str], Tally]]:
+            rows = queries.daily_totals(session, first=first.isoformat(), last=last.isoformat())
+            return queries.applied_position(session), rows
+
+        position, totals = await runner.read(query)
+        days: list[dict[str, Any]] = []
+        for offset in range((last - first).days + 1):
+            day = (first + timedelta(offset)).isoformat()
+            days.append(
+                {
+                    "date": day,
+                    "currencies": {
+                        currency: {
+                            "accounts_opened": t.opened,
+                            "accounts_closed": t.closed,
+                            "net_flow": t.balance,
+                            **_movements(t),
+                        }
+                        for (d, currency), t in totals.items()
+                        if d == day
+                    },
+                }
+            )
+        return JSONResponse(
+            {"from": first.isoformat(), "to": last.isoformat(), "position": position, "days": days}
+        )
+
+    return app
+
+
+def _movements(t: Tally) -> dict[str, Any]:
+    return {
+        "deposits": {"count": t.deposits_count, "volume": t.deposits_volume},
+        "withdrawals": {"count": t.withdrawals_count, "volume": t.withdrawals_volume},
+        "transfers": {"count": t.transfers_count, "volume": t.transfers_volume},
+    }
+
+
+def _day(name: str, text: str) -> date:
+    try:
+        if not _DATE.match(text):
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise invalid_param(name, f"must be a date YYYY-MM-DD, got {text!r}") from None

@@ -1,0 +1,167 @@
+"""The statistics read model's tables, and the writer that applies a batch of events to them.
+
+Counters of money (balances summed over accounts, volumes) are stored as decimal TEXT: they
+are unbounded (enough maximal movements pass 2^63) and neither SQLite nor PostgreSQL has an
+exact unbounded integer type in common. The sums are done in Python, exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readmodel import Migration, Row, Session
+from eventledger.services.statistics.projection import (
+    TALLY_FIELDS,
+    StatsAccount,
+    Tally,
+    account_id_of,
+    evolve,
+)
+from eventledger.services.subscription import EventRejected
+
+NAME = "statistics"
+
+# Which counters are money (stored as TEXT) and which are counts (BIGINT).
+MONEY_FIELDS = frozenset({"balance", "deposits_volume", "withdrawals_volume", "transfers_volume"})
+_COUNTER_DDL = ",\n".join(
+    f"{f} {'TEXT' if f in MONEY_FIELDS else 'BIGINT'} NOT NULL" for f in TALLY_FIELDS
+)
+TALLY_COLUMNS = ", ".join(TALLY_FIELDS)
+
+MIGRATIONS: Sequence[Migration] = (
+    (
+        """CREATE TABLE stats_accounts (
+            account_id TEXT PRIMARY KEY,
+            currency TEXT NOT NULL,
+            status TEXT NOT NULL,
+            version BIGINT NOT NULL
+        )""",
+        f"CREATE TABLE stats_currencies (currency TEXT PRIMARY KEY, {_COUNTER_DDL})",
+        f"""CREATE TABLE stats_daily (
+            day TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            {_COUNTER_DDL},
+            PRIMARY KEY (day, currency)
+        )""",
+    ),
+)
+
+_UPSERT_ACCOUNT = (
+    "INSERT INTO stats_accounts (account_id, currency, status, version) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (account_id) DO UPDATE SET status = excluded.status, version = excluded.version"
+)
+_SET_TALLY = ", ".join(f"{f} = excluded.{f}" for f in TALLY_FIELDS)
+_MARKS = ", ".join("?" * len(TALLY_FIELDS))
+_UPSERT_CURRENCY = (
+    f"INSERT INTO stats_currencies (currency, {TALLY_COLUMNS}) VALUES (?, {_MARKS}) "
+    f"ON CONFLICT (currency) DO UPDATE SET {_SET_TALLY}"
+)
+_UPSERT_DAY = (
+    f"INSERT INTO stats_daily (day, currency, {TALLY_COLUMNS}) VALUES (?, ?, {_MARKS}) "
+    f"ON CONFLICT (day, currency) DO UPDATE SET {_SET_TALLY}"
+)
+
+
+def tally_from_row(row: Row) -> Tally:
+    """A Tally from its columns in TALLY_FIELDS order (money read back from TEXT)."""
+    return Tally(*(int(value) for value in row))
+
+
+def tally_to_row(tally: Tally) -> tuple[object, ...]:
+    return tuple(
+        str(getattr(tally, f)) if f in MONEY_FIELDS else getattr(tally, f) for f in TALLY_FIELDS
+    )
+
+
+def _in(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+class StatisticsProjection:
+    """Per-currency and per-day counters, from the `account-<id>` streams."""
+
+    name = NAME
+    migrations = MIGRATIONS
+
+    def apply(self, session: Session, events: Sequence[RecordedEvent]) -> EventRejected | None:
+        # Streams that are not accounts' are skipped; the checkpoint still moves past them.
+        relevant = [(a, e) for e in events if (a := account_id_of(e.stream)) is not None]
+        accounts = self._load_accounts(session, {a for a, _ in relevant})
+        changed: dict[str, StatsAccount] = {}
+        currencies: dict[str, Tally] = {}
+        days: dict[tuple[str, str], Tally] = {}
+        rejected: EventRejected | None = None
+        for account_id, event in relevant:
+            try:
+                change = evolve(accounts.get(account_id), event)
+            except EventRejected as exc:
+                rejected = exc
+                break
+            accounts[account_id] = changed[account_id] = change.account
+            currencies[change.currency] = currencies.get(change.currency, Tally()) + change.delta
+            key = (change.day, change.currency)
+            days[key] = days.get(key, Tally()) + change.delta
+        if changed:
+            session.executemany(
+                _UPSERT_ACCOUNT,
+                [(a.account_id, a.currency, a.status, a.version) for a in changed.values()],
+            )
+        if currencies:
+            self._add_currencies(session, currencies)
+        if days:
+            self._add_days(session, days)
+        return rejected
+
+    def reset(self, session: Session) -> None:
+        for table in ("stats_daily", "stats_currencies", "stats_accounts"):
+            session.execute(f"DELETE FROM {table}")
+
+    @staticmethod
+    def _load_accounts(session: Session, account_ids: set[str]) -> dict[str, StatsAccount]:
+        ids = sorted(account_ids)
+        found: dict[str, StatsAccount] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for account_id, currency, status, version in session.fetchall(
+                "SELECT account_id, currency, status, version FROM stats_accounts "
+                f"WHERE account_id IN ({_in(len(chunk))})",
+                chunk,
+            ):
+                found[account_id] = StatsAccount(
+                    account_id, currency, "closed" if status == "closed" else "open", int(version)
+                )
+        return found
+
+    @staticmethod
+    def _add_currencies(session: Session, deltas: dict[str, Tally]) -> None:
+        keys = sorted(deltas)
+        rows = session.fetchall(
+            f"SELECT currency, {TALLY_COLUMNS} FROM stats_currencies "
+            f"WHERE currency IN ({_in(len(keys))})",
+            keys,
+        )
+        totals = {row[0]: tally_from_row(row[1:]) for row in rows}
+        session.executemany(
+            _UPSERT_CURRENCY,
+            [
+                (currency, *tally_to_row(totals.get(currency, Tally()) + delta))
+                for currency, delta in deltas.items()
+            ],
+        )
+
+    @staticmethod
+    def _add_days(session: Session, deltas: dict[tuple[str, str], Tally]) -> None:
+        totals: dict[tuple[str, str], Tally] = {}
+        for day in sorted({day for day, _ in deltas}):
+            for row in session.fetchall(
+                f"SELECT currency, {TALLY_COLUMNS} FROM stats_daily WHERE day = ?", (day,)
+            ):
+                totals[(day, row[0])] = tally_from_row(row[1:])
+        session.executemany(
+            _UPSERT_DAY,
+            [
+                (day, currency, *tally_to_row(totals.get((day, currency), Tally()) + delta))
+                for (day, currency), delta in deltas.items()
+            ],
+        )
