@@ -2,9 +2,20 @@
 
     store = await PostgresEventStore.open("postgresql://eventledger@db:5432/ledger")
 
-Inner shape (the same as sqlite.py): a connection pool for reads; one writer task per store
-that commits the appends waiting at that moment as one group (one transaction, one fsync);
-one LISTEN connection that wakes `wait_for_events`.
+How an append travels (group commit, as in sqlite.py):
+
+    caller ──▶ queue ──▶ writer task (one per store; keeps a pooled connection while busy)
+                          BEGIN; lock the group's streams; read the stored ids and  } one
+                            the stream versions                                      } round trip
+                          decide each request in order: replay, expected version (Python)
+                          INSERT every row (positions from the counter row); COMMIT; } one
+                            NOTIFY                                                   } round trip
+                          (the INSERT failed? ROLLBACK TO SAVEPOINT, then one SAVEPOINT
+                           per request, so that the request at fault fails alone)
+    caller ◀──future── answered only after COMMIT returned
+
+Reads take a connection from the pool. `wait_for_events` is woken by a dedicated LISTEN
+connection and reads the head from the table, the truth.
 
 Ordering
     Positions come from the one-row table `event_position`, not from a sequence: the row lock
@@ -42,8 +53,10 @@ import hashlib
 import json
 import logging
 import re
+import time
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -316,11 +329,13 @@ class PostgresEventStore(EventStore):
         conninfo: str,
         schema: str,
         upcasters: UpcasterRegistry | None = None,
+        idle_check: _IdleCheck | None = None,
     ) -> None:
         super().__init__(upcasters=upcasters)
         self._pool = pool
         self._conninfo = conninfo
         self._schema = schema
+        self._idle_check = idle_check or _IdleCheck()
         self._queue: deque[_Request] = deque()
         self._queue_ready = asyncio.Event()
         self._watch = _HeadWatch()
@@ -367,15 +382,14 @@ class PostgresEventStore(EventStore):
             async with conn:
                 await _check_durability(conn, allow_unsafe=allow_unsafe_durability)
                 await _migrate(conn, schema)
+        idle_check = _IdleCheck()
         pool: Pool = AsyncConnectionPool(
             conninfo,
             kwargs={"autocommit": True},
             min_size=min_size,
             max_size=max_size,
             open=False,
-            # A connection broken by a server restart or pg_terminate_backend is replaced
-            # before it is handed out, not discovered by a failing append.
-            check=AsyncConnectionPool.check_connection,
+            check=idle_check,
             timeout=pool_timeout,
             reconnect_timeout=60.0,
             reconnect_failed=_log_reconnect_failed,
@@ -387,23 +401,29 @@ class PostgresEventStore(EventStore):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, conninfo=conninfo, schema=schema, upcasters=upcasters)
+        return cls(
+            pool, conninfo=conninfo, schema=schema, upcasters=upcasters, idle_check=idle_check
+        )
+
+    @asynccontextmanager
+    async def _connection(self, wait: float | None = None) -> AsyncIterator[Connection]:
+        """A pooled connection (waiting at most `wait` seconds for one), stamped when given
+        back so that the pool's check knows it was just used."""
+        async with self._pool.connection(wait) as conn:
+            try:
+                yield conn
+            finally:
+                self._idle_check.used(conn)
 
     # -- writing ---------------------------------------------------------------------------
 
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        try:
-            payloads = [
-                [
-                    (json.dumps(e.data, allow_nan=False), json.dumps(e.metadata, allow_nan=False))
-                    for e in a.events
-                ]
-                for a in appends
-            ]
-        except (TypeError, ValueError) as exc:
-            raise InvalidAppend(f"event data is not JSON: {exc}") from exc
+        payloads = [
+            [(_json(e.data, "data", e.id), _json(e.metadata, "metadata", e.id)) for e in a.events]
+            for a in appends
+        ]
         request = _Request(appends, payloads, asyncio.get_running_loop().create_future())
         self._queue.append(request)
         self._queue_ready.set()
@@ -419,9 +439,9 @@ class PostgresEventStore(EventStore):
                 await self._queue_ready.wait()
                 continue
             try:
-                async with self._pool.connection() as conn:
-                    # Keep the connection while appends keep coming (no pool check per group).
-                    while self._queue and not conn.broken:
+                async with self._connection() as conn:
+                    # Keep the connection while appends keep coming (and it is in a clean state).
+                    while self._queue and _idle(conn):
                         if group := self._take_group():
                             await self._commit_group(conn, group)
             except psycopg.Error as exc:  # no connection within the pool timeout
@@ -612,9 +632,18 @@ class PostgresEventStore(EventStore):
     # -- reading ---------------------------------------------------------------------------
 
     async def _fetch(self, query: LiteralString, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        async with _translating(), self._pool.connection() as conn:
-            cur = await conn.execute(query, params)
-            return await cur.fetchall()
+        async with _translating():
+            for attempt in range(2):
+                async with self._connection() as conn:
+                    try:
+                        cur = await conn.execute(query, params)
+                        return await cur.fetchall()
+                    except psycopg.OperationalError:
+                        if attempt or not conn.closed:
+                            raise
+                # The connection died under the query (restart, terminated backend): a read
+                # is idempotent, so once more on a fresh connection.
+        raise AssertionError("unreachable")
 
     async def _read_stream(
         self, stream: str, from_version: int, limit: int | None
@@ -682,6 +711,7 @@ class PostgresEventStore(EventStore):
         """Keep one LISTEN connection, reconnecting after failures. After each (re)connect,
         and every RECHECK_INTERVAL while someone waits, read the head: NOTIFYs sent while
         disconnected are lost."""
+        loop = asyncio.get_running_loop()
         delay = 0.05
         while True:
             try:
@@ -691,16 +721,16 @@ class PostgresEventStore(EventStore):
                 async with conn:
                     await conn.execute("LISTEN " + CHANNEL)
                     self._watch.advance(await _head(conn))
+                    checked = loop.time()
                     delay = 0.05
                     while True:
-                        heard = False
                         notes = conn.notifies(timeout=RECHECK_INTERVAL, stop_after=1)
                         async with aclosing(notes):
                             async for note in notes:
-                                heard = True
                                 self._hear(note.payload)
-                        if not heard and self._watch.waiters:
+                        if self._watch.waiters and loop.time() - checked >= RECHECK_INTERVAL:
                             self._watch.advance(await _head(conn))
+                            checked = loop.time()
             except psycopg.Error as exc:
                 logger.info("event listener lost its connection, reconnecting: %s", exc)
             except Exception:
@@ -724,7 +754,7 @@ class PostgresEventStore(EventStore):
             async with (
                 asyncio.timeout(3.0),
                 _translating(),
-                self._pool.connection(timeout=2.0) as conn,
+                self._connection(wait=2.0) as conn,
             ):
                 await conn.execute("SELECT 1")
         except TimeoutError:
@@ -844,9 +874,13 @@ def _fail(requests: Iterable[_Request], error: BaseException) -> None:
         _answer(request, error)
 
 
+def _idle(conn: Connection) -> bool:
+    return not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+
+
 async def _abandon(conn: Connection) -> None:
     """Roll back whatever a failed group left open, so the connection can serve the next."""
-    if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+    if not conn.closed and not _idle(conn):
         try:
             await conn.execute("ROLLBACK")
         except psycopg.Error as exc:
@@ -880,6 +914,34 @@ def _lock_key(schema: str, name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _json(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
+    """Event data as jsonb accepts it (the same rules as sqlite.py, plus no NUL character)."""
+    try:
+        text = json.dumps(
+            value,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            default=_json_default,
+        )
+        text.encode("utf-8")  # lone surrogates cannot be stored
+    except (TypeError, ValueError) as exc:
+        raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise InvalidAppend(f"the {what} of event {event_id} contains NUL, which jsonb refuses")
+    return text
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# A \u0000 escape that is not itself an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -898,9 +960,32 @@ def _conninfo(
         options.append(f"-c {name}={escaped}")
     params["options"] = " ".join(o for o in options if o)
     params.setdefault("connect_timeout", 3)
+    params["client_encoding"] = "UTF8"
     if application_name or not params.get("application_name"):
         params["application_name"] = application_name or "eventledger"
     return make_conninfo("", **params)
+
+
+class _IdleCheck:
+    """The pool's check before it hands out a connection: a connection broken by a server
+    restart or pg_terminate_backend is replaced then, not discovered by a failing append.
+    Only connections that sat idle for a while pay the round trip of a real check; one used a
+    moment ago is known to work (and a read on it that fails is retried, see `_fetch`)."""
+
+    IDLE = 1.0  # seconds
+
+    def __init__(self) -> None:
+        self._last_used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+
+    def used(self, conn: Connection) -> None:
+        self._last_used[conn] = time.monotonic()
+
+    async def __call__(self, conn: Connection) -> None:
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("the connection is closed")
+        last = self._last_used.get(conn)
+        if last is None or time.monotonic() - last > self.IDLE:
+            await AsyncConnectionPool.check_connection(conn)
 
 
 def _log_reconnect_failed(pool: Pool) -> None:
