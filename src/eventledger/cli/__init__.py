@@ -1,0 +1,60 @@
+"""The command line: `eventledger up | serve | open | deposit | … | tail | rebuild`.
+
+Each command parses its options, reads settings once and calls a service or the composition
+root (`bootstrap`); nothing here knows the domain. Errors are one line: exit code 1 for a
+refused or failed request, 2 for a bad flag or setting.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from eventledger.cli import commands, operator, queries
+from eventledger.cli.output import friendly_errors, print_error
+from eventledger.cli.serve import serve
+from eventledger.cli.up import up
+
+app = typer.Typer(
+    name="eventledger",
+    help="An event-sourced, CQRS accounting ledger: run the services and drive the API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_RUN = "Run the services"
+_API = "Drive the API"
+_OPERATE = "Operate"
+
+app.command("up", rich_help_panel=_RUN)(friendly_errors(up))
+app.command("serve", rich_help_panel=_RUN)(friendly_errors(serve))
+app.command("open", rich_help_panel=_API)(friendly_errors(commands.open_account))
+app.command("deposit", rich_help_panel=_API)(friendly_errors(commands.deposit))
+app.command("withdraw", rich_help_panel=_API)(friendly_errors(commands.withdraw))
+app.command("transfer", rich_help_panel=_API)(friendly_errors(commands.transfer))
+app.command("close", rich_help_panel=_API)(friendly_errors(commands.close))
+app.command("balance", rich_help_panel=_API)(friendly_errors(queries.balance))
+app.command("history", rich_help_panel=_API)(friendly_errors(queries.history))
+app.command("accounts", rich_help_panel=_API)(friendly_errors(queries.accounts))
+app.command("stats", rich_help_panel=_API)(friendly_errors(queries.stats))
+app.command("tail", rich_help_panel=_OPERATE)(friendly_errors(operator.tail))
+app.command("rebuild", rich_help_panel=_OPERATE)(friendly_errors(operator.rebuild))
+
+
+def main() -> None:
+    """The `eventledger` console script."""
+    try:
+        app()
+    except Exception as exc:  # a bug outside any command: still one line, not a traceback
+        if os.environ.get("EVENTLEDGER_DEBUG"):
+            raise
+        print_error(f"unexpected {type(exc).__name__}: {exc} (EVENTLEDGER_DEBUG=1 shows more)")
+        sys.exit(1)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,202 @@
+"""A small synchronous client for the services, as the command line uses them.
+
+Every failure becomes a `CliError` of one line: the problem document's `title: detail`, or
+"cannot reach the transaction service at …". Commands sent with an `Idempotency-Key` are
+retried a few times on the failures where we cannot know whether they were applied
+(connection dropped, timeout, 503): the key makes the retry safe.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from eventledger.cli.output import CliError, UsageProblem
+from eventledger.config import SERVICES, ConfigError, load_settings
+
+TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+RETRY_DELAYS = (0.2, 0.5, 1.0)  # three retries after the first attempt
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Base URLs of the four services."""
+
+    urls: Mapping[str, str]
+
+    def url(self, service: str) -> str:
+        return self.urls[service]
+
+
+def endpoints(overrides: Mapping[str, str | None]) -> Endpoints:
+    """URLs from `--<service>-url` options over settings (`EVENTLEDGER_*_PORT`, …)."""
+    try:
+        settings = load_settings({"stream_url": overrides.get("stream")})
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from exc
+    urls: dict[str, str] = {}
+    for service in SERVICES:
+        given = overrides.get(service)
+        if given and not given.startswith(("http://", "https://")):
+            raise UsageProblem(f"--{service}-url must be an http:// URL, not {given!r}")
+        urls[service] = (given or settings.url(service)).rstrip("/")
+    return Endpoints(urls)
+
+
+def segment(text: str) -> str:
+    """`text` as one URL path segment: `a/b` or `..` cannot point at another resource."""
+    return quote(text, safe="") if text not in (".", "..") else quote(text).replace(".", "%2E")
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+class ServiceAnswered(CliError):
+    """Raised when a service answers with an error status (its problem document's line)."""
+
+    def __init__(self, status: int, line: str) -> None:
+        super().__init__(line)
+        self.status = status
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: httpx.Headers = field(default_factory=httpx.Headers)
+
+
+def problem_line(response: httpx.Response) -> str:
+    """`title: detail` from a problem document, or the status and a bit of the body."""
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and ("title" in doc or "detail" in doc):
+        title = str(doc.get("title") or response.reason_phrase)
+        detail = str(doc.get("detail") or "")
+        return f"{title}: {detail}" if detail and detail != title else title
+    text = response.text.strip().replace("\n", " ")[:200]
+    return f"HTTP {response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
+
+
+class ServiceClient:
+    """Requests to one service, with every failure turned into one line."""
+
+    def __init__(self, service: str, base_url: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
+        self.service = service
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._http.close()
+
+    def _unreachable(self, exc: httpx.HTTPError) -> CliError:
+        if isinstance(exc, httpx.TimeoutException):
+            return CliError(f"the {self.service} service at {self.base_url} did not answer in time")
+        return CliError(f"cannot reach the {self.service} service at {self.base_url}")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 201, 202),
+    ) -> Reply:
+        """One request; a 4xx/5xx or a network failure raises `CliError`."""
+        try:
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        return self._reply(response, ok)
+
+    def command(self, path: str, body: Mapping[str, Any], *, key: str) -> Reply:
+        """POST a command with an `Idempotency-Key`, retrying while the outcome is unknown."""
+        headers = {"Idempotency-Key": key}
+        last: CliError | None = None
+        maybe_applied = False
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                response = self._http.post(path, json=dict(body), headers=headers)
+            except httpx.HTTPError as exc:
+                last = self._unreachable(exc)
+                maybe_applied = maybe_applied or not isinstance(exc, httpx.ConnectError)
+            else:
+                maybe_applied = True
+                if response.status_code != 503:
+                    return self._reply(response, (200, 201))
+                last = ServiceAnswered(503, problem_line(response))
+            if delay is None:
+                break
+            time.sleep(delay)
+        assert last is not None
+        if maybe_applied:  # the command may have been applied: say how to find out safely
+            raise CliError(f"{last} (retry safely with --idempotency-key {key})")
+        raise last
+
+    def _reply(self, response: httpx.Response, ok: tuple[int, ...]) -> Reply:
+        if response.status_code not in ok:
+            raise ServiceAnswered(response.status_code, problem_line(response))
+        try:
+            body = response.json() if response.content else None
+        except ValueError as exc:
+            raise CliError(
+                f"the {self.service} service at {self.base_url} answered with something "
+                "that is not JSON"
+            ) from exc
+        return Reply(response.status_code, body, response.headers)
+
+    def events(
+        self, path: str, *, params: Mapping[str, str | int], last_event_id: int | None = None
+    ) -> Iterator[tuple[str | None, str | None, str]]:
+        """Follow a Server-Sent Events stream: yields `(id, event, data)` per event."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        timeout = httpx.Timeout(10.0, read=None)
+        try:
+            with self._http.stream(
+                "GET", path, params=params, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise ServiceAnswered(response.status_code, problem_line(response))
+                yield from parse_sse(response.iter_lines())
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str | None, str]]:
+    """Events of a text/event-stream (WHATWG HTML, server-sent events); comments skipped."""
+    event_id: str | None = None
+    event_type: str | None = None
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event_id, event_type, "\n".join(data)
+            event_type, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event_type = value
+        elif name == "id":
+            event_id = value

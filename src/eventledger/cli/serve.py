@@ -1,0 +1,205 @@
+"""`eventledger serve NAME`: one service in this process, under uvicorn.
+
+Settings come from flags over environment variables (`config.load_settings`); a bad value is
+one red line and exit code 2. SIGTERM and SIGINT start uvicorn's graceful shutdown: the app's
+`begin_shutdown` hook (if it has one) ends live subscriptions at once, the wait for open
+connections is bounded to a few seconds, and the process then exits with code 0.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from eventledger.cli.output import UsageProblem
+from eventledger.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:  # imported when serving only: the client commands start faster without
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
+
+class ServiceName(enum.StrEnum):
+    stream = "stream"
+    transaction = "transaction"
+    accounting = "accounting"
+    statistics = "statistics"
+
+
+# Options shared by `serve` and `up`; None means "not given", so that the environment applies.
+HostOpt = Annotated[
+    str | None, typer.Option("--host", help="Address to listen on \\[env: EVENTLEDGER_HOST]")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where services keep their files (default ./eventledger-data) "
+        "\\[env: EVENTLEDGER_DATA_DIR]",
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="The event store: sqlite:///path/events.db or postgresql://user@host:port/db "
+        "\\[env: EVENTLEDGER_STORE]",
+    ),
+]
+ReadModelStoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--readmodel-store",
+        help="The read models' store URL (default SQLite under the data dir) "
+        "\\[env: EVENTLEDGER_READMODEL_STORE]",
+    ),
+]
+StreamUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stream-url",
+        help="Where the other services find the stream service \\[env: EVENTLEDGER_STREAM_URL]",
+    ),
+]
+UnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsafe-durability",
+        help="Accept a PostgreSQL server without synchronous commit "
+        "\\[env: EVENTLEDGER_ALLOW_UNSAFE_DURABILITY]",
+    ),
+]
+
+
+def settings_from_flags(**flags: object) -> Settings:
+    """`load_settings` over the given flags, a `ConfigError` turned into a usage problem."""
+    if flags.get("allow_unsafe_durability") is False:
+        flags["allow_unsafe_durability"] = None  # a flag not given: the environment decides
+    try:
+        return load_settings(flags)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from exc
+
+
+def log_config(prefix: str) -> dict[str, Any]:
+    """uvicorn's logging, every line prefixed with `prefix`; no access log."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "default": {
+                "()": "uvicorn.logging.DefaultFormatter",
+                "fmt": f"{prefix}%(levelprefix)s %(message)s",
+            },
+        },
+        "handlers": {
+            "default": {
+                "formatter": "default",
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+        "root": {"handlers": ["default"], "level": "INFO"},
+    }
+
+
+def _server(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
+    """A uvicorn server that tells the app it is shutting down *before* waiting for open
+    connections: a service with live subscriptions (`app.state.begin_shutdown`) ends them
+    at once, instead of holding the process until the graceful-shutdown timeout."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            begin_shutdown = getattr(app.state, "begin_shutdown", None)
+            if callable(begin_shutdown):
+                begin_shutdown()
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
+def event_loop() -> str:
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def serve(
+    service: Annotated[ServiceName, typer.Argument(help="Which service to run")],
+    host: HostOpt = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Port to listen on \\[env: EVENTLEDGER_<NAME>_PORT]"),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = None,
+    readmodel_store: ReadModelStoreOpt = None,
+    stream_url: StreamUrlOpt = None,
+    allow_unsafe_durability: UnsafeOpt = False,
+    log_prefix: Annotated[
+        bool,
+        typer.Option(
+            "--log-prefix/--no-log-prefix",
+            hidden=True,
+            help="Prefix log lines with the service name (`up` prefixes them itself)",
+        ),
+    ] = True,
+) -> None:
+    """Run one service until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from eventledger import bootstrap
+
+    name = service.value
+    settings = settings_from_flags(
+        service=name,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        store=store,
+        readmodel_store=readmodel_store,
+        stream_url=stream_url,
+        allow_unsafe_durability=allow_unsafe_durability,
+    )
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageProblem(f"cannot use the data dir {settings.data_dir}: {exc}") from exc
+    try:
+        app = bootstrap.build_app(name, settings)
+    except (ConfigError, ValueError) as exc:
+        raise UsageProblem(f"cannot start the {name} service: {exc}") from exc
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port(name),
+        loop=event_loop(),
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        log_config=log_config(f"{name} | " if log_prefix else ""),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        server_header=False,
+    )
+    server = _server(config, app)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these no-op
+    # handlers in place that re-raise is harmless, and a requested stop exits with code 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)

@@ -1,0 +1,231 @@
+"""`eventledger up`: the four services, one process each, until Ctrl-C or SIGTERM.
+
+The stream service starts first and must answer `/health` before the others start: they
+subscribe to it. Every line a service logs is shown prefixed with its name in its own
+colour. On Ctrl-C or SIGTERM every service gets SIGTERM and a bounded time to stop, then
+SIGKILL (a second Ctrl-C kills them at once). If a service dies on its own, the others are
+stopped and `up` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO
+
+import httpx
+from rich.table import Table
+from rich.text import Text
+
+from eventledger.cli.output import CliError, console
+from eventledger.cli.serve import (
+    DataDirOpt,
+    HostOpt,
+    ReadModelStoreOpt,
+    StoreOpt,
+    StreamUrlOpt,
+    UnsafeOpt,
+    settings_from_flags,
+)
+from eventledger.config import SERVICES, Settings
+
+COLOURS = {
+    "stream": "cyan",
+    "transaction": "magenta",
+    "accounting": "green",
+    "statistics": "yellow",
+}
+HEALTH_POLL_SECONDS = 0.1
+HEALTH_WAIT_SECONDS = 30.0
+STOP_WAIT_SECONDS = 10.0
+WIDTH = max(len(name) for name in SERVICES)
+
+
+@dataclass
+class Child:
+    name: str
+    url: str
+    process: subprocess.Popen[str]
+    pump: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pump = threading.Thread(
+            target=_pump, args=(self.name, self.process.stdout), daemon=True
+        )
+        self.pump.start()
+
+
+def _prefix(name: str) -> Text:
+    return Text(f"{name:<{WIDTH}} │ ", style=f"bold {COLOURS.get(name, 'white')}")
+
+
+def say(message: str, style: str = "bold") -> None:
+    console.print(Text.assemble(Text(f"{'up':<{WIDTH}} │ ", style="bold"), (message, style)))
+
+
+def _pump(name: str, stream: IO[str] | None) -> None:
+    """Copy a child's output to ours, each line prefixed with the child's name."""
+    if stream is None:
+        return
+    for line in stream:
+        console.print(Text.assemble(_prefix(name), Text(line.rstrip("\n"))), soft_wrap=True)
+
+
+def _child_argv(name: str, settings: Settings) -> list[str]:
+    argv = [sys.executable, "-m", "eventledger", "serve", name, "--no-log-prefix"]
+    argv += ["--host", settings.host, "--port", str(settings.port(name))]
+    argv += ["--data-dir", str(settings.data_dir)]
+    if name == "stream" and settings.store:
+        argv += ["--store", settings.store]
+    if name in ("accounting", "statistics") and settings.readmodel_store:
+        argv += ["--readmodel-store", settings.readmodel_store]
+    if name != "stream":
+        argv += ["--stream-url", settings.url("stream")]
+    if settings.allow_unsafe_durability:
+        argv.append("--allow-unsafe-durability")
+    return argv
+
+
+def _client_url(settings: Settings, name: str) -> str:
+    """The URL to reach a service on: a wildcard listen address is reached on loopback."""
+    url = settings.url(name)
+    if name != "stream" or not settings.stream_url:
+        for wildcard in ("0.0.0.0", "[::]", "::"):
+            url = url.replace(f"//{wildcard}:", "//127.0.0.1:")
+    return url
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_requested.is_set():  # asked twice: do not wait any longer
+            say("stopping now", "bold red")
+            for child in self.children:
+                if child.process.poll() is None:
+                    child.process.kill()
+            return
+        say(f"{signal.Signals(signum).name} received: stopping every service", "bold yellow")
+        self.stop_requested.set()
+
+    def start(self, name: str) -> Child:
+        process = subprocess.Popen(
+            _child_argv(name, self.settings),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
+        child = Child(name, _client_url(self.settings, name), process)
+        self.children.append(child)
+        return child
+
+    def wait_healthy(self, children: list[Child]) -> None:
+        """Poll each child's /health until it answers 200; fail if it dies or takes too long."""
+        deadline = time.monotonic() + HEALTH_WAIT_SECONDS
+        pending = list(children)
+        with httpx.Client(timeout=1.0) as http:
+            while pending:
+                for child in list(pending):
+                    self.check_alive()
+                    try:
+                        if http.get(f"{child.url}/health").status_code == 200:
+                            pending.remove(child)
+                    except httpx.HTTPError:
+                        pass
+                if not pending:
+                    return
+                if self.stop_requested.wait(HEALTH_POLL_SECONDS):
+                    raise KeyboardInterrupt
+                if time.monotonic() > deadline:
+                    names = ", ".join(child.name for child in pending)
+                    raise CliError(
+                        f"{names} did not become healthy within {HEALTH_WAIT_SECONDS:.0f} s"
+                    )
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None and not self.stop_requested.is_set():
+                raise CliError(f"the {child.name} service stopped unexpectedly (exit code {code})")
+
+    def stop_all(self) -> None:
+        running = [c for c in self.children if c.process.poll() is None]
+        for child in running:
+            child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        for child in running:
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"{child.name} did not stop within {STOP_WAIT_SECONDS:.0f} s: killing it")
+                child.process.kill()
+                child.process.wait()
+        for child in self.children:
+            child.pump.join(timeout=1.0)
+
+    def addresses(self) -> Table:
+        table = Table(title="eventledger is up", title_style="bold")
+        table.add_column("service")
+        table.add_column("address")
+        table.add_column("docs")
+        for child in self.children:
+            table.add_row(
+                Text(child.name, style=f"bold {COLOURS[child.name]}"),
+                child.url,
+                f"{child.url}/docs",
+            )
+        return table
+
+
+def up(
+    host: HostOpt = None,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = None,
+    readmodel_store: ReadModelStoreOpt = None,
+    stream_url: StreamUrlOpt = None,
+    allow_unsafe_durability: UnsafeOpt = False,
+) -> None:
+    """Start all four services (one process each) and stop them all on Ctrl-C."""
+    settings = settings_from_flags(
+        host=host,
+        data_dir=data_dir,
+        store=store,
+        readmodel_store=readmodel_store,
+        stream_url=stream_url,
+        allow_unsafe_durability=allow_unsafe_durability,
+    )
+    supervisor = Supervisor(settings)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, supervisor.request_stop)
+    where = settings.store or f"SQLite under {settings.data_dir.resolve()}"
+    say(f"starting eventledger: events in {where}")
+    failure: CliError | None = None
+    try:
+        if not settings.stream_url:
+            supervisor.wait_healthy([supervisor.start("stream")])
+        others = [supervisor.start(name) for name in SERVICES if name != "stream"]
+        supervisor.wait_healthy(others)
+        console.print(supervisor.addresses())
+        say("press Ctrl-C to stop")
+        while not supervisor.stop_requested.wait(0.2):
+            supervisor.check_alive()
+    except KeyboardInterrupt:
+        pass
+    except CliError as exc:
+        failure = exc
+        say(f"error: {exc}: stopping the other services", "bold red")
+    supervisor.stop_all()
+    if failure is not None:
+        raise CliError(str(failure))
+    say("stopped", "bold green")

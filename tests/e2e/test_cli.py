@@ -1,0 +1,282 @@
+"""The command line against running services, and `up`/`serve` starting and stopping."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventledger.config import SERVICES as SERVICE_NAMES
+from tests.e2e.harness import (
+    ServiceProcess,
+    System,
+    cli_env,
+    free_port,
+    new_id,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+STOP_SECONDS = 5.0
+
+
+def system_env(system: System) -> dict[str, str]:
+    """Settings that point the command line at `system`, as a user would set them."""
+    return cli_env(**{f"EVENTLEDGER_{s.name.upper()}_PORT": str(s.port) for s in system.services})
+
+
+def eventledger(
+    *args: str, env: dict[str, str], timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventledger", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_the_command_line_opens_deposits_and_shows_balances(system: System) -> None:
+    env = system_env(system)
+    account = new_id("cli")
+    assert account in ok(eventledger("open", "--id", account, "--currency", "EUR", env=env))
+
+    deposited = ok(eventledger("deposit", account, "1234", "--reference", "salary", env=env))
+    assert "12.34 EUR" in deposited and "1234" in deposited
+    withdrawn = ok(
+        eventledger(
+            "withdraw",
+            account,
+            "34",
+            "--transaction-url",
+            system.transaction.url,
+            "--accounting-url",
+            system.accounting.url,
+            env=cli_env(),
+        )
+    )
+    assert "0.34 EUR" in withdrawn and "12.00 EUR" in withdrawn
+
+    balance = ok(eventledger("balance", account, env=env))
+    assert "12.00 EUR" in balance and "1200" in balance
+    history = ok(eventledger("history", account, env=env))
+    assert "deposit" in history and "withdrawal" in history and "salary" in history
+    ok(eventledger("accounts", env=env))
+    assert "EUR" in ok(eventledger("stats", env=env))
+
+
+def test_the_command_line_retries_a_money_command_safely_with_the_same_key(
+    system: System,
+) -> None:
+    env = system_env(system)
+    account = new_id("cli")
+    ok(eventledger("open", "--id", account, "--currency", "EUR", env=env))
+    args = ("deposit", account, "500", "--idempotency-key", f"key-{account}")
+    ok(eventledger(*args, env=env))
+    again = ok(eventledger(*args, env=env))
+    assert "5.00 EUR" in again and "replayed" in again
+    assert "5.00 EUR" in ok(eventledger("balance", account, env=env))
+
+
+def test_the_command_line_says_what_went_wrong_in_one_line(system: System) -> None:
+    env = system_env(system)
+    missing = one_line_error(eventledger("deposit", new_id("nobody"), "100", env=env))
+    assert "Account not found" in missing
+
+    account = new_id("cli")
+    ok(eventledger("open", "--id", account, "--currency", "EUR", env=env))
+    refused = one_line_error(eventledger("withdraw", account, "1", env=env))
+    assert "insufficient" in refused.lower()
+    assert "currency" in one_line_error(eventledger("open", "--currency", "eur", env=env))
+
+    port = free_port()
+    down = cli_env(EVENTLEDGER_TRANSACTION_PORT=str(port))
+    unreachable = one_line_error(eventledger("deposit", account, "1", env=down))
+    assert f"cannot reach the transaction service at http://127.0.0.1:{port}" in unreachable
+
+    # A float is not an amount: refused before anything is sent.
+    floated = eventledger("deposit", account, "12.34", env=env)
+    assert floated.returncode == 2 and "Traceback" not in floated.stderr
+    assert "0.00 EUR" in ok(eventledger("balance", account, env=env))
+
+
+def test_tail_prints_each_new_event_as_it_is_committed(system: System) -> None:
+    env = system_env(system)
+    after = system.head_position()
+    account = new_id("tail")
+    with subprocess.Popen(
+        [sys.executable, "-m", "eventledger", "tail", "--after", str(after)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as tail:
+        try:
+            ok(eventledger("open", "--id", account, "--currency", "EUR", env=env))
+            ok(eventledger("deposit", account, "250", env=env))
+            lines: queue.Queue[str] = queue.Queue()
+            threading.Thread(target=lambda: [lines.put(x) for x in tail.stdout or ()]).start()
+            mine: list[str] = []
+            deadline = time.monotonic() + 20.0
+            while not any("MoneyDeposited" in line for line in mine):
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                if account in line:
+                    mine.append(line)
+            assert ["AccountOpened" in mine[0], "MoneyDeposited" in mine[1]] == [True, True]
+        finally:
+            tail.send_signal(signal.SIGINT)
+            assert tail.wait(timeout=STOP_SECONDS) == 0
+            assert tail.stderr is not None
+            assert "Traceback" not in tail.stderr.read()
+
+
+def test_rebuild_replays_a_read_model_and_shows_it_caught_up(system: System) -> None:
+    env = system_env(system)
+    account = new_id("rebuild")
+    ok(eventledger("open", "--id", account, "--currency", "EUR", env=env))
+    ok(eventledger("deposit", account, "4321", env=env))
+    for name in ("accounting", "statistics"):
+        assert "caught up" in ok(eventledger("rebuild", name, env=env, timeout=120.0))
+    assert "43.21 EUR" in ok(eventledger("balance", account, env=env))
+
+
+# -- up and serve ------------------------------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def listening(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def all_healthy(ports: dict[str, int]) -> bool:
+    try:
+        return all(
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200
+            for port in ports.values()
+        )
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], Path]]:
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    env = cli_env(**{f"EVENTLEDGER_{n.upper()}_PORT": str(p) for n, p in ports.items()})
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eventledger", "up", "--data-dir", str(tmp_path / "data")],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        wait_for(
+            lambda: "/docs" in log.read_text() or process.poll() is not None,
+            timeout=60.0,
+            what="eventledger up to print its addresses",
+        )
+        assert process.poll() is None, log.read_text()
+        yield process, ports, log
+    finally:
+        for child in children_of(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_up_starts_every_service_and_stops_them_all_on_ctrl_c(
+    up: tuple[subprocess.Popen[bytes], dict[str, int], Path],
+) -> None:
+    process, ports, log = up
+    assert all_healthy(ports), log.read_text()
+    output = log.read_text()
+    for name, port in ports.items():
+        assert f"http://127.0.0.1:{port}/docs" in output
+        assert any(line.startswith(name) for line in output.splitlines()), output
+    children = children_of(process.pid)
+    assert len(children) == 4
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=15.0) == 0, log.read_text()
+    assert not any(listening(port) for port in ports.values())
+    assert not any(Path(f"/proc/{child}").exists() for child in children)
+    assert "Traceback" not in log.read_text()
+
+
+def test_up_stops_everything_with_an_error_when_a_service_dies(
+    up: tuple[subprocess.Popen[bytes], dict[str, int], Path],
+) -> None:
+    process, ports, log = up
+    children = children_of(process.pid)
+    victim = next(
+        child
+        for child in children
+        if "accounting" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+    )
+    os.kill(victim, signal.SIGKILL)
+    assert process.wait(timeout=15.0) != 0
+    output = log.read_text()
+    assert "accounting service stopped unexpectedly" in output, output
+    assert not any(listening(port) for port in ports.values())
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_serve_exits_within_seconds_of_sigterm_even_with_a_live_subscriber(
+    system: System, tmp_path: Path, name: str
+) -> None:
+    extra = [] if name == "stream" else ["--stream-url", system.stream.url]
+    service = ServiceProcess(name, tmp_path / "data", tmp_path / "logs", extra)
+    service.start().wait_healthy()
+    with httpx.Client(timeout=httpx.Timeout(5.0, read=None)) as subscriber:
+        try:
+            if name == "stream":  # an open subscription must not hold the server
+                request = subscriber.build_request("GET", f"{service.url}/events/subscribe")
+                response = subscriber.send(request, stream=True)
+                assert response.status_code == 200
+            started = time.monotonic()
+            code = service.kill(signal.SIGTERM, timeout=STOP_SECONDS + 5)
+            assert code == 0, service.log_tail()
+            assert time.monotonic() - started < STOP_SECONDS, service.log_tail()
+            assert "Traceback" not in service.log_text()
+        finally:
+            service.stop()
