@@ -1,4 +1,4 @@
-"""The command line: `eventledger up | serve | open | deposit | … | tail | rebuild`.
+"""The command line: `eventledger up | serve | open | deposit | … | tail | rebuild | bench`.
 
 Each command parses its options, reads settings once and calls a service or the composition
 root (`bootstrap`); nothing here knows the domain. Errors are one line: exit code 1 for a
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from eventledger.cli import commands, operator, queries
+from eventledger.cli import bench, commands, operator, queries
 from eventledger.cli.output import friendly_errors, print_error
 from eventledger.cli.serve import serve
 from eventledger.cli.up import up
@@ -44,6 +44,7 @@ app.command("accounts", rich_help_panel=_API)(friendly_errors(queries.accounts))
 app.command("stats", rich_help_panel=_API)(friendly_errors(queries.stats))
 app.command("tail", rich_help_panel=_OPERATE)(friendly_errors(operator.tail))
 app.command("rebuild", rich_help_panel=_OPERATE)(friendly_errors(operator.rebuild))
+app.command("bench", rich_help_panel=_OPERATE)(friendly_errors(bench.bench))
 
 
 def main() -> None:
