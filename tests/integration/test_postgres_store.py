@@ -158,22 +158,33 @@ async def test_an_invalid_schema_name_is_refused(postgres_url: str) -> None:
 # -- durability and availability ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("setting", ["off", "local"])
 async def test_a_server_that_acknowledges_commits_before_they_are_durable_is_refused(
-    postgres_url: str, pg_schema: str, setting: str
+    postgres_url: str, pg_schema: str
 ) -> None:
     # The session setting is what the store's connections would run with.
-    unsafe = make_conninfo(postgres_url, options=f"-c synchronous_commit={setting}")
-    with pytest.raises(UnsafeDurability, match=f"synchronous_commit is {setting}"):
+    unsafe = make_conninfo(postgres_url, options="-c synchronous_commit=off")
+    with pytest.raises(UnsafeDurability, match="synchronous_commit is off"):
         await PostgresEventStore.open(unsafe, schema=pg_schema)
     assert await fetch(postgres_url, "SELECT to_regnamespace(%s)", [pg_schema]) == [(None,)]
     store = await PostgresEventStore.open(unsafe, schema=pg_schema, allow_unsafe_durability=True)
     await store.close()
 
 
+@pytest.mark.parametrize("setting", ["local", "remote_write", "remote_apply", "on"])
+async def test_a_server_that_flushes_commits_on_the_primary_is_accepted(
+    postgres_url: str, pg_schema: str, setting: str
+) -> None:
+    durable = make_conninfo(postgres_url, options=f"-c synchronous_commit={setting}")
+    store = await PostgresEventStore.open(durable, schema=pg_schema)
+    await store.close()
+
+
 def test_fsync_off_or_asynchronous_commits_are_durability_problems() -> None:
     assert durability_problems(fsync="on", synchronous_commit="on") == []
+    assert durability_problems(fsync="on", synchronous_commit="local") == []
+    assert durability_problems(fsync="on", synchronous_commit="remote_write") == []
     assert durability_problems(fsync="on", synchronous_commit="remote_apply") == []
+    assert len(durability_problems(fsync="on", synchronous_commit="off")) == 1
     assert len(durability_problems(fsync="off", synchronous_commit="on")) == 1
     assert len(durability_problems(fsync="off", synchronous_commit="off")) == 2
 

@@ -13,6 +13,7 @@ import pytest
 
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.accounting.store import AccountingProjection
+from eventledger.services.projection_runner import EventRejected, ProjectionRunner
 from eventledger.services.readmodel import (
     ReadModelDB,
     ReadModelUnavailable,
@@ -20,15 +21,14 @@ from eventledger.services.readmodel import (
     SqliteReadModelDB,
 )
 from eventledger.services.subscription import (
-    EventRejected,
-    ProjectionRunner,
     SSEMessage,
     SSEParser,
     StreamSubscription,
     Undecodable,
     fetch_head_position,
 )
-from tests.integration.test_readmodel_support import Ledger, StreamServer, ledger
+from tests.integration import test_readmodel_support as support
+from tests.integration.test_readmodel_support import Ledger, StreamServer
 
 # -- the SSE parser -----------------------------------------------------------------------
 
@@ -84,10 +84,7 @@ async def stream() -> AsyncIterator[StreamServer]:
         yield server
 
 
-@pytest.fixture
-async def log(stream: StreamServer) -> AsyncIterator[Ledger]:
-    async with ledger(stream) as client:
-        yield client
+log = support.log  # a ledger client of `stream`
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """What the read-model tests share (no tests here): the real stream service on a fixed local
 port that can be stopped and started again over the same store, a client that appends raw
-account events to it, and a read-model service run in-process with its lifespan."""
+account events to it, a read-model service run in-process with its lifespan, and the
+fixtures of the service suites (a module takes them by name: `clock = support.clock`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -21,9 +24,9 @@ from eventledger.bootstrap import build_upcasters
 from eventledger.domain.events import EVENT_TYPES
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.store import EventStore
-from eventledger.services.readmodel import ReadModelDB
+from eventledger.services.projection_runner import ProjectionRunner
+from eventledger.services.readmodel import ReadModelDB, SqliteReadModelDB, open_readmodel_db
 from eventledger.services.stream.app import create_app as create_stream_app
-from eventledger.services.subscription import ProjectionRunner
 
 
 class Clock:
@@ -210,4 +213,52 @@ async def caught_up(app: FastAPI, position: int, *, seconds: float = 10.0) -> No
     assert await runner.wait_for(position, seconds), runner.health("test")
 
 
+async def get(client: httpx.AsyncClient, path: str, **params: Any) -> Any:
+    response = await client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# -- the fixtures of the service suites ------------------------------------------------------
+
 OpenDB = Callable[[], ReadModelDB]
+
+
+def open_db_fixture(name: str) -> Any:
+    """An `open_db` fixture that runs each test twice: on SQLite (`<name>.db`, namespace
+    `name`) and on PostgreSQL (the test's own schema)."""
+
+    @pytest.fixture(params=["sqlite", "postgres"])
+    def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> OpenDB:
+        if request.param == "sqlite":
+            return lambda: SqliteReadModelDB(tmp_path / f"{name}.db", namespace=name)
+        url: str = request.getfixturevalue("postgres_url")
+        schema: str = request.getfixturevalue("pg_schema")
+        return lambda: open_readmodel_db(url, namespace=schema)
+
+    return open_db
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def stream(clock: Clock) -> AsyncIterator[StreamServer]:
+    store = MemoryEventStore(upcasters=build_upcasters(), clock=clock)
+    async with StreamServer(store, heartbeat_seconds=1.0) as server:
+        yield server
+
+
+@pytest.fixture
+async def log(stream: StreamServer) -> AsyncIterator[Ledger]:
+    async with ledger(stream) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The module's `app` fixture, serving."""
+    async with serving(app) as c:
+        yield c

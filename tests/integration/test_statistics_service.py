@@ -3,58 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from eventledger.bootstrap import build_upcasters
-from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.services.accounting.app import create_app as create_accounting
-from eventledger.services.readmodel import ReadModelDB, SqliteReadModelDB, open_readmodel_db
+from eventledger.services.readmodel import SqliteReadModelDB
 from eventledger.services.statistics.app import create_app
+from tests.integration import test_readmodel_support as support
 from tests.integration.stream_support import until
 from tests.integration.test_readmodel_support import (
     Clock,
     Ledger,
+    OpenDB,
     StreamServer,
     caught_up,
-    ledger,
+    get,
     runner_of,
     serving,
 )
 
-OpenDB = Callable[[], ReadModelDB]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> OpenDB:
-    if request.param == "sqlite":
-        return lambda: SqliteReadModelDB(tmp_path / "statistics.db", namespace="statistics")
-    url: str = request.getfixturevalue("postgres_url")
-    schema: str = request.getfixturevalue("pg_schema")
-    return lambda: open_readmodel_db(url, namespace=schema)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def stream(clock: Clock) -> AsyncIterator[StreamServer]:
-    store = MemoryEventStore(upcasters=build_upcasters(), clock=clock)
-    async with StreamServer(store, heartbeat_seconds=1.0) as server:
-        yield server
-
-
-@pytest.fixture
-async def log(stream: StreamServer) -> AsyncIterator[Ledger]:
-    async with ledger(stream) as client:
-        yield client
+# The fixtures every read-model service suite shares (test_readmodel_support.py).
+clock, stream, log, client = support.clock, support.stream, support.log, support.client
+open_db = support.open_db_fixture("statistics")
 
 
 @pytest.fixture
@@ -62,18 +35,6 @@ def app(stream: StreamServer, open_db: OpenDB) -> FastAPI:
     return create_app(
         stream_url=stream.url, open_db=open_db, min_position_wait=0.3, head_poll_interval=0.05
     )
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(app) as c:
-        yield c
-
-
-async def get(client: httpx.AsyncClient, path: str, **params: Any) -> Any:
-    response = await client.get(path, params=params)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def two_days(log: Ledger, clock: Clock) -> int:

@@ -54,7 +54,7 @@ def event(type: str = "MoneyDeposited", **data: Any) -> dict[str, Any]:
 
 def sid() -> str:
     """A unique stream name per test: no cleanup needed."""
-    return f"account-{uuid.uuid4().hex[:12]}"
+    return f"s-{uuid.uuid4().hex[:12]}"
 
 
 async def append(
@@ -325,26 +325,26 @@ async def test_the_log_pages_by_position_and_answers_where_to_continue(
 
 
 async def test_the_log_filters_by_types_and_stream_prefix(client: httpx.AsyncClient) -> None:
-    await append(client, "account-1", event("Opened"), event("Deposited"))
+    await append(client, "acct-1", event("Opened"), event("Deposited"))
     await append(client, "transfer-1", event("Deposited"), event("Withdrawn"))
-    await append(client, "account-2", event("Withdrawn"))
+    await append(client, "acct-2", event("Withdrawn"))
 
     async def read(**params: Any) -> list[tuple[str, str]]:
         r = await client.get("/events", params=params)
         return [(e["stream"], e["type"]) for e in r.json()["events"]]
 
-    assert await read(type="Deposited") == [("account-1", "Deposited"), ("transfer-1", "Deposited")]
+    assert await read(type="Deposited") == [("acct-1", "Deposited"), ("transfer-1", "Deposited")]
     assert await read(type=["Opened", "Withdrawn"]) == [
-        ("account-1", "Opened"),
+        ("acct-1", "Opened"),
         ("transfer-1", "Withdrawn"),
-        ("account-2", "Withdrawn"),
+        ("acct-2", "Withdrawn"),
     ]
-    assert await read(stream_prefix="account-") == [
-        ("account-1", "Opened"),
-        ("account-1", "Deposited"),
-        ("account-2", "Withdrawn"),
+    assert await read(stream_prefix="acct-") == [
+        ("acct-1", "Opened"),
+        ("acct-1", "Deposited"),
+        ("acct-2", "Withdrawn"),
     ]
-    assert await read(stream_prefix="account-", type="Withdrawn") == [("account-2", "Withdrawn")]
+    assert await read(stream_prefix="acct-", type="Withdrawn") == [("acct-2", "Withdrawn")]
 
 
 async def test_a_filtered_page_advances_past_events_that_do_not_match(
@@ -393,12 +393,12 @@ async def test_an_unreachable_store_is_a_503_with_retry_after() -> None:
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://stream") as c,
     ):
-        await append(c, "account-1", event())
+        await append(c, "acct-1", event())
         store.down = True
         for r in [
             await c.get("/health"),
-            await append(c, "account-1", event()),
-            await c.post("/batches", json={"appends": [batch_part("account-2", "any")]}),
+            await append(c, "acct-1", event()),
+            await c.post("/batches", json={"appends": [batch_part("acct-2", "any")]}),
             await c.get("/events", params={"type": "X"}),
             await c.get("/events/subscribe"),
         ]:
@@ -530,10 +530,10 @@ BAD_APPENDS: list[tuple[str, bytes, int, str]] = [
 async def test_a_bad_append_is_refused_and_writes_nothing(
     client: httpx.AsyncClient, payload: bytes, status: int, type: str
 ) -> None:
-    await append(client, "account-seed", event())
+    await append(client, "acct-seed", event())
     before = await head(client)
     r = await client.post(
-        "/streams/account-1", content=payload, headers={"content-type": "application/json"}
+        "/streams/acct-1", content=payload, headers={"content-type": "application/json"}
     )
     problem = assert_problem(r, status, type)
     if type == "validation-error":
@@ -544,9 +544,7 @@ async def test_a_bad_append_is_refused_and_writes_nothing(
 async def test_a_body_that_is_not_json_by_content_type_is_a_415(
     client: httpx.AsyncClient,
 ) -> None:
-    r = await client.post(
-        "/streams/account-1", content=body(), headers={"content-type": "text/plain"}
-    )
+    r = await client.post("/streams/acct-1", content=body(), headers={"content-type": "text/plain"})
     assert_problem(r, 415, "unsupported-media-type")
     assert await head(client) == 0
 
@@ -589,7 +587,7 @@ BAD_BATCHES: list[tuple[str, Any, int, str]] = [
 async def test_a_bad_batch_is_refused_and_writes_nothing(
     client: httpx.AsyncClient, payload: Any, status: int, type: str
 ) -> None:
-    await append(client, "account-seed", event())
+    await append(client, "acct-seed", event())
     before = await head(client)
     assert_problem(await client.post("/batches", json=payload), status, type)
     assert await head(client) == before
@@ -610,9 +608,9 @@ BAD_QUERIES: list[tuple[str, str, str]] = [
     ("/events?type=1Bad", "query.type", "bad type"),
     ("/events?type=", "query.type", "empty type"),
     ("/events?stream_prefix=a%20b", "query.stream_prefix", "bad prefix"),
-    ("/streams/account-1?from_version=0", "query.from_version", "version zero"),
-    ("/streams/account-1?from_version=x", "query.from_version", "version text"),
-    ("/streams/account-1?limit=-5", "query.limit", "negative limit"),
+    ("/streams/acct-1?from_version=0", "query.from_version", "version zero"),
+    ("/streams/acct-1?from_version=x", "query.from_version", "version text"),
+    ("/streams/acct-1?limit=-5", "query.limit", "negative limit"),
     ("/events/subscribe?after=-1", "query.after", "subscribe negative"),
     ("/events/subscribe?heartbeat=0.01", "query.heartbeat", "heartbeat too small"),
     ("/events/subscribe?heartbeat=nan", "query.heartbeat", "heartbeat nan"),
@@ -627,7 +625,7 @@ BAD_QUERIES: list[tuple[str, str, str]] = [
 async def test_a_bad_query_parameter_is_a_422_naming_the_field(
     client: httpx.AsyncClient, url: str, field: str
 ) -> None:
-    await append(client, "account-1", event())
+    await append(client, "acct-1", event())
     problem = assert_problem(await client.get(url), 422, "validation-error")
     assert field in [e["field"] for e in problem["errors"]]
     assert await head(client) == 1
@@ -661,7 +659,7 @@ async def test_a_subscriber_catches_up_then_follows_live_without_gaps_or_duplica
 ) -> None:
     c, _ = server
     for i in range(3):
-        await append(c, "account-1", event(n=i))
+        await append(c, "acct-1", event(n=i))
     async with c.stream("GET", "/events/subscribe", params={"after": 1}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -672,14 +670,14 @@ async def test_a_subscriber_catches_up_then_follows_live_without_gaps_or_duplica
         assert hello.comments and hello.comments[0].startswith("connected")
         caught_up = await reader.events(2)
         for i in range(3, 6):
-            await append(c, "account-2", event("Withdrawn", n=i))
+            await append(c, "acct-2", event("Withdrawn", n=i))
         live = await reader.events(3)
     assert positions(caught_up + live) == [2, 3, 4, 5, 6]
     assert [m.event for m in live] == ["Withdrawn"] * 3
     envelope = live[0].envelope()
     assert (envelope["position"], envelope["stream"], envelope["data"]) == (
         4,
-        "account-2",
+        "acct-2",
         {"n": 3},
     )
 
@@ -688,7 +686,7 @@ async def test_a_subscriber_resumes_after_last_event_id_which_wins_over_after(
     server: tuple[httpx.AsyncClient, Any],
 ) -> None:
     c, _ = server
-    await append(c, "account-1", *[event(n=i) for i in range(5)])
+    await append(c, "acct-1", *[event(n=i) for i in range(5)])
     headers = {"Last-Event-ID": "3"}
     async with c.stream("GET", "/events/subscribe?after=1", headers=headers) as r:
         got = await SSEReader(r).events(2)
@@ -704,29 +702,29 @@ async def test_an_idle_subscription_sends_heartbeat_comments(
         await reader.next()  # connected
         beat = await reader.next(within=3)
         assert beat.comments == ["heartbeat"] and beat.data is None
-        await append(c, "account-1", event())
+        await append(c, "acct-1", event())
         got = await reader.next_event()
         assert got.id == "1"
 
 
 async def test_a_subscription_applies_the_filters(server: tuple[httpx.AsyncClient, Any]) -> None:
     c, _ = server
-    await append(c, "account-1", event("Opened"), event("Deposited"))
+    await append(c, "acct-1", event("Opened"), event("Deposited"))
     await append(c, "other-1", event("Deposited"))
     params: dict[str, Any] = {
         "type": ["Deposited", "Closed"],
-        "stream_prefix": "account-",
+        "stream_prefix": "acct-",
         "heartbeat": 0.2,
     }
     async with c.stream("GET", "/events/subscribe", params=params) as r:
         reader = SSEReader(r)
         first = await reader.next_event()
         await append(c, "other-2", event("Deposited"))
-        await append(c, "account-2", event("Opened"))
-        await append(c, "account-2", event("Closed"))
+        await append(c, "acct-2", event("Opened"))
+        await append(c, "acct-2", event("Closed"))
         second = await reader.next_event()
     assert [(m.id, m.event) for m in (first, second)] == [("2", "Deposited"), ("6", "Closed")]
-    assert second.envelope()["stream"] == "account-2"
+    assert second.envelope()["stream"] == "acct-2"
 
 
 async def test_a_follower_sees_every_event_of_32_concurrent_writers_once_in_order(
@@ -777,7 +775,7 @@ async def test_begin_shutdown_ends_open_subscriptions_cleanly_and_the_server_sto
         running_server(app, graceful_seconds=30) as url,  # 30 s: no forced cancellation
         httpx.AsyncClient(base_url=url, timeout=10) as c,
     ):
-        await append(c, "account-1", event())
+        await append(c, "acct-1", event())
         async with c.stream("GET", "/events/subscribe", params={"heartbeat": 60}) as r:
             reader = SSEReader(r)
             await reader.next_event()
@@ -795,14 +793,14 @@ async def test_a_filtered_subscription_does_not_spin_on_events_it_skips() -> Non
         async with c.stream("GET", "/events/subscribe", params=params) as r:
             reader = SSEReader(r)
             await reader.next()  # connected
-            await append(c, "account-1", *[event("Common") for _ in range(50)])
+            await append(c, "acct-1", *[event("Common") for _ in range(50)])
             reads_before = store.reads
             for _ in range(3):
                 beat = await reader.next(within=3)
                 assert beat.comments == ["heartbeat"]
             # about one read per heartbeat, not one per wake-up on skipped events
             assert store.reads - reads_before <= 6
-            await append(c, "account-1", event("Rare"))
+            await append(c, "acct-1", event("Rare"))
             assert (await reader.next_event()).id == "51"
 
 
@@ -823,3 +821,39 @@ async def test_a_subscription_ends_with_a_comment_when_the_store_fails() -> None
         assert last.comments[0].startswith("store-unavailable")
         with pytest.raises(EOFError):
             await reader.next(within=3)
+
+
+# -- the shape guard of account streams ---------------------------------------------------
+
+
+def opened(account_id: str, **extra: Any) -> dict[str, Any]:
+    data = {"account_id": account_id, "currency": "EUR", "overdraft_limit": 0, "owner": None}
+    return {"type": "AccountOpened", "schema_version": 2, "data": {**data, **extra}}
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ({"type": "MoneyTeleported", "data": {"account_id": "g1"}}, "unknown event type"),
+        (opened("g1") | {"schema_version": 1}, "schema version 1"),
+        (opened("g1", overdraft_limit="0"), "overdraft_limit"),
+        (opened("someone-else"), "does not belong"),
+    ],
+)
+async def test_an_account_stream_refuses_events_no_reader_could_apply(
+    client: httpx.AsyncClient, bad: dict[str, Any], why: str
+) -> None:
+    before = await head(client)
+    body = assert_problem(await append(client, "account-g1", bad), 422, "invalid-account-event")
+    assert why in body["detail"]
+    batch = {"appends": [{"stream": "account-g1", "expected_version": "any", "events": [bad]}]}
+    assert_problem(await client.post("/batches", json=batch), 422, "invalid-account-event")
+    assert await head(client) == before
+
+
+async def test_an_account_stream_takes_well_formed_account_events(
+    client: httpx.AsyncClient,
+) -> None:
+    account = f"g-{uuid.uuid4().hex[:8]}"
+    r = await append(client, f"account-{account}", opened(account), expected="no_stream")
+    assert r.status_code == 201, r.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from uuid import UUID, uuid4, uuid5
+from uuid import uuid4, uuid5
 
 import httpx
 import pytest
@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from eventledger.bootstrap import build_upcasters
 from eventledger.eventstore.memory import MemoryEventStore
-from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
+from eventledger.eventstore.records import AppendResult, StreamAppend
 from eventledger.eventstore.store import check_expected_version
 from eventledger.services.transaction.idempotency import NAMESPACE
 from tests.integration.test_transaction_api import Ledger, assert_problem, running_ledger
@@ -221,22 +221,21 @@ async def test_a_key_bound_by_a_concurrent_request_of_another_body_is_refused(
 
 class VersionFirstStore(MemoryEventStore):
     """A store that checks expected versions before it looks for replayed ids (a backend may),
-    and that answers lookups by id only once two have arrived, so that two requests surely
-    both find their key unbound before either writes."""
+    and that holds appends until two have arrived, so that two requests surely both decided
+    before either writes."""
 
     def __init__(self) -> None:
         super().__init__(upcasters=build_upcasters())
-        self.lookups = 0
-        self.both_looked = asyncio.Event()
-
-    async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
-        self.lookups += 1
-        if self.lookups >= 2:
-            self.both_looked.set()
-        await self.both_looked.wait()
-        return await super()._get_event(event_id)
+        self.racing = False
+        self.appends = 0
+        self.both_appending = asyncio.Event()
 
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        if self.racing:
+            self.appends += 1
+            if self.appends >= 2:
+                self.both_appending.set()
+            await self.both_appending.wait()
         for append in appends:
             actual = await self.stream_version(append.stream)
             check_expected_version(append.stream, append.expected_version, actual)
@@ -244,9 +243,11 @@ class VersionFirstStore(MemoryEventStore):
 
 
 async def test_a_request_that_lost_the_race_for_its_key_answers_the_winners_response() -> None:
-    async with running_ledger(VersionFirstStore()) as ledger:
+    store = VersionFirstStore()
+    async with running_ledger(store) as ledger:
         account_id = await ledger.funded(100)
         other = await ledger.another_instance()
+        store.racing = True
         key = new_key()
         path = f"/accounts/{account_id}/withdrawals"
         # Deciding again after the conflict would refuse (the money is gone): the key's

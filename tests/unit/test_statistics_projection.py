@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.accounting import projection as accounting
+from eventledger.services.projection_runner import EventRejected
 from eventledger.services.statistics.projection import (
     StatsAccount,
     Tally,
     account_id_of,
     evolve,
 )
-from eventledger.services.subscription import EventRejected
 from tests.unit.test_accounting_projection import Log
 
 

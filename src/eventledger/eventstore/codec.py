@@ -1,15 +1,19 @@
-"""The JSON envelope of a recorded event, as the stream service serves it (API.md, "Events").
+"""The text forms of an event: its JSON envelope, as the stream service serves it (API.md,
+"Events"), the JSON text its data is stored as, and RFC 3339 times.
 
-One encoder and one decoder, used by the stream service and by every client of it.
+One encoder and one decoder of envelopes, used by the stream service and by every client of
+it; one encoder of event data, used by every store that keeps JSON text.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from eventledger.eventstore.errors import InvalidAppend
 from eventledger.eventstore.records import RecordedEvent
 
 
@@ -53,3 +57,27 @@ def from_envelope(envelope: Mapping[str, Any]) -> RecordedEvent:
         position=int(envelope["position"]),
         recorded_at=parse_time(envelope["recorded_at"]),
     )
+
+
+def json_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
+    """The `data` or `metadata` (`what`) of an event as compact JSON text. Raises InvalidAppend
+    for what JSON cannot hold (NaN, infinities, objects that are not mappings) and for lone
+    surrogates, which UTF-8 cannot encode."""
+    try:
+        text = json.dumps(
+            value,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            default=_json_default,
+        )
+        text.encode("utf-8")  # lone surrogates cannot be stored
+    except (TypeError, ValueError) as exc:
+        raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
+    return text
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

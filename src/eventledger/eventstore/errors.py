@@ -5,7 +5,9 @@ EventStoreError
 ├── DuplicateEventId         an event id is already stored somewhere else
 ├── StreamNotFound           reading a stream that has no events
 ├── InvalidAppend            an append that can never succeed (no events, bad names)
-└── StoreUnavailable         the backing database cannot be reached right now
+├── StoreUnavailable         the backing database cannot be reached right now
+├── UnsafeDurability         PostgreSQL may lose acknowledged appends (refused at open)
+└── IncompatibleSchema       PostgreSQL's schema was migrated by a newer eventledger
 """
 
 from __future__ import annotations
@@ -54,3 +56,14 @@ class InvalidAppend(EventStoreError):
 class StoreUnavailable(EventStoreError):
     """Raised when the backing database cannot be reached or timed out. Safe to retry: an append
     that raised this may or may not have been written, so retry it with the same event ids."""
+
+
+class UnsafeDurability(EventStoreError):
+    """Raised when `PostgresEventStore.open` finds a server that may lose acknowledged appends
+    in a crash (`fsync` off, or `synchronous_commit` off) and `allow_unsafe_durability` is
+    False. Nothing was created or migrated."""
+
+
+class IncompatibleSchema(EventStoreError):
+    """Raised when `PostgresEventStore.open` finds a schema migrated by a newer eventledger
+    than this one."""

@@ -15,7 +15,7 @@ How an append travels (group commit, as in sqlite.py):
     caller ◀──future── answered only after COMMIT returned
 
 Reads take a connection from the pool. `wait_for_events` is woken by a dedicated LISTEN
-connection and reads the head from the table, the truth.
+connection and reads the head from the table, the truth (postgres_listener.py).
 
 Ordering
     Positions come from the one-row table `event_position`, not from a sequence: the row lock
@@ -23,9 +23,10 @@ Ordering
     skips an event. The reason is spelled out at `_INSERT`.
 
 Durability
-    `open` refuses a server with `fsync` off or `synchronous_commit` `off`/`local` (an
-    acknowledged append could vanish in a crash or a fail-over) and raises `UnsafeDurability`,
-    unless `allow_unsafe_durability=True`. An append is acknowledged only after COMMIT returned.
+    `open` refuses a server with `fsync` or `synchronous_commit` off (an acknowledged append
+    could vanish in a crash) and raises `UnsafeDurability`, unless
+    `allow_unsafe_durability=True` (postgres_schema.py). An append is acknowledged only after
+    COMMIT returned.
 
 Grants
     The first `open` creates the schema (versioned migrations in `schema_migrations`, under an
@@ -40,24 +41,19 @@ Grants
 Errors
     psycopg exceptions are translated in `_translate` and nowhere else: connection loss, pool
     and lock timeouts become `StoreUnavailable` (safe to retry with the same event ids).
-
-    EventStoreError
-    ├── UnsafeDurability      the server may lose acknowledged appends (refused at open)
-    └── IncompatibleSchema    the schema was migrated by a newer eventledger
+    `open` also raises `UnsafeDurability` and `IncompatibleSchema` (see errors.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import re
 import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, LiteralString
@@ -65,145 +61,51 @@ from uuid import UUID
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import pq, sql
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from eventledger.eventstore.codec import json_text
 from eventledger.eventstore.errors import (
     DuplicateEventId,
     EventStoreError,
+    IncompatibleSchema,
     InvalidAppend,
     StoreUnavailable,
     StreamNotFound,
+    UnsafeDurability,
+)
+from eventledger.eventstore.postgres_listener import HeadWatch, listen, send_notify
+from eventledger.eventstore.postgres_schema import (
+    MIGRATIONS,
+    Connection,
+    advisory_lock_key,
+    check_durability,
+    check_schema_name,
+    durability_problems,
+    migrate,
 )
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import EventStore, check_expected_version, classify_replay
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
+# What other modules import from here; the schema's names are re-exported for them.
+__all__ = [
+    "MIGRATIONS",
+    "IncompatibleSchema",
+    "PostgresEventStore",
+    "UnsafeDurability",
+    "durability_problems",
+]
+
 logger = logging.getLogger(__name__)
 
-CHANNEL = "eventledger_events"  # NOTIFY payload: "<schema>:<head position>"
-RECHECK_INTERVAL = 1.0  # seconds; re-read the head while someone waits, in case a NOTIFY was lost
 MAX_GROUP_REQUESTS = 256
 MAX_GROUP_EVENTS = 5_000
 MAX_GROUP_STREAMS = 256  # each stream is one advisory lock in the shared lock table
 MAX_ATTEMPTS = 3  # an append that loses a race with another process is re-planned this often
 
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-Connection = psycopg.AsyncConnection[TupleRow]
 Pool = AsyncConnectionPool[Connection]
-
-
-class UnsafeDurability(EventStoreError):
-    """Raised when `open` finds a server that may lose acknowledged appends in a crash
-    (`fsync` off, or `synchronous_commit` off or local) and `allow_unsafe_durability` is False."""
-
-
-class IncompatibleSchema(EventStoreError):
-    """Raised when `open` finds a schema migrated by a newer eventledger than this one."""
-
-
-# -- schema ------------------------------------------------------------------------------
-
-MIGRATIONS: tuple[tuple[int, LiteralString], ...] = (
-    (
-        1,
-        """
-        CREATE TABLE events (
-            position       bigint      NOT NULL,
-            id             uuid        NOT NULL,
-            stream         text        NOT NULL,
-            stream_version integer     NOT NULL CHECK (stream_version >= 1),
-            type           text        NOT NULL,
-            schema_version integer     NOT NULL,
-            data           jsonb       NOT NULL,
-            metadata       jsonb       NOT NULL,
-            recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-            CONSTRAINT events_position_pkey PRIMARY KEY (position),
-            CONSTRAINT events_id_unique UNIQUE (id),
-            CONSTRAINT events_stream_version_unique UNIQUE (stream, stream_version)
-        );
-        -- `stream_prefix` filters (LIKE 'prefix%') and `types` filters of the global log.
-        CREATE INDEX events_stream_prefix ON events (stream text_pattern_ops);
-        CREATE INDEX events_type_position ON events (type, position);
-        CREATE TABLE event_position (
-            id   integer NOT NULL PRIMARY KEY CHECK (id = 1),
-            last bigint  NOT NULL
-        );
-        INSERT INTO event_position (id, last) VALUES (1, 0);
-        """,
-    ),
-)
-
-
-async def _migrate(conn: Connection, schema: str) -> None:
-    """Bring the schema to the newest version. Safe when several instances start together."""
-    ident = sql.Identifier(schema)
-    async with conn.transaction():
-        await conn.execute("SET LOCAL lock_timeout = '1min'")
-        await conn.execute("SET LOCAL statement_timeout = 0")
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(schema, "\0migrations")])
-        cur = await conn.execute(
-            "SELECT to_regclass(format('%%I.schema_migrations', %s::text)) IS NOT NULL", [schema]
-        )
-        row = await cur.fetchone()
-        if not (row and row[0]):
-            # Only here are CREATE rights needed: a least-privileged role opens a migrated schema.
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE {}.schema_migrations (version integer PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(ident)
-            )
-        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
-        cur = await conn.execute("SELECT version FROM schema_migrations")
-        applied = {version for (version,) in await cur.fetchall()}
-        known = max(version for version, _ in MIGRATIONS)
-        if applied and max(applied) > known:
-            raise IncompatibleSchema(
-                f"schema {schema!r} is at version {max(applied)}; this eventledger knows {known}"
-            )
-        for version, ddl in MIGRATIONS:
-            if version not in applied:
-                logger.info("migrating schema %s to version %d", schema, version)
-                await conn.execute(ddl)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, now())",
-                    [version],
-                )
-
-
-def durability_problems(*, fsync: str, synchronous_commit: str) -> list[str]:
-    """What, in these server settings, could lose an acknowledged append."""
-    problems = []
-    if fsync.lower() != "on":
-        problems.append("fsync is off: a crash can lose or corrupt committed events")
-    if synchronous_commit.lower() in ("off", "local"):
-        problems.append(
-            f"synchronous_commit is {synchronous_commit}: a commit is acknowledged before it is"
-            " durable (on every replica that must have it)"
-        )
-    return problems
-
-
-async def _check_durability(conn: Connection, *, allow_unsafe: bool) -> None:
-    cur = await conn.execute(
-        "SELECT current_setting('fsync'), current_setting('synchronous_commit')"
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    problems = durability_problems(fsync=row[0], synchronous_commit=row[1])
-    if problems and allow_unsafe:
-        logger.warning("PostgreSQL may lose acknowledged appends: %s", "; ".join(problems))
-    elif problems:
-        raise UnsafeDurability(
-            "refusing to use this PostgreSQL server: "
-            + "; ".join(problems)
-            + " (fix the server settings, or pass allow_unsafe_durability=True for tests)"
-        )
 
 
 # -- statements --------------------------------------------------------------------------
@@ -243,15 +145,6 @@ _INSERT = """
                               ord)
     RETURNING position
 """
-
-
-# Sent right after COMMIT, in the same pipeline; the payload names the committed head. A NOTIFY
-# gets a transaction id, so its own little transaction would wait for a second WAL flush; it
-# carries no data, so it commits asynchronously (set_config(..., true): this transaction only).
-_NOTIFY = (
-    "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, %s || last)"
-    " FROM event_position WHERE id = 1"
-)
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -333,18 +226,17 @@ class PostgresEventStore(EventStore):
     ) -> None:
         super().__init__(upcasters=upcasters)
         self._pool = pool
-        self._conninfo = conninfo
         self._schema = schema
         self._idle_check = idle_check or _IdleCheck()
         self._queue: deque[_Request] = deque()
         self._queue_ready = asyncio.Event()
-        self._watch = _HeadWatch()
+        self._watch = HeadWatch()
         self._closed = False
         self.commits = 0  # group transactions that wrote events (observable group commit)
         self.appends_written = 0  # requests those transactions wrote
         self._writer = asyncio.create_task(self._write_loop(), name=f"eventledger-writer-{schema}")
         self._listener = asyncio.create_task(
-            self._listen_loop(), name=f"eventledger-listener-{schema}"
+            listen(conninfo, schema, self._watch), name=f"eventledger-listener-{schema}"
         )
 
     @classmethod
@@ -365,8 +257,7 @@ class PostgresEventStore(EventStore):
     ) -> PostgresEventStore:
         """Connect, check durability, migrate the schema, and start the writer and listener.
         Raises StoreUnavailable when the server cannot be reached."""
-        if not SCHEMA_NAME.match(schema):
-            raise ValueError(f"invalid schema name {schema!r} (lowercase letters, digits, _)")
+        check_schema_name(schema)
         conninfo = _conninfo(
             url,
             schema=schema,
@@ -380,8 +271,8 @@ class PostgresEventStore(EventStore):
         async with _translating():
             conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
             async with conn:
-                await _check_durability(conn, allow_unsafe=allow_unsafe_durability)
-                await _migrate(conn, schema)
+                await check_durability(conn, allow_unsafe=allow_unsafe_durability)
+                await migrate(conn, schema, MIGRATIONS)
         idle_check = _IdleCheck()
         pool: Pool = AsyncConnectionPool(
             conninfo,
@@ -421,7 +312,10 @@ class PostgresEventStore(EventStore):
         if self._closed:
             raise StoreUnavailable("the store is closed")
         payloads = [
-            [(_json(e.data, "data", e.id), _json(e.metadata, "metadata", e.id)) for e in a.events]
+            [
+                (_jsonb_text(e.data, "data", e.id), _jsonb_text(e.metadata, "metadata", e.id))
+                for e in a.events
+            ]
             for a in appends
         ]
         request = _Request(appends, payloads, asyncio.get_running_loop().create_future())
@@ -542,7 +436,7 @@ class PostgresEventStore(EventStore):
         retry = await self._insert_one_by_one(conn, group, writes, outcomes)
         async with conn.pipeline():
             await conn.execute("COMMIT")
-            await self._send_notify(conn)
+            await send_notify(conn, self._schema)
         return writes, retry
 
     async def _insert(
@@ -573,7 +467,7 @@ class PostgresEventStore(EventStore):
         cur = await conn.execute(_INSERT, {"n": n, **columns, "data": data, "metadata": metadata})
         if commit:
             await conn.execute("COMMIT")
-            await self._send_notify(conn)
+            await send_notify(conn, self._schema)
         position = min(p for (p,) in await cur.fetchall())
         for write in writes:
             write.positions = []
@@ -620,14 +514,8 @@ class PostgresEventStore(EventStore):
                     outcomes[request] = _translate(exc, event_data=True)
         return retry
 
-    async def _send_notify(self, conn: Connection) -> None:
-        """Tell listeners, after the COMMIT and outside the transaction: NOTIFY inside it would
-        serialise the commits of the whole database on the notification queue lock. A hint
-        only: listeners read the head from the table, and re-check it every second."""
-        await conn.execute(_NOTIFY, [CHANNEL, f"{self._schema}:"])
-
     def _stream_lock_keys(self, streams: Iterable[str]) -> list[int]:
-        return sorted(_lock_key(self._schema, s) for s in streams)
+        return sorted(advisory_lock_key(self._schema, s) for s in streams)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -692,60 +580,7 @@ class PostgresEventStore(EventStore):
     # -- waiting ---------------------------------------------------------------------------
 
     async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(timeout, 0.0)
-        while True:
-            hint = self._watch.head
-            head = await self.head_position()  # the table is the truth; a wake-up is a hint
-            if head > after:
-                self._watch.advance(head)
-                return True
-            if hint > after and self._watch.head == hint:
-                self._watch.correct(head)  # a hint the table contradicts (schema recreated?)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            await self._watch.wait_past(after, remaining)
-
-    async def _listen_loop(self) -> None:
-        """Keep one LISTEN connection, reconnecting after failures. After each (re)connect,
-        and every RECHECK_INTERVAL while someone waits, read the head: NOTIFYs sent while
-        disconnected are lost."""
-        loop = asyncio.get_running_loop()
-        delay = 0.05
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, application_name=self._listener_name()
-                )
-                async with conn:
-                    await conn.execute("LISTEN " + CHANNEL)
-                    self._watch.advance(await _head(conn))
-                    checked = loop.time()
-                    delay = 0.05
-                    while True:
-                        notes = conn.notifies(timeout=RECHECK_INTERVAL, stop_after=1)
-                        async with aclosing(notes):
-                            async for note in notes:
-                                self._hear(note.payload)
-                        if self._watch.waiters and loop.time() - checked >= RECHECK_INTERVAL:
-                            self._watch.advance(await _head(conn))
-                            checked = loop.time()
-            except psycopg.Error as exc:
-                logger.info("event listener lost its connection, reconnecting: %s", exc)
-            except Exception:
-                logger.exception("event listener failed, restarting")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    def _hear(self, payload: str) -> None:
-        schema, _, head = payload.rpartition(":")
-        if schema == self._schema and head.isdigit():
-            self._watch.advance(int(head))
-
-    def _listener_name(self) -> str:
-        name = conninfo_to_dict(self._conninfo).get("application_name") or "eventledger"
-        return f"{name}:listener"
+        return await self._watch.wait_for_events(after, timeout, read_head=self.head_position)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -773,43 +608,6 @@ class PostgresEventStore(EventStore):
         _fail(list(self._queue), StoreUnavailable("the store is closed"))
         self._queue.clear()
         await self._pool.close()
-
-
-class _HeadWatch:
-    """The newest head this process has heard of, and the tasks waiting for it to pass a mark."""
-
-    def __init__(self) -> None:
-        self.head = 0
-        self.waiters = 0
-        self._advanced = asyncio.Event()
-
-    def advance(self, head: int) -> None:
-        if head > self.head:
-            self.head = head
-            self._advanced.set()
-            self._advanced = asyncio.Event()
-
-    def correct(self, head: int) -> None:
-        """The table says `head`: forget a newer hint (e.g. the schema was recreated)."""
-        self.head = min(self.head, head)
-
-    async def wait_past(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        self.waiters += 1
-        try:
-            while self.head <= after:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return False
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._advanced.wait()
-                except TimeoutError:
-                    return False
-            return True
-        finally:
-            self.waiters -= 1
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -902,40 +700,12 @@ def _record(row: Sequence[Any]) -> RecordedEvent:
     )
 
 
-async def _head(conn: Connection) -> int:
-    cur = await conn.execute("SELECT last FROM event_position WHERE id = 1")
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
-
-
-def _lock_key(schema: str, name: str) -> int:
-    """A 64-bit advisory lock key for a stream (or `\\0migrations`) of one schema."""
-    digest = hashlib.blake2b(f"{schema}\0{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _json(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
-    """Event data as jsonb accepts it (the same rules as sqlite.py, plus no NUL character)."""
-    try:
-        text = json.dumps(
-            value,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_json_default,
-        )
-        text.encode("utf-8")  # lone surrogates cannot be stored
-    except (TypeError, ValueError) as exc:
-        raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
+def _jsonb_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
+    """Event data as jsonb accepts it: JSON text (codec.json_text), and no NUL character."""
+    text = json_text(value, what, event_id)
     if "\\u0000" in text and _JSON_NUL.search(text):
         raise InvalidAppend(f"the {what} of event {event_id} contains NUL, which jsonb refuses")
     return text
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # A \u0000 escape that is not itself an escaped backslash followed by "u0000".

@@ -12,6 +12,8 @@ How an append travels (group commit):
 Reads never touch the write connection: they run in worker threads on a small pool of
 read-only connections. In WAL mode a reader sees exactly the transactions committed before
 its statement started, so readers in any thread or process see only committed events.
+
+How the file is opened, made durable and migrated: sqlite_schema.py.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,43 +33,23 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
+from eventledger.eventstore.codec import format_time, json_text
 from eventledger.eventstore.errors import (
     DuplicateEventId,
     EventStoreError,
-    InvalidAppend,
     StoreUnavailable,
     StreamNotFound,
 )
 from eventledger.eventstore.memory import Clock, utc_now
 from eventledger.eventstore.records import AppendResult, NewEvent, RecordedEvent, StreamAppend
+from eventledger.eventstore.sqlite_schema import SCHEMA_VERSION, connect, enable_wal, migrate
 from eventledger.eventstore.store import EventStore, check_expected_version, classify_replay
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
-T = TypeVar("T")
+# What other modules import from here; SCHEMA_VERSION is re-exported for them.
+__all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
 
-# Each entry moves the schema up one version; `PRAGMA user_version` records how many ran.
-# Add new migrations at the end; never edit one that has been released.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE events (
-            position       INTEGER PRIMARY KEY,
-            id             TEXT    NOT NULL UNIQUE,
-            stream         TEXT    NOT NULL,
-            stream_version INTEGER NOT NULL CHECK (stream_version >= 1),
-            type           TEXT    NOT NULL,
-            schema_version INTEGER NOT NULL,
-            data           TEXT    NOT NULL,
-            metadata       TEXT    NOT NULL,
-            recorded_at    TEXT    NOT NULL,
-            UNIQUE (stream, stream_version)
-        )
-        """,
-        # read_all(types=...) walks one type in position order instead of the whole log.
-        "CREATE INDEX events_by_type ON events (type, position)",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+T = TypeVar("T")
 
 MAX_GROUP = 512  # requests committed together at most: bounds one transaction's size
 _MAX_INT = 2**63 - 1  # SQLite integers are signed 64-bit
@@ -254,7 +235,9 @@ class SqliteEventStore(EventStore):
             if replay is not None:
                 # Part of the batch is stored, part is not: its ids are used elsewhere.
                 raise DuplicateEventId(append.events[0].id, append.stream)
-        recorded_at = _format_time(self._clock())
+        now = self._clock()
+        # A naive clock is read as UTC (astimezone would take it for local time).
+        recorded_at = format_time(now if now.tzinfo else now.replace(tzinfo=UTC))
         results = []
         for append, rows in request.appends:
             actual = _scalar(conn, _STREAM_VERSION, append.stream)
@@ -411,8 +394,8 @@ class SqliteEventStore(EventStore):
                     raise StoreUnavailable(f"cannot create the directory of {self._path}") from exc
                 conn = self._connect()
                 try:
-                    self._enable_wal(conn)
-                    _migrate(conn)
+                    enable_wal(conn, self._path, busy_timeout=self._busy_timeout)
+                    migrate(conn)
                 except BaseException:
                     conn.close()
                     raise
@@ -436,44 +419,12 @@ class SqliteEventStore(EventStore):
         self._wake_waiters()
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: no implicit transactions; we issue BEGIN/COMMIT ourselves.
-        # check_same_thread=False: a connection is opened in one thread and used in another,
-        # but never by two threads at once.
-        conn = sqlite3.connect(
-            self._path,
-            timeout=self._busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            # FULL: the WAL is fsynced at every COMMIT, so an acknowledged append survives a
-            # power loss, not only a crash of the process.
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect(self._path, busy_timeout=self._busy_timeout)
 
     def _connect_reader(self) -> sqlite3.Connection:
         conn = self._connect()
         conn.execute("PRAGMA query_only = ON")
         return conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        # Switching a new file to WAL needs a moment of exclusive access; other processes
-        # opening the same new file at the same time can make it report "locked".
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-        if str(mode).lower() != "wal":
-            raise StoreUnavailable(f"cannot use WAL journal mode on {self._path} (got {mode})")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -581,28 +532,6 @@ def _translated() -> Iterator[None]:
         raise _unavailable(exc) from exc
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    # BEGIN IMMEDIATE: two processes opening a new file at once must not both create tables.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = _scalar(conn, "PRAGMA user_version")
-        if version > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"the event store file has schema version {version}, newer than this "
-                f"program's {SCHEMA_VERSION}: upgrade eventledger"
-            )
-        for statements in MIGRATIONS[version:]:
-            for statement in statements:
-                conn.execute(statement)
-        if version != SCHEMA_VERSION:
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-
-
 def _stored(conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[RecordedEvent | None]:
     """The stored event for each new event's id, None where the id is new."""
     ids = [str(event.id) for event in events]
@@ -634,37 +563,9 @@ def _encode(event: NewEvent) -> _Row:
         id=str(event.id),
         type=event.type,
         schema_version=event.schema_version,
-        data=_json(event.data, "data", event.id),
-        metadata=_json(event.metadata, "metadata", event.id),
+        data=json_text(event.data, "data", event.id),
+        metadata=json_text(event.metadata, "metadata", event.id),
     )
-
-
-def _json(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
-    try:
-        text = json.dumps(
-            value,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_json_default,
-        )
-        text.encode("utf-8")  # lone surrogates cannot be stored as TEXT
-    except (TypeError, ValueError) as exc:
-        raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
-    return text
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds: sorts as text in time order."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _decode(row: tuple[Any, ...]) -> RecordedEvent:

@@ -2,17 +2,16 @@
 
 Reads are served from this instance's read model, even while the stream service is down; a
 request with `X-Min-Position: P` (or `?min_position=P`) waits until P is applied.
+`create_app` is `ReadModelService.create_app` (readside_http.py) with the routes below.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query
+from fastapi import FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 
 from eventledger.domain.money import ACCOUNT_ID
@@ -20,13 +19,13 @@ from eventledger.eventstore.codec import format_time, parse_time
 from eventledger.services.accounting import queries
 from eventledger.services.accounting.projection import Account, HistoryItem
 from eventledger.services.accounting.store import AccountingProjection
-from eventledger.services.http import ProblemError, create_service_app
-from eventledger.services.readmodel import ReadModelDB, Session
-from eventledger.services.subscription import (
+from eventledger.services.http import ProblemError
+from eventledger.services.projection_runner import ProjectionRunner
+from eventledger.services.readmodel import Session
+from eventledger.services.readside_http import (
     MAX_POS,
-    ProjectionRunner,
-    add_projection_routes,
-    consistency_dependency,
+    ReadModelService,
+    Reads,
     int_param,
     invalid_param,
     require_applied,
@@ -39,41 +38,9 @@ MAX_PAGE = 1000
 AccountIdPath = Annotated[str, Path(description="The account id")]
 
 
-def create_app(
-    *,
-    stream_url: str,
-    open_db: Callable[[], ReadModelDB],
-    min_position_wait: float = 5.0,
-    batch_size: int = 500,
-    head_poll_interval: float = 1.0,
-) -> FastAPI:
-    """The accounting service. Its lifespan opens the read model (`open_db`, called in a
-    thread), migrates it and starts following `stream_url` from the stored checkpoint."""
-    runner = ProjectionRunner(
-        AccountingProjection(),
-        stream_url=stream_url,
-        open_db=open_db,
-        batch_size=batch_size,
-        head_poll_interval=head_poll_interval,
-    )
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await runner.start()
-        try:
-            yield
-        finally:
-            await runner.stop()
-
-    app, metrics = create_service_app(
-        service=SERVICE,
-        title="eventledger accounting",
-        description="Balances and transaction histories: a read model fed by the stream service.",
-        lifespan=lifespan,
-    )
-    app.state.runner = runner
-    add_projection_routes(app, runner, service=SERVICE, metrics=metrics)
-    consistent = [Depends(consistency_dependency(runner, wait_seconds=min_position_wait))]
+def _add_routes(app: FastAPI, reads: Reads) -> None:
+    """The accounting queries, on top of what every read-model service has."""
+    runner, consistent = reads.runner, reads.consistent
 
     @app.get("/accounts/{account_id}", dependencies=consistent, tags=["accounts"])
     async def get_account(account_id: AccountIdPath) -> JSONResponse:
@@ -126,7 +93,7 @@ def create_app(
         if at_position is not None:
             position = int_param("at_position", at_position, default=0, minimum=0, maximum=MAX_POS)
             # The balance after P is only known once P is applied: wait as for X-Min-Position.
-            await require_applied(runner, position, wait_seconds=min_position_wait)
+            await require_applied(runner, position, wait_seconds=reads.min_position_wait)
         else:
             assert at is not None
             moment = _time_key(at)
@@ -177,7 +144,15 @@ def create_app(
             }
         )
 
-    return app
+
+ACCOUNTING = ReadModelService(
+    name=SERVICE,
+    title="eventledger accounting",
+    description="Balances and transaction histories: a read model fed by the stream service.",
+    projection=AccountingProjection,
+    add_routes=_add_routes,
+)
+create_app = ACCOUNTING.create_app
 
 
 # -- helpers ------------------------------------------------------------------------------

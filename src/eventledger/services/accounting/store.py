@@ -16,8 +16,8 @@ from eventledger.services.accounting.projection import (
     account_id_of,
     evolve,
 )
+from eventledger.services.projection_runner import EventRejected
 from eventledger.services.readmodel import Migration, Row, Session
-from eventledger.services.subscription import EventRejected
 
 NAME = "accounting"
 

@@ -3,30 +3,23 @@ subscription and checkpoint, independent of the accounting service.
 
 Money is always an integer of minor units; counters of money may exceed 2^53 (JSON integers
 stay exact; clients that read numbers as doubles should read them as big integers).
+`create_app` is `ReadModelService.create_app` (readside_http.py) with the routes below.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
-from eventledger.services.http import create_service_app
-from eventledger.services.readmodel import ReadModelDB, Session
+from eventledger.services.readmodel import Session
+from eventledger.services.readside_http import ReadModelService, Reads, invalid_param
 from eventledger.services.statistics import queries
 from eventledger.services.statistics.projection import Tally
 from eventledger.services.statistics.store import StatisticsProjection
-from eventledger.services.subscription import (
-    ProjectionRunner,
-    add_projection_routes,
-    consistency_dependency,
-    invalid_param,
-)
 
 SERVICE = "statistics"
 MAX_DAYS = 366
@@ -34,41 +27,9 @@ DEFAULT_DAYS = 30
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
-def create_app(
-    *,
-    stream_url: str,
-    open_db: Callable[[], ReadModelDB],
-    min_position_wait: float = 5.0,
-    batch_size: int = 500,
-    head_poll_interval: float = 1.0,
-) -> FastAPI:
-    """The statistics service. Its lifespan opens the read model (`open_db`, called in a
-    thread), migrates it and starts following `stream_url` from the stored checkpoint."""
-    runner = ProjectionRunner(
-        StatisticsProjection(),
-        stream_url=stream_url,
-        open_db=open_db,
-        batch_size=batch_size,
-        head_poll_interval=head_poll_interval,
-    )
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await runner.start()
-        try:
-            yield
-        finally:
-            await runner.stop()
-
-    app, metrics = create_service_app(
-        service=SERVICE,
-        title="eventledger statistics",
-        description="Counters per currency and per day: a read model fed by the stream service.",
-        lifespan=lifespan,
-    )
-    app.state.runner = runner
-    add_projection_routes(app, runner, service=SERVICE, metrics=metrics)
-    consistent = [Depends(consistency_dependency(runner, wait_seconds=min_position_wait))]
+def _add_routes(app: FastAPI, reads: Reads) -> None:
+    """The statistics queries, on top of what every read-model service has."""
+    runner, consistent = reads.runner, reads.consistent
 
     @app.get("/stats", dependencies=consistent, tags=["statistics"])
     async def stats() -> JSONResponse:
@@ -139,7 +100,15 @@ def create_app(
             {"from": first.isoformat(), "to": last.isoformat(), "position": position, "days": days}
         )
 
-    return app
+
+STATISTICS = ReadModelService(
+    name=SERVICE,
+    title="eventledger statistics",
+    description="Counters per currency and per day: a read model fed by the stream service.",
+    projection=StatisticsProjection,
+    add_routes=_add_routes,
+)
+create_app = STATISTICS.create_app
 
 
 def _movements(t: Tally) -> dict[str, Any]:

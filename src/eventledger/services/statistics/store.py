@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.projection_runner import EventRejected
 from eventledger.services.readmodel import Migration, Row, Session
 from eventledger.services.statistics.projection import (
     TALLY_FIELDS,
@@ -18,7 +19,6 @@ from eventledger.services.statistics.projection import (
     account_id_of,
     evolve,
 )
-from eventledger.services.subscription import EventRejected
 
 NAME = "statistics"
 

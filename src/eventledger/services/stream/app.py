@@ -32,6 +32,7 @@ from eventledger.eventstore.store import EventStore
 from eventledger.services.http import ProblemError, create_service_app, json_body, read_model
 from eventledger.services.stream import schemas as s
 from eventledger.services.stream.encoding import append_result, envelopes, json_response
+from eventledger.services.stream.guards import check_account_events
 from eventledger.services.stream.metrics import StreamMetrics
 from eventledger.services.stream.problems import (
     handle_store_error,
@@ -71,7 +72,8 @@ _PROBLEM_TEXT = {
     "nothing written",
     413: "`body-too-large`: over 1 MiB",
     415: "`unsupported-media-type`",
-    422: "`validation-error` (with `errors`), `invalid-stream-name` or `invalid-append`",
+    422: "`validation-error` (with `errors`), `invalid-stream-name`, `invalid-append` or "
+    "`invalid-account-event` (an `account-*` event no reader could apply)",
     503: "`store-unavailable`: retry after `Retry-After` seconds",
 }
 
@@ -135,6 +137,7 @@ class _Runtime:
         return self._store
 
     async def append(self, endpoint: str, appends: list[StreamAppend]) -> list[AppendResult]:
+        check_account_events(appends)
         try:
             results = await self.store.append_batch(appends)
         except EventStoreError as exc:

@@ -12,9 +12,13 @@ Every command goes through the same four steps (the Decider pattern):
 Inside one instance, commands on one account are serialised by a lock, so the instance
 never conflicts with itself; across instances the expected version keeps the rules.
 
-Idempotency (see `idempotency`, `replays`): with a key, the first derived event id is looked
-up before deciding; a hit answers the original result, rebuilt from the log. An append whose
-ids are already stored (a concurrent request with the same key won) does the same.
+Idempotency (see `idempotency`, `replays`): with a key, the event ids are derived from the
+key, so the store itself tells whether the key is bound: an append whose ids are already
+stored (replayed, or `duplicate-event-id`) answers the original result, rebuilt from the log
+(or 422 when the key was bound by another request). The log is looked up by id only when
+that is the only way to know: before answering a refusal (the first request may have been
+accepted when the account allowed it) and after a version conflict. So a fresh keyed command
+costs one append, like a command without a key.
 
     TooMuchContention     the append still conflicted after every retry (answer 503)
     IdempotencyKeyReused  the key is bound to another request (answer 422)
@@ -131,15 +135,18 @@ class CommandHandler:
 
     async def transfer(self, command: Transfer, ids: CommandIds) -> TransferResult:
         async with self.locks.hold(command.from_account, command.to_account):
-            if ids.key is not None and (replay := await find_replay(self.client, ids)) is not None:
-                return _expect(replay, TransferResult, ids)
             for attempt in range(self.max_retries + 1):
                 if attempt:
                     await self._retry(ids.command, attempt)
-                (source, target), (sent, received) = await self._decide(
-                    (command.from_account, command.to_account),
-                    lambda states: decide_transfer(states[0], states[1], command),
-                )
+                try:
+                    (source, target), (sent, received) = await self._decide(
+                        (command.from_account, command.to_account),
+                        lambda states: decide_transfer(states[0], states[1], command),
+                    )
+                except DomainError:
+                    if (replay := await self._written_meanwhile(ids)) is not None:
+                        return _expect(replay, TransferResult, ids)
+                    raise
                 appends = [
                     StreamAppend(
                         stream_name(source.account_id), source.version, _new_events([sent], ids)
@@ -191,15 +198,20 @@ class CommandHandler:
         ids: CommandIds,
     ) -> Result:
         async with self.locks.hold(account_id):
-            if ids.key is not None and (replay := await find_replay(self.client, ids)) is not None:
-                return replay
             for attempt in range(self.max_retries + 1):
                 if attempt:
                     await self._retry(ids.command, attempt)
                 # 1-3: load (or take from the cache), fold, decide.
-                (state,), events = await self._decide(
-                    (account_id,), lambda s: decide(s[0], command)
-                )
+                try:
+                    (state,), events = await self._decide(
+                        (account_id,), lambda s: decide(s[0], command)
+                    )
+                except DomainError:
+                    # A refusal now does not undo an acceptance then: a bound key answers
+                    # its first response.
+                    if (replay := await self._written_meanwhile(ids)) is not None:
+                        return replay
+                    raise
                 # 4: append, expecting the version we decided on.
                 try:
                     result = await self.client.append(
@@ -265,8 +277,9 @@ class CommandHandler:
         return states, decider(states)
 
     async def _written_meanwhile(self, ids: CommandIds) -> Result | None:
-        """After a conflict: did a request with the same key (on another instance) write? Its
-        answer is ours then, whatever deciding again on the new state would say."""
+        """After a refusal or a conflict: did a request with the same key write (earlier, or
+        on another instance)? Its answer is ours then, whatever deciding on the new state
+        says."""
         return None if ids.key is None else await find_replay(self.client, ids)
 
     async def _retry(self, command: str, attempt: int) -> None:
