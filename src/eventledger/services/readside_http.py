@@ -83,7 +83,7 @@ class ReadModelService:
         return app
 
 
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def int_param(name: str, raw: str | None, *, default: int, minimum: int, maximum: int) -> int:
@@ -91,7 +91,7 @@ def int_param(name: str, raw: str | None, *, default: int, minimum: int, maximum
     "10.0", "+10", " 10", "1_000" and "1e3" are refused (422), never guessed."""
     if raw is None:
         return default
-    if not _DIGITS.match(raw) or not minimum <= int(raw) <= maximum:
+    if not _DIGITS.fullmatch(raw) or not minimum <= int(raw) <= maximum:
         raise invalid_param(name, f"must be an integer from {minimum} to {maximum}, got {raw!r}")
     return int(raw)
 
