@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from eventledger.eventstore.errors import StreamNotFound
+from eventledger.eventstore.errors import DuplicateEventId, StreamNotFound
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import EventStore, check_expected_version, classify_replay
 from eventledger.eventstore.upcasting import UpcasterRegistry
@@ -46,8 +46,6 @@ class MemoryEventStore(EventStore):
             for append, replay in zip(appends, replays, strict=True):
                 if replay is not None:
                     # Part of the batch is stored, part is not: the ids are used elsewhere.
-                    from eventledger.eventstore.errors import DuplicateEventId
-
                     raise DuplicateEventId(append.events[0].id, append.stream)
                 actual = len(self._streams.get(append.stream, ()))
                 check_expected_version(append.stream, append.expected_version, actual)

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from uuid import UUID
 
-from eventledger.eventstore.errors import InvalidAppend, WrongExpectedVersion
+from eventledger.eventstore.errors import DuplicateEventId, InvalidAppend, WrongExpectedVersion
 from eventledger.eventstore.records import (
     EVENT_TYPE,
     STREAM_NAME,
@@ -183,8 +183,6 @@ def classify_replay(
     """Given the already stored events for each new event's id (None where unknown), return
     the original result when the whole append is an exact replay, None when nothing of it is
     stored yet, and raise DuplicateEventId when it is stored only partly or elsewhere."""
-    from eventledger.eventstore.errors import DuplicateEventId
-
     if all(s is None for s in stored):
         return None
     first = stored[0]
