@@ -409,7 +409,9 @@ class PostgresEventStore(EventStore):
         returns the planned writes (`written` once inserted) and the requests to plan again."""
         streams = sorted({s for r in group for s in r.streams})
         ids = [e.id for r in group for a in r.appends for e in a.events]
-        async with conn.pipeline() as pipeline:  # one round trip
+        # One round trip: leaving the pipeline sends its only Sync and waits for every result
+        # (an explicit `sync()` inside the block would cost a second, empty round trip).
+        async with conn.pipeline():
             await conn.execute("BEGIN")
             await conn.execute(_LOCK_STREAMS, [self._stream_lock_keys(streams)])
             # Read after the locks (READ COMMITTED: each statement sees what was committed
@@ -417,16 +419,18 @@ class PostgresEventStore(EventStore):
             stored_cur = await conn.execute(_STORED_BY_ID, [ids])
             versions_cur = await conn.execute(_STREAM_VERSIONS, [streams])
             await conn.execute("SAVEPOINT group_insert")
-            await pipeline.sync()
-            stored = {row[0]: _record(row) for row in await stored_cur.fetchall()}
-            versions = {s: v or 0 for s, v in await versions_cur.fetchall()}
+        stored = {row[0]: _record(row) for row in await stored_cur.fetchall()}
+        versions = {s: v or 0 for s, v in await versions_cur.fetchall()}
         writes = _plan(group, stored, versions, outcomes)
         if not writes:
             await conn.execute("ROLLBACK")  # nothing to write: release the stream locks
             return writes, []
         try:
-            async with conn.pipeline():  # one round trip: INSERT, COMMIT, NOTIFY
-                await self._insert(conn, writes, commit=True)
+            # One round trip: INSERT, COMMIT, NOTIFY, then the pipeline's Sync. The positions
+            # are read once it has returned, so no flush waits for the INSERT on its own.
+            async with conn.pipeline():
+                inserted = await self._insert(conn, writes, commit=True)
+            await _set_positions(writes, inserted)
             return writes, []
         except (psycopg.DataError, pg_errors.IntegrityError):
             # The INSERT failed, so the pipeline skipped the COMMIT: find the request at fault.
@@ -441,9 +445,10 @@ class PostgresEventStore(EventStore):
 
     async def _insert(
         self, conn: Connection, writes: Sequence[_Write], *, commit: bool = False
-    ) -> None:
-        """Insert the events of `writes` (positions taken from the counter, see `_INSERT`);
-        with `commit`, also COMMIT and NOTIFY in the same pipeline."""
+    ) -> psycopg.AsyncCursor[tuple[Any, ...]]:
+        """Send the INSERT of the events of `writes` (positions taken from the counter, see
+        `_INSERT`); with `commit`, also COMMIT and NOTIFY in the same pipeline. Returns the
+        INSERT's cursor, for `_set_positions`."""
         columns: dict[str, list[Any]] = {
             k: [] for k in ("ids", "streams", "versions", "types", "schema_versions")
         }
@@ -468,14 +473,7 @@ class PostgresEventStore(EventStore):
         if commit:
             await conn.execute("COMMIT")
             await send_notify(conn, self._schema)
-        position = min(p for (p,) in await cur.fetchall())
-        for write in writes:
-            write.positions = []
-            for append in write.request.appends:
-                count = len(append.events)
-                write.positions.append(tuple(range(position, position + count)))
-                position += count
-            write.written = True
+        return cur
 
     async def _insert_one_by_one(
         self,
@@ -502,7 +500,7 @@ class PostgresEventStore(EventStore):
                 continue
             await conn.execute("SAVEPOINT one_insert")
             try:
-                await self._insert(conn, [write])
+                await _set_positions([write], await self._insert(conn, [write]))
             except (psycopg.DataError, pg_errors.IntegrityError) as exc:
                 await conn.execute("ROLLBACK TO SAVEPOINT one_insert")
                 write.written = False
@@ -647,6 +645,20 @@ def _plan(
             pending[append.stream] = first + len(append.events) - 1
         writes.append(_Write(request, firsts))
     return writes
+
+
+async def _set_positions(
+    writes: Sequence[_Write], inserted: psycopg.AsyncCursor[tuple[Any, ...]]
+) -> None:
+    """Give each write its positions, from the RETURNING of its INSERT: it is inserted."""
+    position = min(p for (p,) in await inserted.fetchall())
+    for write in writes:
+        write.positions = []
+        for append in write.request.appends:
+            count = len(append.events)
+            write.positions.append(tuple(range(position, position + count)))
+            position += count
+        write.written = True
 
 
 def _results(write: _Write) -> list[AppendResult]:
