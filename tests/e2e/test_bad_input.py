@@ -215,6 +215,17 @@ def cases() -> Iterator[tuple[str, Bad]]:
         "append 2 MiB chunked",
         Bad("stream", "POST", "/streams/{stream}", big_append, statuses=(413,), chunked=True),
     )
+    for depth in (200, 950):  # 950: parsed, but too deep to encode again (once a 500)
+        nested = raw(
+            '{"expected_version": "any", "events": [{"type": "E2eThing", "data": {"n": '
+            + "[" * depth
+            + "]" * depth
+            + "}}]}"
+        )
+        yield (
+            f"append with data nested {depth} levels deep",
+            Bad("stream", "POST", "/streams/{stream}", nested, statuses=(400,)),
+        )
     yield (
         "append with NaN in the data",
         Bad(
@@ -274,6 +285,8 @@ def cases() -> Iterator[tuple[str, Bad]]:
     for query in [
         "at=yesterday",
         "at=2026-13-01T00:00:00Z",
+        "at=0001-01-01T00:00:00%2B01:00",
+        "at=9999-12-31T23:59:59-01:00",
         "at_position=-1",
         "at_position=x",
         "at_position=1.5",

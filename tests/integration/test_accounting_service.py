@@ -17,6 +17,7 @@ from eventledger.eventstore.records import NewEvent, StreamState
 from eventledger.services.accounting.app import create_app
 from eventledger.services.readmodel import SqliteReadModelDB
 from tests.integration import test_readmodel_support as support
+from tests.integration.openapi_checks import openapi_defects
 from tests.integration.stream_support import until
 from tests.integration.test_readmodel_support import (
     Clock,
@@ -215,6 +216,8 @@ async def test_an_unknown_account_is_404_account_not_found(client: httpx.AsyncCl
         ("/accounts/a/balance", {"at": "2026-11-27T10:00:00Z", "at_position": "1"}, "at"),
         ("/accounts/a/balance", {"at": "yesterday"}, "at"),
         ("/accounts/a/balance", {"at": "2026-11-27T10:00:00"}, "at"),
+        ("/accounts/a/balance", {"at": "0001-01-01T00:00:00+01:00"}, "at"),
+        ("/accounts/a/balance", {"at": "9999-12-31T23:59:59-01:00"}, "at"),
         ("/accounts/a/balance", {"at_position": "-1"}, "at_position"),
         ("/accounts/a/balance", {"at_position": "1.0"}, "at_position"),
         ("/accounts", {"limit": "abc"}, "limit"),
@@ -474,3 +477,14 @@ async def test_the_openapi_document_lists_every_endpoint(client: httpx.AsyncClie
     parameters = document["paths"]["/accounts/{account_id}"]["get"]["parameters"]
     assert {"x-min-position", "min_position"} <= {p["name"].lower() for p in parameters}
     assert (await client.get("/docs")).status_code == 200
+
+
+@pytest.mark.parametrize("open_db", ["sqlite"], indirect=True)
+async def test_the_openapi_document_documents_every_problem_as_problem_json(
+    client: httpx.AsyncClient,
+) -> None:
+    document = await get(client, "/openapi.json")
+    assert openapi_defects(document) == []
+    for path in ["/accounts/{account_id}", "/accounts/{account_id}/transactions"]:
+        assert {"404", "422", "503"} <= set(document["paths"][path]["get"]["responses"]), path
+    assert {"422", "503"} <= set(document["paths"]["/accounts"]["get"]["responses"])

@@ -13,6 +13,7 @@ from eventledger.services.accounting.app import create_app as create_accounting
 from eventledger.services.readmodel import SqliteReadModelDB
 from eventledger.services.statistics.app import create_app
 from tests.integration import test_readmodel_support as support
+from tests.integration.openapi_checks import openapi_defects
 from tests.integration.stream_support import until
 from tests.integration.test_readmodel_support import (
     Clock,
@@ -136,6 +137,14 @@ async def test_a_bad_date_range_is_a_422_problem(
 
 
 @pytest.mark.parametrize("open_db", ["sqlite"], indirect=True)
+async def test_the_default_range_stops_at_the_first_day_of_the_calendar(
+    client: httpx.AsyncClient,
+) -> None:
+    body = await get(client, "/stats/daily", to="0001-01-05")
+    assert (body["from"], body["to"], len(body["days"])) == ("0001-01-01", "0001-01-05", 5)
+
+
+@pytest.mark.parametrize("open_db", ["sqlite"], indirect=True)
 async def test_a_full_year_is_allowed(client: httpx.AsyncClient) -> None:
     body = await get(client, "/stats/daily", **{"from": "2024-01-01", "to": "2024-12-31"})
     assert len(body["days"]) == 366
@@ -220,3 +229,13 @@ async def test_the_openapi_document_lists_every_endpoint(client: httpx.AsyncClie
     assert set(document["paths"]) >= {"/stats", "/stats/daily", "/health", "/admin/rebuild"}
     names = {p["name"] for p in document["paths"]["/stats/daily"]["get"]["parameters"]}
     assert {"from", "to", "min_position"} <= names
+
+
+@pytest.mark.parametrize("open_db", ["sqlite"], indirect=True)
+async def test_the_openapi_document_documents_every_problem_as_problem_json(
+    client: httpx.AsyncClient,
+) -> None:
+    document = await get(client, "/openapi.json")
+    assert openapi_defects(document) == []
+    for path in ["/stats", "/stats/daily"]:
+        assert {"422", "503"} <= set(document["paths"][path]["get"]["responses"]), path

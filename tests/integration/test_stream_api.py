@@ -18,6 +18,7 @@ import pytest
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.store import EventStore
 from eventledger.services.stream.app import create_app
+from tests.integration.openapi_checks import openapi_defects
 from tests.integration.stream_support import (
     CountingStore,
     FlakyStore,
@@ -445,6 +446,14 @@ async def test_the_openapi_document_describes_every_route(client: httpx.AsyncCli
     assert (await client.get("/docs")).status_code == 200
 
 
+async def test_the_openapi_document_is_self_contained_and_documents_problem_json(
+    client: httpx.AsyncClient,
+) -> None:
+    # Bodies with nested models (events in an append) once referred to `#/$defs/EventIn`,
+    # which no client generator can resolve; problems were documented as application/json.
+    assert openapi_defects((await client.get("/openapi.json")).json()) == []
+
+
 # -- bad input: a 4xx problem, and nothing written -----------------------------------------
 
 GOOD_EVENT = {"type": "MoneyDeposited", "data": {"amount": 1}}
@@ -518,6 +527,10 @@ BAD_APPENDS: list[tuple[str, bytes, int, str]] = [
      400, "malformed-json"),
     ("not utf-8", b'{"expected_version": "\xff"}', 400, "malformed-json"),
     ("nested too deep", b"[" * 100_000 + b"]" * 100_000, 400, "malformed-json"),
+    # Deep enough to parse but not to encode again (a 500 on SQLite, at about 950 levels).
+    ("data nested 200 levels deep",
+     b'{"expected_version": 0, "events": [{"type": "A", "data": {"x": '
+     + b"[" * 200 + b"]" * 200 + b"}}]}", 400, "malformed-json"),
     ("2 MiB body", with_event(data={"pad": "x" * (2 * 1024 * 1024)}), 413, "body-too-large"),
 ]  # fmt: skip
 

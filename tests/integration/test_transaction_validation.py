@@ -172,6 +172,18 @@ async def test_a_bad_idempotency_key_is_refused(ledger: Ledger, key: bytes) -> N
     assert await ledger.head() == head
 
 
+async def test_two_idempotency_keys_are_refused(ledger: Ledger) -> None:
+    # Two header lines mean the list "k1, k2" (RFC 9110), which is no key: not the first one.
+    head = await ledger.head()
+    response = await ledger.http.post(
+        "/accounts/acc-a/deposits",
+        json={"amount": 1},
+        headers=[(b"Idempotency-Key", b"k1"), (b"Idempotency-Key", b"k2")],
+    )
+    assert_problem(response, 400, "invalid-idempotency-key")
+    assert await ledger.head() == head
+
+
 async def test_a_255_character_idempotency_key_is_fine(ledger: Ledger) -> None:
     key = "".join(chr(c) for c in range(0x21, 0x7F)) * 3
     response = await ledger.http.post(
@@ -203,6 +215,15 @@ async def test_closing_refuses_any_body_but_an_empty_object(ledger: Ledger, body
     assert 400 <= response.status_code < 500
     assert response.headers["content-type"].startswith("application/problem+json")
     assert await ledger.head() == head
+
+
+async def test_closing_with_a_body_that_is_not_an_object_names_the_body(ledger: Ledger) -> None:
+    account_id = await ledger.open()
+    response = await ledger.http.post(
+        f"/accounts/{account_id}/close", content=b"[]", headers={"Content-Type": "application/json"}
+    )
+    problem = assert_problem(response, 422, "validation-error")
+    assert [e["field"] for e in problem["errors"]] == ["body"]
 
 
 async def test_the_largest_amount_is_accepted(ledger: Ledger) -> None:

@@ -27,7 +27,10 @@ def parse_time(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"time {text!r} has no UTC offset")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise ValueError(f"time {text!r} is out of range in UTC") from None
 
 
 def to_envelope(event: RecordedEvent) -> dict[str, Any]:
@@ -61,8 +64,8 @@ def from_envelope(envelope: Mapping[str, Any]) -> RecordedEvent:
 
 def json_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
     """The `data` or `metadata` (`what`) of an event as compact JSON text. Raises InvalidAppend
-    for what JSON cannot hold (NaN, infinities, objects that are not mappings) and for lone
-    surrogates, which UTF-8 cannot encode."""
+    for what JSON cannot hold (NaN, infinities, objects that are not mappings), for lone
+    surrogates, which UTF-8 cannot encode, and for nesting too deep to encode."""
     try:
         text = json.dumps(
             value,
@@ -72,7 +75,7 @@ def json_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
             default=_json_default,
         )
         text.encode("utf-8")  # lone surrogates cannot be stored
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
     return text
 

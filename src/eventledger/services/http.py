@@ -2,8 +2,8 @@
 
 Errors leave a service only as RFC 9457 problem documents (`application/problem+json`) with a
 stable `type` slug. Request bodies are parsed strictly before validation: duplicate keys,
-NaN/Infinity, non-JSON and bodies over 1 MiB are refused; models refuse unknown fields and
-never coerce ("10", 10.0, true and 1e3 are not integers).
+NaN/Infinity, non-JSON, nesting deeper than 100 levels and bodies over 1 MiB are refused;
+models refuse unknown fields and never coerce ("10", 10.0, true and 1e3 are not integers).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 100
 PROBLEM_JSON = "application/problem+json"
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,10 +102,10 @@ def _finite_float(text: str) -> float:
 
 def parse_json(raw: bytes) -> Any:
     """Parse a request body as strict JSON (RFC 8259): no duplicate keys, no NaN/Infinity,
-    no numbers that overflow to infinity."""
+    no numbers that overflow to infinity, nothing nested deeper than `MAX_JSON_DEPTH`."""
     try:
         text = raw.decode("utf-8")
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_refuse_duplicates,
             parse_constant=_refuse_constant,
@@ -115,6 +116,28 @@ def parse_json(raw: bytes) -> Any:
     except (ValueError, RecursionError) as exc:
         # ValueError: JSONDecodeError, and integers longer than Python's 4300-digit limit.
         raise ProblemError(400, "malformed-json", "Malformed JSON", str(exc)) from exc
+    _check_depth(raw, value)
+    return value
+
+
+def _check_depth(raw: bytes, value: Any) -> None:
+    # What is stored is encoded and decoded again, by the store and by every reader, each at
+    # its own depth of stack: a body just shallow enough to parse here could fail there (a 500,
+    # or an event no reader can decode). A fixed bound far below any stack's keeps that out.
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return  # it cannot be deeper: most bodies end here
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ProblemError(
+                400,
+                "malformed-json",
+                "Malformed JSON",
+                f"nested deeper than {MAX_JSON_DEPTH} levels",
+            )
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -157,7 +180,11 @@ async def read_model(request: Request, model: type[M]) -> M:
         raise ProblemError(
             415, "unsupported-media-type", "Unsupported media type", "send application/json"
         )
-    payload = parse_json(await read_body(request))
+    return validate_body(parse_json(await read_body(request)), model)
+
+
+def validate_body(payload: Any, model: type[M]) -> M:
+    """A parsed JSON body as `model` (strict), or a 422 validation problem naming the fields."""
     if not isinstance(payload, dict):
         raise ProblemError(
             422,
@@ -172,14 +199,60 @@ async def read_model(request: Request, model: type[M]) -> M:
         raise validation_problem(exc) from exc
 
 
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its `$defs` inlined: embedded in an OpenAPI document, a
+    `#/$defs/...` reference would point at the document's root, where there is nothing."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            rest = {key: inline(value) for key, value in node.items() if key != "$ref"}
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                # Request and problem models are not recursive, so this ends.
+                return {**inline(defs[ref.removeprefix("#/$defs/")]), **rest}
+            return rest if ref is None else {"$ref": ref, **rest}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` documenting a body that a handler reads with `read_model`."""
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": openapi_schema(model)}},
         }
     }
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem document; extra members depend on `type`."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | None = None
+
+
+def problem_responses(
+    described: Mapping[int, str], model: type[BaseModel] = ProblemDocument
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` of a route's problem answers (status: description), documented
+    as `application/problem+json`, the content type they are sent with."""
+    content = {PROBLEM_JSON: {"schema": openapi_schema(model)}}
+    return {status: {"description": text, "content": content} for status, text in described.items()}
 
 
 # -- metrics ------------------------------------------------------------------------------

@@ -21,7 +21,13 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Gauge
 
-from eventledger.services.http import Metrics, ProblemError, create_service_app, problem_response
+from eventledger.services.http import (
+    Metrics,
+    ProblemError,
+    create_service_app,
+    problem_response,
+    problem_responses,
+)
 from eventledger.services.projection_runner import Projection, ProjectionRunner
 from eventledger.services.readmodel import ReadModelDB, ReadModelUnavailable
 
@@ -94,6 +100,19 @@ def int_param(name: str, raw: str | None, *, default: int, minimum: int, maximum
     if not _DIGITS.fullmatch(raw) or not minimum <= int(raw) <= maximum:
         raise invalid_param(name, f"must be an integer from {minimum} to {maximum}, got {raw!r}")
     return int(raw)
+
+
+def query_responses(*, not_found: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` of a query route: its problem documents (422 and 503, and 404
+    described by `not_found` when the route can answer it)."""
+    described = {
+        422: "`validation-error` (with `errors`): a bad parameter or `X-Min-Position`.",
+        503: "`not-caught-up` (`X-Min-Position` not applied within the wait) or "
+        "`readmodel-unavailable`; retry after `Retry-After` seconds.",
+    }
+    if not_found is not None:
+        described[404] = not_found
+    return problem_responses(described)
 
 
 def invalid_param(name: str, message: str) -> ProblemError:

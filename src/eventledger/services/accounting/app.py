@@ -28,6 +28,7 @@ from eventledger.services.readside_http import (
     Reads,
     int_param,
     invalid_param,
+    query_responses,
     require_applied,
 )
 
@@ -36,19 +37,30 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 
 AccountIdPath = Annotated[str, Path(description="The account id")]
+NOT_FOUND = "`account-not-found`: this instance has not seen the account (or not then)."
 
 
 def _add_routes(app: FastAPI, reads: Reads) -> None:
     """The accounting queries, on top of what every read-model service has."""
     runner, consistent = reads.runner, reads.consistent
 
-    @app.get("/accounts/{account_id}", dependencies=consistent, tags=["accounts"])
+    @app.get(
+        "/accounts/{account_id}",
+        dependencies=consistent,
+        tags=["accounts"],
+        responses=query_responses(not_found=NOT_FOUND),
+    )
     async def get_account(account_id: AccountIdPath) -> JSONResponse:
         """One account as of the last event this instance applied to it."""
         account = await _find(runner, account_id)
         return JSONResponse(_account_json(account))
 
-    @app.get("/accounts/{account_id}/transactions", dependencies=consistent, tags=["accounts"])
+    @app.get(
+        "/accounts/{account_id}/transactions",
+        dependencies=consistent,
+        tags=["accounts"],
+        responses=query_responses(not_found=NOT_FOUND),
+    )
     async def get_transactions(
         account_id: AccountIdPath,
         limit: Annotated[str | None, Query(description=f"1..{MAX_PAGE}, default 50")] = None,
@@ -78,7 +90,12 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
             }
         )
 
-    @app.get("/accounts/{account_id}/balance", dependencies=consistent, tags=["accounts"])
+    @app.get(
+        "/accounts/{account_id}/balance",
+        dependencies=consistent,
+        tags=["accounts"],
+        responses=query_responses(not_found=NOT_FOUND),
+    )
     async def get_balance(
         account_id: AccountIdPath,
         at: Annotated[str | None, Query(description="An RFC 3339 time")] = None,
@@ -123,7 +140,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         body.update({"at": at} if at is not None else {"at_position": position})
         return JSONResponse(body)
 
-    @app.get("/accounts", dependencies=consistent, tags=["accounts"])
+    @app.get("/accounts", dependencies=consistent, tags=["accounts"], responses=query_responses())
     async def list_accounts(
         limit: Annotated[str | None, Query(description=f"1..{MAX_PAGE}, default 50")] = None,
         after: Annotated[str | None, Query(description="The `next` of the previous page")] = None,

@@ -16,7 +16,12 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
 from eventledger.services.readmodel import Session
-from eventledger.services.readside_http import ReadModelService, Reads, invalid_param
+from eventledger.services.readside_http import (
+    ReadModelService,
+    Reads,
+    invalid_param,
+    query_responses,
+)
 from eventledger.services.statistics import queries
 from eventledger.services.statistics.projection import Tally
 from eventledger.services.statistics.store import StatisticsProjection
@@ -31,7 +36,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
     """The statistics queries, on top of what every read-model service has."""
     runner, consistent = reads.runner, reads.consistent
 
-    @app.get("/stats", dependencies=consistent, tags=["statistics"])
+    @app.get("/stats", dependencies=consistent, tags=["statistics"], responses=query_responses())
     async def stats() -> JSONResponse:
         """Per currency: accounts open and closed, total balance, count and volume of
         deposits, withdrawals and transfers (a transfer counts once)."""
@@ -54,7 +59,9 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
             }
         )
 
-    @app.get("/stats/daily", dependencies=consistent, tags=["statistics"])
+    @app.get(
+        "/stats/daily", dependencies=consistent, tags=["statistics"], responses=query_responses()
+    )
     async def daily(
         from_: Annotated[
             str | None, Query(alias="from", description="First day, YYYY-MM-DD (UTC)")
@@ -67,7 +74,10 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         flow of money and the count and volume of each kind of movement. Every day of the
         range is listed, at most 366 days; by default the last 30 days up to today."""
         last = _day("to", to) if to is not None else datetime.now(UTC).date()
-        first = _day("from", from_) if from_ is not None else last - timedelta(DEFAULT_DAYS - 1)
+        if from_ is not None:
+            first = _day("from", from_)
+        else:  # the last 30 days, but never before 0001-01-01 (date.min)
+            first = date.fromordinal(max(1, last.toordinal() - (DEFAULT_DAYS - 1)))
         if first > last:
             raise invalid_param("from", f"must not be after `to` ({last.isoformat()})")
         if (last - first).days + 1 > MAX_DAYS:

@@ -29,7 +29,13 @@ from eventledger.eventstore.records import (
     StreamState,
 )
 from eventledger.eventstore.store import EventStore
-from eventledger.services.http import ProblemError, create_service_app, json_body, read_model
+from eventledger.services.http import (
+    ProblemError,
+    create_service_app,
+    json_body,
+    problem_responses,
+    read_model,
+)
 from eventledger.services.stream import schemas as s
 from eventledger.services.stream.encoding import append_result, envelopes, json_response
 from eventledger.services.stream.guards import check_account_events
@@ -62,7 +68,7 @@ StreamPath = Annotated[
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": s.Problem, "description": _PROBLEM_TEXT[code]} for code in codes}
+    return problem_responses({code: _PROBLEM_TEXT[code] for code in codes}, s.Problem)
 
 
 _PROBLEM_TEXT = {

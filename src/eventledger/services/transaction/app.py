@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from eventledger.domain.commands import (
     CloseAccount,
@@ -36,7 +36,7 @@ from eventledger.services.http import (
     parse_json,
     read_body,
     read_model,
-    validation_problem,
+    validate_body,
 )
 from eventledger.services.transaction.accounts import DEFAULT_CACHE_SIZE, AccountCache
 from eventledger.services.transaction.handlers import DEFAULT_MAX_RETRIES, CommandHandler
@@ -149,13 +149,7 @@ async def _read_optional_model(request: Request, model: type[B]) -> B:
         raise ProblemError(
             415, "unsupported-media-type", "Unsupported media type", "send application/json"
         )
-    payload = parse_json(raw)
-    if not isinstance(payload, dict):
-        raise ProblemError(422, "validation-error", "Invalid request", "body must be an object")
-    try:
-        return model.model_validate(payload, strict=True)
-    except ValidationError as exc:
-        raise validation_problem(exc) from exc
+    return validate_body(parse_json(raw), model)
 
 
 def checked(command: C) -> C:
@@ -235,7 +229,9 @@ def create_app(
     ) -> Response:
         """Check the input, run the command, answer JSON or a problem; count the outcome."""
         try:
-            key = check_key(request.headers.get(IDEMPOTENCY_KEY_HEADER))
+            # Two header lines are the list "k1, k2" (RFC 9110): no valid key, not the first.
+            keys = request.headers.getlist(IDEMPOTENCY_KEY_HEADER)
+            key = check_key(", ".join(keys) if keys else None)
             if path_account_id is not None:
                 check_account_id(path_account_id)
             body = await read()
