@@ -10,9 +10,9 @@ Transfers are two events with the same `transaction_id`, one on each account's s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeAlias
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 ACCOUNT_STREAM_PREFIX = "account-"
 
@@ -66,8 +66,44 @@ def _int(event_type: str, data: Mapping[str, Any], field: str) -> int:
     return value
 
 
+_READERS: dict[str, Callable[[str, Mapping[str, Any], str], Any]] = {
+    "str": _str,
+    "str | None": _optional_str,
+    "int": _int,
+}
+_E = TypeVar("_E", bound="_EventRecord")
+
+
+class _EventRecord:
+    """What every event shares: its data is its fields, as plain JSON values, read back
+    strictly by each field's declared type (`str`, `str | None` or `int`)."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int]
+
+    def to_data(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name, _ in _readers(type(self))}
+
+    @classmethod
+    def from_data(cls: type[_E], data: Mapping[str, Any]) -> _E:
+        return cls(**{name: read(cls.TYPE, data, name) for name, read in _readers(cls)})
+
+
+_FIELD_READERS: dict[type[Any], tuple[tuple[str, Callable[..., Any]], ...]] = {}
+
+
+def _readers(cls: type[Any]) -> tuple[tuple[str, Callable[..., Any]], ...]:
+    # Annotations are strings here (`from __future__ import annotations`): the type's text.
+    readers = _FIELD_READERS.get(cls)
+    if readers is None:
+        readers = tuple((f.name, _READERS[str(f.type)]) for f in fields(cls))
+        _FIELD_READERS[cls] = readers
+    return readers
+
+
 @dataclass(frozen=True, slots=True)
-class AccountOpened:
+class AccountOpened(_EventRecord):
     """An account was opened in one currency, with an overdraft limit (0: none)."""
 
     TYPE: ClassVar[str] = "AccountOpened"
@@ -78,26 +114,9 @@ class AccountOpened:
     overdraft_limit: int
     owner: str | None
 
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "account_id": self.account_id,
-            "currency": self.currency,
-            "overdraft_limit": self.overdraft_limit,
-            "owner": self.owner,
-        }
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> AccountOpened:
-        return cls(
-            account_id=_str(cls.TYPE, data, "account_id"),
-            currency=_str(cls.TYPE, data, "currency"),
-            overdraft_limit=_int(cls.TYPE, data, "overdraft_limit"),
-            owner=_optional_str(cls.TYPE, data, "owner"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class MoneyDeposited:
+class MoneyDeposited(_EventRecord):
     """Money came into an account from outside the ledger."""
 
     TYPE: ClassVar[str] = "MoneyDeposited"
@@ -108,26 +127,9 @@ class MoneyDeposited:
     amount: int
     reference: str | None
 
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "account_id": self.account_id,
-            "transaction_id": self.transaction_id,
-            "amount": self.amount,
-            "reference": self.reference,
-        }
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> MoneyDeposited:
-        return cls(
-            account_id=_str(cls.TYPE, data, "account_id"),
-            transaction_id=_str(cls.TYPE, data, "transaction_id"),
-            amount=_int(cls.TYPE, data, "amount"),
-            reference=_optional_str(cls.TYPE, data, "reference"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class MoneyWithdrawn:
+class MoneyWithdrawn(_EventRecord):
     """Money left an account to outside the ledger."""
 
     TYPE: ClassVar[str] = "MoneyWithdrawn"
@@ -138,26 +140,9 @@ class MoneyWithdrawn:
     amount: int
     reference: str | None
 
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "account_id": self.account_id,
-            "transaction_id": self.transaction_id,
-            "amount": self.amount,
-            "reference": self.reference,
-        }
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> MoneyWithdrawn:
-        return cls(
-            account_id=_str(cls.TYPE, data, "account_id"),
-            transaction_id=_str(cls.TYPE, data, "transaction_id"),
-            amount=_int(cls.TYPE, data, "amount"),
-            reference=_optional_str(cls.TYPE, data, "reference"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class TransferSent:
+class TransferSent(_EventRecord):
     """Money left this account (`account_id`) for another account of the ledger."""
 
     TYPE: ClassVar[str] = "TransferSent"
@@ -169,28 +154,9 @@ class TransferSent:
     amount: int
     reference: str | None
 
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "account_id": self.account_id,
-            "transaction_id": self.transaction_id,
-            "to_account": self.to_account,
-            "amount": self.amount,
-            "reference": self.reference,
-        }
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> TransferSent:
-        return cls(
-            account_id=_str(cls.TYPE, data, "account_id"),
-            transaction_id=_str(cls.TYPE, data, "transaction_id"),
-            to_account=_str(cls.TYPE, data, "to_account"),
-            amount=_int(cls.TYPE, data, "amount"),
-            reference=_optional_str(cls.TYPE, data, "reference"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class TransferReceived:
+class TransferReceived(_EventRecord):
     """Money came into this account (`account_id`) from another account of the ledger."""
 
     TYPE: ClassVar[str] = "TransferReceived"
@@ -202,41 +168,15 @@ class TransferReceived:
     amount: int
     reference: str | None
 
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "account_id": self.account_id,
-            "transaction_id": self.transaction_id,
-            "from_account": self.from_account,
-            "amount": self.amount,
-            "reference": self.reference,
-        }
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> TransferReceived:
-        return cls(
-            account_id=_str(cls.TYPE, data, "account_id"),
-            transaction_id=_str(cls.TYPE, data, "transaction_id"),
-            from_account=_str(cls.TYPE, data, "from_account"),
-            amount=_int(cls.TYPE, data, "amount"),
-            reference=_optional_str(cls.TYPE, data, "reference"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class AccountClosed:
+class AccountClosed(_EventRecord):
     """An account at balance 0 was closed; it takes no more money."""
 
     TYPE: ClassVar[str] = "AccountClosed"
     SCHEMA_VERSION: ClassVar[int] = 1
 
     account_id: str
-
-    def to_data(self) -> dict[str, Any]:
-        return {"account_id": self.account_id}
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> AccountClosed:
-        return cls(account_id=_str(cls.TYPE, data, "account_id"))
 
 
 Event: TypeAlias = (
