@@ -20,7 +20,7 @@ import pytest
 from eventledger.eventstore.records import NewEvent, StreamState
 from eventledger.services.accounting.app import create_app
 from eventledger.services.readmodel import ReadModelDB, open_readmodel_db
-from tests.integration.test_readmodel_support import StreamServer, caught_up, serving
+from tests.integration.readmodel_support import StreamServer, caught_up, serving
 
 pytestmark = pytest.mark.slow
 

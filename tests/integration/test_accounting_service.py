@@ -16,10 +16,9 @@ from fastapi import FastAPI
 from eventledger.eventstore.records import NewEvent, StreamState
 from eventledger.services.accounting.app import create_app
 from eventledger.services.readmodel import SqliteReadModelDB
-from tests.integration import test_readmodel_support as support
+from tests.integration import readmodel_support as support
 from tests.integration.openapi_checks import openapi_defects
-from tests.integration.stream_support import until
-from tests.integration.test_readmodel_support import (
+from tests.integration.readmodel_support import (
     Clock,
     Ledger,
     OpenDB,
@@ -29,8 +28,9 @@ from tests.integration.test_readmodel_support import (
     runner_of,
     serving,
 )
+from tests.integration.stream_support import until
 
-# The fixtures every read-model service suite shares (test_readmodel_support.py).
+# The fixtures every read-model service suite shares (readmodel_support.py).
 clock, stream, log, client = support.clock, support.stream, support.log, support.client
 open_db = support.open_db_fixture("accounting")
 

@@ -27,8 +27,8 @@ from eventledger.services.subscription import (
     Undecodable,
     fetch_head_position,
 )
-from tests.integration import test_readmodel_support as support
-from tests.integration.test_readmodel_support import Ledger, StreamServer
+from tests.integration import readmodel_support as support
+from tests.integration.readmodel_support import Ledger, StreamServer
 
 # -- the SSE parser -----------------------------------------------------------------------
 
