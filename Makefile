@@ -22,8 +22,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# With EVENTLEDGER_TEST_POSTGRES_URL set (CI sets it), the PostgreSQL suites run inside the
+# first pytest, and the end-to-end suite runs a second time with the stream on PostgreSQL.
 test: lint typecheck
 	$(BIN)/pytest
+	@if [ -n "$$EVENTLEDGER_TEST_POSTGRES_URL" ]; then \
+		echo "end-to-end suite again, stream service on PostgreSQL"; \
+		EVENTLEDGER_E2E_STORE=postgresql $(BIN)/pytest tests/e2e; \
+	else \
+		echo "SKIPPED: end-to-end suite on PostgreSQL (set EVENTLEDGER_TEST_POSTGRES_URL to run it)"; \
+	fi
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
