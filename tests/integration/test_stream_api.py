@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from eventledger.eventstore.memory import MemoryEventStore
+from eventledger.eventstore.records import NewEvent, StreamState
 from eventledger.eventstore.store import EventStore
 from eventledger.services.stream.app import create_app
 from tests.integration.openapi_checks import openapi_defects
@@ -870,3 +871,49 @@ async def test_an_account_stream_takes_well_formed_account_events(
     account = f"g-{uuid.uuid4().hex[:8]}"
     r = await append(client, f"account-{account}", opened(account), expected="no_stream")
     assert r.status_code == 201, r.text
+
+
+# -- a slow consumer -----------------------------------------------------------------------
+
+
+async def test_a_subscriber_that_stops_reading_does_not_make_the_server_read_the_whole_log() -> (
+    None
+):
+    """The subscription is pulled by the client: while it reads nothing, the server stops
+    reading the log once the socket buffers are full, instead of queueing it all in memory."""
+    store = CountingStore()
+    total, page = 40_000, 1_000
+    payload = {"note": "x" * 1_000}
+    for first in range(0, total, page):
+        events = [NewEvent(uuid.uuid4(), "Noted", {**payload, "n": first + i}) for i in range(page)]
+        await store.append("acct-slow", expected_version=StreamState.ANY, events=events)
+    app = new_app(store)
+    async with running_server(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(f"GET /events/subscribe?after=0 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            await writer.drain()
+            # The server reads pages until the socket buffers are full, then waits for us.
+            settled = {"reads": -1, "since": asyncio.get_running_loop().time()}
+
+            def stopped_reading() -> bool:
+                now = asyncio.get_running_loop().time()
+                if store.reads != settled["reads"]:
+                    settled.update(reads=store.reads, since=now)
+                return now - settled["since"] > 0.5
+
+            await until(stopped_reading, within=20)
+            sse_page = 500  # the subscription reads the log in pages of this size
+            assert store.reads * sse_page < total // 2, "the server read ahead of its client"
+            # Once the client reads again, everything arrives, in order.
+            seen = 0
+            async with asyncio.timeout(60):
+                while seen < total:
+                    line = await reader.readline()
+                    if line.startswith(b"id: "):
+                        seen += 1
+                        assert int(line[4:]) == seen
+        finally:
+            writer.close()
+            await writer.wait_closed()
