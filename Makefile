@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint typecheck unit integration e2e bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "eventledger needs Python >= 3.11: run 'make PYTHON=python3.12 …'"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) \
+		|| { echo "could not create $(VENV): install your Python's venv module (Debian: python3-venv)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
