@@ -8,9 +8,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from eventledger.eventstore.errors import DuplicateEventId, StreamNotFound
+from eventledger.eventstore.errors import StreamNotFound
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
-from eventledger.eventstore.store import EventStore, check_expected_version, classify_replay
+from eventledger.eventstore.store import (
+    EventStore,
+    check_expected_version,
+    classify_batch_replay,
+)
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 Clock = Callable[[], datetime]
@@ -37,16 +41,10 @@ class MemoryEventStore(EventStore):
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
         async with self._changed:
             # Decide everything before writing anything: the batch is all or nothing.
-            replays = [
-                classify_replay(a.stream, a.events, [self._by_id.get(e.id) for e in a.events])
-                for a in appends
-            ]
-            if all(r is not None for r in replays):
-                return [r for r in replays if r is not None]
-            for append, replay in zip(appends, replays, strict=True):
-                if replay is not None:
-                    # Part of the batch is stored, part is not: the ids are used elsewhere.
-                    raise DuplicateEventId(append.events[0].id, append.stream)
+            replayed = classify_batch_replay(appends, self._by_id)
+            if replayed is not None:
+                return replayed
+            for append in appends:
                 actual = len(self._streams.get(append.stream, ()))
                 check_expected_version(append.stream, append.expected_version, actual)
             now = self._clock()

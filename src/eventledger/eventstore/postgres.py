@@ -86,7 +86,11 @@ from eventledger.eventstore.postgres_schema import (
     migrate,
 )
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
-from eventledger.eventstore.store import EventStore, check_expected_version, classify_replay
+from eventledger.eventstore.store import (
+    EventStore,
+    check_expected_version,
+    classify_batch_replay,
+)
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; the schema's names are re-exported for them.
@@ -623,18 +627,12 @@ def _plan(
     writes = []
     for request in group:
         try:
-            replays = [
-                classify_replay(a.stream, a.events, [stored.get(e.id) for e in a.events])
-                for a in request.appends
-            ]
-            if all(r is not None for r in replays):
-                outcomes[request] = [r for r in replays if r is not None]
+            replayed = classify_batch_replay(request.appends, stored)
+            if replayed is not None:
+                outcomes[request] = replayed
                 continue
             firsts = []
-            for append, replay in zip(request.appends, replays, strict=True):
-                if replay is not None:
-                    # Part of the batch is stored, part is not: the ids are used elsewhere.
-                    raise DuplicateEventId(append.events[0].id, append.stream)
+            for append in request.appends:
                 actual = pending.get(append.stream, 0)
                 check_expected_version(append.stream, append.expected_version, actual)
                 firsts.append(actual + 1)

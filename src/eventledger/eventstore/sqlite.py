@@ -35,7 +35,6 @@ from uuid import UUID
 
 from eventledger.eventstore.codec import format_time, json_text
 from eventledger.eventstore.errors import (
-    DuplicateEventId,
     EventStoreError,
     StoreUnavailable,
     StreamNotFound,
@@ -43,7 +42,7 @@ from eventledger.eventstore.errors import (
 from eventledger.eventstore.memory import Clock, utc_now
 from eventledger.eventstore.records import AppendResult, NewEvent, RecordedEvent, StreamAppend
 from eventledger.eventstore.sqlite_schema import SCHEMA_VERSION, connect, enable_wal, migrate
-from eventledger.eventstore.store import EventStore, check_expected_version, classify_replay
+from eventledger.eventstore.store import EventStore, check_expected_version, classify_batch_replay
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; SCHEMA_VERSION is re-exported for them.
@@ -225,16 +224,10 @@ class SqliteEventStore(EventStore):
     ) -> tuple[list[AppendResult], int]:
         """Write one request inside the group's transaction; later requests of the group see
         its writes. Returns the results and the new head position."""
-        replays = [
-            classify_replay(append.stream, append.events, _stored(conn, append.events))
-            for append, _ in request.appends
-        ]
-        if all(replay is not None for replay in replays):
-            return [replay for replay in replays if replay is not None], head
-        for (append, _), replay in zip(request.appends, replays, strict=True):
-            if replay is not None:
-                # Part of the batch is stored, part is not: its ids are used elsewhere.
-                raise DuplicateEventId(append.events[0].id, append.stream)
+        appends = [append for append, _ in request.appends]
+        replayed = classify_batch_replay(appends, lambda events: _stored(conn, events))
+        if replayed is not None:
+            return replayed, head
         now = self._clock()
         # A naive clock is read as UTC (astimezone would take it for local time).
         recorded_at = format_time(now if now.tzinfo else now.replace(tzinfo=UTC))

@@ -17,7 +17,7 @@ Semantics every backend guarantees (the contract suite in tests/integration chec
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from uuid import UUID
 
 from eventledger.eventstore.errors import DuplicateEventId, InvalidAppend, WrongExpectedVersion
@@ -202,3 +202,33 @@ def classify_replay(
         positions=tuple(s.position for s in stored if s is not None),
         replayed=True,
     )
+
+
+StoredLookup = Callable[[Sequence[NewEvent]], list[RecordedEvent | None]]
+
+
+def classify_batch_replay(
+    appends: Sequence[StreamAppend],
+    stored: Mapping[UUID, RecordedEvent]
+    | Callable[[Sequence[NewEvent]], list[RecordedEvent | None]],
+) -> list[AppendResult] | None:
+    """The batch rule every backend shares: the original results when every append of the
+    batch is an exact replay, None when no event of it is stored yet, DuplicateEventId when
+    it is stored only in part (some appends replayed, some new) or elsewhere.
+
+    `stored` gives the already stored event for each id: a mapping, or a function that looks
+    up the events of one append (None where unknown)."""
+
+    def lookup(events: Sequence[NewEvent]) -> list[RecordedEvent | None]:
+        if callable(stored):
+            return stored(events)
+        return [stored.get(e.id) for e in events]
+
+    replays = [classify_replay(a.stream, a.events, lookup(a.events)) for a in appends]
+    if all(r is not None for r in replays):
+        return [r for r in replays if r is not None]
+    for append, replay in zip(appends, replays, strict=True):
+        if replay is not None:
+            # Part of the batch is stored, part is not: its ids are used elsewhere.
+            raise DuplicateEventId(append.events[0].id, append.stream)
+    return None
