@@ -6,7 +6,6 @@ what it needs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
@@ -35,9 +34,7 @@ async def open_event_store(url: str, *, allow_unsafe_durability: bool = False) -
     if scheme == "sqlite":
         from eventledger.eventstore.sqlite import SqliteEventStore
 
-        path = Path(url.removeprefix("sqlite://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteEventStore(path, upcasters=upcasters)
+        return SqliteEventStore.from_url(url, upcasters=upcasters)
     from eventledger.eventstore.postgres import PostgresEventStore
 
     return await PostgresEventStore.open(
@@ -65,8 +62,6 @@ def build_app(service: str, settings: Settings) -> FastAPI:
         from eventledger.services.readmodel import ReadModelDB, open_readmodel_db
 
         url = settings.readmodel_url(service)
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite://")).parent.mkdir(parents=True, exist_ok=True)
 
         def open_db() -> ReadModelDB:
             return open_readmodel_db(url, namespace=service)

@@ -115,11 +115,13 @@ class SqliteEventStore(EventStore):
         upcasters: UpcasterRegistry | None = None,
         clock: Clock = utc_now,
     ) -> SqliteEventStore:
-        """`sqlite:///abs/path/events.db` (absolute) or `sqlite://rel/events.db` (relative)."""
+        """`sqlite:///abs/path/events.db` (absolute) or `sqlite://rel/events.db` (relative);
+        the file's folder is created when missing."""
         parts = urlsplit(url)
         path = unquote(parts.netloc + parts.path)
         if parts.scheme != "sqlite" or parts.query or parts.fragment or not path:
             raise ValueError(f"not a SQLite store URL: {url!r} (expected sqlite:///path/file.db)")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         return cls(path, upcasters=upcasters, clock=clock)
 
     # -- writing -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -364,6 +364,3 @@ def create_service_app(
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app, metrics
-
-
-Handler = Callable[..., Awaitable[Any]]

@@ -217,7 +217,6 @@ def create_app(
         on_retry=lambda name: retries.labels(name).inc(),
     )
     app.state.handler = handler
-    app.state.stream_client = client
 
     async def execute(
         request: Request,
