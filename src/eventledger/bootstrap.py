@@ -59,7 +59,7 @@ def build_app(service: str, settings: Settings) -> FastAPI:
 
         return create_transaction(stream_url=settings.url("stream"))
     if service in ("accounting", "statistics"):
-        from eventledger.services.readmodel import ReadModelDB, open_readmodel_db
+        from eventledger.services.readside.db import ReadModelDB, open_readmodel_db
 
         url = settings.readmodel_url(service)
 

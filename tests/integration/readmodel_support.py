@@ -24,8 +24,8 @@ from eventledger.bootstrap import build_upcasters
 from eventledger.domain.events import EVENT_TYPES
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.store import EventStore
-from eventledger.services.projection_runner import ProjectionRunner
-from eventledger.services.readmodel import ReadModelDB, SqliteReadModelDB, open_readmodel_db
+from eventledger.services.readside.db import ReadModelDB, SqliteReadModelDB, open_readmodel_db
+from eventledger.services.readside.runner import ProjectionRunner
 from eventledger.services.stream.app import create_app as create_stream_app
 
 

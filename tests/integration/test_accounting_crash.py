@@ -19,7 +19,7 @@ import pytest
 
 from eventledger.eventstore.records import NewEvent, StreamState
 from eventledger.services.accounting.app import create_app
-from eventledger.services.readmodel import ReadModelDB, open_readmodel_db
+from eventledger.services.readside.db import ReadModelDB, open_readmodel_db
 from tests.integration.readmodel_support import StreamServer, caught_up, serving
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 CHILD = """
 import sys, uvicorn
 from eventledger.services.accounting.app import create_app
-from eventledger.services.readmodel import open_readmodel_db
+from eventledger.services.readside.db import open_readmodel_db
 stream_url, db_url, namespace, port = sys.argv[1:5]
 app = create_app(
     stream_url=stream_url,

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from eventledger.eventstore.records import NewEvent, StreamState
 from eventledger.services.accounting.app import create_app
-from eventledger.services.readmodel import SqliteReadModelDB
+from eventledger.services.readside.db import SqliteReadModelDB
 from tests.integration import readmodel_support as support
 from tests.integration.openapi_checks import openapi_defects
 from tests.integration.readmodel_support import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventledger.services.readmodel import (
+from eventledger.services.readside.db import (
     CheckpointMoved,
     PostgresReadModelDB,
     ReadModelDB,

@@ -13,14 +13,15 @@ import pytest
 
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.accounting.store import AccountingProjection
-from eventledger.services.projection_runner import EventRejected, ProjectionRunner
-from eventledger.services.readmodel import (
+from eventledger.services.readside.db import (
     ReadModelDB,
     ReadModelUnavailable,
     Session,
     SqliteReadModelDB,
 )
-from eventledger.services.subscription import (
+from eventledger.services.readside.projection import EventRejected
+from eventledger.services.readside.runner import ProjectionRunner
+from eventledger.services.readside.subscription import (
     SSEMessage,
     SSEParser,
     StreamSubscription,

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from eventledger.services.accounting.app import create_app as create_accounting
-from eventledger.services.readmodel import SqliteReadModelDB
+from eventledger.services.readside.db import SqliteReadModelDB
 from eventledger.services.statistics.app import create_app
 from tests.integration import readmodel_support as support
 from tests.integration.openapi_checks import openapi_defects

@@ -20,7 +20,7 @@ from eventledger.services.accounting.projection import (
     account_id_of,
     evolve,
 )
-from eventledger.services.projection_runner import EventRejected
+from eventledger.services.readside.projection import EventRejected
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.accounting import projection as accounting
-from eventledger.services.projection_runner import EventRejected
+from eventledger.services.readside.projection import EventRejected
 from eventledger.services.statistics.projection import (
     StatsAccount,
     Tally,

@@ -2,7 +2,7 @@
 
 Reads are served from this instance's read model, even while the stream service is down; a
 request with `X-Min-Position: P` (or `?min_position=P`) waits until P is applied.
-`create_app` is `ReadModelService.create_app` (readside_http.py) with the routes below.
+`create_app` is `ReadModelService.create_app` (readside/http.py) with the routes below.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from eventledger.services.accounting import queries
 from eventledger.services.accounting.projection import Account, HistoryItem
 from eventledger.services.accounting.store import AccountingProjection
 from eventledger.services.http import ProblemError
-from eventledger.services.projection_runner import ProjectionRunner
-from eventledger.services.readmodel import Session
-from eventledger.services.readside_http import (
+from eventledger.services.readside.db import Session
+from eventledger.services.readside.http import (
     MAX_POS,
     ReadModelService,
     Reads,
@@ -31,6 +30,7 @@ from eventledger.services.readside_http import (
     query_responses,
     require_applied,
 )
+from eventledger.services.readside.runner import ProjectionRunner
 
 SERVICE = "accounting"
 DEFAULT_PAGE = 50

@@ -16,7 +16,7 @@ from eventledger.domain import events as ev
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX, MalformedEvent, UnknownEvent
 from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.projection_runner import EventRejected
+from eventledger.services.readside.projection import EventRejected
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

@@ -9,7 +9,7 @@ from eventledger.services.accounting.store import (
     account_from_row,
     item_from_row,
 )
-from eventledger.services.readmodel import Session
+from eventledger.services.readside.db import Session
 
 
 def get_account(session: Session, account_id: str) -> Account | None:

@@ -16,8 +16,8 @@ from eventledger.services.accounting.projection import (
     account_id_of,
     evolve,
 )
-from eventledger.services.projection_runner import EventRejected
-from eventledger.services.readmodel import Migration, Row, Session
+from eventledger.services.readside.db import Migration, Row, Session
+from eventledger.services.readside.projection import EventRejected
 
 NAME = "accounting"
 

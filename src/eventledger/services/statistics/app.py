@@ -3,7 +3,7 @@ subscription and checkpoint, independent of the accounting service.
 
 Money is always an integer of minor units; counters of money may exceed 2^53 (JSON integers
 stay exact; clients that read numbers as doubles should read them as big integers).
-`create_app` is `ReadModelService.create_app` (readside_http.py) with the routes below.
+`create_app` is `ReadModelService.create_app` (readside/http.py) with the routes below.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
-from eventledger.services.readmodel import Session
-from eventledger.services.readside_http import (
+from eventledger.services.readside.db import Session
+from eventledger.services.readside.http import (
     ReadModelService,
     Reads,
     invalid_param,

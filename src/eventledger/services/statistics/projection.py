@@ -15,7 +15,7 @@ from typing import Literal
 from eventledger.domain import events as ev
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX, MalformedEvent, UnknownEvent
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.projection_runner import EventRejected
+from eventledger.services.readside.projection import EventRejected
 
 MAX_AMOUNT = 2**53 - 1
 

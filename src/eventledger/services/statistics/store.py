@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.projection_runner import EventRejected
-from eventledger.services.readmodel import Migration, Row, Session
+from eventledger.services.readside.db import Migration, Row, Session
+from eventledger.services.readside.projection import EventRejected
 from eventledger.services.statistics.projection import (
     TALLY_FIELDS,
     StatsAccount,

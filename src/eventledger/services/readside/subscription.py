@@ -7,7 +7,7 @@
   event it yielded, so it catches up within seconds once the stream service is back.
 * `fetch_head_position` asks the stream service's `/health` for the head of the log.
 
-The projection runner (projection_runner.py) is what consumes it.
+The projection runner (runner.py) is what consumes it.
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ from eventledger.services.http import (
     problem_response,
     problem_responses,
 )
-from eventledger.services.projection_runner import Projection, ProjectionRunner
-from eventledger.services.readmodel import ReadModelDB, ReadModelUnavailable
+from eventledger.services.readside.db import ReadModelDB, ReadModelUnavailable
+from eventledger.services.readside.projection import Projection
+from eventledger.services.readside.runner import ProjectionRunner
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@
 checkpoint: a kill -9 never applies an event twice or skips one. An event the projection
 cannot apply *halts* it there (balances are money: never skip); reads go on.
 `wait_for(position)` gives read-your-writes; `rebuild()` resets the read model and replays the
-log from 0. What a read-model service exposes about its runner is in readside_http.py.
+log from 0. What a read-model service exposes about its runner is in http.py.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 
 from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.readmodel import (
+from eventledger.services.readside.db import (
     CheckpointMoved,
-    Migration,
     ReadModelDB,
     ReadModelError,
     Session,
@@ -33,41 +32,15 @@ from eventledger.services.readmodel import (
     read_checkpoint,
     write_checkpoint,
 )
-from eventledger.services.subscription import StreamSubscription, Undecodable, fetch_head_position
+from eventledger.services.readside.projection import EventRejected, Projection
+from eventledger.services.readside.subscription import (
+    StreamSubscription,
+    Undecodable,
+    fetch_head_position,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class EventRejected(Exception):
-    """Raised by a projection when it cannot apply an event: unknown type, malformed data, an
-    account never opened, a gap in a stream. The runner halts at that event."""
-
-    def __init__(self, event: RecordedEvent, reason: str) -> None:
-        super().__init__(f"event {event.position} ({event.type} on {event.stream}): {reason}")
-        self.event = event
-        self.reason = reason
-
-
-class Projection(Protocol):
-    """What the runner drives: a named read model with its schema and a batch writer."""
-
-    @property
-    def name(self) -> str:
-        """The checkpoint name (also the read model's namespace)."""
-        ...
-
-    @property
-    def migrations(self) -> Sequence[Migration]: ...
-
-    def apply(self, session: Session, events: Sequence[RecordedEvent]) -> EventRejected | None:
-        """Apply `events` in order inside `session`, skipping streams it does not project.
-        At the first event it cannot apply, stop: write what came before, return the error."""
-        ...
-
-    def reset(self, session: Session) -> None:
-        """Delete every row of the read model (not the checkpoint)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
