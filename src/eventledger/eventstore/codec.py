@@ -59,6 +59,8 @@ def from_envelope(envelope: Mapping[str, Any]) -> RecordedEvent:
         stream_version=int(envelope["stream_version"]),
         position=int(envelope["position"]),
         recorded_at=parse_time(envelope["recorded_at"]),
+        hash=str(envelope.get("hash") or ""),
+        batch_end=int(envelope.get("batch_end") or 0),
     )
 
 

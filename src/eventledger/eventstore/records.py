@@ -51,6 +51,12 @@ class RecordedEvent:
     stream_version: int  # 1 for the first event of a stream, no gaps
     position: int  # global order, strictly increasing in visibility order
     recorded_at: datetime  # UTC
+    # Tamper evidence: hex SHA-256 of the previous event's hash and this event's canonical
+    # content ("" where a store or a reader does not have it).
+    hash: str = ""
+    # The position of the last event of the atomic append (or batch) that wrote this event:
+    # a reader never shows a state between `position` and `batch_end` (0: not known).
+    batch_end: int = 0
 
 
 @dataclass(frozen=True, slots=True)
