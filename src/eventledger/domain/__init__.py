@@ -1,4 +1,5 @@
-"""The pure domain of the ledger: money, accounts (decide/evolve), commands, events, errors.
+"""The pure domain of the ledger: money, accounts (decide/evolve), commands, events, errors,
+and the validity rule of account streams (`validity`).
 
 Stdlib only: no I/O, no clock, no id generation. Ids come in with the commands.
 
@@ -8,7 +9,7 @@ the error is exported as `AccountClosedError` (`errors.AccountClosed` is the sam
 
 from __future__ import annotations
 
-from eventledger.domain import errors, events
+from eventledger.domain import errors, events, validity
 from eventledger.domain.account import (
     Account,
     decide,
@@ -35,6 +36,7 @@ from eventledger.domain.errors import (
     CurrencyMismatch,
     DomainError,
     InsufficientFunds,
+    InvalidAccountEvent,
     InvalidAccountId,
     InvalidAmount,
     InvalidCommand,
@@ -76,8 +78,17 @@ from eventledger.domain.money import (
     check_owner,
     check_reference,
     check_transaction_id,
+    is_clean_text,
 )
 from eventledger.domain.upcasters import UPCASTERS, account_opened_v1_to_v2
+from eventledger.domain.validity import (
+    AccountFacts,
+    check_append,
+    check_batch,
+    check_event,
+    check_transfers,
+    decode_event,
+)
 
 __all__ = [
     "ACCOUNT_ID",
@@ -94,6 +105,7 @@ __all__ = [
     "AccountClosed",
     "AccountClosedError",
     "AccountExists",
+    "AccountFacts",
     "AccountNotFound",
     "AccountOpened",
     "BalanceNotZero",
@@ -105,6 +117,7 @@ __all__ = [
     "DomainError",
     "Event",
     "InsufficientFunds",
+    "InvalidAccountEvent",
     "InvalidAccountId",
     "InvalidAmount",
     "InvalidCommand",
@@ -126,20 +139,27 @@ __all__ = [
     "account_opened_v1_to_v2",
     "check_account_id",
     "check_amount",
+    "check_append",
     "check_balance",
+    "check_batch",
     "check_currency",
+    "check_event",
     "check_overdraft_limit",
     "check_owner",
     "check_reference",
     "check_transaction_id",
+    "check_transfers",
     "decide",
     "decide_transfer",
     "decode",
+    "decode_event",
     "errors",
     "events",
     "evolve",
     "fold",
     "initial_state",
+    "is_clean_text",
     "stream_name",
     "validate",
+    "validity",
 ]

@@ -21,6 +21,11 @@ map it to, `title` the short, constant problem title; the message (`detail`) is 
         ├── InvalidReference           invalid-reference
         └── InvalidOwner               invalid-owner
 
+    InvalidAccountEvent            an event that is no valid next event of its account's
+                                   stream (`validity`); not a refusal of a command: the
+                                   stream service answers 422 invalid-account-event, readers
+                                   halt, the command side refuses to decide on it
+
 The event `AccountClosed` (in `events`) shares its name with the error; `AccountClosedError`
 is an alias of the error for modules that need both.
 """
@@ -208,16 +213,33 @@ class InvalidTransactionId(InvalidCommand):
 
 
 class InvalidReference(InvalidCommand):
-    """Raised when a reference is not a string of at most 256 characters without control
-    characters."""
+    """Raised when a reference is not a string of at most 256 characters without control,
+    format (bidi, zero-width) or separator characters."""
 
     code = "invalid-reference"
     title = "Invalid reference"
 
 
 class InvalidOwner(InvalidCommand):
-    """Raised when an owner is not a string of at most 256 characters without control
-    characters."""
+    """Raised when an owner is not a string of at most 256 characters without control,
+    format (bidi, zero-width) or separator characters."""
 
     code = "invalid-owner"
     title = "Invalid owner"
+
+
+class InvalidAccountEvent(ValueError):
+    """Raised when an event is not a valid next event of its account's stream: a value out of
+    range, an unknown type or shape, an event out of place (before `AccountOpened`, after
+    `AccountClosed`), or half of a transfer. `rule` is a stable slug naming the broken rule,
+    `reason` the human explanation; `account_id` and `index` (the event's place in its
+    append, when the check was given several) say which event, when known."""
+
+    def __init__(
+        self, rule: str, reason: str, *, account_id: str | None = None, index: int | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.rule = rule
+        self.reason = reason
+        self.account_id = account_id
+        self.index = index

@@ -134,31 +134,50 @@ def check_transaction_id(transaction_id: object, *, field: str = "transaction_id
     )
 
 
-def _is_clean_text(text: str) -> bool:
-    # Control characters (Cc: C0, DEL, C1) have no place in a reference, and lone
-    # surrogates (Cs) cannot be encoded as UTF-8, so they would fail at the store.
-    return len(text) <= MAX_TEXT_LENGTH and not any(
-        unicodedata.category(char) in ("Cc", "Cs") for char in text
-    )
+# Characters that text of the ledger never holds, by Unicode general category:
+#   Cc  control characters (C0, DEL, C1): they move terminals' cursors and end lines;
+#   Cs  lone surrogates: they cannot be encoded as UTF-8, so they would fail at the store;
+#   Cf  format characters, invisible by design: the bidi embeddings, overrides and isolates
+#       (U+202A-U+202E, U+2066-U+2069), the marks U+200E, U+200F, U+061C, the zero-width
+#       space and joiners (U+200B-U+200D), the word joiner U+2060, the BOM U+FEFF, tags...:
+#       they make a reference read differently from what it is (U+202E turns "gpj.exe" into
+#       "exe.jpg") or two equal-looking references differ;
+#   Zl, Zp  the line and paragraph separators U+2028, U+2029: line breaks in disguise.
+# The price: emoji joined with U+200D (family, profession emoji) are refused too.
+FORBIDDEN_TEXT_CATEGORIES = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp"})
+
+
+def is_clean_text(text: str) -> bool:
+    """Text of at most 256 characters holding none of FORBIDDEN_TEXT_CATEGORIES: the one text
+    rule of references and owners, for commands and stored events alike."""
+    if len(text) > MAX_TEXT_LENGTH:
+        return False
+    if text.isascii():
+        # The fast path: printable ASCII is all most references are made of.
+        return text.isprintable()
+    category = unicodedata.category
+    return not any(category(char) in FORBIDDEN_TEXT_CATEGORIES for char in text)
 
 
 def check_reference(reference: object, *, field: str = "reference") -> str | None:
-    """An optional reference: None, or at most 256 characters without control characters."""
-    if reference is None or (isinstance(reference, str) and _is_clean_text(reference)):
+    """An optional reference: None, or at most 256 characters without control, format
+    (bidi, zero-width) or separator characters (`is_clean_text`)."""
+    if reference is None or (isinstance(reference, str) and is_clean_text(reference)):
         return reference
     raise InvalidReference(
-        f"{field} must be text of at most {MAX_TEXT_LENGTH} characters without control "
-        f"characters, got {_show(reference)}",
+        f"{field} must be text of at most {MAX_TEXT_LENGTH} characters without control, "
+        f"bidi or invisible characters, got {_show(reference)}",
         field=field,
     )
 
 
 def check_owner(owner: object, *, field: str = "owner") -> str | None:
-    """An optional owner: None, or at most 256 characters without control characters."""
-    if owner is None or (isinstance(owner, str) and _is_clean_text(owner)):
+    """An optional owner: None, or at most 256 characters without control, format (bidi,
+    zero-width) or separator characters (`is_clean_text`)."""
+    if owner is None or (isinstance(owner, str) and is_clean_text(owner)):
         return owner
     raise InvalidOwner(
-        f"{field} must be text of at most {MAX_TEXT_LENGTH} characters without control "
-        f"characters, got {_show(owner)}",
+        f"{field} must be text of at most {MAX_TEXT_LENGTH} characters without control, "
+        f"bidi or invisible characters, got {_show(owner)}",
         field=field,
     )
