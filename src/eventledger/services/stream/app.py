@@ -38,7 +38,7 @@ from eventledger.services.http import (
 )
 from eventledger.services.stream import schemas as s
 from eventledger.services.stream.encoding import append_result, envelopes, json_response
-from eventledger.services.stream.guards import check_account_events
+from eventledger.services.stream.guards import AccountGuard
 from eventledger.services.stream.metrics import StreamMetrics
 from eventledger.services.stream.problems import (
     handle_store_error,
@@ -124,6 +124,7 @@ class _Runtime:
         self.heartbeat = heartbeat
         self.metrics = metrics
         self.subscriptions = Subscriptions(metrics.subscribers)
+        self.guard = AccountGuard()  # the validity rule of account streams, on cached facts
         self._store: EventStore | None = None
 
     async def start(self, store: EventStore) -> None:
@@ -143,12 +144,14 @@ class _Runtime:
         return self._store
 
     async def append(self, endpoint: str, appends: list[StreamAppend]) -> list[AppendResult]:
-        check_account_events(appends)
+        store = self.store
         try:
-            results = await self.store.append_batch(appends)
+            checked = await self.guard.check(store, appends)
+            results = await store.append_batch(appends)
         except EventStoreError as exc:
             self.metrics.refused(endpoint, exc)
             raise  # the app's store error handler answers with the problem document
+        self.guard.remember(checked, results)
         replayed = all(r.replayed for r in results)
         self.metrics.appended(
             endpoint, events=sum(len(a.events) for a in appends), replayed=replayed

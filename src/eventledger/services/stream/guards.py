@@ -1,49 +1,205 @@
-"""The shape guard of account streams.
+"""The guard of account streams: the domain's validity rule at the store's door.
 
-The stream service is a general event store, but the read models treat an event in an
-`account-<id>` stream that they cannot apply as a reason to halt (balances are money; they never
-skip). So the store refuses, up front, events in account streams that no reader could decode:
-unknown types, schema versions other than the current one, malformed data, or an `account_id`
-that is not the stream's. The account *rules* (funds, open/closed) are the transaction service's
-job; the stream service is internal and only the transaction service should write account
-streams (see the README's deployment notes).
+The stream service is a general event store, but the read models halt at an event of an
+`account-<id>` stream that they cannot apply (balances are money; they never skip). So an
+append to account streams is checked, before it is written, with the rule the readers apply
+(`domain.validity`): anything a reader would refuse is answered with a 422
+`invalid-account-event` problem naming the stream, the event's index and the rule, and
+nothing is written.
+
+The rule needs the account's facts at the version the append lands after, so an append to an
+account stream must state a numeric `expected_version` (`no_stream` counts as 0; `any` and
+`exists` are 422 `expected-version-required`). The guard keeps the facts of recently used
+streams (LRU, bounded) and brings them up to date by reading only the events after the
+cached version. Deciding on the facts at version N is safe because the store then writes
+only if the stream is still at N: if it moved, the append is a 409 or an idempotent replay
+and nothing new is written. For the same reason a stream already past N needs no check.
+
+    AccountGuard.check      -> the facts after the batch (or None: nothing to remember)
+    AccountGuard.remember   -> keep them once the store has written the batch
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from eventledger.domain.events import ACCOUNT_STREAM_PREFIX, MalformedEvent, UnknownEvent, decode
-from eventledger.eventstore.records import StreamAppend
+from eventledger.domain.errors import InvalidAccountEvent
+from eventledger.domain.events import ACCOUNT_STREAM_PREFIX, Event
+from eventledger.domain.validity import AccountFacts, check_batch, check_event, decode_event
+from eventledger.eventstore.errors import StreamNotFound, WrongExpectedVersion
+from eventledger.eventstore.records import AppendResult, StreamAppend, StreamState
+from eventledger.eventstore.store import EventStore
 from eventledger.services.http import ProblemError
 
+DEFAULT_CACHE_SIZE = 10_000
+_PAGE = 1000
+_MAX_DETAIL = 500
 
-def check_account_events(appends: Sequence[StreamAppend]) -> None:
-    """Raise a 422 `invalid-account-event` problem for an event no account reader can apply."""
-    for append in appends:
-        if not append.stream.startswith(ACCOUNT_STREAM_PREFIX):
-            continue
-        account_id = append.stream.removeprefix(ACCOUNT_STREAM_PREFIX)
-        for index, event in enumerate(append.events):
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What a checked batch will leave: the facts of each account stream it appends to."""
+
+    facts: Mapping[str, AccountFacts]  # by stream
+
+
+class AccountGuard:
+    """Checks appends to `account-*` streams with the validity rule, on cached facts."""
+
+    def __init__(self, max_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self._max_size = max_size
+        self._facts: OrderedDict[str, AccountFacts] = OrderedDict()
+
+    async def check(self, store: EventStore, appends: Sequence[StreamAppend]) -> Checked | None:
+        """Raise a 422 problem unless every append to an account stream is valid on the
+        facts at its expected version (a 409 WrongExpectedVersion when the stream has not
+        reached that version). None when there is nothing to remember afterwards."""
+        parts: list[tuple[StreamAppend, int, list[Event]]] = []
+        for append in appends:
+            if append.stream.startswith(ACCOUNT_STREAM_PREFIX):
+                parts.append((append, _expected(append), _decoded(append)))
+        if not parts:
+            return None
+        facts: dict[str, AccountFacts] = {}
+        for append, expected, _ in parts:
+            found = await self._facts_at(store, append.stream, expected)
+            if found is None:
+                # The stream is past `expected`: the store writes nothing new for this batch.
+                return None
+            facts[found.account_id] = found
+        try:
+            after = check_batch(facts, [(_account_id(a.stream), events) for a, _, events in parts])
+        except InvalidAccountEvent as exc:
+            stream = ACCOUNT_STREAM_PREFIX + (exc.account_id or "")
+            raise invalid_event(stream, exc.index, exc) from None
+        return Checked({ACCOUNT_STREAM_PREFIX + a: f for a, f in after.items()})
+
+    def remember(self, checked: Checked | None, results: Sequence[AppendResult]) -> None:
+        """Keep the facts of a checked batch the store has written (not of a replay: a
+        re-sent id only says the original was written, not that its data was the same)."""
+        if checked is None:
+            return
+        for result in results:
+            facts = checked.facts.get(result.stream)
+            if facts is not None and not result.replayed and facts.version == result.last_version:
+                self._put(result.stream, facts)
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    async def _facts_at(self, store: EventStore, stream: str, expected: int) -> AccountFacts | None:
+        """The facts of `stream` at version `expected`; None when the stream is already past
+        it; WrongExpectedVersion when it has not reached it."""
+        cached = self._facts.get(stream)
+        if cached is not None:
+            self._facts.move_to_end(stream)
+            if cached.version == expected:
+                return cached  # the hot path: no read at all
+            if cached.version > expected:
+                actual = await store.stream_version(stream)
+                if actual > expected:
+                    return None
+                # Shorter than we knew it: a store that was reset under us. Start over.
+                self._facts.pop(stream, None)
+                cached = None
+        facts = await self._catch_up(store, stream, cached or AccountFacts(_account_id(stream)))
+        self._put(stream, facts)
+        if facts.version == expected:
+            return facts
+        if facts.version > expected:
+            return None
+        raise WrongExpectedVersion(stream, expected, facts.version)
+
+    @staticmethod
+    async def _catch_up(store: EventStore, stream: str, facts: AccountFacts) -> AccountFacts:
+        """`facts` after the stored events that follow them, read page by page."""
+        while True:
             try:
-                decoded = decode(event.type, event.data, schema_version=event.schema_version)
-            except (UnknownEvent, MalformedEvent) as exc:
-                raise _invalid(append.stream, index, str(exc)) from exc
-            if decoded.account_id != account_id:
-                raise _invalid(
-                    append.stream,
-                    index,
-                    f"account_id {decoded.account_id!r} does not belong in stream "
-                    f"{append.stream!r}",
-                )
+                page = await store.read_stream(stream, from_version=facts.version + 1, limit=_PAGE)
+            except StreamNotFound:
+                return AccountFacts(facts.account_id)
+            for recorded in page:
+                try:
+                    event = decode_event(
+                        recorded.type, recorded.data, schema_version=recorded.schema_version
+                    )
+                    facts = check_event(facts, event, stream_version=recorded.stream_version)
+                except InvalidAccountEvent as exc:
+                    raise invalid_history(stream, recorded.stream_version, exc) from None
+            if len(page) < _PAGE:
+                return facts
+
+    def _put(self, stream: str, facts: AccountFacts) -> None:
+        if self._max_size <= 0:
+            return
+        cached = self._facts.get(stream)
+        if cached is None or cached.version < facts.version:
+            self._facts[stream] = facts
+        self._facts.move_to_end(stream)
+        while len(self._facts) > self._max_size:
+            self._facts.popitem(last=False)
 
 
-def _invalid(stream: str, index: int, detail: str) -> ProblemError:
+def _account_id(stream: str) -> str:
+    return stream[len(ACCOUNT_STREAM_PREFIX) :]
+
+
+def _expected(append: StreamAppend) -> int:
+    expected = append.expected_version
+    if expected is StreamState.NO_STREAM:
+        return 0
+    if isinstance(expected, StreamState):
+        raise ProblemError(
+            422,
+            "expected-version-required",
+            "Numeric expected version required",
+            f"an append to the account stream {append.stream!r} must state the version it "
+            f"expects the stream at (a number, or 'no_stream'), not {expected.value!r}: the "
+            "validity of account events depends on the events before them",
+            stream=append.stream,
+        )
+    return expected
+
+
+def _decoded(append: StreamAppend) -> list[Event]:
+    decoded: list[Event] = []
+    for index, event in enumerate(append.events):
+        try:
+            decoded.append(
+                decode_event(event.type, event.data, schema_version=event.schema_version)
+            )
+        except InvalidAccountEvent as exc:
+            raise invalid_event(append.stream, index, exc) from None
+    return decoded
+
+
+def invalid_event(stream: str, index: int | None, exc: InvalidAccountEvent) -> ProblemError:
+    """422 `invalid-account-event`: event `index` of the append to `stream` breaks a rule."""
+    where = f"event {index} of stream {stream!r}" if index is not None else f"stream {stream!r}"
     return ProblemError(
         422,
         "invalid-account-event",
         "Invalid account event",
-        f"event {index} of stream {stream!r}: {detail}",
+        f"{where}: {exc.reason[:_MAX_DETAIL]}",
         stream=stream,
         index=index,
+        rule=exc.rule,
+    )
+
+
+def invalid_history(stream: str, version: int, exc: InvalidAccountEvent) -> ProblemError:
+    """409 `invalid-account-history`: the stored events of `stream` already break the rule at
+    `version` (written before the rule, or behind the service's back), so no event can be
+    judged after them. The readers are halted there too: an operator's matter."""
+    return ProblemError(
+        409,
+        "invalid-account-history",
+        "Invalid account history",
+        f"the stored event at version {version} of stream {stream!r} breaks the account "
+        f"rules ({exc.reason[:_MAX_DETAIL]}); nothing can be appended after it",
+        stream=stream,
+        version=version,
+        rule=exc.rule,
     )
