@@ -7,11 +7,19 @@ Response models document the OpenAPI schema; the handlers write the JSON themsel
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from fastapi import Header, Query
-from pydantic import BaseModel, BeforeValidator, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from eventledger.eventstore.records import EVENT_TYPE, STREAM_NAME
@@ -23,6 +31,14 @@ MAX_SCHEMA_VERSION = 2**31 - 1
 MAX_EVENTS_PER_APPEND = 1000
 MAX_APPENDS_PER_BATCH = 100
 MAX_TYPE_FILTERS = 100
+# One event's `data` and `metadata` together, as compact ASCII JSON (how every reader gets it).
+# Domain events are a few hundred bytes; 64 KiB leaves room for rich metadata while keeping
+# every page fine-grained (a 1 MiB page still holds 16 events at the limit) and one event's
+# cost to each subscriber, cache and read model small. Larger payloads belong in a blob store,
+# referenced from the event.
+MAX_EVENT_BYTES = 64 * 1024
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 # Pydantic's regex engine has no `\Z`; `$` there means the end of the text, as `\Z` does in `re`.
 STREAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -88,6 +104,18 @@ class EventIn(StrictModel):
     schema_version: Annotated[int, Field(ge=1, le=MAX_SCHEMA_VERSION)] = 1
     data: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        size = len(_encode_json(self.data)) + len(_encode_json(self.metadata))
+        if size > MAX_EVENT_BYTES:
+            raise PydanticCustomError(
+                "event_too_large",
+                "data and metadata encode to {size} bytes of JSON; an event holds at most "
+                "{limit}",
+                {"size": size, "limit": MAX_EVENT_BYTES},
+            )
+        return self
 
 
 Events = Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS_PER_APPEND)]
