@@ -49,10 +49,38 @@ def test_opening_and_closing_count_accounts_per_currency() -> None:
     assert (usd.opened - usd.closed, usd.closed) == (1, 0)
 
 
-def test_closing_twice_counts_once() -> None:
+def test_closing_twice_is_rejected() -> None:
     log = Log()
-    currencies, _ = totals([log.opened("a"), log.closed("a"), log.closed("a")])
-    assert currencies["EUR"].closed == 1
+    account = evolve(evolve(None, log.opened("a")).account, log.closed("a")).account
+    with pytest.raises(EventRejected, match="closed"):
+        evolve(account, log.closed("a"))
+
+
+def test_each_account_row_keeps_its_balance() -> None:
+    log = Log()
+    account = evolve(None, log.opened("a")).account
+    account = evolve(account, log.deposited("a", 700)).account
+    account = evolve(account, log.withdrawn("a", 200)).account
+    assert (account.balance, account.version) == (500, 3)
+
+
+def test_a_balance_leaving_the_signed_64_bit_range_is_rejected_as_accounting_does() -> None:
+    log = Log()
+    account = StatsAccount("a", "EUR", "open", 1, 2**63 - 1)
+    with pytest.raises(EventRejected, match="64-bit"):
+        evolve(account, log.event("a", "MoneyDeposited", _money("a", 1), version=2))
+
+
+def test_closing_with_money_on_the_account_is_rejected() -> None:
+    log = Log()
+    account = StatsAccount("a", "EUR", "open", 1, 5)
+    with pytest.raises(EventRejected, match="balance 0"):
+        evolve(account, log.event("a", "AccountClosed", {"account_id": "a"}, version=2))
+
+
+def _money(account: str, amount: int) -> dict[str, object]:
+    tx = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab"
+    return {"account_id": account, "transaction_id": tx, "amount": amount, "reference": None}
 
 
 def test_deposits_and_withdrawals_are_counted_with_their_volume() -> None:

@@ -45,6 +45,7 @@ from eventledger.domain.events import (
     TransferSent,
 )
 from eventledger.domain.money import check_balance
+from eventledger.domain.validity import AccountFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,13 @@ def evolve(state: Account, event: Event) -> Account:
         case _:
             # An event this code does not act on still takes its place in the stream.
             return replace(state, version=version)
+
+
+def facts_of(state: Account) -> AccountFacts:
+    """What the validity rule (`validity.check_event`) needs to know of an account."""
+    return AccountFacts(
+        state.account_id, state.exists, state.closed, state.version, state.currency, state.balance
+    )
 
 
 def fold(account_id: str, events: Iterable[Event]) -> Account:

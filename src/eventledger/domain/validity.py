@@ -109,8 +109,8 @@ def check_event(facts: AccountFacts, event: Event, *, stream_version: int) -> Ac
         if facts.exists or stream_version != 1:
             raise InvalidAccountEvent(
                 "opened-twice" if facts.exists else "opened-late",
-                f"AccountOpened only as the first event of a stream, not at version "
-                f"{stream_version}",
+                f"AccountOpened at version {stream_version}: an account opens once, as the "
+                "first event of its stream",
             )
         _value(check_account_id, event.account_id, name, "account_id")
         _value(check_currency, event.currency, name, "currency")

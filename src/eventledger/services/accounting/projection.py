@@ -1,26 +1,26 @@
 """The accounting projection, pure: (the account row or None, an event) -> the new row and
 the history item it adds. No I/O; the store module reads and writes the rows.
 
-The projection is strict because balances are money: an event it cannot make sense of (an
-account never opened, a gap in the stream's versions, a balance leaving the signed 64-bit
-range, an unknown event type) raises `EventRejected`, and the runner halts there rather than
-skip it. Fix the code or the data, then restart or rebuild.
+The projection is strict because balances are money: an event that breaks the account rules
+(`domain.validity`, the rule the stream service checks before it writes: an account never
+opened, a gap in the stream's versions, a balance leaving the signed 64-bit range, an unknown
+event type, half of a transfer...) raises `EventRejected`, and the runner halts there rather
+than skip it. Fix the code or the data, then restart or rebuild.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from eventledger.domain import events as ev
-from eventledger.domain.events import ACCOUNT_STREAM_PREFIX, MalformedEvent, UnknownEvent
+from eventledger.domain.errors import InvalidAccountEvent
+from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
+from eventledger.domain.validity import AccountFacts, check_event, check_transfers, decode_event
 from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.projection import EventRejected
-
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-MAX_AMOUNT = 2**53 - 1
 
 Status = Literal["open", "closed"]
 Kind = Literal["deposit", "withdrawal", "transfer_in", "transfer_out"]
@@ -74,66 +74,106 @@ def account_id_of(stream: str) -> str | None:
 def decode(event: RecordedEvent) -> ev.Event:
     """The domain event, or EventRejected when its type, schema version or data is unknown."""
     try:
-        return ev.decode(event.type, event.data, schema_version=event.schema_version)
-    except (UnknownEvent, MalformedEvent) as exc:
-        raise EventRejected(event, str(exc)) from exc
+        return decode_event(event.type, event.data, schema_version=event.schema_version)
+    except InvalidAccountEvent as exc:
+        raise EventRejected(event, exc.reason) from None
+
+
+def facts_of(account_id: str, account: Account | None) -> AccountFacts:
+    """What the validity rule needs of an account, from its row (None: never opened)."""
+    if account is None:
+        return AccountFacts(account_id)
+    return AccountFacts(
+        account_id,
+        True,
+        account.status == "closed",
+        account.version,
+        account.currency,
+        account.balance,
+    )
 
 
 def evolve(account: Account | None, event: RecordedEvent) -> Change:
     """Apply one event of the stream `account-<id>` to that account's row."""
-    account_id = account_id_of(event.stream)
+    return _evolve(account, event)[0]
+
+
+def evolve_commit(
+    accounts: Mapping[str, Account], events: Sequence[RecordedEvent], *, whole: bool = True
+) -> tuple[list[Change], EventRejected | None]:
+    """Apply the events of one atomic append (other streams' events are passed over): the
+    changes, and the EventRejected of the first event that breaks the rule (then the changes
+    are those of the events before it). When the append is `whole`, its transfers are
+    checked as pairs too."""
+    rows: dict[str, Account] = {}  # the rows this append changed, over `accounts`
+    changes: list[Change] = []
+    applied: list[ev.Event] = []
+    recorded: list[RecordedEvent] = []
+    for event in events:
+        account_id = account_id_of(event.stream)
+        if account_id is None:
+            continue
+        row = rows[account_id] if account_id in rows else accounts.get(account_id)
+        try:
+            change, domain_event = _evolve(row, event)
+        except EventRejected as exc:
+            return changes, exc
+        rows[account_id] = change.account
+        changes.append(change)
+        applied.append(domain_event)
+        recorded.append(event)
+    if whole and any(isinstance(e, ev.TransferSent | ev.TransferReceived) for e in applied):
+        try:
+            check_transfers(applied, {a: facts_of(a, row) for a, row in rows.items()})
+        except InvalidAccountEvent as exc:
+            index = exc.index or 0
+            return changes[:index], EventRejected(recorded[index], exc.reason)
+    return changes, None
+
+
+def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.Event]:
+    account_id = account_id_of(event.stream) or ""
     domain_event = decode(event)
-    if domain_event.account_id != account_id:
-        raise EventRejected(
-            event, f"its account_id {domain_event.account_id!r} is not the stream's account"
+    try:
+        check_event(
+            facts_of(account_id, account), domain_event, stream_version=event.stream_version
         )
+    except InvalidAccountEvent as exc:
+        raise EventRejected(event, exc.reason) from None
     at = format_time(event.recorded_at)
     if isinstance(domain_event, ev.AccountOpened):
-        if account is not None:
-            raise EventRejected(event, "the account is already open")
-        if event.stream_version != 1:
-            raise EventRejected(event, f"an account opens at version 1, not {event.stream_version}")
-        return Change(
-            Account(
-                account_id=domain_event.account_id,
-                currency=domain_event.currency,
-                balance=0,
-                overdraft_limit=domain_event.overdraft_limit,
-                owner=domain_event.owner,
-                status="open",
-                version=1,
-                opened_at=at,
-                opened_position=event.position,
-                updated_at=at,
-                position=event.position,
-            ),
-            None,
+        opened = Account(
+            account_id=domain_event.account_id,
+            currency=domain_event.currency,
+            balance=0,
+            overdraft_limit=domain_event.overdraft_limit,
+            owner=domain_event.owner,
+            status="open",
+            version=1,
+            opened_at=at,
+            opened_position=event.position,
+            updated_at=at,
+            position=event.position,
         )
-    if account is None:
-        raise EventRejected(event, "the account was never opened")
-    if event.stream_version != account.version + 1:
-        raise EventRejected(
-            event,
-            f"stream version {event.stream_version} does not follow {account.version}",
-        )
+        return Change(opened, None), domain_event
+    assert account is not None  # the rule: nothing before AccountOpened
     kind: Kind
     other: str | None
     match domain_event:
         case ev.AccountClosed():
-            return Change(_next(account, event, at, account.balance, "closed"), None)
+            closed = _next(account, event, at, account.balance, "closed")
+            return Change(closed, None), domain_event
         case ev.MoneyDeposited():
-            amount, kind, other = _amount(event, domain_event.amount), "deposit", None
+            amount, kind, other = domain_event.amount, "deposit", None
         case ev.MoneyWithdrawn():
-            amount, kind, other = -_amount(event, domain_event.amount), "withdrawal", None
+            amount, kind, other = -domain_event.amount, "withdrawal", None
         case ev.TransferReceived():
-            amount, kind = _amount(event, domain_event.amount), "transfer_in"
+            amount, kind = domain_event.amount, "transfer_in"
             other = domain_event.from_account
         case ev.TransferSent():
-            amount, kind = -_amount(event, domain_event.amount), "transfer_out"
+            amount, kind = -domain_event.amount, "transfer_out"
             other = domain_event.to_account
     balance = account.balance + amount
-    if not INT64_MIN <= balance <= INT64_MAX:
-        raise EventRejected(event, f"the balance would leave the signed 64-bit range: {balance}")
     item = HistoryItem(
         account_id=account.account_id,
         position=event.position,
@@ -145,7 +185,7 @@ def evolve(account: Account | None, event: RecordedEvent) -> Change:
         reference=domain_event.reference,
         recorded_at=at,
     )
-    return Change(_next(account, event, at, balance, account.status), item)
+    return Change(_next(account, event, at, balance, account.status), item), domain_event
 
 
 def _next(account: Account, event: RecordedEvent, at: str, balance: int, status: Status) -> Account:
@@ -163,9 +203,3 @@ def _next(account: Account, event: RecordedEvent, at: str, balance: int, status:
         updated_at=at,
         position=event.position,
     )
-
-
-def _amount(event: RecordedEvent, amount: int) -> int:
-    if not 1 <= amount <= MAX_AMOUNT:
-        raise EventRejected(event, f"amount {amount} is outside 1..{MAX_AMOUNT}")
-    return amount

@@ -14,8 +14,9 @@ from eventledger.services.accounting.projection import (
     HistoryItem,
     Kind,
     account_id_of,
-    evolve,
+    evolve_commit,
 )
+from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
 from eventledger.services.readside.projection import EventRejected
 
@@ -130,18 +131,16 @@ class AccountingProjection:
         changed: dict[str, Account] = {}
         items: list[HistoryItem] = []
         rejected: EventRejected | None = None
-        for event in events:
-            account_id = account_id_of(event.stream)
-            if account_id is None:
-                continue  # not an account stream: nothing to project, the checkpoint moves on
-            try:
-                change = evolve(accounts.get(account_id), event)
-            except EventRejected as exc:
-                rejected = exc
+        # One atomic append at a time: some rules (transfers come in pairs) span an append.
+        for group, whole in commit_groups(events):
+            changes, rejected = evolve_commit(accounts, group, whole=whole)
+            for change in changes:
+                account = change.account
+                accounts[account.account_id] = changed[account.account_id] = account
+                if change.item is not None:
+                    items.append(change.item)
+            if rejected is not None:
                 break
-            accounts[account_id] = changed[account_id] = change.account
-            if change.item is not None:
-                items.append(change.item)
         if changed:
             session.executemany(
                 _UPSERT_ACCOUNT,

@@ -4,30 +4,34 @@ adds to its currency's counters and to that day's. No I/O; `store` reads and wri
 A transfer is counted once, on its `TransferSent` side (both sides are in one currency); its
 `TransferReceived` side only moves the receiver's balance. Counters of money are unbounded
 ints: a volume may exceed 64 bits after enough large movements, so they are never capped.
-Like the accounting projection, an event it cannot make sense of raises `EventRejected`.
+Like the accounting projection, an event that breaks the account rules (`domain.validity`,
+which the stream service checks before it writes) raises `EventRejected`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
 from eventledger.domain import events as ev
-from eventledger.domain.events import ACCOUNT_STREAM_PREFIX, MalformedEvent, UnknownEvent
+from eventledger.domain.errors import InvalidAccountEvent
+from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
+from eventledger.domain.validity import AccountFacts, check_event, check_transfers, decode_event
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.projection import EventRejected
-
-MAX_AMOUNT = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
 class StatsAccount:
-    """What the statistics need to remember of one account."""
+    """What the statistics need to remember of one account: what the validity rule needs
+    (its balance too, so that both read models agree on the signed 64-bit range)."""
 
     account_id: str
     currency: str
     status: Literal["open", "closed"]
     version: int
+    balance: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,52 +81,87 @@ def account_id_of(stream: str) -> str | None:
     return None
 
 
+def facts_of(account_id: str, account: StatsAccount | None) -> AccountFacts:
+    """What the validity rule needs of an account, from its row (None: never opened)."""
+    if account is None:
+        return AccountFacts(account_id)
+    return AccountFacts(
+        account_id,
+        True,
+        account.status == "closed",
+        account.version,
+        account.currency,
+        account.balance,
+    )
+
+
 def evolve(account: StatsAccount | None, event: RecordedEvent) -> StatsChange:
     """Apply one event of the stream `account-<id>`."""
-    account_id = account_id_of(event.stream)
+    return _evolve(account, event)[0]
+
+
+def evolve_commit(
+    accounts: Mapping[str, StatsAccount], events: Sequence[RecordedEvent], *, whole: bool = True
+) -> tuple[list[StatsChange], EventRejected | None]:
+    """Apply the events of one atomic append (other streams' events are passed over): the
+    changes, and the EventRejected of the first event that breaks the rule (then the changes
+    are those of the events before it). When the append is `whole`, its transfers are
+    checked as pairs too."""
+    rows: dict[str, StatsAccount] = {}  # the rows this append changed, over `accounts`
+    changes: list[StatsChange] = []
+    applied: list[ev.Event] = []
+    recorded: list[RecordedEvent] = []
+    for event in events:
+        account_id = account_id_of(event.stream)
+        if account_id is None:
+            continue
+        row = rows[account_id] if account_id in rows else accounts.get(account_id)
+        try:
+            change, domain_event = _evolve(row, event)
+        except EventRejected as exc:
+            return changes, exc
+        rows[account_id] = change.account
+        changes.append(change)
+        applied.append(domain_event)
+        recorded.append(event)
+    if whole and any(isinstance(e, ev.TransferSent | ev.TransferReceived) for e in applied):
+        try:
+            check_transfers(applied, {a: facts_of(a, row) for a, row in rows.items()})
+        except InvalidAccountEvent as exc:
+            index = exc.index or 0
+            return changes[:index], EventRejected(recorded[index], exc.reason)
+    return changes, None
+
+
+def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsChange, ev.Event]:
+    account_id = account_id_of(event.stream) or ""
     try:
-        domain_event = ev.decode(event.type, event.data, schema_version=event.schema_version)
-    except (UnknownEvent, MalformedEvent) as exc:
-        raise EventRejected(event, str(exc)) from exc
-    if domain_event.account_id != account_id:
-        raise EventRejected(
-            event, f"its account_id {domain_event.account_id!r} is not the stream's account"
+        domain_event = decode_event(event.type, event.data, schema_version=event.schema_version)
+        facts = check_event(
+            facts_of(account_id, account), domain_event, stream_version=event.stream_version
         )
+    except InvalidAccountEvent as exc:
+        raise EventRejected(event, exc.reason) from None
     day = event.recorded_at.date().isoformat()
-    if isinstance(domain_event, ev.AccountOpened):
-        if account is not None or event.stream_version != 1:
-            raise EventRejected(event, "the account is already open")
-        opened = StatsAccount(account_id, domain_event.currency, "open", 1)
-        return StatsChange(opened, opened.currency, day, Tally(opened=1))
-    if account is None:
-        raise EventRejected(event, "the account was never opened")
-    if event.stream_version != account.version + 1:
-        raise EventRejected(
-            event, f"stream version {event.stream_version} does not follow {account.version}"
-        )
-    moved = StatsAccount(account.account_id, account.currency, account.status, event.stream_version)
+    after = StatsAccount(
+        account_id,
+        facts.currency,
+        "closed" if facts.closed else "open",
+        facts.version,
+        facts.balance,
+    )
     delta: Tally
     match domain_event:
+        case ev.AccountOpened():
+            delta = Tally(opened=1)
         case ev.AccountClosed():
-            # Closing twice changes nothing (the accounting projection agrees).
-            delta = Tally(closed=1) if account.status == "open" else Tally()
-            closed = StatsAccount(account.account_id, account.currency, "closed", moved.version)
-            return StatsChange(closed, account.currency, day, delta)
+            delta = Tally(closed=1)
         case ev.MoneyDeposited(amount=amount):
-            amount = _amount(event, amount)
             delta = Tally(balance=amount, deposits_count=1, deposits_volume=amount)
         case ev.MoneyWithdrawn(amount=amount):
-            amount = _amount(event, amount)
             delta = Tally(balance=-amount, withdrawals_count=1, withdrawals_volume=amount)
         case ev.TransferSent(amount=amount):
-            amount = _amount(event, amount)
             delta = Tally(balance=-amount, transfers_count=1, transfers_volume=amount)
         case ev.TransferReceived(amount=amount):
-            delta = Tally(balance=_amount(event, amount))
-    return StatsChange(moved, account.currency, day, delta)
-
-
-def _amount(event: RecordedEvent, amount: int) -> int:
-    if not 1 <= amount <= MAX_AMOUNT:
-        raise EventRejected(event, f"amount {amount} is outside 1..{MAX_AMOUNT}")
-    return amount
+            delta = Tally(balance=amount)
+    return StatsChange(after, after.currency, day, delta), domain_event

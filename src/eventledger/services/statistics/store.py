@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
 from eventledger.services.readside.projection import EventRejected
 from eventledger.services.statistics.projection import (
@@ -17,7 +18,7 @@ from eventledger.services.statistics.projection import (
     StatsAccount,
     Tally,
     account_id_of,
-    evolve,
+    evolve_commit,
 )
 
 NAME = "statistics"
@@ -45,11 +46,23 @@ MIGRATIONS: Sequence[Migration] = (
             PRIMARY KEY (day, currency)
         )""",
     ),
+    # 2: each account's balance, so that the statistics apply the validity rule (a balance
+    # stays in the signed 64-bit range, an account closes at 0) as the accounting model does.
+    # Rows of version 1 do not know it: the model is emptied and its checkpoint dropped, so the
+    # runner replays the log from position 0 and fills it in.
+    (
+        "ALTER TABLE stats_accounts ADD COLUMN balance BIGINT NOT NULL DEFAULT 0",
+        "DELETE FROM stats_daily",
+        "DELETE FROM stats_currencies",
+        "DELETE FROM stats_accounts",
+        f"DELETE FROM readmodel_checkpoints WHERE name = '{NAME}'",
+    ),
 )
 
 _UPSERT_ACCOUNT = (
-    "INSERT INTO stats_accounts (account_id, currency, status, version) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (account_id) DO UPDATE SET status = excluded.status, version = excluded.version"
+    "INSERT INTO stats_accounts (account_id, currency, status, version, balance) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET status = excluded.status, "
+    "version = excluded.version, balance = excluded.balance"
 )
 _SET_TALLY = ", ".join(f"{f} = excluded.{f}" for f in TALLY_FIELDS)
 _MARKS = ", ".join("?" * len(TALLY_FIELDS))
@@ -86,26 +99,33 @@ class StatisticsProjection:
 
     def apply(self, session: Session, events: Sequence[RecordedEvent]) -> EventRejected | None:
         # Streams that are not accounts' are skipped; the checkpoint still moves past them.
-        relevant = [(a, e) for e in events if (a := account_id_of(e.stream)) is not None]
-        accounts = self._load_accounts(session, {a for a, _ in relevant})
+        accounts = self._load_accounts(
+            session, {a for e in events if (a := account_id_of(e.stream)) is not None}
+        )
         changed: dict[str, StatsAccount] = {}
         currencies: dict[str, Tally] = {}
         days: dict[tuple[str, str], Tally] = {}
         rejected: EventRejected | None = None
-        for account_id, event in relevant:
-            try:
-                change = evolve(accounts.get(account_id), event)
-            except EventRejected as exc:
-                rejected = exc
+        # One atomic append at a time: some rules (transfers come in pairs) span an append.
+        for group, whole in commit_groups(events):
+            changes, rejected = evolve_commit(accounts, group, whole=whole)
+            for change in changes:
+                account = change.account
+                accounts[account.account_id] = changed[account.account_id] = account
+                currencies[change.currency] = (
+                    currencies.get(change.currency, Tally()) + change.delta
+                )
+                key = (change.day, change.currency)
+                days[key] = days.get(key, Tally()) + change.delta
+            if rejected is not None:
                 break
-            accounts[account_id] = changed[account_id] = change.account
-            currencies[change.currency] = currencies.get(change.currency, Tally()) + change.delta
-            key = (change.day, change.currency)
-            days[key] = days.get(key, Tally()) + change.delta
         if changed:
             session.executemany(
                 _UPSERT_ACCOUNT,
-                [(a.account_id, a.currency, a.status, a.version) for a in changed.values()],
+                [
+                    (a.account_id, a.currency, a.status, a.version, a.balance)
+                    for a in changed.values()
+                ],
             )
         if currencies:
             self._add_currencies(session, currencies)
@@ -123,13 +143,17 @@ class StatisticsProjection:
         found: dict[str, StatsAccount] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            for account_id, currency, status, version in session.fetchall(
-                "SELECT account_id, currency, status, version FROM stats_accounts "
+            for account_id, currency, status, version, balance in session.fetchall(
+                "SELECT account_id, currency, status, version, balance FROM stats_accounts "
                 f"WHERE account_id IN ({_in(len(chunk))})",
                 chunk,
             ):
                 found[account_id] = StatsAccount(
-                    account_id, currency, "closed" if status == "closed" else "open", int(version)
+                    account_id,
+                    currency,
+                    "closed" if status == "closed" else "open",
+                    int(version),
+                    int(balance),
                 )
         return found
 

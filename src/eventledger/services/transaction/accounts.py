@@ -1,6 +1,8 @@
 """Account state on the command side: folded from the stream service, cached, locked.
 
-* `fold_recorded` turns recorded events into an `Account` with the domain's `evolve`.
+* `fold_recorded` turns recorded events into an `Account` with the domain's `evolve`, each
+  checked first with the validity rule the readers apply: a history that breaks it is not
+  decided on (`InvalidAccountHistory`, answered 500 `invalid-account-history`).
 * `AccountCache` keeps the folded state of recently used accounts, keyed by its version.
   A cached state is only ever a guess: the expected-version check of the append decides,
   and a conflict drops the entry. A refusal decided on a cached state is checked again on
@@ -15,31 +17,46 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import replace
 
-from eventledger.domain.account import Account, evolve, initial_state
-from eventledger.domain.events import UnknownEvent, decode, stream_name
+from eventledger.domain.account import Account, evolve, facts_of, initial_state
+from eventledger.domain.errors import InvalidAccountEvent
+from eventledger.domain.events import stream_name
+from eventledger.domain.validity import check_event, decode_event
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.transaction.stream_client import StreamClient
 
 DEFAULT_CACHE_SIZE = 10_000
 
 
+class InvalidAccountHistory(Exception):
+    """Raised when the stored events of an account break the account rules
+    (`domain.validity`): written before the rule, or behind the stream service's back. No
+    command is decided on such a history; the read models halt at the same event."""
+
+    def __init__(self, stream: str, version: int, position: int, reason: str) -> None:
+        super().__init__(
+            f"the stored event at version {version} (position {position}) of stream "
+            f"{stream!r} breaks the account rules: {reason}"
+        )
+        self.stream = stream
+        self.version = version
+        self.position = position
+        self.reason = reason
+
+
 def fold_recorded(state: Account, events: Iterable[RecordedEvent]) -> Account:
-    """`state` after the recorded events, which must follow it in its stream."""
+    """`state` after the recorded events, which must follow it in its stream; each is checked
+    with the validity rule the readers apply (InvalidAccountHistory otherwise)."""
     for recorded in events:
-        if recorded.stream_version != state.version + 1:
-            raise ValueError(
-                f"event {recorded.id} of {recorded.stream} is at version "
-                f"{recorded.stream_version}, expected {state.version + 1}"
-            )
         try:
-            event = decode(recorded.type, recorded.data)
-        except UnknownEvent:
-            # An event type this code does not know still takes its place in the stream,
-            # as `evolve` does for events it does not act on.
-            state = replace(state, version=state.version + 1)
-            continue
+            event = decode_event(
+                recorded.type, recorded.data, schema_version=recorded.schema_version
+            )
+            check_event(facts_of(state), event, stream_version=recorded.stream_version)
+        except InvalidAccountEvent as exc:
+            raise InvalidAccountHistory(
+                recorded.stream, recorded.stream_version, recorded.position, exc.reason
+            ) from None
         state = evolve(state, event)
     return state
 

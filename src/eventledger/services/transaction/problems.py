@@ -7,15 +7,18 @@ IdempotencyKeyReused     → 422 idempotency-key-reused
 StreamUnavailable        → 503 stream-unavailable      (Retry-After: 1)
 TooMuchContention        → 503 too-much-contention     (Retry-After: 1)
 StreamClientError (else) → 502 stream-error
+InvalidAccountHistory    → 500 invalid-account-history (the stored events break the rules)
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from eventledger.domain.errors import DomainError, InvalidCommand
 from eventledger.services.http import ProblemError
+from eventledger.services.transaction.accounts import InvalidAccountHistory
 from eventledger.services.transaction.handlers import TooMuchContention
 from eventledger.services.transaction.idempotency import (
     IdempotencyKeyReused,
@@ -24,6 +27,8 @@ from eventledger.services.transaction.idempotency import (
 from eventledger.services.transaction.stream_client import StreamClientError, StreamUnavailable
 
 RETRY_AFTER = {"Retry-After": "1"}
+
+log = logging.getLogger(__name__)
 
 # Attributes of domain errors that are worth giving to a client, when the error has them.
 _DOMAIN_EXTRAS = (
@@ -76,6 +81,21 @@ def _stream_error(exc: StreamClientError) -> ProblemError:
     return ProblemError(502, "stream-error", "Stream service error", str(exc)[:500])
 
 
+def _invalid_history(exc: InvalidAccountHistory) -> ProblemError:
+    # Not the client's fault, and not a retryable outage: the log holds an event that the
+    # account rules refuse (the read models are halted at it too). Nothing was decided.
+    log.error("%s: refusing to decide on it", exc)
+    return ProblemError(
+        500,
+        "invalid-account-history",
+        "Invalid account history",
+        f"{exc}; the command was not decided on it and nothing was written",
+        stream=exc.stream,
+        version=exc.version,
+        position=exc.position,
+    )
+
+
 # The one table. Most specific classes first: the first isinstance match wins.
 PROBLEMS: tuple[tuple[type[Exception], Callable[[Any], ProblemError]], ...] = (
     (DomainError, _domain),
@@ -84,6 +104,7 @@ PROBLEMS: tuple[tuple[type[Exception], Callable[[Any], ProblemError]], ...] = (
     (StreamUnavailable, _unavailable),
     (TooMuchContention, _contention),
     (StreamClientError, _stream_error),
+    (InvalidAccountHistory, _invalid_history),
 )
 
 
