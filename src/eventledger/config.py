@@ -6,6 +6,7 @@ A bad value fails loudly, naming the flag or variable that carried it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,17 @@ class Settings:
     readmodel_store: str | None = None  # read models' store URL; None: SQLite under data_dir
     stream_url: str | None = None  # None: the local stream service
     allow_unsafe_durability: bool = False
+    # Security (API.md, "Security"). None: `<data_dir>/auth.json` when it exists, else open
+    # (which only a loopback bind or `insecure_no_auth` allows).
+    auth_file: Path | None = None
+    insecure_no_auth: bool = False
+    # What this service presents to the stream service: a token (EVENTLEDGER_STREAM_TOKEN) or
+    # a file holding one; None for both: `<data_dir>/tokens/<service>.token` when it exists.
+    stream_token: str | None = field(default=None, repr=False)
+    stream_token_file: Path | None = None
+    cors_origins: tuple[str, ...] = ()
+    idempotency_secret: str | None = field(default=None, repr=False)
+    limits: Limits = field(default_factory=lambda: Limits())  # against abuse (`Limits`)
 
     def port(self, service: str) -> int:
         return self.ports[service]
@@ -43,6 +55,17 @@ class Settings:
 
     def readmodel_url(self, service: str) -> str:
         return self.readmodel_store or f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    def default_auth_file(self) -> Path:
+        """Where `eventledger up` keeps the auth file: `<data_dir>/auth.json`."""
+        return self.data_dir / "auth.json"
+
+    def token_file(self, name: str) -> Path:
+        """Where `eventledger up` keeps the token of caller `name`."""
+        return self.data_dir / "tokens" / f"{name}.token"
+
+    def idempotency_secret_file(self) -> Path:
+        return self.data_dir / "idempotency.secret"
 
 
 def _port(value: str, key: str) -> int:
@@ -91,6 +114,23 @@ def load_settings(
     if stream_url and urlsplit(stream_url).scheme not in ("http", "https"):
         raise ConfigError(f"{stream_key} must be an http:// URL, not {stream_url!r}")
     unsafe, _ = pick("allow_unsafe_durability", "EVENTLEDGER_ALLOW_UNSAFE_DURABILITY")
+    auth_file, auth_key = pick("auth_file", "EVENTLEDGER_AUTH_FILE")
+    insecure, _ = pick("insecure_no_auth", "EVENTLEDGER_INSECURE_NO_AUTH")
+    insecure_no_auth = _truthy(insecure)
+    if auth_file and insecure_no_auth:
+        raise ConfigError(
+            f"{auth_key} and --insecure-no-auth contradict each other: give one of them"
+        )
+    token_file, _ = pick("stream_token_file", "EVENTLEDGER_STREAM_TOKEN_FILE")
+    stream_token = None if token_file else env.get("EVENTLEDGER_STREAM_TOKEN") or None
+    if stream_token is not None:
+        stream_token = check_token(stream_token.strip(), "EVENTLEDGER_STREAM_TOKEN")
+    secret = env.get("EVENTLEDGER_IDEMPOTENCY_SECRET") or None
+    if secret is not None and len(secret) < 32:
+        raise ConfigError(
+            "EVENTLEDGER_IDEMPOTENCY_SECRET must be at least 32 characters "
+            "(e.g. the output of: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
     return Settings(
         host=host or "127.0.0.1",
         ports=ports,
@@ -98,5 +138,153 @@ def load_settings(
         store=check_store_url(store, store_key) if store else None,
         readmodel_store=check_store_url(readmodel, readmodel_key) if readmodel else None,
         stream_url=stream_url or None,
-        allow_unsafe_durability=(unsafe or "").lower() in ("1", "true", "yes"),
+        allow_unsafe_durability=_truthy(unsafe),
+        auth_file=Path(auth_file) if auth_file else None,
+        insecure_no_auth=insecure_no_auth,
+        stream_token=stream_token,
+        stream_token_file=Path(token_file) if token_file else None,
+        cors_origins=_origins(flags.get("cors_origin"), env.get("EVENTLEDGER_CORS_ORIGINS")),
+        idempotency_secret=secret,
+        limits=load_limits(flags, env),
+    )
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{16,512}=*")
+
+
+def check_token(token: str, source: str) -> str:
+    """A bearer token read from `source`; ConfigError naming the source (never the token)."""
+    if _TOKEN.fullmatch(token) is None:
+        raise ConfigError(
+            f"{source} does not hold a bearer token (16-512 characters of letters, digits "
+            "and -._~+/)"
+        )
+    return token
+
+
+def _origins(flag: object | None, env_value: str | None) -> tuple[str, ...]:
+    """CORS origins from repeated `--cors-origin` (a list) over EVENTLEDGER_CORS_ORIGINS
+    (comma-separated), each `scheme://host[:port]`."""
+    if isinstance(flag, (list, tuple)) and flag:
+        given, key = [str(o) for o in flag], "--cors-origin"
+    elif env_value:
+        given, key = [o for o in env_value.split(",") if o.strip()], "EVENTLEDGER_CORS_ORIGINS"
+    else:
+        return ()
+    return tuple(dict.fromkeys(normalise_origin(o, key) for o in given))
+
+
+def normalise_origin(origin: str, key: str = "origin") -> str:
+    """A web origin as browsers send it, `scheme://host[:port]` in lower case, no path;
+    ConfigError naming `key` otherwise."""
+    text = origin.strip().rstrip("/").lower()
+    parts = urlsplit(text)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        raise ConfigError(
+            f"{key}: a CORS origin is scheme://host[:port] (e.g. http://127.0.0.1:8005), "
+            f"not {origin!r}"
+        )
+    return text
+
+
+# -- limits against abuse ---------------------------------------------------------------------
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits against abuse (flag / variable; see `load_limits`)."""
+
+    max_subscribers: int = 256  # --max-subscribers / EVENTLEDGER_MAX_SUBSCRIBERS (stream)
+    max_subscribers_per_caller: int = 64  # EVENTLEDGER_MAX_SUBSCRIBERS_PER_CALLER (stream)
+    # --rate-limit / EVENTLEDGER_RATE_LIMIT: "N/s", "N/min" or "off"; None: the default, off on
+    # a loopback address and `limits.DEFAULT_RATE` on any other.
+    rate_limit: str | None = None
+    rate_limit_burst: int | None = None  # EVENTLEDGER_RATE_LIMIT_BURST; None: twice the rate
+    request_timeout: float = 10.0  # --request-timeout / EVENTLEDGER_REQUEST_TIMEOUT (seconds)
+    max_header_bytes: int = 32 * 1024  # EVENTLEDGER_MAX_HEADER_BYTES
+    max_headers: int = 100  # EVENTLEDGER_MAX_HEADERS
+
+
+def load_limits(flags: Mapping[str, object | None], env: Mapping[str, str]) -> Limits:
+    """`Limits` from flags over environment variables; ConfigError naming a bad one."""
+    default = Limits()
+
+    def number(flag: str | None, var: str, low: float, high: float, fallback: float) -> float:
+        value, key = (flags.get(flag), f"--{flag.replace('_', '-')}") if flag else (None, "")
+        if value is None:
+            value, key = env.get(var) or None, var
+        if value is None:
+            return fallback
+        try:
+            result = float(str(value))
+        except ValueError:
+            result = float("nan")
+        if not low <= result <= high:
+            raise ConfigError(f"{key} must be a number from {low:g} to {high:g}, not {value!r}")
+        return result
+
+    rate = flags.get("rate_limit")
+    rate_key = "--rate-limit"
+    if rate is None:
+        rate, rate_key = env.get("EVENTLEDGER_RATE_LIMIT") or None, "EVENTLEDGER_RATE_LIMIT"
+    burst = env.get("EVENTLEDGER_RATE_LIMIT_BURST") or None
+    burst_value = None
+    if burst is not None:
+        if not burst.isdigit() or not 1 <= int(burst) <= 1_000_000:
+            raise ConfigError(f"EVENTLEDGER_RATE_LIMIT_BURST must be 1..1000000, not {burst!r}")
+        burst_value = int(burst)
+    if rate is not None:
+        from eventledger.services.limits import Rate  # only when given: keeps the CLI light
+
+        try:
+            Rate.parse(str(rate), burst=burst_value)
+        except ValueError as exc:
+            raise ConfigError(f"{rate_key}: {exc}") from exc
+    return Limits(
+        max_subscribers=int(
+            number(
+                "max_subscribers",
+                "EVENTLEDGER_MAX_SUBSCRIBERS",
+                1,
+                100_000,
+                default.max_subscribers,
+            )
+        ),
+        max_subscribers_per_caller=int(
+            number(
+                None,
+                "EVENTLEDGER_MAX_SUBSCRIBERS_PER_CALLER",
+                1,
+                100_000,
+                default.max_subscribers_per_caller,
+            )
+        ),
+        rate_limit=None if rate is None else str(rate),
+        rate_limit_burst=burst_value,
+        request_timeout=number(
+            "request_timeout", "EVENTLEDGER_REQUEST_TIMEOUT", 0.1, 3600, default.request_timeout
+        ),
+        max_header_bytes=int(
+            number(
+                None,
+                "EVENTLEDGER_MAX_HEADER_BYTES",
+                1024,
+                1024 * 1024,
+                default.max_header_bytes,
+            )
+        ),
+        max_headers=int(number(None, "EVENTLEDGER_MAX_HEADERS", 8, 10_000, default.max_headers)),
     )

@@ -438,7 +438,7 @@ async def test_a_rebuild_replays_the_log_into_the_same_state(
     head = await busy_day(log)
     await caught_up(app, head)
     before = await snapshot(client)
-    response = await client.post("/admin/rebuild")
+    response = await client.post("/admin/rebuild", json={})
     assert response.status_code == 202
     assert response.json()["position"] == 0
     await caught_up(app, head)

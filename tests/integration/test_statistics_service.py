@@ -193,7 +193,7 @@ async def test_a_rebuild_gives_the_same_statistics(
     await caught_up(app, head)
     range_ = {"from": "2026-11-27", "to": "2026-11-28"}
     before = (await get(client, "/stats"), await get(client, "/stats/daily", **range_))
-    response = await client.post("/admin/rebuild")
+    response = await client.post("/admin/rebuild", json={})
     assert response.status_code == 202
     await caught_up(app, head)
     assert (await get(client, "/stats"), await get(client, "/stats/daily", **range_)) == before
@@ -220,7 +220,7 @@ async def test_statistics_keep_their_own_checkpoint_next_to_accounting(
         accounts = (await get(accounts_client, "/accounts"))["items"]
         assert total == sum(a["balance"] for a in accounts if a["currency"] == "EUR")
         started = time.monotonic()
-        assert (await stats_client.post("/admin/rebuild")).status_code == 202
+        assert (await stats_client.post("/admin/rebuild", json={})).status_code == 202
         await caught_up(statistics, head)
         assert time.monotonic() - started < 5
         assert runner_of(accounting).position == head  # untouched by the other's rebuild

@@ -109,7 +109,7 @@ class Ledger:
 
     async def another_instance(self, **options: Any) -> httpx.AsyncClient:
         """A second transaction service on the same stream service."""
-        app = create_transaction_app(stream_url=self.stream.url, **options)
+        app = create_transaction_app(stream_url=self.stream.url, **with_secret(options))
         return await self._stack.enter_async_context(transaction_client(app))
 
     async def head(self) -> int:
@@ -149,13 +149,22 @@ class Ledger:
         return total
 
 
+# The idempotency secret every transaction instance of a test ledger shares, as the instances
+# of one installation do.
+IDEMPOTENCY_SECRET = b"the-test-ledger-idempotency-secret"
+
+
+def with_secret(options: dict[str, Any]) -> dict[str, Any]:
+    return {"idempotency_secret": IDEMPOTENCY_SECRET, **options}
+
+
 @asynccontextmanager
 async def running_ledger(
     store: MemoryEventStore | None = None, **options: Any
 ) -> AsyncIterator[Ledger]:
     async with AsyncExitStack() as stack:
         stream = await stack.enter_async_context(running_stream(store))
-        app = create_transaction_app(stream_url=stream.url, **options)
+        app = create_transaction_app(stream_url=stream.url, **with_secret(options))
         http = await stack.enter_async_context(transaction_client(app))
         yield Ledger(stream, http, app, stack)
 
@@ -409,7 +418,7 @@ async def test_transfers_in_opposite_directions_at_once_do_not_deadlock(ledger: 
 async def test_an_account_at_zero_closes_and_then_takes_no_more_money(ledger: Ledger) -> None:
     account_id = await ledger.open()
     other = await ledger.funded(100)
-    response = await ledger.http.post(f"/accounts/{account_id}/close")
+    response = await ledger.http.post(f"/accounts/{account_id}/close", json={})
     assert response.status_code == 201, response.text
     assert response.json() == {
         "account_id": account_id,
@@ -441,11 +450,11 @@ async def test_closing_takes_an_empty_object_as_body(ledger: Ledger) -> None:
 
 async def test_an_account_with_money_does_not_close(ledger: Ledger) -> None:
     account_id = await ledger.funded(1)
-    response = await ledger.http.post(f"/accounts/{account_id}/close")
+    response = await ledger.http.post(f"/accounts/{account_id}/close", json={})
     assert assert_problem(response, 409, "balance-not-zero")["balance"] == 1
     overdrawn = await ledger.open(overdraft_limit=10)
     await ledger.http.post(f"/accounts/{overdrawn}/withdrawals", json={"amount": 5})
-    response = await ledger.http.post(f"/accounts/{overdrawn}/close")
+    response = await ledger.http.post(f"/accounts/{overdrawn}/close", json={})
     assert_problem(response, 409, "balance-not-zero")
 
 

@@ -96,7 +96,7 @@ async def test_a_refusal_is_never_decided_on_a_stale_cache(ledger: Ledger) -> No
 async def test_an_account_closed_by_another_instance_takes_no_more_money(ledger: Ledger) -> None:
     account_id = await ledger.open()
     other = await ledger.another_instance()
-    assert (await other.post(f"/accounts/{account_id}/close")).status_code == 201
+    assert (await other.post(f"/accounts/{account_id}/close", json={})).status_code == 201
     head = await ledger.head()
     response = await ledger.http.post(f"/accounts/{account_id}/deposits", json={"amount": 5})
     assert_problem(response, 409, "account-closed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from uuid import uuid4, uuid5
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -15,8 +15,13 @@ from eventledger.bootstrap import build_upcasters
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.records import AppendResult, StreamAppend
 from eventledger.eventstore.store import check_expected_version
-from eventledger.services.transaction.idempotency import NAMESPACE
-from tests.integration.test_transaction_api import Ledger, assert_problem, running_ledger
+from eventledger.services.transaction.idempotency import derived_id
+from tests.integration.test_transaction_api import (
+    IDEMPOTENCY_SECRET,
+    Ledger,
+    assert_problem,
+    running_ledger,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -34,7 +39,9 @@ def new_key() -> str:
 async def keyed(
     http: httpx.AsyncClient, path: str, body: dict[str, Any] | None, key: str
 ) -> httpx.Response:
-    return await http.post(path, json=body, headers={"Idempotency-Key": key})
+    # An empty body (None) is sent as application/json too: a close may have no body.
+    headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+    return await http.post(path, json=body, headers=headers)
 
 
 def assert_replay(first: httpx.Response, again: httpx.Response) -> None:
@@ -70,7 +77,7 @@ async def test_the_events_of_a_keyed_command_carry_the_key_and_ids_derived_from_
     key = new_key()
     response = await keyed(ledger.http, f"/accounts/{account_id}/withdrawals", {"amount": 30}, key)
     event = (await ledger.events(account_id))[-1]
-    assert event.id == uuid5(NAMESPACE, f"{key}\n0")
+    assert event.id == derived_id(IDEMPOTENCY_SECRET, key, "0")
     assert event.data["transaction_id"] == response.json()["transaction_id"]
     assert event.metadata["idempotency_key"] == key
     assert len(event.metadata["request_fingerprint"]) == 64

@@ -31,7 +31,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from eventledger.cli.client import segment
+from eventledger.cli.client import cli_token, segment
 from eventledger.cli.options import AccountingUrlOpt, TransactionUrlOpt, service_urls
 from eventledger.cli.output import CliError, UsageProblem, console, print_json
 
@@ -181,7 +181,11 @@ async def _run(
 
     connector = aiohttp.TCPConnector(limit=concurrency)  # a keep-alive connection per worker
     timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    token = cli_token().value  # the CLI's token, as every command presents it
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=headers
+    ) as session:
         for service, url in urls.items():
             if (await _get(session, f"{url}/health", 0))[0] != 200:
                 raise CliError(f"the {service} service at {url} does not answer /health")

@@ -1,13 +1,20 @@
 """A small synchronous client for the services, as the command line uses them.
 
 Every failure becomes a `CliError` of one line: the problem document's `title: detail`, or
-"cannot reach the transaction service at …". Commands sent with an `Idempotency-Key` are
-retried a few times on the failures where we cannot know whether they were applied
-(connection dropped, timeout, 503): the key makes the retry safe.
+"cannot reach the transaction service at …".
+
+Every request presents the CLI's token (`cli_token`): EVENTLEDGER_TOKEN, else the token file
+`eventledger up` made for the command line, `<data-dir>/tokens/cli.token` (data dir from
+EVENTLEDGER_DATA_DIR, default ./eventledger-data); none when neither exists (an open service).
+
+Commands sent with an `Idempotency-Key` are retried a few times on the failures where we
+cannot know whether they were applied (connection dropped, timeout, 503): the key makes the
+retry safe.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -18,7 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from eventledger.cli.output import CliError, UsageProblem
-from eventledger.config import SERVICES, ConfigError, load_settings
+from eventledger.config import SERVICES, ConfigError, check_token, load_settings
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 RETRY_DELAYS = (0.2, 0.5, 1.0)  # three retries after the first attempt
@@ -47,6 +54,31 @@ def endpoints(overrides: Mapping[str, str | None]) -> Endpoints:
             raise UsageProblem(f"--{service}-url must be an http:// URL, not {given!r}")
         urls[service] = (given or settings.url(service)).rstrip("/")
     return Endpoints(urls)
+
+
+@dataclass(frozen=True)
+class CliToken:
+    """The token the command line presents, and where it came from (for messages; the
+    token itself is never shown)."""
+
+    value: str | None = field(repr=False)
+    source: str
+
+
+def cli_token() -> CliToken:
+    """EVENTLEDGER_TOKEN, else `<data-dir>/tokens/cli.token` when it exists, else none."""
+    env_token = os.environ.get("EVENTLEDGER_TOKEN", "").strip()
+    try:
+        if env_token:
+            return CliToken(check_token(env_token, "EVENTLEDGER_TOKEN"), "EVENTLEDGER_TOKEN")
+        path = load_settings({}).token_file("cli")
+        if path.exists():
+            from eventledger.credentials import read_token_file
+
+            return CliToken(read_token_file(path), str(path))
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from exc
+    return CliToken(None, f"EVENTLEDGER_TOKEN is not set and there is no {path}")
 
 
 def segment(text: str) -> str:
@@ -90,10 +122,19 @@ def problem_line(response: httpx.Response) -> str:
 class ServiceClient:
     """Requests to one service, with every failure turned into one line."""
 
-    def __init__(self, service: str, base_url: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout = TIMEOUT,
+        token: CliToken | None = None,
+    ) -> None:
         self.service = service
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        self.token = cli_token() if token is None else token
+        headers = {"Authorization": f"Bearer {self.token.value}"} if self.token.value else {}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> ServiceClient:
         return self
@@ -116,7 +157,10 @@ class ServiceClient:
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200, 201, 202),
     ) -> Reply:
-        """One request; a 4xx/5xx or a network failure raises `CliError`."""
+        """One request; a 4xx/5xx or a network failure raises `CliError`. A request that may
+        change state is sent as application/json even without a body, as services require."""
+        if method not in ("GET", "HEAD") and json is None:
+            headers = {"Content-Type": "application/json", **(headers or {})}
         try:
             response = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.HTTPError as exc:
@@ -138,7 +182,7 @@ class ServiceClient:
                 maybe_applied = True
                 if response.status_code != 503:
                     return self._reply(response, (200, 201))
-                last = ServiceAnswered(503, problem_line(response))
+                last = self._refused(response)
             if delay is None:
                 break
             time.sleep(delay)
@@ -147,9 +191,19 @@ class ServiceClient:
             raise CliError(f"{last} (retry safely with --idempotency-key {key})")
         raise last
 
+    def _refused(self, response: httpx.Response) -> ServiceAnswered:
+        line = problem_line(response)
+        if response.status_code == 401:
+            line += (
+                f" (the command line sends the token of {self.token.source})"
+                if self.token.value
+                else f" ({self.token.source}: set EVENTLEDGER_TOKEN)"
+            )
+        return ServiceAnswered(response.status_code, line)
+
     def _reply(self, response: httpx.Response, ok: tuple[int, ...]) -> Reply:
         if response.status_code not in ok:
-            raise ServiceAnswered(response.status_code, problem_line(response))
+            raise self._refused(response)
         try:
             body = response.json() if response.content else None
         except ValueError as exc:
@@ -173,7 +227,7 @@ class ServiceClient:
             ) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise ServiceAnswered(response.status_code, problem_line(response))
+                    raise self._refused(response)
                 yield from parse_sse(response.iter_lines())
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # imported when serving only: the client commands start faste
     from fastapi import FastAPI
 
 GRACEFUL_SHUTDOWN_SECONDS = 3
+KEEP_ALIVE_SECONDS = 5
 
 
 class ServiceName(enum.StrEnum):
@@ -79,11 +81,74 @@ UnsafeOpt = Annotated[
     ),
 ]
 
+# Limits against abuse (`config.Limits`); more of them by environment variable only.
+RateLimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rate-limit",
+        help="Requests per caller: N/s, N/min or off (default: off on a loopback address, "
+        "1000/s elsewhere) \\[env: EVENTLEDGER_RATE_LIMIT]",
+    ),
+]
+MaxSubscribersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-subscribers",
+        help="Live subscriptions the stream service serves at once (default 256; 64 per "
+        "caller: EVENTLEDGER_MAX_SUBSCRIBERS_PER_CALLER) \\[env: EVENTLEDGER_MAX_SUBSCRIBERS]",
+    ),
+]
+RequestTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--request-timeout",
+        help="Seconds a client has to send a whole request (default 10) "
+        "\\[env: EVENTLEDGER_REQUEST_TIMEOUT]",
+    ),
+]
+
+
+# Security (API.md, "Security"; docs/security.md).
+AuthFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--auth-file",
+        help="The tokens' hashes and scopes (default <data-dir>/auth.json when it exists) "
+        "\\[env: EVENTLEDGER_AUTH_FILE]",
+    ),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-auth",
+        help="Run without tokens even on a non-loopback address (something else must "
+        "protect it) \\[env: EVENTLEDGER_INSECURE_NO_AUTH]",
+    ),
+]
+StreamTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--stream-token-file",
+        help="A file holding the token this service presents to the stream service "
+        "(default <data-dir>/tokens/<name>.token when it exists) \\[env: "
+        "EVENTLEDGER_STREAM_TOKEN_FILE, or the token itself in EVENTLEDGER_STREAM_TOKEN]",
+    ),
+]
+CorsOriginOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cors-origin",
+        help="A web origin (scheme://host:port) whose pages may call this service; repeat for "
+        "more. Default: none \\[env: EVENTLEDGER_CORS_ORIGINS, comma-separated]",
+    ),
+]
+
 
 def settings_from_flags(**flags: object) -> Settings:
     """`load_settings` over the given flags, a `ConfigError` turned into a usage problem."""
-    if flags.get("allow_unsafe_durability") is False:
-        flags["allow_unsafe_durability"] = None  # a flag not given: the environment decides
+    for switch in ("allow_unsafe_durability", "insecure_no_auth"):
+        if flags.get(switch) is False:
+            flags[switch] = None  # a flag not given: the environment decides
     try:
         return load_settings(flags)
     except ConfigError as exc:
@@ -133,6 +198,27 @@ def _server(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
     return Server(config)
 
 
+def server_limits(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """Install the app's limits against abuse (rate limit, subscriber caps) and return the
+    `uvicorn.Config` arguments that bound connections: the httptools protocol with a
+    request deadline and bounded headers (`services.connections`). Idle keep-alive
+    connections close after uvicorn's `timeout_keep_alive`. `limit_concurrency` stays unset:
+    it counts connections, so idle ones would make the server refuse everyone."""
+    from eventledger.services.connections import guarded_protocol
+    from eventledger.services.limits import install_limits
+
+    limits = settings.limits
+    install_limits(app, limits, settings.host)
+    return {
+        "http": guarded_protocol(
+            request_timeout=limits.request_timeout,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+        ),
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+    }
+
+
 def event_loop() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
@@ -149,6 +235,13 @@ def serve(
     readmodel_store: ReadModelStoreOpt = None,
     stream_url: StreamUrlOpt = None,
     allow_unsafe_durability: UnsafeOpt = False,
+    rate_limit: RateLimitOpt = None,
+    max_subscribers: MaxSubscribersOpt = None,
+    request_timeout: RequestTimeoutOpt = None,
+    auth_file: AuthFileOpt = None,
+    insecure_no_auth: InsecureOpt = False,
+    stream_token_file: StreamTokenFileOpt = None,
+    cors_origin: CorsOriginOpt = None,
     log_prefix: Annotated[
         bool,
         typer.Option(
@@ -173,7 +266,19 @@ def serve(
         readmodel_store=readmodel_store,
         stream_url=stream_url,
         allow_unsafe_durability=allow_unsafe_durability,
+        rate_limit=rate_limit,
+        max_subscribers=max_subscribers,
+        request_timeout=request_timeout,
+        auth_file=auth_file,
+        insecure_no_auth=insecure_no_auth,
+        stream_token_file=stream_token_file,
+        cors_origin=cors_origin,
     )
+    try:
+        # Before anything is bound: an open service on a reachable address never listens.
+        exposure_warning = bootstrap.check_exposure(settings)
+    except ConfigError as exc:
+        raise UsageProblem(f"cannot start the {name} service: {exc}") from exc
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -187,14 +292,16 @@ def serve(
         host=settings.host,
         port=settings.port(name),
         loop=event_loop(),
-        http="httptools",
         ws="none",
         lifespan="on",
         access_log=False,
         log_config=log_config(f"{name} | " if log_prefix else ""),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
+        **server_limits(app, settings),
     )
+    if exposure_warning is not None:  # logged once uvicorn's logging is configured
+        logging.getLogger("eventledger.security").warning(exposure_warning)
     server = _server(config, app)
     # uvicorn re-raises the signal that stopped it once it has shut down; with these no-op
     # handlers in place that re-raise is harmless, and a requested stop exits with code 0.

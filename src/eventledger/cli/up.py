@@ -1,5 +1,10 @@
 """`eventledger up`: the four services, one process each, until Ctrl-C or SIGTERM.
 
+Secure by default: on its first start `up` creates the auth file `<data-dir>/auth.json` and a
+token per internal caller in `<data-dir>/tokens/` (mode 0600; `credentials.provision`), and
+gives each service its auth file and the token it presents to the stream service; later starts
+reuse them. The command line finds its token there. `--insecure-no-auth` runs all open.
+
 The stream service starts first and must answer `/health` before the others start: they
 subscribe to it. Every line a service logs is shown prefixed with its name in its own
 colour. On Ctrl-C or SIGTERM every service gets SIGTERM and a bounded time to stop, then
@@ -22,17 +27,21 @@ import httpx
 from rich.table import Table
 from rich.text import Text
 
-from eventledger.cli.output import CliError, console
+from eventledger.cli.output import CliError, UsageProblem, console
 from eventledger.cli.serve import (
+    AuthFileOpt,
+    CorsOriginOpt,
     DataDirOpt,
     HostOpt,
+    InsecureOpt,
     ReadModelStoreOpt,
     StoreOpt,
     StreamUrlOpt,
     UnsafeOpt,
     settings_from_flags,
 )
-from eventledger.config import SERVICES, Settings
+from eventledger.config import SERVICES, ConfigError, Settings
+from eventledger.credentials import AuthFileError, Installation, idempotency_secret, provision
 
 COLOURS = {
     "stream": "cyan",
@@ -76,7 +85,7 @@ def _pump(name: str, stream: IO[str] | None) -> None:
         console.print(Text.assemble(_prefix(name), Text(line.rstrip("\n"))), soft_wrap=True)
 
 
-def _child_argv(name: str, settings: Settings) -> list[str]:
+def _child_argv(name: str, settings: Settings, installation: Installation | None) -> list[str]:
     argv = [sys.executable, "-m", "eventledger", "serve", name, "--no-log-prefix"]
     argv += ["--host", settings.host, "--port", str(settings.port(name))]
     argv += ["--data-dir", str(settings.data_dir)]
@@ -88,7 +97,38 @@ def _child_argv(name: str, settings: Settings) -> list[str]:
         argv += ["--stream-url", settings.url("stream")]
     if settings.allow_unsafe_durability:
         argv.append("--allow-unsafe-durability")
+    for origin in settings.cors_origins:
+        argv += ["--cors-origin", origin]
+    if installation is None:
+        argv.append("--insecure-no-auth")
+        return argv
+    argv += ["--auth-file", str(installation.auth_file)]
+    if name != "stream":  # paths only: a token on a command line would show in `ps`
+        if settings.stream_token_file is not None:
+            argv += ["--stream-token-file", str(settings.stream_token_file)]
+        elif settings.stream_token is None:  # else EVENTLEDGER_STREAM_TOKEN, inherited
+            argv += ["--stream-token-file", str(installation.token_files[name])]
     return argv
+
+
+def _secure(settings: Settings) -> Installation | None:
+    """The auth file and the internal callers' tokens, made on the first start and reused
+    after (None with --insecure-no-auth); the idempotency secret likewise."""
+    try:
+        idempotency_secret(settings)  # made once here rather than by a transaction instance
+        if settings.insecure_no_auth:
+            say("--insecure-no-auth: every service runs WITHOUT AUTHENTICATION", "bold red")
+            return None
+        installation = provision(settings)
+    except (AuthFileError, ConfigError, OSError) as exc:
+        raise UsageProblem(f"cannot set up the credentials in {settings.data_dir}: {exc}") from exc
+    if installation.created:
+        say(
+            f"tokens for {', '.join(installation.created)} written to "
+            f"{installation.token_files['cli'].parent} (mode 0600); auth file "
+            f"{installation.auth_file}"
+        )
+    return installation
 
 
 def _client_url(settings: Settings, name: str) -> str:
@@ -101,8 +141,9 @@ def _client_url(settings: Settings, name: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, installation: Installation | None) -> None:
         self.settings = settings
+        self.installation = installation
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
 
@@ -118,7 +159,7 @@ class Supervisor:
 
     def start(self, name: str) -> Child:
         process = subprocess.Popen(
-            _child_argv(name, self.settings),
+            _child_argv(name, self.settings, self.installation),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -195,6 +236,9 @@ def up(
     readmodel_store: ReadModelStoreOpt = None,
     stream_url: StreamUrlOpt = None,
     allow_unsafe_durability: UnsafeOpt = False,
+    auth_file: AuthFileOpt = None,
+    insecure_no_auth: InsecureOpt = False,
+    cors_origin: CorsOriginOpt = None,
 ) -> None:
     """Start all four services (one process each) and stop them all on Ctrl-C."""
     settings = settings_from_flags(
@@ -204,8 +248,12 @@ def up(
         readmodel_store=readmodel_store,
         stream_url=stream_url,
         allow_unsafe_durability=allow_unsafe_durability,
+        auth_file=auth_file,
+        insecure_no_auth=insecure_no_auth,
+        cors_origin=cors_origin,
     )
-    supervisor = Supervisor(settings)
+    installation = _secure(settings)
+    supervisor = Supervisor(settings, installation)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, supervisor.request_stop)
     where = settings.store or f"SQLite under {settings.data_dir.resolve()}"

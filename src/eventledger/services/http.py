@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from eventledger.services.limits import RateLimitMiddleware
+
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 100
 PROBLEM_JSON = "application/problem+json"
@@ -173,13 +175,28 @@ def validation_problem(exc: ValidationError | RequestValidationError) -> Problem
     return ProblemError(422, "validation-error", "Invalid request", detail, errors=errors)
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header says `application/json` (parameters such as charset
+    allowed). A missing one does not: a typeless body is what a web page may send anywhere."""
+    return (
+        content_type is not None
+        and content_type.split(";", 1)[0].strip().lower() == "application/json"
+    )
+
+
+def unsupported_media_type() -> ProblemError:
+    return ProblemError(
+        415,
+        "unsupported-media-type",
+        "Unsupported media type",
+        "send Content-Type: application/json",
+    )
+
+
 async def read_model(request: Request, model: type[M]) -> M:
     """Read, parse and validate a JSON request body as `model` (strict), or raise a problem."""
-    content_type = request.headers.get("content-type", "application/json")
-    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
-        raise ProblemError(
-            415, "unsupported-media-type", "Unsupported media type", "send application/json"
-        )
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise unsupported_media_type()
     return validate_body(parse_json(await read_body(request)), model)
 
 
@@ -277,6 +294,13 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.refused = Counter(
+            "eventledger_http_refused",
+            "Requests refused before reaching a route, by reason (unauthenticated, forbidden, "
+            "forbidden-origin, misdirected-request)",
+            ["service", "reason"],
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:
@@ -308,6 +332,33 @@ class MetricsMiddleware:
             name = self.metrics.service
             self.metrics.requests.labels(name, method, template, str(status)).inc()
             self.metrics.latency.labels(name, method, template).observe(time.perf_counter() - start)
+
+
+class JsonBodyGuard:
+    """Pure ASGI middleware: a request that may change state (any method but GET, HEAD and
+    OPTIONS) must say `Content-Type: application/json`, body or not; 415 otherwise.
+
+    A web page may send a cross-origin POST without asking first only with a body typed
+    text/plain, form data or nothing ("simple requests"): none of them gets through here, so
+    no page can append, command or rebuild behind the browser's same-origin checks."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        content_type = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+                break
+        if is_json_media_type(content_type):
+            await self.app(scope, receive, send)
+            return
+        p = unsupported_media_type()
+        await problem_response(p.status, p.type, p.title, p.detail)(scope, receive, send)
 
 
 # -- the app factory --------------------------------------------------------------------
@@ -362,5 +413,7 @@ def create_service_app(
     async def _metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(RateLimitMiddleware)  # innermost: after auth, which names the caller
+    app.add_middleware(JsonBodyGuard)  # inside the metrics: its 415s are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app, metrics

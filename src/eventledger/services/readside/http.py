@@ -61,6 +61,7 @@ class ReadModelService:
         min_position_wait: float = 5.0,
         batch_size: int = 500,
         head_poll_interval: float = 1.0,
+        stream_token: str | None = None,
     ) -> FastAPI:
         """The service. Its lifespan opens the read model (`open_db`, called in a thread),
         migrates it and starts following `stream_url` from the stored checkpoint."""
@@ -70,6 +71,7 @@ class ReadModelService:
             open_db=open_db,
             batch_size=batch_size,
             head_poll_interval=head_poll_interval,
+            stream_token=stream_token,
         )
 
         @asynccontextmanager

@@ -81,8 +81,10 @@ class ProjectionRunner:
         batch_size: int = 500,
         head_poll_interval: float = 1.0,
         max_delay: float = 2.0,
+        stream_token: str | None = None,
     ) -> None:
         self.projection = projection
+        self._stream_token = stream_token  # presented to the stream service; never logged
         self.name = projection.name
         self.stream_url = stream_url.rstrip("/")
         self._open_db = open_db
@@ -196,7 +198,7 @@ class ProjectionRunner:
             connector=aiohttp.TCPConnector(limit=8), raise_for_status=False
         )
         self._subscription = StreamSubscription(
-            self.stream_url, self._session, max_delay=self._max_delay
+            self.stream_url, self._session, max_delay=self._max_delay, token=self._stream_token
         )
         self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
         self._poll_task = asyncio.create_task(self._poll_head(), name=f"{self.name}-head")
@@ -362,7 +364,9 @@ class ProjectionRunner:
     async def _poll_head(self) -> None:
         assert self._session is not None
         while True:
-            self._polled_head = await fetch_head_position(self._session, self.stream_url)
+            self._polled_head = await fetch_head_position(
+                self._session, self.stream_url, token=self._stream_token
+            )
             if self.rebuilding and self.lag == 0:
                 self.rebuilding = False
             await asyncio.sleep(self._head_poll_interval)

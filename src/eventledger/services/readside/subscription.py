@@ -110,9 +110,12 @@ class StreamSubscription:
         max_delay: float = 2.0,
         connect_timeout: float = 2.0,
         read_timeout: float = 60.0,
+        token: str | None = None,
     ) -> None:
         self.url = stream_url.rstrip("/") + "/events/subscribe"
         self._session = session
+        self._headers = {"Accept": "text/event-stream", **auth_headers(token)}
+        self._refused: int | None = None  # the refusal last logged, to log it once
         self._min_delay = min_delay
         self._max_delay = max_delay
         # No total timeout: the response is endless. A silent peer (no heartbeat for
@@ -152,13 +155,25 @@ class StreamSubscription:
         async with self._session.get(
             self.url,
             params={"after": str(after)},
-            headers={"Accept": "text/event-stream"},
+            headers=self._headers,
             timeout=self._timeout,
         ) as response:
+            if response.status in (401, 403) and self._refused != response.status:
+                self._refused = response.status
+                # A missing or wrong token is an operator's mistake, not a network hiccup: say
+                # so where they look (the token itself is never logged).
+                log.warning(
+                    "the stream service at %s refused the subscription (HTTP %d): check the "
+                    "token this service presents (EVENTLEDGER_STREAM_TOKEN or "
+                    "--stream-token-file)",
+                    self.url,
+                    response.status,
+                )
             if response.status != 200:
                 raise ValueError(f"subscribe answered HTTP {response.status}")
             self.connected = True
             self.last_error = None
+            self._refused = None
             parser = SSEParser()
             async for chunk in response.content.iter_any():
                 for message in parser.feed(chunk):
@@ -182,13 +197,24 @@ def _decode(message: SSEMessage) -> RecordedEvent | Undecodable:
     return event
 
 
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The `Authorization` header that presents `token` to the stream service (none without)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 async def fetch_head_position(
-    session: aiohttp.ClientSession, stream_url: str, *, seconds: float = 0.5
+    session: aiohttp.ClientSession,
+    stream_url: str,
+    *,
+    seconds: float = 0.5,
+    token: str | None = None,
 ) -> int | None:
     """The stream service's `head_position` from its `/health`, or None if it does not answer."""
     try:
         async with session.get(
-            stream_url.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=seconds)
+            stream_url.rstrip("/") + "/health",
+            headers=auth_headers(token),
+            timeout=aiohttp.ClientTimeout(total=seconds),
         ) as response:
             if response.status != 200:
                 return None

@@ -9,6 +9,7 @@ through the one table in `problems`.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -32,10 +33,12 @@ from eventledger.services.http import (
     PROBLEM_JSON,
     ProblemError,
     create_service_app,
+    is_json_media_type,
     json_body,
     parse_json,
     read_body,
     read_model,
+    unsupported_media_type,
     validate_body,
 )
 from eventledger.services.transaction.accounts import DEFAULT_CACHE_SIZE, AccountCache
@@ -140,15 +143,12 @@ def _replayed_response(model: type[BaseModel]) -> dict[int | str, dict[str, Any]
 
 
 async def _read_optional_model(request: Request, model: type[B]) -> B:
-    """Like `read_model`, but an empty body means `{}`."""
+    """Like `read_model`, but an empty body means `{}` (still sent as application/json)."""
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise unsupported_media_type()
     raw = await read_body(request)
     if not raw.strip():
         return model()
-    content_type = request.headers.get("content-type", "application/json")
-    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
-        raise ProblemError(
-            415, "unsupported-media-type", "Unsupported media type", "send application/json"
-        )
     return validate_body(parse_json(raw), model)
 
 
@@ -174,14 +174,20 @@ def create_app(
     max_retries: int = DEFAULT_MAX_RETRIES,
     cache_size: int = DEFAULT_CACHE_SIZE,
     new_id: Callable[[], UUID] = uuid4,
+    stream_token: str | None = None,
+    idempotency_secret: bytes | None = None,
 ) -> FastAPI:
     """The transaction service, talking to the stream service at `stream_url`.
 
     `max_retries`: how many times a command is decided again after its append met another
     writer. `cache_size`: how many accounts' folded states are kept (0: none). `new_id`:
-    where ids come from when a request has no Idempotency-Key.
+    where ids come from when a request has no Idempotency-Key. `stream_token`: what this
+    service presents to the stream service. `idempotency_secret`: the installation's key for
+    the ids of keyed commands, shared by every instance (`bootstrap` reads it; None: a random
+    one for this app alone, so replays work only within it).
     """
-    client = StreamClient(stream_url)
+    client = StreamClient(stream_url, token=stream_token)
+    secret = idempotency_secret if idempotency_secret else secrets.token_bytes(32)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -236,6 +242,7 @@ def create_app(
             body = await read()
             ids = CommandIds(
                 key=key,
+                secret=secret,
                 request_fingerprint=None
                 if key is None
                 else fingerprint(request.method, request.url.path, body.model_dump(mode="json")),

@@ -1,10 +1,17 @@
 """Idempotency keys, with no state in memory: the proof that a key was used is in the event log.
 
-A command sent with an `Idempotency-Key` gets ids derived from the key alone: its event ids
-(`uuid5(NAMESPACE, f"{key}\\n{i}")`), its transaction id and, for an account opened without an
-id, the account id. Its events carry the key and a fingerprint of the request in their
-metadata. So before deciding, one lookup of the first derived event id tells whether the key
-is already bound, and to which request; and if two requests with one key race, the event
+A command sent with an `Idempotency-Key` gets ids derived from the key: its event ids, its
+transaction id and, for an account opened without an id, the account id, each the HMAC-SHA256
+of `f"{key}\\n{name}"` under the installation's idempotency secret, as a UUID (version 8).
+Only the transaction service holds the secret, so no one else can compute the id a key will
+produce and write an event with it first (which would make the key's first use a 422, or
+pass someone else's event off as the command's result). The secret persists
+(`<data-dir>/idempotency.secret` or EVENTLEDGER_IDEMPOTENCY_SECRET), so replays keep working
+across restarts; every transaction instance of an installation shares it.
+
+The command's events carry the key and a fingerprint of the request in their metadata. So
+before deciding, one lookup of the first derived event id tells whether the key is already
+bound, and to which request; and if two requests with one key race, the event
 store's deduplication by id lets exactly one of them write.
 
 Without a key, ids are fresh (uuid4, or whatever `new_id` the app was given).
@@ -13,15 +20,13 @@ Without a key, ids are fresh (uuid4, or whatever `new_id` the app was given).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid4, uuid5
-
-# Fixed forever: changing it would unbind every key already in the log.
-NAMESPACE = UUID("6f0c5a7e-3a55-4d8e-9a57-5b1d2f0e7c11")
+from uuid import UUID, uuid4
 
 # 1-255 visible ASCII characters (RFC 9110 token-ish, as API.md says).
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -70,8 +75,13 @@ def fingerprint(method: str, path: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def derived_id(key: str, name: str) -> UUID:
-    return uuid5(NAMESPACE, f"{key}\n{name}")
+def derived_id(secret: bytes, key: str, name: str) -> UUID:
+    """The id `name` of the command sent with `key`: HMAC-SHA256 under `secret`, as a version 8
+    UUID (RFC 9562: the version and variant bits set, the other 122 bits from the HMAC)."""
+    digest = bytearray(hmac.new(secret, f"{key}\n{name}".encode(), hashlib.sha256).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return UUID(bytes=bytes(digest))
 
 
 @dataclass
@@ -79,6 +89,7 @@ class CommandIds:
     """The ids of one command and the metadata of its events."""
 
     key: str | None = None
+    secret: bytes = field(default=b"", repr=False)  # the installation's idempotency secret
     request_fingerprint: str | None = None
     correlation_id: str | None = None
     command: str = ""
@@ -87,7 +98,7 @@ class CommandIds:
 
     def _id(self, name: str) -> UUID:
         if self.key is not None:
-            return derived_id(self.key, name)
+            return derived_id(self.secret, self.key, name)
         # Fresh ids are drawn once per command, so a retry after a conflict reuses them.
         if name not in self._fresh:
             self._fresh[name] = self.new_id()

@@ -124,8 +124,14 @@ class StreamClient:
     """The stream service seen from another service. Use as an async context manager, or
     call `open()` and `close()`."""
 
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        # The transaction service's own token (events:read, events:append); never logged.
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
         self._session: aiohttp.ClientSession | None = None
 
@@ -135,7 +141,7 @@ class StreamClient:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._timeout,
-                headers={"Accept": "application/json"},
+                headers=self._headers,
                 raise_for_status=False,
             )
 
