@@ -8,17 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from eventledger.services.readside.db import (
-    CheckpointMoved,
-    PostgresReadModelDB,
-    ReadModelDB,
-    ReadModelUnavailable,
-    SqliteReadModelDB,
+from eventledger.services.readside.checkpoints import (
     claim_checkpoint,
-    open_readmodel_db,
     read_checkpoint,
     write_checkpoint,
 )
+from eventledger.services.readside.db import (
+    CheckpointMoved,
+    ReadModelDataError,
+    ReadModelDB,
+    ReadModelUnavailable,
+    SqliteReadModelDB,
+    open_readmodel_db,
+)
+from eventledger.services.readside.postgres import PostgresReadModelDB
 
 NOTES_V1 = ("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT NOT NULL, n BIGINT NOT NULL)",)
 NOTES_V2 = ("CREATE INDEX notes_by_n ON notes (n)", "ALTER TABLE notes ADD COLUMN tag TEXT")
@@ -113,18 +116,42 @@ class ReadModelDBContract:
             assert r.fetchall("SELECT n FROM notes ORDER BY n") == [(-(2**63),), (2**63 - 1,)]
 
     def test_a_value_beyond_64_bits_is_refused_not_rounded(self, notes: ReadModelDB) -> None:
-        with pytest.raises(ReadModelUnavailable), notes.transaction() as tx:
+        with pytest.raises(ReadModelDataError), notes.transaction() as tx:
             tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("big", "", 2**63))
 
-    def test_driver_errors_become_read_model_unavailable(self, notes: ReadModelDB) -> None:
-        with pytest.raises(ReadModelUnavailable), notes.transaction() as tx:
-            tx.execute("INSERT INTO no_such_table VALUES (?)", (1,))
+    @pytest.mark.parametrize(
+        ("statement", "params"),
+        [
+            ("INSERT INTO no_such_table VALUES (?)", (1,)),
+            ("INSERT INTO notes VALUES (?, ?, ?)", ("a", "duplicate", 2)),
+            ("INSERT INTO notes VALUES (?, ?, ?)", ("b", None, 2)),
+            ("INSERT INTO notes VALUES (?, ?, ?)", ("c", "lone \ud800 surrogate", 2)),
+            ("INSERT INTO notes VALUES (?, ?, ?)", ("d", "x", -(2**63) - 1)),
+            ("SELECT nothing FROM notes", ()),
+        ],
+    )
+    def test_errors_that_would_repeat_are_data_errors_not_unavailability(
+        self, notes: ReadModelDB, statement: str, params: tuple[object, ...]
+    ) -> None:
         with notes.transaction() as tx:
             tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("a", "", 1))
-        with pytest.raises(ReadModelUnavailable), notes.transaction() as tx:
-            tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("a", "duplicate", 2))
-        with pytest.raises(ReadModelUnavailable), notes.read() as r:
-            r.fetchall("SELECT nothing FROM notes")
+        with pytest.raises(ReadModelDataError), notes.transaction() as tx:
+            tx.execute(statement, params)
+        with notes.read() as r:  # rolled back, and the database is usable afterwards
+            assert r.fetchall("SELECT id FROM notes") == [("a",)]
+
+    def test_a_savepoint_undoes_only_its_own_writes_even_after_a_refused_statement(
+        self, notes: ReadModelDB
+    ) -> None:
+        with notes.transaction() as tx:
+            tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("a", "kept", 1))
+            with pytest.raises(ReadModelDataError), tx.savepoint():
+                tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("b", "undone", 2))
+                tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("a", "duplicate", 3))
+            with tx.savepoint():
+                tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("c", "kept too", 4))
+        with notes.read() as r:
+            assert r.fetchall("SELECT id FROM notes ORDER BY id") == [("a",), ("c",)]
 
     def test_upserts_with_on_conflict(self, notes: ReadModelDB) -> None:
         upsert = (

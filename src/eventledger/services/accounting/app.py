@@ -23,14 +23,13 @@ from eventledger.services.http import ProblemError
 from eventledger.services.readside.db import Session
 from eventledger.services.readside.http import (
     MAX_POS,
+    MinPosition,
     ReadModelService,
     Reads,
     int_param,
     invalid_param,
     query_responses,
-    require_applied,
 )
-from eventledger.services.readside.runner import ProjectionRunner
 
 SERVICE = "accounting"
 DEFAULT_PAGE = 50
@@ -42,27 +41,30 @@ NOT_FOUND = "`account-not-found`: this instance has not seen the account (or not
 
 def _add_routes(app: FastAPI, reads: Reads) -> None:
     """The accounting queries, on top of what every read-model service has."""
-    runner, consistent = reads.runner, reads.consistent
 
     @app.get(
         "/accounts/{account_id}",
-        dependencies=consistent,
         tags=["accounts"],
         responses=query_responses(not_found=NOT_FOUND),
     )
-    async def get_account(account_id: AccountIdPath) -> JSONResponse:
+    async def get_account(account_id: AccountIdPath, floor: MinPosition) -> JSONResponse:
         """One account as of the last event this instance applied to it."""
-        account = await _find(runner, account_id)
+        check_account_id(account_id)
+        account = await reads.answer(
+            lambda session: queries.get_account(session, account_id), min_position=floor
+        )
+        if account is None:
+            raise _not_found(account_id)
         return JSONResponse(_account_json(account))
 
     @app.get(
         "/accounts/{account_id}/transactions",
-        dependencies=consistent,
         tags=["accounts"],
         responses=query_responses(not_found=NOT_FOUND),
     )
     async def get_transactions(
         account_id: AccountIdPath,
+        floor: MinPosition,
         limit: Annotated[str | None, Query(description=f"1..{MAX_PAGE}, default 50")] = None,
         before: Annotated[str | None, Query(description="The `next` cursor of a page")] = None,
     ) -> JSONResponse:
@@ -77,7 +79,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
                 return None, []
             return found, queries.history(session, account_id, before=below, limit=size + 1)
 
-        account, items = await runner.read(query)
+        account, items = await reads.answer(query, min_position=floor)
         if account is None:
             raise _not_found(account_id)
         page = items[:size]
@@ -92,12 +94,12 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
 
     @app.get(
         "/accounts/{account_id}/balance",
-        dependencies=consistent,
         tags=["accounts"],
         responses=query_responses(not_found=NOT_FOUND),
     )
     async def get_balance(
         account_id: AccountIdPath,
+        floor: MinPosition,
         at: Annotated[str | None, Query(description="An RFC 3339 time")] = None,
         at_position: Annotated[str | None, Query(description="A global position")] = None,
     ) -> JSONResponse:
@@ -110,7 +112,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         if at_position is not None:
             position = int_param("at_position", at_position, default=0, minimum=0, maximum=MAX_POS)
             # The balance after P is only known once P is applied: wait as for X-Min-Position.
-            await require_applied(runner, position, wait_seconds=reads.min_position_wait)
+            floor = max(floor, position)
         else:
             assert at is not None
             moment = _time_key(at)
@@ -128,7 +130,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
                 return None, 0, 0
             return found, *queries.balance_at_time(session, found, moment)
 
-        account, balance, last = await runner.read(query)
+        account, balance, last = await reads.answer(query, min_position=floor)
         if account is None:
             raise _not_found(account_id, then=True)
         body: dict[str, Any] = {
@@ -140,8 +142,9 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         body.update({"at": at} if at is not None else {"at_position": position})
         return JSONResponse(body)
 
-    @app.get("/accounts", dependencies=consistent, tags=["accounts"], responses=query_responses())
+    @app.get("/accounts", tags=["accounts"], responses=query_responses())
     async def list_accounts(
+        floor: MinPosition,
         limit: Annotated[str | None, Query(description=f"1..{MAX_PAGE}, default 50")] = None,
         after: Annotated[str | None, Query(description="The `next` of the previous page")] = None,
     ) -> JSONResponse:
@@ -149,8 +152,9 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         size = int_param("limit", limit, default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
         if after is not None and not ACCOUNT_ID.fullmatch(after):
             raise invalid_param("after", "must be an account id (the `next` of a page)")
-        accounts = await runner.read(
-            lambda session: queries.list_accounts(session, after=after, limit=size + 1)
+        accounts = await reads.answer(
+            lambda session: queries.list_accounts(session, after=after, limit=size + 1),
+            min_position=floor,
         )
         page = accounts[:size]
         more = len(accounts) > size
@@ -181,14 +185,6 @@ def check_account_id(account_id: str) -> None:
             "account_id",
             "must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
         )
-
-
-async def _find(runner: ProjectionRunner, account_id: str) -> Account:
-    check_account_id(account_id)
-    account = await runner.read(lambda session: queries.get_account(session, account_id))
-    if account is None:
-        raise _not_found(account_id)
-    return account
 
 
 def _not_found(account_id: str, *, then: bool = False) -> ProblemError:

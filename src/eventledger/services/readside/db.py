@@ -1,40 +1,41 @@
-"""The read models' database: a small synchronous adapter, one module per concern, two backends.
+"""The read models' database: a small synchronous adapter, two backends.
 
-The async services call it through `asyncio.to_thread`. Statements use `?` placeholders and
-SQL that SQLite (≥ 3.24) and PostgreSQL both accept, so a read model's SQL is written once.
+The async services call it through worker threads. Statements use `?` placeholders and SQL
+that SQLite (≥ 3.24) and PostgreSQL both accept, so a read model's SQL is written once.
 
 * `ReadModelDB.transaction()` — a write transaction, committed when the block ends normally
   and rolled back when it raises. A projection writes its rows *and* its checkpoint in one
   such transaction, so a crash never applies an event twice nor skips one.
+* `Session.savepoint()` — a nested block that is undone alone when it raises.
 * `ReadModelDB.read()` — a read-only snapshot for queries.
-* `ReadModelDB.migrate(migrations)` — versioned schema per namespace (`readmodel_migrations`).
+* `ReadModelDB.ping()` — a cheap check that the database can serve right now.
+* `ReadModelDB.migrate(migrations)` — versioned schema per namespace (`readmodel_migrations`),
+  after the read side's own tables (checkpoints.py).
 * `open_readmodel_db(url, namespace=...)` picks the backend by URL scheme: `sqlite:///path`
-  (tables of several namespaces may share one file) or `postgresql://…` (one schema per
-  namespace, created when missing).
+  (tables of several namespaces may share one file) or `postgresql://…` (postgres.py: one
+  schema per namespace, created when missing).
 
-Errors (driver exceptions never leave this module):
+Errors (driver exceptions never leave this package):
 
 ReadModelError
-├── ReadModelUnavailable   the database cannot be reached, or failed a statement
+├── ReadModelUnavailable   the database cannot be reached or timed out: retrying may help
+├── ReadModelDataError     a statement was refused for what it wrote (a constraint, a value
+│                          out of range, text the database cannot hold): it will fail again
 └── CheckpointMoved        another writer moved the checkpoint under this one
 """
 
 from __future__ import annotations
 
-import functools
+import os
 import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    import psycopg
-    import psycopg_pool
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
@@ -42,6 +43,8 @@ Migration = Sequence[str]
 """One schema version: the statements that take the namespace from the previous version."""
 
 NAMESPACE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The read side's own tables are versioned under a name no namespace can have (a hyphen).
+CORE_NAMESPACE = "readmodel-core"
 
 
 class ReadModelError(Exception):
@@ -49,8 +52,15 @@ class ReadModelError(Exception):
 
 
 class ReadModelUnavailable(ReadModelError):
-    """Raised when the read model database cannot be reached, times out or fails a statement.
-    The transaction was rolled back: nothing of it was written. Safe to retry."""
+    """Raised when the read model database cannot be reached, times out, or fails for a reason
+    of its own (locked, disk full, I/O). The transaction was rolled back: nothing of it was
+    written. Safe to retry."""
+
+
+class ReadModelDataError(ReadModelError):
+    """Raised when the database refuses a statement for what it writes or asks: a constraint,
+    a number out of range, text it cannot store (NUL on PostgreSQL, lone surrogates), an
+    unknown table. The transaction (or savepoint) was rolled back. Retrying fails the same."""
 
 
 class CheckpointMoved(ReadModelError):
@@ -76,18 +86,10 @@ class Session(Protocol):
 
     def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
 
-
-_CORE = (
-    """CREATE TABLE IF NOT EXISTS readmodel_migrations (
-        namespace TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (namespace, version)
-    )""",
-    """CREATE TABLE IF NOT EXISTS readmodel_checkpoints (
-        name TEXT PRIMARY KEY,
-        position BIGINT NOT NULL
-    )""",
-)
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested block: when it raises, what it wrote is undone and the transaction goes on
+        (on PostgreSQL, even after a failed statement)."""
+        ...
 
 
 class ReadModelDB(ABC):
@@ -106,6 +108,11 @@ class ReadModelDB(ABC):
     def read(self) -> AbstractContextManager[Session]:
         """A read-only, consistent snapshot for queries."""
 
+    def ping(self) -> None:
+        """Raise ReadModelUnavailable unless the database answers a query now."""
+        with self.read() as session:
+            session.fetchone("SELECT 1")
+
     @abstractmethod
     def close(self) -> None:
         """Release every connection."""
@@ -114,25 +121,31 @@ class ReadModelDB(ABC):
         """Keep concurrent `migrate` calls of several processes apart."""
 
     def migrate(self, migrations: Sequence[Migration]) -> int:
-        """Bring the namespace to version `len(migrations)`; returns that version.
-        Each version is applied once, in its own transaction, in order."""
+        """Bring the read side's own tables and then the namespace to version
+        `len(migrations)`; returns that version. Each version is applied once, in its own
+        transaction, in order."""
+        from eventledger.services.readside.checkpoints import CORE_MIGRATIONS, MIGRATIONS_TABLE
+
         for attempt in range(3):
             try:
                 with self.transaction() as tx:
-                    for statement in _CORE:
-                        tx.execute(statement)
+                    tx.execute(MIGRATIONS_TABLE)
                 break
-            except ReadModelUnavailable:
+            except ReadModelError:
                 # On PostgreSQL, two processes creating the same table at the same moment:
                 # one of them gets a unique violation; the table exists on the next attempt.
                 if attempt == 2:
                     raise
+        self._apply_versions(CORE_NAMESPACE, CORE_MIGRATIONS)
+        return self._apply_versions(self.namespace, migrations)
+
+    def _apply_versions(self, namespace: str, migrations: Sequence[Migration]) -> int:
         for version, statements in enumerate(migrations, start=1):
             with self.transaction() as tx:
                 self._lock_migrations(tx)
                 done = tx.fetchone(
                     "SELECT 1 FROM readmodel_migrations WHERE namespace = ? AND version = ?",
-                    (self.namespace, version),
+                    (namespace, version),
                 )
                 if done is not None:
                     continue
@@ -140,87 +153,90 @@ class ReadModelDB(ABC):
                     tx.execute(statement)
                 tx.execute(
                     "INSERT INTO readmodel_migrations (namespace, version) VALUES (?, ?)",
-                    (self.namespace, version),
+                    (namespace, version),
                 )
         return len(migrations)
 
 
-# -- checkpoints --------------------------------------------------------------------------
-
-
-def read_checkpoint(session: Session, name: str) -> int:
-    """The position up to which projection `name` has applied the log (0: nothing yet)."""
-    row = session.fetchone("SELECT position FROM readmodel_checkpoints WHERE name = ?", (name,))
-    return 0 if row is None else int(row[0])
-
-
-def claim_checkpoint(session: Session, name: str, expected: int) -> None:
-    """Check, at the start of a write transaction, that the checkpoint is still at `expected`,
-    and hold it so that no other writer can move it before this transaction ends.
-
-    Why first: on PostgreSQL the row lock taken here serialises two processes projecting into
-    the same schema; the loser sees the moved position and raises instead of applying twice.
-    """
-    if expected == 0:
-        session.execute(
-            "INSERT INTO readmodel_checkpoints (name, position) VALUES (?, 0) "
-            "ON CONFLICT (name) DO NOTHING",
-            (name,),
-        )
-    changed = session.execute(
-        "UPDATE readmodel_checkpoints SET position = position WHERE name = ? AND position = ?",
-        (name, expected),
-    )
-    if changed != 1:
-        raise CheckpointMoved(name, expected)
-
-
-def write_checkpoint(session: Session, name: str, position: int) -> None:
-    """Set the checkpoint; call it in the transaction that applied the events up to it."""
-    session.execute(
-        "INSERT INTO readmodel_checkpoints (name, position) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        (name, position),
-    )
-
-
 # -- SQLite -------------------------------------------------------------------------------
+
+# Primary result codes that say "this statement": SQL or schema error, too big, constraint,
+# datatype mismatch, bind index out of range. Every other code is the database's condition.
+_SQLITE_REPEATS = frozenset({1, 18, 19, 20, 25})
+
+
+def sqlite_error(exc: BaseException) -> ReadModelError:
+    """The read-model error for an exception of the sqlite3 module (or of binding a value)."""
+    if isinstance(exc, (OverflowError, UnicodeError, sqlite3.DataError, sqlite3.IntegrityError)):
+        return ReadModelDataError(f"SQLite: {exc}")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        repeats = code & 0xFF in _SQLITE_REPEATS
+        return (ReadModelDataError if repeats else ReadModelUnavailable)(f"SQLite: {exc}")
+    if isinstance(exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)) and (
+        "closed" not in str(exc)
+    ):
+        return ReadModelDataError(f"SQLite: {exc}")  # a value it cannot bind
+    return ReadModelUnavailable(f"SQLite: {exc}")
+
+
+_SQLITE_ERRORS = (sqlite3.Error, OverflowError, UnicodeError)
 
 
 class _SqliteSession:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._depth = 0
 
     def execute(self, sql: str, params: Params = ()) -> int:
         try:
             return self._conn.execute(sql, params).rowcount
-        except (sqlite3.Error, OverflowError) as exc:
-            raise ReadModelUnavailable(f"SQLite: {exc}") from exc
+        except _SQLITE_ERRORS as exc:
+            raise sqlite_error(exc) from exc
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         try:
             self._conn.executemany(sql, rows)
-        except (sqlite3.Error, OverflowError) as exc:
-            raise ReadModelUnavailable(f"SQLite: {exc}") from exc
+        except _SQLITE_ERRORS as exc:
+            raise sqlite_error(exc) from exc
 
     def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         try:
             row: Row | None = self._conn.execute(sql, params).fetchone()
-        except (sqlite3.Error, OverflowError) as exc:
-            raise ReadModelUnavailable(f"SQLite: {exc}") from exc
+        except _SQLITE_ERRORS as exc:
+            raise sqlite_error(exc) from exc
         return row
 
     def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         try:
             return self._conn.execute(sql, params).fetchall()
-        except (sqlite3.Error, OverflowError) as exc:
-            raise ReadModelUnavailable(f"SQLite: {exc}") from exc
+        except _SQLITE_ERRORS as exc:
+            raise sqlite_error(exc) from exc
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._depth += 1
+        name = f"sp{self._depth}"
+        self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        finally:
+            self._depth -= 1
+        self.execute(f"RELEASE SAVEPOINT {name}")
 
 
 class SqliteReadModelDB(ReadModelDB):
     """SQLite in WAL mode with `synchronous=FULL`: a committed checkpoint survives a power cut.
     One write connection behind a lock (SQLite has one writer anyway), one read connection per
-    thread, so reads never wait for a write transaction."""
+    thread, so reads never wait for a write transaction.
+
+    Connections after the first never create the file: were it removed (or replaced) under a
+    running service, a new connection would otherwise read an empty database and answer 404
+    for every account; `ping` says so instead."""
 
     def __init__(self, path: str | Path, *, namespace: str = "main") -> None:
         super().__init__(namespace)
@@ -230,14 +246,23 @@ class SqliteReadModelDB(ReadModelDB):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
-        self._writer = self._connect()
+        self._writer = self._connect(create=True)
+        self._identity = self._file_identity()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _file_identity(self) -> tuple[int, int]:
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            raise ReadModelUnavailable(f"SQLite: {self.path}: {exc.strerror}") from exc
+        return stat.st_dev, stat.st_ino
+
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
         if self._closed:
             raise ReadModelUnavailable("the read model database is closed")
+        target = str(self.path) if create else f"file:{quote(str(self.path))}?mode=rw"
         try:
             conn = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                target, timeout=30.0, isolation_level=None, check_same_thread=False, uri=not create
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
@@ -275,6 +300,13 @@ class SqliteReadModelDB(ReadModelDB):
         finally:
             conn.rollback()
 
+    def ping(self) -> None:
+        if self._closed:
+            raise ReadModelUnavailable("the read model database is closed")
+        if self._file_identity() != self._identity:
+            raise ReadModelUnavailable(f"SQLite: {self.path} was replaced since it was opened")
+        super().ping()
+
     def close(self) -> None:
         self._closed = True
         with self._connections_lock:
@@ -286,128 +318,8 @@ class SqliteReadModelDB(ReadModelDB):
 def _sqlite_begin(conn: sqlite3.Connection, statement: str) -> None:
     try:
         conn.execute(statement)
-    except sqlite3.ProgrammingError as exc:  # closed connection
+    except sqlite3.Error as exc:  # a closed connection, a locked or missing file
         raise ReadModelUnavailable(f"SQLite: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise ReadModelUnavailable(f"SQLite: {exc}") from exc
-
-
-# -- PostgreSQL ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=512)
-def _to_pyformat(sql: str) -> str:
-    """`?` placeholders to psycopg's `%s` (a literal `%` doubles). Our SQL has no `?` or `%`
-    inside string literals, so a plain replacement is exact."""
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-class _PostgresSession:
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
-        self._cur = conn.cursor()
-
-    def execute(self, sql: str, params: Params = ()) -> int:
-        with _translated():
-            self._cur.execute(_to_pyformat(sql), params)
-            return self._cur.rowcount
-
-    def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        with _translated():
-            self._cur.executemany(_to_pyformat(sql), rows)
-
-    def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        with _translated():
-            self._cur.execute(_to_pyformat(sql), params)
-            return self._cur.fetchone()
-
-    def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        with _translated():
-            self._cur.execute(_to_pyformat(sql), params)
-            return self._cur.fetchall()
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    import psycopg
-
-    try:
-        yield
-    except psycopg.Error as exc:  # PoolTimeout is a psycopg.OperationalError too
-        raise ReadModelUnavailable(f"PostgreSQL: {exc}") from exc
-
-
-class PostgresReadModelDB(ReadModelDB):
-    """PostgreSQL through a psycopg 3 connection pool; the namespace is the schema (created when
-    missing), put first on each connection's `search_path`."""
-
-    def __init__(
-        self, url: str, *, schema: str, min_size: int = 1, max_size: int = 8, timeout: float = 10
-    ) -> None:
-        super().__init__(schema)
-        from psycopg import sql
-        from psycopg_pool import ConnectionPool
-
-        set_path = sql.SQL("SET search_path TO {}").format(sql.Identifier(schema))
-
-        def configure(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(set_path)
-            conn.commit()
-
-        self._timeout = timeout
-        with _translated():
-            _create_schema(url, schema, timeout)
-            self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
-                url,
-                min_size=min_size,
-                max_size=max_size,
-                configure=configure,
-                timeout=timeout,
-                open=False,
-                name=f"readmodel-{schema}",
-            )
-            try:
-                self._pool.open(wait=True, timeout=timeout)
-            except BaseException:
-                self._pool.close()
-                raise
-
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        with (
-            _translated(),
-            self._pool.connection(timeout=self._timeout) as conn,
-            conn.transaction(),
-        ):
-            yield _PostgresSession(conn)
-
-    @contextmanager
-    def read(self) -> Iterator[Session]:
-        with (
-            _translated(),
-            self._pool.connection(timeout=self._timeout) as conn,
-            conn.transaction(),
-        ):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield _PostgresSession(conn)
-
-    def _lock_migrations(self, session: Session) -> None:
-        session.execute("LOCK TABLE readmodel_migrations IN EXCLUSIVE MODE")
-
-    def close(self) -> None:
-        self._pool.close()
-
-
-def _create_schema(url: str, schema: str, timeout: float) -> None:
-    import psycopg
-    from psycopg import sql
-
-    statement = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-    with (
-        psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True) as conn,
-        # A concurrent process may create it at the same moment: then it exists, as wanted.
-        suppress(psycopg.errors.UniqueViolation),
-    ):
-        conn.execute(statement)
 
 
 # -- choosing by URL ----------------------------------------------------------------------
@@ -426,5 +338,7 @@ def open_readmodel_db(url: str, *, namespace: str) -> ReadModelDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteReadModelDB(path, namespace=namespace)
     if scheme in ("postgresql", "postgres"):
+        from eventledger.services.readside.postgres import PostgresReadModelDB
+
         return PostgresReadModelDB(url, schema=namespace)
     raise ValueError(f"unsupported read model URL {url!r}: use sqlite:/// or postgresql://")

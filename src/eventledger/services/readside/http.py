@@ -2,35 +2,47 @@
 
 * `ReadModelService.create_app`: the app, with a projection runner started and stopped by its
   lifespan, and everything below; a service adds only its query routes;
-* `GET /health` (position, head, lag, halt) and `POST /admin/rebuild`, the runner's gauges on
-  `/metrics`, and a 503 problem when the read model database fails a query
-  (`add_projection_routes`);
-* read-your-writes: the `X-Min-Position` / `?min_position` dependency and `require_applied`;
+* `GET /health`: 200 while the service can serve, 503 with the `reason` when it cannot (the
+  read model database does not answer within half a second, or a rebuild is replaying the
+  log); a halt is shown but is no reason: reads go on. The operator routes are in admin.py;
+* consistent reads (`Reads.answer`): every query runs in one read snapshot after checking, in
+  that snapshot, the stored checkpoint: during a rebuild the answer is 503 `rebuilding`, and
+  with `X-Min-Position: P` (or `?min_position=P`) it waits until the checkpoint is at P;
 * strict query-parameter integers (`int_param`) and their 422 problems (`invalid_param`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import Gauge
 
 from eventledger.services.http import (
-    Metrics,
     ProblemError,
     create_service_app,
     problem_response,
     problem_responses,
 )
-from eventledger.services.readside.db import ReadModelDB, ReadModelUnavailable
+from eventledger.services.readside.admin import add_admin_routes, add_runner_metrics
+from eventledger.services.readside.checkpoints import Checkpoint
+from eventledger.services.readside.db import (
+    ReadModelDataError,
+    ReadModelDB,
+    ReadModelUnavailable,
+    Session,
+)
 from eventledger.services.readside.projection import Projection
 from eventledger.services.readside.runner import ProjectionRunner
+
+T = TypeVar("T")
+MAX_POS = 2**63 - 1
+REBUILDING_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +50,30 @@ class Reads:
     """What the query routes of a read-model service are built on."""
 
     runner: ProjectionRunner
-    consistent: list[Any]  # `dependencies=` of a route that honours X-Min-Position
-    min_position_wait: float  # seconds such a route waits for its position
+    min_position_wait: float  # seconds a query waits for the position it asks for
+
+    async def answer(self, query: Callable[[Session], T], *, min_position: int = 0) -> T:
+        """`query`'s answer from one read snapshot whose stored checkpoint is at
+        `min_position` or past it, waiting up to `min_position_wait` for it; a 503
+        `rebuilding` while a rebuild replays the log, a 503 `not-caught-up` past the wait
+        (at once when the projection is halted below it)."""
+        runner = self.runner
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.min_position_wait
+        while True:
+            snapshot = await runner.snapshot(query, min_position=min_position)
+            if snapshot.answered:
+                return cast(T, snapshot.answer)
+            if snapshot.checkpoint.rebuilding:
+                raise rebuilding_problem(snapshot.checkpoint)
+            remaining = deadline - loop.time()
+            halted = runner.halted is not None and runner.position < min_position
+            if remaining <= 0 or halted:
+                raise _not_caught_up(runner, snapshot.checkpoint.position, min_position)
+            if runner.position < min_position:
+                await runner.wait_for(min_position, remaining)
+            else:  # applied here, not yet in that snapshot's checkpoint (another writer)
+                await asyncio.sleep(min(0.05, remaining))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +120,14 @@ class ReadModelService:
             service=self.name, title=self.title, description=self.description, lifespan=lifespan
         )
         app.state.runner = runner
-        add_projection_routes(app, runner, service=self.name, metrics=metrics)
-        consistent = [Depends(consistency_dependency(runner, wait_seconds=min_position_wait))]
-        self.add_routes(app, Reads(runner, consistent, min_position_wait))
+        add_health_route(app, runner, service=self.name)
+        add_admin_routes(app, runner, service=self.name)
+        add_runner_metrics(runner, metrics)
+        self.add_routes(app, Reads(runner, min_position_wait))
         return app
 
+
+# -- parameters ----------------------------------------------------------------------------
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
@@ -105,19 +142,6 @@ def int_param(name: str, raw: str | None, *, default: int, minimum: int, maximum
     return int(raw)
 
 
-def query_responses(*, not_found: str | None = None) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` of a query route: its problem documents (422 and 503, and 404
-    described by `not_found` when the route can answer it)."""
-    described = {
-        422: "`validation-error` (with `errors`): a bad parameter or `X-Min-Position`.",
-        503: "`not-caught-up` (`X-Min-Position` not applied within the wait) or "
-        "`readmodel-unavailable`; retry after `Retry-After` seconds.",
-    }
-    if not_found is not None:
-        described[404] = not_found
-    return problem_responses(described)
-
-
 def invalid_param(name: str, message: str) -> ProblemError:
     errors = [{"field": name, "message": message}]
     return ProblemError(
@@ -125,66 +149,81 @@ def invalid_param(name: str, message: str) -> ProblemError:
     )
 
 
-def consistency_dependency(
-    runner: ProjectionRunner, *, wait_seconds: float
-) -> Callable[..., Awaitable[None]]:
-    """A FastAPI dependency for read-your-writes: with `X-Min-Position: P` (or
-    `?min_position=P`) the request is answered once position P is applied, or gets a 503
-    `not-caught-up` with `Retry-After` when that does not happen within `wait_seconds`."""
-
-    async def require_position(
-        x_min_position: Annotated[
-            str | None,
-            Header(description="Answer only once this global position is applied."),
-        ] = None,
-        min_position: Annotated[
-            str | None, Query(description="Same as the X-Min-Position header.")
-        ] = None,
-    ) -> None:
-        wanted = max(
-            int_param("X-Min-Position", x_min_position, default=0, minimum=0, maximum=MAX_POS),
-            int_param("min_position", min_position, default=0, minimum=0, maximum=MAX_POS),
-        )
-        await require_applied(runner, wanted, wait_seconds=wait_seconds)
-
-    return require_position
+async def _min_position(
+    x_min_position: Annotated[
+        str | None,
+        Header(description="Answer only once this global position is applied."),
+    ] = None,
+    min_position: Annotated[
+        str | None, Query(description="Same as the X-Min-Position header.")
+    ] = None,
+) -> int:
+    return max(
+        int_param("X-Min-Position", x_min_position, default=0, minimum=0, maximum=MAX_POS),
+        int_param("min_position", min_position, default=0, minimum=0, maximum=MAX_POS),
+    )
 
 
-MAX_POS = 2**63 - 1
+MinPosition = Annotated[int, Depends(_min_position)]
+"""A query route's parameter: the position its answer must reflect (`X-Min-Position`)."""
 
 
-async def require_applied(runner: ProjectionRunner, wanted: int, *, wait_seconds: float) -> None:
-    """Return once position `wanted` is applied; after `wait_seconds` (at once when the
-    projection is halted below it) raise a 503 `not-caught-up` with `Retry-After`."""
-    if wanted <= runner.position:
-        return
-    if runner.halted is None and await runner.wait_for(wanted, wait_seconds):
-        return
+def query_responses(*, not_found: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` of a query route: its problem documents (422 and 503, and 404
+    described by `not_found` when the route can answer it)."""
+    described = {
+        422: "`validation-error` (with `errors`): a bad parameter or `X-Min-Position`.",
+        503: "`not-caught-up` (`X-Min-Position` not applied within the wait), `rebuilding` "
+        "(a rebuild is replaying the log) or `readmodel-unavailable`; retry after "
+        "`Retry-After` seconds.",
+    }
+    if not_found is not None:
+        described[404] = not_found
+    return problem_responses(described)
+
+
+# -- problems -------------------------------------------------------------------------------
+
+
+def rebuilding_problem(checkpoint: Checkpoint) -> ProblemError:
+    return ProblemError(
+        503,
+        "rebuilding",
+        "Rebuilding",
+        f"the read model is being rebuilt: the replay of the log is at position "
+        f"{checkpoint.position} of {checkpoint.rebuild_until}; retry later",
+        headers={"Retry-After": str(REBUILDING_RETRY_SECONDS)},
+        position=checkpoint.position,
+        rebuild_until=checkpoint.rebuild_until,
+    )
+
+
+def _not_caught_up(runner: ProjectionRunner, position: int, wanted: int) -> ProblemError:
     if runner.halted is not None:
         detail = (
-            f"the projection is halted at position {runner.position} "
+            f"the projection is halted at position {runner.halted.position} "
             f"(see /health); position {wanted} is not applied"
         )
         retry = 30
     else:
-        detail = f"position {wanted} is not applied yet (applied: {runner.position}); retry shortly"
+        detail = f"position {wanted} is not applied yet (applied: {position}); retry shortly"
         retry = 1
-    raise ProblemError(
+    return ProblemError(
         503,
         "not-caught-up",
         "Not caught up",
         detail,
         headers={"Retry-After": str(retry)},
-        position=runner.position,
+        position=position,
         min_position=wanted,
     )
 
 
-def add_projection_routes(
-    app: FastAPI, runner: ProjectionRunner, *, service: str, metrics: Metrics
-) -> None:
-    """`GET /health` and `POST /admin/rebuild`, the runner's gauges on `/metrics`, and a 503
-    problem when the read model database fails a query."""
+# -- health ---------------------------------------------------------------------------------
+
+
+def add_health_route(app: FastAPI, runner: ProjectionRunner, *, service: str) -> None:
+    """`GET /health`, and the problems of a read model database that fails a query."""
 
     @app.exception_handler(ReadModelUnavailable)
     async def unavailable(_: Request, exc: ReadModelUnavailable) -> Response:
@@ -196,41 +235,18 @@ def add_projection_routes(
             headers={"Retry-After": "1"},
         )
 
-    @app.get("/health", tags=["operations"], summary="Health, position and lag of the projection")
-    async def health() -> JSONResponse:
-        # No I/O here: the numbers are the runner's, so this answers at once even when the
-        # stream service or the database hangs.
-        return JSONResponse(runner.health(service))
+    @app.exception_handler(ReadModelDataError)
+    async def refused(_: Request, exc: ReadModelDataError) -> Response:
+        return problem_response(500, "readmodel-error", "Read model error", str(exc))
 
-    @app.post(
-        "/admin/rebuild",
-        status_code=202,
+    @app.get(
+        "/health",
         tags=["operations"],
-        summary="Drop the read model and replay the whole log into it",
+        summary="Whether it can serve; position, lag, halt, decisions, rebuild",
+        responses={503: {"description": "It cannot serve now: the body says why (`reason`)."}},
     )
-    async def rebuild() -> JSONResponse:
-        await runner.rebuild()
-        return JSONResponse(
-            runner.health(service), status_code=202, headers={"Location": "/health"}
-        )
-
-    labels = ["projection"]
-    for name, doc, read in (
-        (
-            "eventledger_projection_position",
-            "Last applied global position",
-            lambda: runner.position,
-        ),
-        (
-            "eventledger_projection_head_position",
-            "Head position of the log",
-            lambda: runner.head_position or 0,
-        ),
-        ("eventledger_projection_lag", "Events not applied yet", lambda: runner.lag or 0),
-        (
-            "eventledger_projection_halted",
-            "1 when the projection is halted",
-            lambda: int(runner.halted is not None),
-        ),
-    ):
-        Gauge(name, doc, labels, registry=metrics.registry).labels(runner.name).set_function(read)
+    async def health() -> JSONResponse:
+        # Bounded: the probe of the database is given half a second, whatever it does.
+        await runner.check()
+        body = runner.health(service)
+        return JSONResponse(body, status_code=503 if body["reason"] else 200)

@@ -1,76 +1,61 @@
 """Keeping a read model up to date with the log.
 
 `ProjectionRunner` loads its checkpoint, consumes a `StreamSubscription`, and applies *batches*
-(whatever has arrived, up to `batch_size`) in one read-model transaction together with the
-checkpoint: a kill -9 never applies an event twice or skips one. An event the projection
-cannot apply *halts* it there (balances are money: never skip); reads go on.
-`wait_for(position)` gives read-your-writes; `rebuild()` resets the read model and replays the
-log from 0. What a read-model service exposes about its runner is in http.py.
+(whatever has arrived, up to `batch_size`, always ending where an atomic append ends) through
+`apply.apply_batch`: the read model's rows and the checkpoint in one transaction, so a kill -9
+never applies an event twice or skips one, and no reader ever sees half a transfer.
+
+An event that will fail again however often it is tried (the projection refuses it, the
+database refuses what it writes, it cannot be decoded) *halts* the runner there; reads go on.
+The operator gets past it with `decide` (skip or park it: recorded with the checkpoint, kept
+as an audit record, honoured by every later rebuild). Only the database's own condition
+(unreachable, locked, full) is retried. `rebuild()` resets the read model and replays the log;
+the reset is stored in the checkpoint, so every instance sharing the database stops answering
+until the replay is back where it was. What the service shows of all this: status.py, http.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 
-from eventledger.eventstore.codec import format_time
+from eventledger.eventstore.codec import format_time, to_envelope
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readside import apply
+from eventledger.services.readside.apply import Applied, Item, Stop, at_boundary
+from eventledger.services.readside.checkpoints import (
+    Action,
+    Checkpoint,
+    Decision,
+    load_checkpoint,
+)
 from eventledger.services.readside.db import (
     CheckpointMoved,
+    ReadModelDataError,
     ReadModelDB,
     ReadModelError,
     Session,
-    claim_checkpoint,
-    read_checkpoint,
-    write_checkpoint,
 )
-from eventledger.services.readside.projection import EventRejected, Projection
-from eventledger.services.readside.subscription import (
-    StreamSubscription,
-    Undecodable,
-    fetch_head_position,
-)
+from eventledger.services.readside.projection import Projection
+from eventledger.services.readside.status import Halt, NotHaltedThere, RunnerStatus
+from eventledger.services.readside.subscription import StreamSubscription, fetch_head_position
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Halt:
-    """Where and why a projection stopped."""
-
-    position: int | None
-    event_id: str | None
-    stream: str | None
-    type: str
-    reason: str
-    at: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "position": self.position,
-            "event_id": self.event_id,
-            "stream": self.stream,
-            "type": self.type,
-            "reason": self.reason,
-            "at": self.at,
-        }
-
-
-Status = Literal["ok", "halted", "catching-up"]
-
-
-class ProjectionRunner:
+class ProjectionRunner(RunnerStatus):
     """Keeps one read model up to date with the log. Start it once; it runs in the background
-    until `stop()`, reconnecting to the stream service and retrying the database as needed."""
+    until `stop()`, reconnecting to the stream service and retrying the database as needed.
+    What it shows (health, probes, snapshots for queries) is in `RunnerStatus`."""
 
     def __init__(
         self,
@@ -82,100 +67,26 @@ class ProjectionRunner:
         head_poll_interval: float = 1.0,
         max_delay: float = 2.0,
         stream_token: str | None = None,
+        probe_interval: float = 1.0,
     ) -> None:
+        super().__init__(projection.name, probe_interval=probe_interval)
         self.projection = projection
         self._stream_token = stream_token  # presented to the stream service; never logged
-        self.name = projection.name
         self.stream_url = stream_url.rstrip("/")
         self._open_db = open_db
-        self._db: ReadModelDB | None = None
         self.batch_size = batch_size
         self._head_poll_interval = head_poll_interval
         self._max_delay = max_delay
-        self.position = 0
-        self.halted: Halt | None = None
-        self.last_error: str | None = None
-        self.rebuilding = False
-        self._polled_head: int | None = None
-        self._changed = asyncio.Condition()
+        self._held: tuple[Item, ...] = ()  # what the halted batch did not apply
+        self._halted_event: RecordedEvent | None = None  # None: it could not be decoded
         self._control = asyncio.Lock()
         # One writer thread: batches and resets run in order, never two at once, and a batch
         # already handed to the database finishes before a reset or a stop.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-writer")
         self._inflight: Future[Any] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._subscription: StreamSubscription | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
-
-    # -- what the service reads ------------------------------------------------------------
-
-    @property
-    def db(self) -> ReadModelDB:
-        if self._db is None:
-            raise RuntimeError("the projection runner is not started")
-        return self._db
-
-    @property
-    def connected(self) -> bool:
-        return self._subscription is not None and self._subscription.connected
-
-    @property
-    def head_position(self) -> int | None:
-        """The stream service's head as last seen, None while it does not answer."""
-        if self._polled_head is None and not self.connected:
-            return None
-        seen = self._subscription.last_seen if self._subscription and self.connected else 0
-        return max(self._polled_head or 0, seen)
-
-    @property
-    def lag(self) -> int | None:
-        head = self.head_position
-        return None if head is None else max(0, head - self.position)
-
-    @property
-    def status(self) -> Status:
-        if self.halted is not None:
-            return "halted"
-        lag = self.lag
-        return "catching-up" if self.rebuilding or (lag is not None and lag > 0) else "ok"
-
-    def health(self, service: str) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "service": service,
-            "position": self.position,
-            "head_position": self.head_position,
-            "lag": self.lag,
-            "halted": None if self.halted is None else self.halted.to_json(),
-            "stream_connected": self.connected,
-            "rebuilding": self.rebuilding,
-            "error": self.last_error,
-        }
-
-    async def wait_for(self, position: int, timeout: float) -> bool:  # noqa: ASYNC109
-        """True once `position` is applied; False after `timeout` seconds or on a halt below it."""
-        if self.position >= position:
-            return True
-        async with self._changed:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(
-                        lambda: self.position >= position or self.halted is not None
-                    ),
-                    timeout,
-                )
-        return self.position >= position
-
-    async def read(self, query: Callable[[Session], T]) -> T:
-        """Run a query on a read snapshot in a worker thread."""
-        db = self.db
-
-        def run() -> T:
-            with db.read() as session:
-                return query(session)
-
-        return await asyncio.to_thread(run)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,7 +103,8 @@ class ProjectionRunner:
         self._db = await asyncio.to_thread(self._open_db)
         db = self._db
         await self._write(lambda: db.migrate(self.projection.migrations))
-        self.position = await self._write(self._load_checkpoint)
+        self.checkpoint = await self._write(self._load_checkpoint)
+        self.position = self.checkpoint.position
         log.info("%s: starting after position %d", self.name, self.position)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=8), raise_for_status=False
@@ -202,8 +114,10 @@ class ProjectionRunner:
         )
         self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
         self._poll_task = asyncio.create_task(self._poll_head(), name=f"{self.name}-head")
+        self._start_watching()
 
     async def stop(self) -> None:
+        await self._stop_watching()
         for task in (self._follow_task, self._poll_task):
             if task is not None:
                 task.cancel()
@@ -219,21 +133,105 @@ class ProjectionRunner:
             await asyncio.to_thread(self._db.close)
             self._db = None
 
-    async def rebuild(self) -> None:
-        """Reset the read model and its checkpoint in one transaction, then replay from 0."""
+    async def rebuild(self) -> Checkpoint:
+        """Reset the read model and its checkpoint in one transaction, then replay from 0.
+        Until the replay is back at the old position (or the head, if further), every instance
+        reading this read model answers `rebuilding`. Decisions are kept and honoured."""
         async with self._control:
-            if self._follow_task is not None:
-                self._follow_task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await self._follow_task
-            await self._settle()
-            await self._write(self._reset)
-            log.warning("%s: read model reset; replaying the log from position 0", self.name)
-            self.rebuilding = True
-            self.halted = None
+            await self._stop_following()
+            head = self.head_position or 0
+            checkpoint = await self._write(lambda: self._reset(head))
+            log.warning(
+                "%s: read model reset (generation %d); replaying the log from position 0 "
+                "up to at least %s",
+                self.name,
+                checkpoint.generation,
+                checkpoint.rebuild_until,
+            )
+            self._unhalt()
             self.last_error = None
+            self.checkpoint = checkpoint
             await self._set_position(0)
             self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
+            return checkpoint
+
+    async def decide(
+        self, action: Action, position: int, *, reason: str, by: str
+    ) -> tuple[Decision, Applied]:
+        """Skip or park the event the runner halted on, at `position`; raises NotHaltedThere
+        when it is not halted there (any more). In one transaction with the checkpoint: the
+        audit record (and the parked event), and what the halted batch held behind it."""
+        async with self._control:
+            halt = self.halted
+            if halt is None or halt.position != position:
+                raise NotHaltedThere(position, halt)
+            await self._stop_following()
+            event = self._halted_event
+            decision = Decision(
+                self.name,
+                position,
+                action,
+                halt.event_id,
+                halt.stream,
+                halt.type,
+                halt.reason,
+                reason,
+                by,
+                format_time(datetime.now(UTC)),
+                self.position,
+            )
+            envelope = None if event is None else json.dumps(to_envelope(event))
+            held = self._held
+
+            def work() -> Applied:
+                with self.db.transaction() as tx:
+                    return apply.decide(tx, self.projection, decision, envelope=envelope, held=held)
+
+            applied = await self._write(work)
+            log.warning(
+                "%s: %s of the event at position %d (%s on %s) by %s: %s",
+                self.name,
+                "PARK" if action == "park" else "SKIP",
+                position,
+                halt.type,
+                halt.stream,
+                by,
+                reason or "no reason given",
+            )
+            self._unhalt()
+            self.decisions = self.decisions.after(decision)
+            await self._applied(applied)
+            if applied.stop is None:
+                self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
+            return decision, applied
+
+    async def _resume_if_moved(self, checkpoint: Checkpoint) -> None:
+        """Another instance got past the event this one halted on (or reset the read model):
+        follow again from the stored checkpoint."""
+        halt = self.halted
+        if halt is None or halt.position is None:
+            return
+        if (
+            checkpoint.position < halt.position
+            and checkpoint.generation == self.checkpoint.generation
+        ):
+            return
+        async with self._control:
+            if self.halted is not halt:
+                return
+            log.warning("%s: the read model moved past the halt (another instance)", self.name)
+            self._unhalt()
+            self.checkpoint = checkpoint
+            await self._set_position(checkpoint.position)
+            self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
+
+    async def _stop_following(self) -> None:
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._follow_task
+            self._follow_task = None
+        await self._settle()
 
     # -- following -------------------------------------------------------------------------
 
@@ -245,41 +243,56 @@ class ProjectionRunner:
                 return  # halted
             except CheckpointMoved as exc:
                 # Another process applied events to this read model: go on from where it is.
-                log.warning("%s: %s (another writer?); reloading it", self.name, exc)
+                log.info("%s: %s (another writer?); reloading it", self.name, exc)
                 delay = 0.0
             except ReadModelError as exc:
-                self.last_error = str(exc)
-                log.warning("%s: read model unavailable: %s; retrying", self.name, exc)
+                self._retrying(f"read model unavailable: {exc}")
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("%s: unexpected error while projecting; retrying", self.name)
+                self._retrying(f"{type(exc).__name__}: {exc}", trace=True)
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, 0.05), self._max_delay)
             # The outcome of a failed commit is unknown: the database's checkpoint is the truth.
             with suppress(ReadModelError):
-                await self._set_position(await self._write(self._load_checkpoint))
+                self.checkpoint = await self._write(self._load_checkpoint)
+                await self._set_position(self.checkpoint.position)
+
+    def _retrying(self, error: str, *, trace: bool = False) -> None:
+        # Said once per distinct error, not at every retry.
+        if error != self.last_error:
+            log.warning("%s: %s; retrying", self.name, error, exc_info=trace)
+        self.last_error = error
 
     async def _follow(self) -> None:
         assert self._subscription is not None
-        queue: asyncio.Queue[RecordedEvent | Undecodable | BaseException] = asyncio.Queue(
-            maxsize=self.batch_size * 4
-        )
+        queue: asyncio.Queue[Item | BaseException] = asyncio.Queue(maxsize=self.batch_size * 4)
         reader = asyncio.create_task(self._read_into(queue, after=self.position))
         try:
             while True:
-                batch = [await queue.get()]
-                while len(batch) < self.batch_size and not queue.empty():
-                    batch.append(queue.get_nowait())
-                if not await self._apply(batch):
+                if not await self._apply(await self._next_batch(queue)):
                     return
         finally:
             reader.cancel()
             with suppress(asyncio.CancelledError):
                 await reader
 
-    async def _read_into(
-        self, queue: asyncio.Queue[RecordedEvent | Undecodable | BaseException], *, after: int
-    ) -> None:
+    async def _next_batch(self, queue: asyncio.Queue[Item | BaseException]) -> list[Item]:
+        """What has arrived, up to `batch_size` events, but never ending inside an atomic
+        append: then it waits for the rest of it, however long the append."""
+        batch: list[Item] = []
+        while True:
+            if batch and (queue.empty() or len(batch) >= self.batch_size) and at_boundary(batch):
+                return batch
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            last = batch[-1].position if batch else self.position
+            if item.position is None:
+                return [*batch, item]  # nothing can follow what has no place in the log
+            if last is not None and item.position <= last:
+                continue  # already applied or delivered
+            batch.append(item)
+
+    async def _read_into(self, queue: asyncio.Queue[Item | BaseException], *, after: int) -> None:
         assert self._subscription is not None
         try:
             async with aclosing(self._subscription.events(after=after)) as items:
@@ -290,76 +303,62 @@ class ProjectionRunner:
         except BaseException as exc:
             await queue.put(exc)
 
-    async def _apply(self, batch: list[RecordedEvent | Undecodable | BaseException]) -> bool:
-        """Apply a batch; False when the projection halted."""
-        events: list[RecordedEvent] = []
-        stop: Undecodable | None = None
-        for item in batch:
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, Undecodable):
-                stop = item
-                break
-            if item.position > (events[-1].position if events else self.position):
-                events.append(item)
-        rejected: EventRejected | None = None
-        if events:
-            expected = self.position
-            position, rejected = await self._write(lambda: self._apply_sync(events, expected))
-            self.last_error = None
-            await self._set_position(position)
-        if rejected is not None:
-            event = rejected.event
-            await self._halt(
-                event.position, str(event.id), event.stream, event.type, rejected.reason
-            )
-            return False
-        if stop is not None:
-            await self._halt(stop.position, None, None, stop.type, stop.reason)
-            return False
-        return True
+    async def _apply(self, batch: Sequence[Item]) -> bool:
+        """Apply a batch; False when the runner halted."""
+        expected = self.position
 
-    def _apply_sync(
-        self, events: Sequence[RecordedEvent], expected: int
-    ) -> tuple[int, EventRejected | None]:
-        with self.db.transaction() as tx:
-            claim_checkpoint(tx, self.name, expected)
-            rejected = self.projection.apply(tx, events)
-            position = events[-1].position
-            if rejected is not None:
-                index = next(i for i, e in enumerate(events) if e is rejected.event)
-                position = events[index - 1].position if index else expected
-            if position != expected:
-                write_checkpoint(tx, self.name, position)
-            return position, rejected
+        def work() -> Applied:
+            with self.db.transaction() as tx:
+                return apply.apply_batch(tx, self.projection, batch, expected=expected)
 
-    async def _halt(
-        self, position: int | None, event_id: str | None, stream: str | None, type: str, reason: str
-    ) -> None:
-        at = format_time(datetime.now(UTC))
-        self.halted = Halt(position, event_id, stream, type, reason, at)
-        self.rebuilding = False
+        try:
+            applied = await self._write(work)
+        except ReadModelDataError as exc:  # our own statements refused: it would repeat
+            first = batch[0]
+            event = first if isinstance(first, RecordedEvent) else None
+            stop = Stop(first.position, event, first.type, str(exc))
+            applied = Applied(self.checkpoint, stop=stop, rest=tuple(batch))
+        self.last_error = None
+        await self._applied(applied)
+        return applied.stop is None
+
+    async def _applied(self, applied: Applied) -> None:
+        self.checkpoint = applied.checkpoint
+        await self._set_position(applied.checkpoint.position)
+        if applied.stop is not None:
+            await self._halt(applied.stop, applied.rest)
+
+    async def _halt(self, stop: Stop, rest: tuple[Item, ...]) -> None:
+        event = stop.event
+        self.halted = Halt(
+            stop.position,
+            None if event is None else str(event.id),
+            None if event is None else event.stream,
+            stop.type,
+            stop.reason,
+            format_time(datetime.now(UTC)),
+        )
+        self._halted_event = event
+        self._held = rest
         log.error(
-            "%s: HALTED at position %s (%s on %s): %s. Reads go on from position %d; fix the "
-            "projection or the data, then restart or rebuild.",
+            "%s: HALTED at position %s (%s on %s): %s. Reads go on from position %d; skip or "
+            "park the event (eventledger projection skip|park %s --position %s), or fix the "
+            "projection and restart or rebuild.",
             self.name,
-            position,
-            type,
-            stream,
-            reason,
+            stop.position,
+            stop.type,
+            self.halted.stream,
+            stop.reason,
             self.position,
+            self.name,
+            stop.position,
         )
         await self._notify()
 
-    async def _set_position(self, position: int) -> None:
-        self.position = position
-        if self.rebuilding and self.lag == 0:
-            self.rebuilding = False
-        await self._notify()
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _unhalt(self) -> None:
+        self.halted = None
+        self._halted_event = None
+        self._held = ()
 
     async def _poll_head(self) -> None:
         assert self._session is not None
@@ -367,8 +366,6 @@ class ProjectionRunner:
             self._polled_head = await fetch_head_position(
                 self._session, self.stream_url, token=self._stream_token
             )
-            if self.rebuilding and self.lag == 0:
-                self.rebuilding = False
             await asyncio.sleep(self._head_poll_interval)
 
     # -- the writer thread -----------------------------------------------------------------
@@ -385,12 +382,14 @@ class ProjectionRunner:
             with suppress(Exception):
                 await asyncio.wrap_future(inflight)
 
-    def _load_checkpoint(self) -> int:
+    def _load_checkpoint(self) -> Checkpoint:
         with self.db.transaction() as tx:
-            return read_checkpoint(tx, self.name)
+            return load_checkpoint(tx, self.name)
 
-    def _reset(self) -> None:
+    def _reset(self, head: int) -> Checkpoint:
         with self.db.transaction() as tx:
-            # The checkpoint first: on PostgreSQL its row lock waits for another writer's batch.
-            write_checkpoint(tx, self.name, 0)
-            self.projection.reset(tx)
+            old = load_checkpoint(tx, self.name)
+            return apply.reset(tx, self.projection, rebuild_until=max(old.position, head))
+
+
+__all__ = ["Halt", "NotHaltedThere", "ProjectionRunner", "Session"]

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from eventledger.services.readside.db import Session
 from eventledger.services.readside.http import (
+    MinPosition,
     ReadModelService,
     Reads,
     invalid_param,
@@ -34,17 +35,16 @@ _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 def _add_routes(app: FastAPI, reads: Reads) -> None:
     """The statistics queries, on top of what every read-model service has."""
-    runner, consistent = reads.runner, reads.consistent
 
-    @app.get("/stats", dependencies=consistent, tags=["statistics"], responses=query_responses())
-    async def stats() -> JSONResponse:
+    @app.get("/stats", tags=["statistics"], responses=query_responses())
+    async def stats(floor: MinPosition) -> JSONResponse:
         """Per currency: accounts open and closed, total balance, count and volume of
         deposits, withdrawals and transfers (a transfer counts once)."""
 
         def query(session: Session) -> tuple[int, dict[str, Tally]]:
             return queries.applied_position(session), queries.currency_totals(session)
 
-        position, totals = await runner.read(query)
+        position, totals = await reads.answer(query, min_position=floor)
         return JSONResponse(
             {
                 "position": position,
@@ -59,10 +59,9 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
             }
         )
 
-    @app.get(
-        "/stats/daily", dependencies=consistent, tags=["statistics"], responses=query_responses()
-    )
+    @app.get("/stats/daily", tags=["statistics"], responses=query_responses())
     async def daily(
+        floor: MinPosition,
         from_: Annotated[
             str | None, Query(alias="from", description="First day, YYYY-MM-DD (UTC)")
         ] = None,
@@ -87,7 +86,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
             rows = queries.daily_totals(session, first=first.isoformat(), last=last.isoformat())
             return queries.applied_position(session), rows
 
-        position, totals = await runner.read(query)
+        position, totals = await reads.answer(query, min_position=floor)
         days: list[dict[str, Any]] = []
         for offset in range((last - first).days + 1):
             day = (first + timedelta(offset)).isoformat()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from eventledger.services.readside.db import Session, read_checkpoint
+from eventledger.services.readside.checkpoints import read_checkpoint
+from eventledger.services.readside.db import Session
 from eventledger.services.statistics.projection import Tally
 from eventledger.services.statistics.store import NAME, TALLY_COLUMNS, tally_from_row
 

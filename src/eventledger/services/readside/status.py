@@ -1,0 +1,288 @@
+"""What a projection runner shows: where it stands, whether it can serve, consistent reads.
+
+* `RunnerStatus.health()` — the JSON of `/health`: position, the stored checkpoint (its hash,
+  generation, rebuild), lag, a halt, the operator's decisions, and `reason` when the service
+  cannot serve;
+* `RunnerStatus.check()` — a probe of the read model database that answers within a bounded
+  time however the database hangs (one probe in flight at a time, joined by every caller),
+  refreshed in the background and logged once when it changes, not at every poll;
+* `RunnerStatus.snapshot()` — a query run in one read snapshot *after* checking, in that same
+  snapshot, that the read model is not being rebuilt and has applied the position asked for:
+  the stored checkpoint says so, not this process's memory, which another instance sharing the
+  database may have made wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from eventledger.services.readside.checkpoints import (
+    Checkpoint,
+    DecisionSummary,
+    decision_summary,
+    load_checkpoint,
+)
+from eventledger.services.readside.db import ReadModelDB, ReadModelError, Session
+from eventledger.services.readside.subscription import StreamSubscription
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Status = Literal["ok", "halted", "catching-up", "rebuilding", "unavailable"]
+PROBE_BUDGET = 0.5  # seconds a health check waits for the database
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Where and why a projection stopped."""
+
+    position: int | None
+    event_id: str | None
+    stream: str | None
+    type: str
+    reason: str
+    at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "event_id": self.event_id,
+            "stream": self.stream,
+            "type": self.type,
+            "reason": self.reason,
+            "at": self.at,
+        }
+
+
+class NotHaltedThere(Exception):
+    """Raised when an operator skips or parks a position the projection is not halted at."""
+
+    def __init__(self, position: int, halt: Halt | None) -> None:
+        where = "is not halted" if halt is None else f"is halted at position {halt.position}"
+        super().__init__(f"the projection {where}, not at position {position}")
+        self.position = position
+        self.halt = halt
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot(Generic[T]):
+    """A query's answer with the checkpoint of the snapshot it was read in; `answered` is False
+    (and `answer` None) when that snapshot could not answer: rebuilding, or not there yet."""
+
+    checkpoint: Checkpoint
+    answer: T | None
+    answered: bool
+
+
+class RunnerStatus:
+    """The state a projection runner keeps and shows (the runner itself: runner.py)."""
+
+    def __init__(self, name: str, *, probe_interval: float) -> None:
+        self.name = name
+        self.position = 0
+        self.checkpoint = Checkpoint()
+        self.halted: Halt | None = None
+        self.last_error: str | None = None
+        self.decisions = DecisionSummary()
+        self.database_error: str | None = None
+        self._db: ReadModelDB | None = None
+        self._subscription: StreamSubscription | None = None
+        self._polled_head: int | None = None
+        self._changed = asyncio.Condition()
+        self._probe_interval = probe_interval
+        self._prober = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-probe")
+        self._probe: Future[tuple[Checkpoint, DecisionSummary]] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # -- what it knows -----------------------------------------------------------------------
+
+    @property
+    def db(self) -> ReadModelDB:
+        if self._db is None:
+            raise RuntimeError("the projection runner is not started")
+        return self._db
+
+    @property
+    def connected(self) -> bool:
+        return self._subscription is not None and self._subscription.connected
+
+    @property
+    def head_position(self) -> int | None:
+        """The stream service's head as last seen, None while it does not answer."""
+        if self._polled_head is None and not self.connected:
+            return None
+        seen = self._subscription.last_seen if self._subscription and self.connected else 0
+        return max(self._polled_head or 0, seen)
+
+    @property
+    def lag(self) -> int | None:
+        head = self.head_position
+        return None if head is None else max(0, head - self.position)
+
+    @property
+    def rebuilding(self) -> bool:
+        return self.checkpoint.rebuilding
+
+    @property
+    def status(self) -> Status:
+        if self.database_error is not None:
+            return "unavailable"
+        if self.rebuilding:
+            return "rebuilding"
+        if self.halted is not None:
+            return "halted"
+        lag = self.lag
+        return "catching-up" if lag is not None and lag > 0 else "ok"
+
+    @property
+    def cannot_serve(self) -> str | None:
+        """Why this service cannot answer queries now (None: it can). A halt is not a reason:
+        reads go on, as of the position before it."""
+        if self.database_error is not None:
+            return self.database_error
+        if self.rebuilding:
+            return (
+                f"the read model is being rebuilt (generation {self.checkpoint.generation}): "
+                f"replaying the log up to position {self.checkpoint.rebuild_until}"
+            )
+        return None
+
+    def health(self, service: str) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "service": service,
+            "position": self.position,
+            "hash": self.checkpoint.hash,
+            "head_position": self.head_position,
+            "lag": self.lag,
+            "halted": None if self.halted is None else self.halted.to_json(),
+            "stream_connected": self.connected,
+            "rebuilding": self.rebuilding,
+            "checkpoint": self.checkpoint.to_json(),
+            "decisions": self.decisions.to_json(),
+            "database": {"reachable": self.database_error is None, "error": self.database_error},
+            "error": self.last_error,
+            "reason": self.cannot_serve,
+        }
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def wait_for(self, position: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """True once `position` is applied; False after `timeout` seconds or on a halt below it."""
+        if self.position >= position:
+            return True
+        async with self._changed:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(
+                        lambda: self.position >= position or self.halted is not None
+                    ),
+                    timeout,
+                )
+        return self.position >= position
+
+    async def read(self, query: Callable[[Session], T]) -> T:
+        """Run a query on a read snapshot in a worker thread (no check: see `snapshot`)."""
+        db = self.db
+
+        def run() -> T:
+            with db.read() as session:
+                return query(session)
+
+        return await asyncio.to_thread(run)
+
+    async def snapshot(
+        self, query: Callable[[Session], T], *, min_position: int = 0
+    ) -> Snapshot[T]:
+        """Run `query` in a read snapshot whose stored checkpoint is at `min_position` or past
+        it and is not being rebuilt; else do not run it (`answered` False)."""
+        db = self.db
+        name = self.name
+
+        def run() -> Snapshot[T]:
+            with db.read() as session:
+                checkpoint = load_checkpoint(session, name)
+                if checkpoint.rebuilding or checkpoint.position < min_position:
+                    return Snapshot(checkpoint, None, False)
+                return Snapshot(checkpoint, query(session), True)
+
+        result = await asyncio.to_thread(run)
+        if result.checkpoint.rebuilding != self.rebuilding:
+            self.checkpoint = result.checkpoint  # learnt from the database: show it at once
+        return result
+
+    # -- the database probe ----------------------------------------------------------------------
+
+    async def check(self, budget: float = PROBE_BUDGET) -> str | None:
+        """Probe the database (within `budget` seconds); why it cannot serve, or None."""
+        if self._db is None:
+            return self.database_error
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = self._prober.submit(self._probe_sync)
+        problem: str | None = None
+        try:
+            checkpoint, summary = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(probe)), budget
+            )
+        except TimeoutError:
+            problem = f"the read model database did not answer within {budget:g} s"
+        except ReadModelError as exc:
+            problem = f"the read model database is unavailable: {exc}"
+        except Exception as exc:
+            problem = f"the read model database failed: {type(exc).__name__}: {exc}"
+        else:
+            await self._resume_if_moved(checkpoint)
+            self.checkpoint = checkpoint
+            self.decisions = summary
+        self._set_database_error(problem)
+        return problem
+
+    def _probe_sync(self) -> tuple[Checkpoint, DecisionSummary]:
+        db = self.db
+        db.ping()
+        with db.read() as session:
+            return load_checkpoint(session, self.name), decision_summary(session, self.name)
+
+    def _set_database_error(self, problem: str | None) -> None:
+        if (problem is None) != (self.database_error is None):
+            if problem is None:
+                log.warning("%s: the read model database answers again", self.name)
+            else:
+                log.error("%s: cannot serve: %s", self.name, problem)
+        self.database_error = problem
+
+    def _start_watching(self) -> None:
+        self._watch_task = asyncio.create_task(self._watch(), name=f"{self.name}-watch")
+
+    async def _stop_watching(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        self._prober.shutdown(wait=False)
+
+    async def _watch(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self._probe_interval)
+
+    async def _resume_if_moved(self, checkpoint: Checkpoint) -> None:
+        """Called with each probed checkpoint (the runner resumes when others moved on)."""
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    async def _set_position(self, position: int) -> None:
+        self.position = position
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
