@@ -837,42 +837,6 @@ async def test_a_subscription_ends_with_a_comment_when_the_store_fails() -> None
             await reader.next(within=3)
 
 
-# -- the shape guard of account streams ---------------------------------------------------
-
-
-def opened(account_id: str, **extra: Any) -> dict[str, Any]:
-    data = {"account_id": account_id, "currency": "EUR", "overdraft_limit": 0, "owner": None}
-    return {"type": "AccountOpened", "schema_version": 2, "data": {**data, **extra}}
-
-
-@pytest.mark.parametrize(
-    ("bad", "why"),
-    [
-        ({"type": "MoneyTeleported", "data": {"account_id": "g1"}}, "unknown event type"),
-        (opened("g1") | {"schema_version": 1}, "schema version 1"),
-        (opened("g1", overdraft_limit="0"), "overdraft_limit"),
-        (opened("someone-else"), "does not belong"),
-    ],
-)
-async def test_an_account_stream_refuses_events_no_reader_could_apply(
-    client: httpx.AsyncClient, bad: dict[str, Any], why: str
-) -> None:
-    before = await head(client)
-    body = assert_problem(await append(client, "account-g1", bad), 422, "invalid-account-event")
-    assert why in body["detail"]
-    batch = {"appends": [{"stream": "account-g1", "expected_version": "any", "events": [bad]}]}
-    assert_problem(await client.post("/batches", json=batch), 422, "invalid-account-event")
-    assert await head(client) == before
-
-
-async def test_an_account_stream_takes_well_formed_account_events(
-    client: httpx.AsyncClient,
-) -> None:
-    account = f"g-{uuid.uuid4().hex[:8]}"
-    r = await append(client, f"account-{account}", opened(account), expected="no_stream")
-    assert r.status_code == 201, r.text
-
-
 # -- a slow consumer -----------------------------------------------------------------------
 
 
