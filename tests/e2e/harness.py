@@ -1,7 +1,9 @@
 """Real service processes for end-to-end tests: start, wait for health, kill, restart.
 
 Every service runs as `python -m eventledger serve NAME` on a free port of 127.0.0.1, with
-its output in a log file that the e2e conftest shows when a test fails. Waits poll a
+its output in a log file that the e2e conftest shows when a test fails. A `System` runs open
+(loopback, no auth file) unless given `Credentials` (`make_credentials`): then every service
+requires tokens, as under `eventledger up`. Waits poll a
 condition until a deadline; there are no fixed sleeps.
 """
 
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,12 +180,44 @@ class ServiceProcess:
         return f"--- {self.name} log ({self.log_path}) ---\n" + "\n".join(tail)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """An auth file and the tokens in it, for a system that requires tokens: one per internal
+    caller (with the scopes `eventledger up` gives them) and one per user asked for."""
+
+    auth_file: Path
+    tokens: Mapping[str, str]  # name -> token
+    token_files: Mapping[str, Path]
+
+    def bearer(self, name: str) -> dict[str, str]:
+        """The `Authorization` header of the token `name`."""
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+
+def make_credentials(root: Path, users: Mapping[str, Sequence[str]] | None = None) -> Credentials:
+    """An auth file under `root` with the internal callers' tokens and `users` (name: scopes),
+    each token also in a 0600 file."""
+    from eventledger.credentials import INTERNAL_CALLERS, add_token, write_private
+
+    auth_file = root / "auth.json"
+    tokens: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    for name, scopes in {**INTERNAL_CALLERS, **(users or {})}.items():
+        tokens[name] = add_token(auth_file, name, scopes)
+        files[name] = root / "tokens" / f"{name}.token"
+        write_private(files[name], tokens[name] + "\n")
+    return Credentials(auth_file, tokens, files)
+
+
 @dataclass(eq=False)
 class System:
-    """The four services, the others pointed at this stream service."""
+    """The four services, the others pointed at this stream service; with `credentials`,
+    every service requires tokens and each presents its own to the stream service."""
 
     root: Path
     store: str | None = None  # the stream's --store URL; None: SQLite under its data dir
+    credentials: Credentials | None = None
+    extra_args: Sequence[str] = ()  # given to every service
     stream: ServiceProcess = field(init=False)
     transaction: ServiceProcess = field(init=False)
     accounting: ServiceProcess = field(init=False)
@@ -191,12 +225,21 @@ class System:
 
     def __post_init__(self) -> None:
         logs = self.root / "logs"
+        secured = list(self.extra_args)
+        if self.credentials is not None:
+            secured += ["--auth-file", str(self.credentials.auth_file)]
         stream_args = ["--store", self.store] if self.store else []
-        self.stream = ServiceProcess("stream", self.root / "stream", logs, stream_args)
-        others = ["--stream-url", self.stream.url]
-        self.transaction = ServiceProcess("transaction", self.root / "transaction", logs, others)
-        self.accounting = ServiceProcess("accounting", self.root / "accounting", logs, others)
-        self.statistics = ServiceProcess("statistics", self.root / "statistics", logs, others)
+        self.stream = ServiceProcess("stream", self.root / "stream", logs, stream_args + secured)
+
+        def other(name: str) -> ServiceProcess:
+            args = ["--stream-url", self.stream.url, *secured]
+            if self.credentials is not None:
+                args += ["--stream-token-file", str(self.credentials.token_files[name])]
+            return ServiceProcess(name, self.root / name, logs, args)
+
+        self.transaction = other("transaction")
+        self.accounting = other("accounting")
+        self.statistics = other("statistics")
 
     @property
     def services(self) -> list[ServiceProcess]:
@@ -268,16 +311,24 @@ def default_store() -> str:
 
 
 def start_system(
-    request: pytest.FixtureRequest, stack: ExitStack, root: Path, store: str | None = None
+    request: pytest.FixtureRequest,
+    stack: ExitStack,
+    root: Path,
+    store: str | None = None,
+    *,
+    credentials: Credentials | None = None,
+    extra_args: Sequence[str] = (),
 ) -> System:
     """A running system whose stream service uses `store` ("sqlite" or "postgresql"; default
     `default_store()`), stopped when `stack` closes. PostgreSQL: a fresh database on the
-    server of the `postgres_url` fixture (which skips, or fails in CI, without a server)."""
+    server of the `postgres_url` fixture (which skips, or fails in CI, without a server).
+    With `credentials`, every service requires tokens."""
     store_url = None
     if (store or default_store()) == "postgresql":
         server = request.getfixturevalue("postgres_url")
         store_url = stack.enter_context(fresh_postgres_database(server))
-    return stack.enter_context(running(System(root, store=store_url)))
+    system = System(root, store=store_url, credentials=credentials, extra_args=extra_args)
+    return stack.enter_context(running(system))
 
 
 # -- HTTP helpers ------------------------------------------------------------------------------
