@@ -188,15 +188,15 @@ def check_transfers(events: Sequence[Event], facts: Mapping[str, AccountFacts]) 
             pair[side] = index
     for transaction_id, (sent_at, received_at) in sides.items():
         if sent_at is None or received_at is None:
-            index = received_at if sent_at is None else sent_at
-            assert index is not None
+            alone = received_at if sent_at is None else sent_at
+            assert alone is not None
             missing = "TransferSent" if sent_at is None else "TransferReceived"
             raise _at_event(
                 "unpaired-transfer",
-                f"{events[index].TYPE} of transaction {transaction_id} without its {missing} "
+                f"{events[alone].TYPE} of transaction {transaction_id} without its {missing} "
                 "in the same atomic append",
                 events,
-                index,
+                alone,
             )
         sent, received = events[sent_at], events[received_at]
         assert isinstance(sent, TransferSent) and isinstance(received, TransferReceived)
