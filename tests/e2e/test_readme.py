@@ -7,7 +7,12 @@ of its own (so positions start at 1 as in the README), with the default ports re
 the system's. Output is compared after normalising what legitimately varies: UUIDs, times
 and runs of whitespace within a line (rich tables are rendered at 100 columns); lines,
 blank ones included, must match. A command whose README output starts with `error:` must
-exit 1; every other one must exit 0.
+exit 1; every other one must exit 0. A command that only sets a shell variable (`TOKEN=…`,
+no output) is run again before each later command, as the reader's shell would keep it.
+
+The system requires tokens as under `eventledger up`: its credentials are made by the same
+code (`credentials.provision`) in `./eventledger-data/` of the folder the commands run in,
+where the command line finds its token as a reader's does.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from eventledger.config import DEFAULT_PORTS
-from tests.e2e.harness import System, cli_env, start_system
+from eventledger.config import DEFAULT_PORTS, Settings
+from eventledger.credentials import provision, read_token_file
+from tests.e2e.harness import Credentials, System, cli_env, start_system
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +45,10 @@ class Step:
     @property
     def expected_exit_code(self) -> int:
         return 1 if self.expected.startswith("error:") else 0
+
+    @property
+    def sets_a_variable(self) -> bool:
+        return re.fullmatch(r"[A-Z_]+=\S.*", self.command) is not None and not self.expected
 
 
 def walkthrough_steps(markdown: str) -> list[Step]:
@@ -83,18 +93,28 @@ def test_the_readme_walkthrough_runs_as_written(
     assert any(step.command.startswith("curl") for step in steps), "no curl command found"
     assert any(step.expected_exit_code == 1 for step in steps), "no failing command found"
 
+    installation = provision(Settings(data_dir=tmp_path / "eventledger-data"))
+    credentials = Credentials(
+        installation.auth_file,
+        {name: read_token_file(path) for name, path in installation.token_files.items()},
+        installation.token_files,
+    )
     with ExitStack() as stack:
-        system = start_system(request, stack, tmp_path)
+        system = start_system(request, stack, tmp_path / "system", credentials=credentials)
         env = cli_env(
             # `eventledger` is the script of the venv that runs the tests
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             COLUMNS="100",
             **{f"EVENTLEDGER_{s.name.upper()}_PORT": str(s.port) for s in system.services},
         )
+        variables: list[str] = []
         for step in steps:
             command = with_ports_of(system, step.command)
+            if step.sets_a_variable:
+                variables.append(command)
             result = subprocess.run(
-                ["bash", "-c", command],
+                ["bash", "-c", "\n".join([*variables, command])],
+                cwd=tmp_path,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
