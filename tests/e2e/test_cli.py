@@ -6,6 +6,7 @@ import contextlib
 import os
 import queue
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -241,6 +242,51 @@ def test_up_starts_every_service_and_stops_them_all_on_ctrl_c(
     assert not any(listening(port) for port in ports.values())
     assert not any(Path(f"/proc/{child}").exists() for child in children)
     assert "Traceback" not in log.read_text()
+
+
+def test_up_creates_private_credentials_on_first_start_that_the_cli_finds(
+    up: tuple[subprocess.Popen[bytes], dict[str, int], Path], tmp_path: Path
+) -> None:
+    _, ports, log = up
+    data = tmp_path / "data"
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(data) == 0o700 and mode(data / "tokens") == 0o700
+    private = [data / "auth.json", data / "idempotency.secret", *(data / "tokens").iterdir()]
+    assert {path.name for path in (data / "tokens").iterdir()} == {
+        "transaction.token",
+        "accounting.token",
+        "statistics.token",
+        "cli.token",
+    }
+    assert {path.name: mode(path) for path in private} == {path.name: 0o600 for path in private}
+    tokens = {path.stem: path.read_text().strip() for path in (data / "tokens").iterdir()}
+    assert not any(token in (data / "auth.json").read_text() for token in tokens.values())
+
+    env = cli_env(
+        EVENTLEDGER_DATA_DIR=str(data),
+        **{f"EVENTLEDGER_{n.upper()}_PORT": str(p) for n, p in ports.items()},
+    )
+    account = new_id("up")
+    assert f"Opened account {account}" in ok(
+        eventledger("open", "--id", account, "--currency", "EUR", env=env)
+    )
+    assert "12.00 EUR" in ok(eventledger("deposit", account, "1200", env=env))
+
+    stream = f"http://127.0.0.1:{ports['stream']}"
+    accounting = f"http://127.0.0.1:{ports['accounting']}"
+    assert httpx.get(f"{accounting}/accounts/{account}").status_code == 401
+    minted = {"expected_version": "any", "events": [{"type": "MoneyDeposited", "data": {}}]}
+    for reader in ("accounting", "statistics"):
+        refused = httpx.post(
+            f"{stream}/streams/account-{account}",
+            json=minted,
+            headers={"Authorization": f"Bearer {tokens[reader]}"},
+        )
+        assert refused.status_code == 403, refused.text
+    assert not any(token in log.read_text() for token in tokens.values())
 
 
 def test_up_stops_everything_with_an_error_when_a_service_dies(
