@@ -137,9 +137,12 @@ class CountingStore(MemoryEventStore):
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0
+        self.events_read = 0
 
     async def _read_all(
         self, after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
     ) -> list[RecordedEvent]:
         self.reads += 1
-        return await super()._read_all(after, limit, types, stream_prefix)
+        events = await super()._read_all(after, limit, types, stream_prefix)
+        self.events_read += len(events)
+        return events

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -55,8 +55,9 @@ from eventledger.services.stream.encoding import sse_comment
 from eventledger.services.stream.pages import SizeEstimate, read_log_page
 
 PAGE_SIZE = 500
-SSE_PAGE_BYTES = 256 * 1024  # per step of a subscription; also what a slow client may buffer
+SSE_PAGE_BYTES = 64 * 1024  # per step of a subscription; also what a slow client may buffer
 READ_CONCURRENCY = 2  # page reads in flight for all subscribers together
+SENDS_PER_TICK = 16  # pages handed to subscribers per turn of the event loop
 CACHE_BYTES = 16 * 1024 * 1024  # complete pages kept for subscribers catching up together
 WATCH_SECONDS = 5.0  # the head watcher's longest single wait on the store
 FINAL_SEND_SECONDS = 0.5  # at shutdown, how long to try to end a response cleanly
@@ -81,6 +82,46 @@ class FramesPage:
 PageKey = tuple[int, tuple[str, ...], str | None]
 
 
+class Turnstile:
+    """At most `per_tick` passes per turn of the event loop; later callers wait, in order.
+
+    Without it, every subscriber with a page to send runs in the same turn of the loop, and
+    anything else (an append, `/health`) waits for all of them at each of its own steps. With
+    it, a turn does a bounded amount of subscription work and the other requests interleave."""
+
+    def __init__(self, per_tick: int) -> None:
+        self._per_tick = per_tick
+        self._used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._scheduled = False
+
+    async def wait(self) -> None:
+        if self._used < self._per_tick and not self._waiters:
+            self._used += 1
+            self._schedule()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._schedule()
+        await waiter
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_tick)
+
+    def _next_tick(self) -> None:
+        self._scheduled = False
+        self._used = 0
+        while self._waiters and self._used < self._per_tick:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled waiter (its client left) takes no pass
+                waiter.set_result(None)
+                self._used += 1
+        if self._used:
+            self._schedule()
+
+
 class LogFeed:
     """What every subscription of one app shares: the head watcher and the page reader."""
 
@@ -95,6 +136,7 @@ class LogFeed:
         self._cache_bytes = 0
         self._estimate = SizeEstimate()
         self._waiters = 0
+        self.turns = Turnstile(SENDS_PER_TICK)
 
     # -- waiting for news ----------------------------------------------------------------
 
@@ -192,13 +234,17 @@ class LogFeed:
             last = max(last, head)
         return FramesPage(frames, last, len(page.events), page.cut)
 
+    def forget(self) -> None:
+        """Drop the cached pages (when nobody is subscribed, they serve no one)."""
+        self._cache.clear()
+        self._cache_bytes = 0
+
     async def close(self) -> None:
         tasks = [t for t in (self._watcher, *self._in_flight.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._cache.clear()
-        self._cache_bytes = 0
+        self.forget()
 
 
 def _future() -> asyncio.Future[EventStoreError | None]:
@@ -272,6 +318,8 @@ class Subscriptions:
                 self._by_principal[principal] = left
             else:
                 del self._by_principal[principal]
+            if not self._total and self.feed is not None:
+                self.feed.forget()
 
         return release
 
@@ -304,6 +352,7 @@ async def event_stream(
             return
         last = page.last
         if page.count:
+            await feed.turns.wait()
             yield page.frames
             quiet_since = time.monotonic()
             if page.cut:
