@@ -14,15 +14,22 @@ callers rotating addresses cannot grow the table without bound.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from eventledger.config import Limits
 
 PRINCIPAL = "eventledger.principal"  # the ASGI scope key the auth middleware fills
 MAX_PRINCIPALS = 10_000
@@ -130,3 +137,31 @@ class RateLimitMiddleware:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def rate_limiter_for(limits: Limits, host: str) -> RateLimiter | None:
+    """The configured limiter: `limits.rate_limit` when given ("off" for none), otherwise
+    none on a loopback address and `DEFAULT_RATE` on any other."""
+    if limits.rate_limit is None:
+        return None if is_loopback(host) else RateLimiter(DEFAULT_RATE)
+    rate = Rate.parse(limits.rate_limit, burst=limits.rate_limit_burst)
+    return None if rate is None else RateLimiter(rate)
+
+
+def install_limits(app: FastAPI, limits: Limits, host: str) -> None:
+    """Give a built app its configured limits: the rate limiter every service has, and the
+    subscriber caps of a service with subscriptions (the stream service)."""
+    app.state.rate_limiter = rate_limiter_for(limits, host)
+    subscriptions = getattr(app.state, "subscriptions", None)
+    if subscriptions is not None:
+        subscriptions.max_total = limits.max_subscribers
+        subscriptions.max_per_principal = limits.max_subscribers_per_caller

@@ -36,17 +36,37 @@ from eventledger.services.http import (
     problem_responses,
     read_model,
 )
+from eventledger.services.limits import principal_of
 from eventledger.services.stream import schemas as s
-from eventledger.services.stream.encoding import append_result, envelopes, json_response
+from eventledger.services.stream.encoding import (
+    JSONBytes,
+    append_result,
+    envelopes,
+    json_response,
+)
 from eventledger.services.stream.guards import AccountGuard
 from eventledger.services.stream.metrics import StreamMetrics
+from eventledger.services.stream.pages import (
+    LOG_PAGE_BYTES,
+    SizeEstimate,
+    log_page_json,
+    read_log_page,
+    read_stream_page,
+    stream_page_json,
+)
 from eventledger.services.stream.problems import (
     handle_store_error,
     invalid_field,
     invalid_stream_name,
     store_unavailable,
 )
-from eventledger.services.stream.sse import EventStreamResponse, Subscriptions, event_stream
+from eventledger.services.stream.sse import (
+    DEFAULT_MAX_SUBSCRIBERS,
+    DEFAULT_MAX_SUBSCRIBERS_PER_PRINCIPAL,
+    EventStreamResponse,
+    Subscriptions,
+    event_stream,
+)
 
 DESCRIPTION = """\
 The event store of eventledger over HTTP: appends with optimistic concurrency, stream and
@@ -82,6 +102,22 @@ _PROBLEM_TEXT = {
     "`invalid-account-event` (an `account-*` event no reader could apply)",
     503: "`store-unavailable`: retry after `Retry-After` seconds",
 }
+_SUBSCRIBE_503 = (
+    "`store-unavailable`, or `too-many-subscribers` (the subscriber caps are reached): "
+    "retry after `Retry-After` seconds"
+)
+SUBSCRIBERS_RETRY_AFTER = "10"
+
+
+def too_many_subscribers(subscriptions: Subscriptions) -> ProblemError:
+    return ProblemError(
+        503,
+        "too-many-subscribers",
+        "Too many subscribers",
+        f"this service serves at most {subscriptions.max_total} subscriptions, and at most "
+        f"{subscriptions.max_per_principal} per caller; retry later",
+        headers={"Retry-After": SUBSCRIBERS_RETRY_AFTER},
+    )
 
 
 def _expected(value: int | str) -> ExpectedVersion:
@@ -120,19 +156,22 @@ def _check_filters(types: list[str] | None, stream_prefix: str | None) -> tuple[
 class _Runtime:
     """What the lifespan opens and the routes use."""
 
-    def __init__(self, heartbeat: float, metrics: StreamMetrics) -> None:
+    def __init__(
+        self, heartbeat: float, metrics: StreamMetrics, subscriptions: Subscriptions
+    ) -> None:
         self.heartbeat = heartbeat
         self.metrics = metrics
-        self.subscriptions = Subscriptions(metrics.subscribers)
+        self.subscriptions = subscriptions
+        self.estimate = SizeEstimate()  # the encoded size of an event, to size store reads
         self.guard = AccountGuard()  # the validity rule of account streams, on cached facts
         self._store: EventStore | None = None
 
     async def start(self, store: EventStore) -> None:
         self._store = store
-        self.subscriptions.open()
+        self.subscriptions.open(store)
 
     async def stop(self) -> None:
-        self.subscriptions.close()
+        await self.subscriptions.aclose()
         store, self._store = self._store, None
         if store is not None:
             await store.close()
@@ -160,10 +199,16 @@ class _Runtime:
 
 
 def create_app(
-    *, open_store: Callable[[], Awaitable[EventStore]], heartbeat_seconds: float = 15.0
+    *,
+    open_store: Callable[[], Awaitable[EventStore]],
+    heartbeat_seconds: float = 15.0,
+    max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS,
+    max_subscribers_per_principal: int = DEFAULT_MAX_SUBSCRIBERS_PER_PRINCIPAL,
 ) -> FastAPI:
     """The stream service app. Its lifespan opens the store with `open_store` and closes it;
-    `heartbeat_seconds` is how long a subscription stays silent before a heartbeat comment."""
+    `heartbeat_seconds` is how long a subscription stays silent before a heartbeat comment;
+    past `max_subscribers` open subscriptions, or `max_subscribers_per_principal` of one
+    caller, a new one is refused (503 `too-many-subscribers`)."""
     if not 0 < heartbeat_seconds <= 3600:
         raise ValueError(f"heartbeat_seconds must be in (0, 3600], not {heartbeat_seconds!r}")
     runtime: _Runtime
@@ -182,7 +227,13 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    runtime = _Runtime(heartbeat_seconds, StreamMetrics(http_metrics.registry))
+    metrics = StreamMetrics(http_metrics.registry)
+    subscriptions = Subscriptions(
+        metrics.subscribers,
+        max_total=max_subscribers,
+        max_per_principal=max_subscribers_per_principal,
+    )
+    runtime = _Runtime(heartbeat_seconds, metrics, subscriptions)
     app.state.subscriptions = runtime.subscriptions
     app.state.begin_shutdown = runtime.subscriptions.close
     app.add_exception_handler(EventStoreError, handle_store_error)
@@ -251,7 +302,9 @@ def create_app(
         responses=_problems(404, 422, 503),
         summary="Read one stream",
         description="Events of the stream from `from_version` on, oldest first, at most "
-        "`limit` (1-10000, default 100). `version` is the stream's current version. 404 "
+        "`limit` (1-10000, default 100) and about 1 MiB of events (at least one event). "
+        "`version` is the stream's current version: continue with `from_version` one above "
+        "the last event's `stream_version` while it is below `version`. 404 "
         "`stream-not-found` when the stream has no events.",
     )
     async def read_stream(
@@ -260,14 +313,22 @@ def create_app(
         if not s.is_stream_name(stream):
             raise invalid_stream_name(stream)
         store = runtime.store
-        events = await store.read_stream(stream, from_version=from_version, limit=limit)
-        if events and len(events) < limit:
+        page = await read_stream_page(
+            store,
+            runtime.estimate,
+            stream,
+            from_version=from_version,
+            limit=limit,
+            max_bytes=LOG_PAGE_BYTES,
+        )
+        events = page.events
+        if events and not page.cut:
             version = events[-1].stream_version  # the page reaches the end of the stream
         else:
             version = await store.stream_version(stream)
             if events:
                 version = max(version, events[-1].stream_version)
-        return json_response({"stream": stream, "version": version, "events": envelopes(events)})
+        return JSONBytes(stream_page_json(stream, version, page))
 
     @app.get(
         "/events",
@@ -275,12 +336,14 @@ def create_app(
         responses=_problems(422, 503),
         summary="Read a page of the global log",
         description="Events with a position above `after`, oldest first, at most `limit` "
-        "(1-10000, default 1000), optionally only of the given `type`s (repeatable) and of "
-        "streams starting with `stream_prefix`. Continue with `after=last_position`. "
+        "(1-10000, default 1000) and about 1 MiB of events (a page always holds at least "
+        "one event when there is one), optionally only of the given `type`s (repeatable) and "
+        "of streams starting with `stream_prefix`. Continue with `after=last_position`. "
         "`last_position` is the position of the last event in the page; when the page is "
-        "not full it is at least the head of the log as it was before the read, so a "
-        "filtered reader skips past non-matching events instead of reading them again. An "
-        "empty page answers `last_position` = max(after, head).",
+        "not full (neither `limit` events nor the byte bound reached) it is at least the "
+        "head of the log as it was before the read, so a filtered reader skips past "
+        "non-matching events instead of reading them again. An empty page answers "
+        "`last_position` = max(after, head).",
     )
     async def read_log(
         after: s.Position = 0,
@@ -293,13 +356,19 @@ def create_app(
         filtered = bool(type_list) or bool(prefix)
         # Read the head *before* the page: every event up to it was visible to the read.
         head = await store.head_position() if filtered else 0
-        page = await store.read_all(
-            after=after, limit=limit, types=type_list, stream_prefix=prefix or None
+        page = await read_log_page(
+            store,
+            runtime.estimate,
+            after=after,
+            limit=limit,
+            max_bytes=LOG_PAGE_BYTES,
+            types=tuple(type_list),
+            stream_prefix=prefix or None,
         )
-        last = page[-1].position if page else after
-        if len(page) < limit:
+        last = page.events[-1].position if page.events else after
+        if not page.cut:
             last = max(last, head)
-        return json_response({"events": envelopes(page), "last_position": last})
+        return JSONBytes(log_page_json(page, last))
 
     @app.get(
         "/events/subscribe",
@@ -311,7 +380,8 @@ def create_app(
                 "description": "`id:` the position, `event:` the type, `data:` the envelope; "
                 "comment lines (`: …`) on connect and as heartbeat when idle.",
             },
-            **_problems(422, 503),
+            **_problems(422),
+            **problem_responses({503: _SUBSCRIBE_503}, s.Problem),
         },
         summary="Subscribe to the global log (Server-Sent Events)",
         description="Every event after `after` (or after the `Last-Event-ID` header, which "
@@ -319,9 +389,12 @@ def create_app(
         "events are committed, with no gap or duplicate in between. Same filters as "
         "`GET /events`. A `: connected` comment is sent at once and `: heartbeat` after "
         "`heartbeat` seconds (0.1-60) of silence. If the store fails mid-stream, the stream "
-        "ends after a `: store-unavailable` comment: reconnect with `Last-Event-ID`.",
+        "ends after a `: store-unavailable` comment: reconnect with `Last-Event-ID`. "
+        "Subscriptions are capped in all and per caller: past a cap the answer is 503 "
+        "`too-many-subscribers` with `Retry-After`.",
     )
     async def subscribe(
+        request: Request,
         after: s.Position = 0,
         last_event_id: s.LastEventId = None,
         types: s.TypeFilter = None,
@@ -331,15 +404,17 @@ def create_app(
         type_list, prefix = _check_filters(types, stream_prefix)
         store = runtime.store
         await store.head_position()  # answer 503 now, rather than open a dead stream
+        release = runtime.subscriptions.admit(principal_of(request.scope))
+        if release is None:
+            raise too_many_subscribers(runtime.subscriptions)
         body = event_stream(
-            store,
             runtime.subscriptions,
             after=after if last_event_id is None else last_event_id,
-            types=type_list,
+            types=tuple(type_list),
             stream_prefix=prefix or None,
             heartbeat=runtime.heartbeat if heartbeat is None else heartbeat,
         )
-        return EventStreamResponse(body, gauge=runtime.metrics.subscribers)
+        return EventStreamResponse(body, subscriptions=runtime.subscriptions, release=release)
 
     @app.get(
         "/events/{event_id}",
