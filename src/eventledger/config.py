@@ -208,7 +208,7 @@ class Limits:
     """Limits against abuse (flag / variable; see `load_limits`)."""
 
     max_subscribers: int = 256  # --max-subscribers / EVENTLEDGER_MAX_SUBSCRIBERS (stream)
-    max_subscribers_per_caller: int = 64  # EVENTLEDGER_MAX_SUBSCRIBERS_PER_CALLER (stream)
+    max_subscribers_per_caller: int = 64  # --max-subscribers-per-caller / EVENTLEDGER_… (stream)
     # --rate-limit / EVENTLEDGER_RATE_LIMIT: "N/s", "N/min" or "off"; None: the default, off on
     # a loopback address and `limits.DEFAULT_RATE` on any other.
     rate_limit: str | None = None
@@ -265,7 +265,7 @@ def load_limits(flags: Mapping[str, object | None], env: Mapping[str, str]) -> L
         ),
         max_subscribers_per_caller=int(
             number(
-                None,
+                "max_subscribers_per_caller",
                 "EVENTLEDGER_MAX_SUBSCRIBERS_PER_CALLER",
                 1,
                 100_000,

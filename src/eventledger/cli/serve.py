@@ -94,8 +94,16 @@ MaxSubscribersOpt = Annotated[
     int | None,
     typer.Option(
         "--max-subscribers",
-        help="Live subscriptions the stream service serves at once (default 256; 64 per "
-        "caller: EVENTLEDGER_MAX_SUBSCRIBERS_PER_CALLER) \\[env: EVENTLEDGER_MAX_SUBSCRIBERS]",
+        help="Live subscriptions the stream service serves at once (default 256) "
+        "\\[env: EVENTLEDGER_MAX_SUBSCRIBERS]",
+    ),
+]
+MaxSubscribersPerCallerOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-subscribers-per-caller",
+        help="Live subscriptions of one caller (token, or address when open; default 64) "
+        "\\[env: EVENTLEDGER_MAX_SUBSCRIBERS_PER_CALLER]",
     ),
 ]
 RequestTimeoutOpt = Annotated[
@@ -237,6 +245,7 @@ def serve(
     allow_unsafe_durability: UnsafeOpt = False,
     rate_limit: RateLimitOpt = None,
     max_subscribers: MaxSubscribersOpt = None,
+    max_subscribers_per_caller: MaxSubscribersPerCallerOpt = None,
     request_timeout: RequestTimeoutOpt = None,
     auth_file: AuthFileOpt = None,
     insecure_no_auth: InsecureOpt = False,
@@ -268,6 +277,7 @@ def serve(
         allow_unsafe_durability=allow_unsafe_durability,
         rate_limit=rate_limit,
         max_subscribers=max_subscribers,
+        max_subscribers_per_caller=max_subscribers_per_caller,
         request_timeout=request_timeout,
         auth_file=auth_file,
         insecure_no_auth=insecure_no_auth,
