@@ -99,14 +99,13 @@ def stream_token(service: str, settings: Settings) -> str | None:
 def secure(app: FastAPI, service: str, settings: Settings) -> None:
     """Install the security of `app` (before it starts): tokens and scopes when there is an
     auth file, and the Host and Origin rules (services/browser.py) outermost."""
-    from eventledger.credentials import load_auth_file
-    from eventledger.services.auth import Authenticator, secure_app
+    from eventledger.services.auth import AuthFileAuthenticator, secure_app
     from eventledger.services.browser import BrowserGuard, loopback_hosts
     from eventledger.services.http import Metrics
 
     auth_file = auth_file_of(settings)
     if auth_file is not None:
-        secure_app(app, service=service, authenticator=Authenticator(load_auth_file(auth_file)))
+        secure_app(app, service=service, authenticator=AuthFileAuthenticator(auth_file))
     port = settings.port(service)
     metrics = getattr(app.state, "metrics", None)
     app.add_middleware(

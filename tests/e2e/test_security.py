@@ -35,6 +35,7 @@ from tests.e2e.harness import (
     new_id,
     problem_type,
     start_system,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -448,6 +449,41 @@ def test_the_cli_presents_eventledger_token_and_says_what_to_do_without_one(
     rebuilt = eventledger("rebuild", "statistics", EVENTLEDGER_TOKEN=token)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert token not in opened.stdout + opened.stderr + refused.stderr
+
+
+def test_a_token_issued_or_revoked_while_the_services_run_counts_within_seconds(
+    secured: Secured,
+) -> None:
+    auth_file = str(secured.credentials.auth_file)
+
+    def token_command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eventledger", "token", *args, "--auth-file", auth_file],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+
+    created = token_command("create", "--name", "auditor-2026-12", "--scope", "ledger:read")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert len(token) >= 43 and token not in created.stderr
+    url = secured.url("accounting", "/accounts/{a}")
+    auditor = {"Authorization": f"Bearer {token}"}
+    wait_for(
+        lambda: HTTP.get(url, headers=auditor).status_code == 200,
+        timeout=10.0,
+        what="the new token to be accepted",
+    )
+    revoked = token_command("revoke", "--name", "auditor-2026-12")
+    assert revoked.returncode == 0, revoked.stderr
+    wait_for(
+        lambda: HTTP.get(url, headers=auditor).status_code == 401,
+        timeout=10.0,
+        what="the revoked token to be refused",
+    )
 
 
 def test_a_non_loopback_bind_without_an_auth_file_refuses_to_start(tmp_path: Path) -> None:

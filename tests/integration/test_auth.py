@@ -28,7 +28,7 @@ from eventledger.credentials import (
     revoke_token,
     token_digest,
 )
-from eventledger.services.auth import PRINCIPAL
+from eventledger.services.auth import PRINCIPAL, AuthFileAuthenticator
 
 STREAM = "http://127.0.0.1:8002"  # the Host the stream service answers to on its default port
 
@@ -240,3 +240,23 @@ def test_the_idempotency_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     assert idempotency_secret(settings) == secret
     given = replace(settings, idempotency_secret="x" * 40)
     assert idempotency_secret(given) == b"x" * 40
+
+
+def test_a_created_or_revoked_token_counts_within_a_second_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    auth_file = tmp_path / "auth.json"
+    old = add_token(auth_file, "old", ["ledger:read"])
+    now = [0.0]
+    authenticator = AuthFileAuthenticator(auth_file, clock=lambda: now[0])
+    new = add_token(auth_file, "new", ["ledger:read"])
+    revoke_token(auth_file, "old")
+    assert authenticator.identify(new) is None  # not looked at again yet
+    now[0] += AuthFileAuthenticator.RECHECK_SECONDS
+    found = authenticator.identify(new)
+    assert found is not None and found.name == "new"
+    assert authenticator.identify(old) is None
+
+    auth_file.write_text("{not json")  # a broken edit: the last valid tokens stay in use
+    now[0] += AuthFileAuthenticator.RECHECK_SECONDS
+    assert authenticator.identify(new) is not None

@@ -2,7 +2,7 @@
 
 `create` prints the new token once, on stdout alone (so `TOKEN=$(eventledger token create …)`
 keeps it), or writes it to a 0600 file with `--token-file`; the auth file keeps only its
-SHA-256. Services read their auth file when they start: restart them after a change.
+SHA-256. Running services pick a change up within a second (they watch their auth file).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def create(
         where = "printed above, once: store it now, it cannot be shown again"
     err_console.print(
         f"token [bold]{name}[/] ({', '.join(sorted(set(scope)))}) added to {path}; {where}. "
-        "Restart the services that use this auth file.",
+        "Services using this auth file accept it within a second.",
         soft_wrap=True,
     )
 
@@ -114,7 +114,7 @@ def list_tokens(auth_file: AuthFileOpt = None, data_dir: DataDirOpt = None) -> N
 
 
 def revoke(name: NameOpt, auth_file: AuthFileOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Remove a token from an auth file (restart the services that use it)."""
+    """Remove a token from an auth file; services refuse it within a second."""
     path = _auth_file(auth_file, data_dir)
     try:
         revoke_token(path, name)
@@ -123,7 +123,8 @@ def revoke(name: NameOpt, auth_file: AuthFileOpt = None, data_dir: DataDirOpt = 
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     err_console.print(
-        f"token [bold]{name}[/] revoked in {path}. Restart the services that use this auth file."
+        f"token [bold]{name}[/] revoked in {path}: services using this auth file refuse it "
+        "within a second (a live subscription it opened ends at its next reconnection)."
     )
 
 

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from eventledger.credentials import SCOPES, TokenEntry
+from eventledger.credentials import SCOPES, AuthFileError, TokenEntry, load_auth_file
 from eventledger.services.http import Metrics, problem_response
+
+log = logging.getLogger(__name__)
 
 PRINCIPAL = "eventledger.principal"  # the ASGI scope key: the authenticated token's name
 
@@ -72,15 +77,60 @@ class Authenticator:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def refresh(self) -> None:
+        """Take changes of the auth file into account (nothing to do for fixed entries)."""
+
     def identify(self, token: str) -> TokenEntry | None:
         """The entry whose hash is the token's, or None. Every hash is compared, each in
         constant time, so the time taken tells nothing about which one matched or how far."""
+        self.refresh()
         digest = hashlib.sha256(token.encode("utf-8")).digest()
         found: TokenEntry | None = None
         for known, entry in self._entries:
             if hmac.compare_digest(known, digest):
                 found = entry
         return found
+
+
+class AuthFileAuthenticator(Authenticator):
+    """An `Authenticator` that follows its auth file: a token created or revoked (`eventledger
+    token`, which replaces the file atomically) counts within `RECHECK_SECONDS`, without a
+    restart. The file is loaded strictly at start (`AuthFileError` stops the service); a
+    later version that is not valid is logged and ignored, the last valid one staying in use.
+    """
+
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self._stamp = self._file_stamp()
+        super().__init__(load_auth_file(path))
+        self._checked = clock()
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < self.RECHECK_SECONDS:
+            return
+        self._checked = now
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            entries = load_auth_file(self.path)
+        except AuthFileError as exc:
+            log.error("%s; still using the tokens loaded before", exc)
+            return
+        self._entries = tuple((bytes.fromhex(e.sha256), e) for e in entries)
+        log.info("auth file %s reloaded: %d tokens", self.path, len(self._entries))
 
 
 # -- the middleware ------------------------------------------------------------------------
