@@ -402,11 +402,17 @@ def create_app(
         heartbeat: s.Heartbeat = None,
     ) -> Response:
         type_list, prefix = _check_filters(types, stream_prefix)
-        store = runtime.store
-        await store.head_position()  # answer 503 now, rather than open a dead stream
+        feed = runtime.subscriptions.feed
+        if feed is None:
+            raise store_unavailable("the stream service is not started")
         release = runtime.subscriptions.admit(principal_of(request.scope))
-        if release is None:
+        if release is None:  # refused before any work: a flood of subscriptions costs little
             raise too_many_subscribers(runtime.subscriptions)
+        try:
+            await feed.check()  # answer 503 now, rather than open a dead stream
+        except BaseException:
+            release()
+            raise
         body = event_stream(
             runtime.subscriptions,
             after=after if last_event_id is None else last_event_id,

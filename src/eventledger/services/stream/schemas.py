@@ -111,8 +111,7 @@ class EventIn(StrictModel):
         if size > MAX_EVENT_BYTES:
             raise PydanticCustomError(
                 "event_too_large",
-                "data and metadata encode to {size} bytes of JSON; an event holds at most "
-                "{limit}",
+                "data and metadata encode to {size} bytes of JSON; an event holds at most {limit}",
                 {"size": size, "limit": MAX_EVENT_BYTES},
             )
         return self

@@ -137,6 +137,16 @@ class LogFeed:
         self._estimate = SizeEstimate()
         self._waiters = 0
         self.turns = Turnstile(SENDS_PER_TICK)
+        self._head_read: asyncio.Task[int] | None = None
+
+    async def check(self) -> int:
+        """The store's head, read once for every caller asking at the same time: a burst of
+        new subscriptions costs the store one query, not one each. Raises the store's error."""
+        task = self._head_read
+        if task is None or task.done():
+            task = self._head_read = asyncio.create_task(self.store.head_position())
+            task.add_done_callback(_retrieved)
+        return await asyncio.shield(task)
 
     # -- waiting for news ----------------------------------------------------------------
 
@@ -245,6 +255,11 @@ class LogFeed:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.forget()
+
+
+def _retrieved(task: asyncio.Task[int]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved here: no "never retrieved" warning if all waiters left
 
 
 def _future() -> asyncio.Future[EventStoreError | None]:
