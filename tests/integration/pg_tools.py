@@ -111,3 +111,34 @@ class InsertHold:
         if self._holder is not None:
             holder, self._holder = self._holder, None
             await holder.close()  # ends the session: its advisory lock goes with it
+
+
+class CommitHold(InsertHold):
+    """A deferred constraint trigger on `schema.table`: the COMMIT of a transaction that
+    inserted a row whose stream starts with `held-` waits, inside the COMMIT, for an advisory
+    lock that the test holds, until `release()`."""
+
+    async def install(self) -> None:
+        names = {
+            "fn": sql.Identifier(self.schema, "hold_commit"),
+            "table": sql.Identifier(self.schema, self.table),
+            "k1": sql.Literal(self.key[0]),
+            "k2": sql.Literal(self.key[1]),
+        }
+        async with admin(self.url) as conn:
+            await conn.execute(
+                sql.SQL(
+                    "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$"
+                    " BEGIN"
+                    "   IF NEW.stream LIKE 'held-%' THEN PERFORM pg_advisory_xact_lock({k1}, {k2});"
+                    "   END IF;"
+                    "   RETURN NULL;"
+                    " END $$"
+                ).format(**names)
+            )
+            await conn.execute(
+                sql.SQL(
+                    "CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON {table}"
+                    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {fn}()"
+                ).format(**names)
+            )

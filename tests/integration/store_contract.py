@@ -6,6 +6,9 @@ A backend's test module subclasses `EventStoreContract` and implements `create_s
         async def create_store(self, tmp_path, *, upcasters=None):
             return SqliteEventStore(tmp_path / "events.db", upcasters=upcasters)
 
+Fault injection (a held writer, a refused row, a failing COMMIT) goes through hooks that a
+backend overrides where the fault means something for it; the default skips the test.
+
 The suite makes no assumption about the backend: every test uses its own stream names, event
 types and stream prefixes (uuids), and never assumes the store starts empty: it measures the
 head position first and reasons relative to it, so a shared database is fine. It does not
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -28,6 +31,7 @@ import pytest
 from eventledger.eventstore.errors import (
     DuplicateEventId,
     InvalidAppend,
+    StoreOutcomeUnknown,
     StreamNotFound,
     WrongExpectedVersion,
 )
@@ -104,6 +108,30 @@ class EventStoreContract(ABC):
             yield store
         finally:
             await store.close()
+
+    # -- fault injection hooks: a backend overrides those that mean something for it ------
+
+    @contextlib.asynccontextmanager
+    async def writes_held(self, store: EventStore) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """Hold the lock every append needs (as another writer would) for the block. Yields a
+        function that returns once the store has taken every append submitted so far and
+        waits for the lock with them."""
+        pytest.skip("this backend has no lock to hold")
+        yield  # pragma: no cover
+
+    async def refuse_marked_rows(self, store: EventStore, marker: str) -> None:
+        """Make the database itself refuse any event whose data has the key `marker` (a rule
+        only the database knows, as an operator might add)."""
+        pytest.skip("this backend has no database rules")
+
+    @contextlib.contextmanager
+    def failing_commit(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch, *, applied: bool
+    ) -> Iterator[None]:
+        """Make the COMMITs in the block fail with an I/O error, after the COMMIT took effect
+        (`applied`) or before."""
+        pytest.skip("this backend has no COMMIT that can fail")
+        yield  # pragma: no cover
 
     async def assert_nothing_written(
         self, store: EventStore, *, head: int, streams: Sequence[str], ids: Sequence[UUID]
@@ -405,6 +433,119 @@ class EventStoreContract(ABC):
                 ]
             )
         assert await store.stream_version(stream) == 0
+
+    @pytest.mark.parametrize(
+        ("data", "metadata"),
+        [({"text": "a\x00b"}, {}), ({"key\x00": 1}, {}), ({"deep": [{"x": ["\x00"]}]}, {}),
+         ({}, {"correlation_id": "c\x00"}), ({}, {"\x00": "v"})],
+        ids=["value", "key", "nested", "metadata-value", "metadata-key"],
+    )  # fmt: skip
+    async def test_nul_in_any_text_is_refused_by_every_backend(
+        self, store: EventStore, data: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
+        stream = new_stream()
+        event = new_event(data=data, metadata=metadata)
+        with pytest.raises(InvalidAppend, match="NUL"):
+            await store.append(stream, expected_version=ANY, events=[event])
+        assert await store.stream_version(stream) == 0
+        assert await store.get_event(event.id) is None
+
+    async def test_a_backslash_u0000_that_is_text_not_nul_is_stored(
+        self, store: EventStore
+    ) -> None:
+        event = new_event(data={"literal": "\\u0000 is text", "also": "\\\\u0000"})
+        await store.append(new_stream(), expected_version=NO_STREAM, events=[event])
+        stored = await store.get_event(event.id)
+        assert stored is not None
+        assert stored.data == {"literal": "\\u0000 is text", "also": "\\\\u0000"}
+
+    # -- faults --------------------------------------------------------------------------
+
+    async def test_an_append_whose_caller_gave_up_before_it_was_written_is_not_written(
+        self, store: EventStore
+    ) -> None:
+        stream = new_stream()
+        first, abandoned, later = new_event(), new_event(), new_event()
+        async with self.writes_held(store) as all_taken:
+            writing = asyncio.create_task(
+                store.append(stream, expected_version=NO_STREAM, events=[first])
+            )
+            await all_taken()
+            gave_up = asyncio.create_task(
+                store.append(stream, expected_version=ANY, events=[abandoned])
+            )
+            await asyncio.sleep(0)  # submitted: it waits for its answer
+            gave_up.cancel()
+            following = asyncio.create_task(
+                store.append(stream, expected_version=ANY, events=[later])
+            )
+            await asyncio.sleep(0)
+        assert (await asyncio.wait_for(writing, 10)).first_version == 1
+        assert (await asyncio.wait_for(following, 10)).first_version == 2
+        with pytest.raises(asyncio.CancelledError):
+            await gave_up
+        assert await store.get_event(abandoned.id) is None
+        assert [e.id for e in await store.read_stream(stream)] == [first.id, later.id]
+
+    async def test_an_append_the_database_refuses_fails_alone_in_its_group(
+        self, store: EventStore
+    ) -> None:
+        marker = f"poison{uuid4().hex[:8]}"
+        await self.refuse_marked_rows(store, marker)
+        shared, other = new_stream("shared"), new_stream("other")
+        bad = new_event(data={marker: True})
+        async with self.writes_held(store) as all_taken:
+            blocker = asyncio.create_task(
+                store.append(new_stream(), expected_version=ANY, events=[new_event()])
+            )
+            await all_taken()
+            # Queued behind the held lock: these share the next transaction.
+            tasks = [
+                asyncio.create_task(c)
+                for c in (
+                    store.append(other, expected_version=NO_STREAM, events=[new_event()]),
+                    store.append(shared, expected_version=NO_STREAM, events=[bad]),
+                    # Planned as if the refused one were written: decided again without it.
+                    store.append(shared, expected_version=1, events=[new_event()]),
+                    store.append(shared, expected_version=NO_STREAM, events=[new_event()]),
+                    store.append(other, expected_version=1, events=new_events(2)),
+                )
+            ]
+            await asyncio.sleep(0)
+        await asyncio.wait_for(blocker, 10)
+        first, refused, wrong, late, second = await asyncio.wait_for(
+            asyncio.gather(*tasks, return_exceptions=True), 10
+        )
+        assert isinstance(refused, InvalidAppend)
+        assert isinstance(wrong, WrongExpectedVersion) and wrong.actual == 0
+        assert isinstance(late, AppendResult) and late.first_version == 1
+        assert isinstance(first, AppendResult) and isinstance(second, AppendResult)
+        assert (first.first_version, second.first_version, second.last_version) == (1, 2, 3)
+        assert await store.get_event(bad.id) is None
+        assert [e.stream_version for e in await store.read_stream(other)] == [1, 2, 3]
+        assert [e.stream_version for e in await store.read_stream(shared)] == [1]
+        assert_strictly_increasing([*first.positions, *late.positions, *second.positions])
+        usable = await store.append(shared, expected_version=1, events=[new_event()])
+        assert usable.first_version == 2
+
+    @pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "applied"])
+    async def test_a_failed_commit_is_an_unknown_outcome_that_a_retry_with_the_same_ids_settles(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch, applied: bool
+    ) -> None:
+        await store.append(new_stream(), expected_version=ANY, events=[new_event()])  # warm up
+        stream = new_stream()
+        events = new_events(2)
+        with (
+            self.failing_commit(store, monkeypatch, applied=applied),
+            pytest.raises(StoreOutcomeUnknown),
+        ):
+            await store.append(stream, expected_version=NO_STREAM, events=events)
+        retried = await store.append(stream, expected_version=NO_STREAM, events=events)
+        assert retried.replayed is applied
+        assert [e.id for e in await store.read_stream(stream)] == [e.id for e in events]
+        more = await store.append(stream, expected_version=2, events=[new_event()])
+        assert more.first_version == 3
+        await store.ping()
 
     # -- reading a stream ----------------------------------------------------------------
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from eventledger.eventstore.memory import MemoryEventStore
@@ -15,3 +18,14 @@ class TestMemoryEventStore(EventStoreContract):
         self, tmp_path: Path, *, upcasters: UpcasterRegistry | None = None
     ) -> EventStore:
         return MemoryEventStore(upcasters=upcasters)
+
+    @contextlib.asynccontextmanager
+    async def writes_held(self, store: EventStore) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        assert isinstance(store, MemoryEventStore)
+
+        async def all_taken() -> None:
+            for _ in range(3):  # each append runs up to the lock within one turn of the loop
+                await asyncio.sleep(0)
+
+        async with store._changed:
+            yield all_taken

@@ -5,14 +5,16 @@ killed connections without losing an acknowledged append, group commit, least pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -21,6 +23,7 @@ from eventledger.eventstore import postgres
 from eventledger.eventstore.errors import (
     DuplicateEventId,
     InvalidAppend,
+    StoreOutcomeUnknown,
     StoreUnavailable,
     WrongExpectedVersion,
 )
@@ -30,10 +33,11 @@ from eventledger.eventstore.postgres import (
     UnsafeDurability,
     durability_problems,
 )
-from eventledger.eventstore.records import NewEvent, StreamAppend
+from eventledger.eventstore.records import StreamAppend
 from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 from tests.integration.pg_tools import (
+    CommitHold,
     InsertHold,
     admin,
     execute,
@@ -61,6 +65,48 @@ class TestPostgresEventStore(EventStoreContract):
         self, tmp_path: Path, *, upcasters: UpcasterRegistry | None = None
     ) -> EventStore:
         return await PostgresEventStore.open(self.url, schema=self.schema, upcasters=upcasters)
+
+    @contextlib.asynccontextmanager
+    async def writes_held(self, store: EventStore) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        assert isinstance(store, PostgresEventStore)
+
+        async def all_taken() -> None:
+            async def busy() -> bool:
+                return store._engine.in_flight > 0
+
+            await wait_until(busy, what="the writer to wait for the counter row")
+
+        async with admin(self.url) as holder:
+            await holder.execute("BEGIN")
+            await holder.execute(
+                sql.SQL("SELECT * FROM {}.event_position FOR UPDATE").format(
+                    sql.Identifier(self.schema)
+                )
+            )
+            try:
+                yield all_taken
+            finally:
+                await holder.execute("ROLLBACK")
+
+    async def refuse_marked_rows(self, store: EventStore, marker: str) -> None:
+        await execute(
+            self.url,
+            sql.SQL("ALTER TABLE {}.events ADD CONSTRAINT {} CHECK (NOT data ? {})").format(
+                sql.Identifier(self.schema), sql.Identifier(marker), sql.Literal(marker)
+            ),
+        )
+
+    @contextlib.contextmanager
+    def failing_commit(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch, *, applied: bool
+    ) -> Iterator[None]:
+        async def fail(*_: object) -> None:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        with monkeypatch.context() as patch:
+            # After COMMIT was sent, the NOTIFY fails; or the COMMIT itself is never sent.
+            patch.setattr(postgres, "send_notify" if applied else "_run_commit", fail)
+            yield
 
 
 @pytest.fixture
@@ -359,40 +405,6 @@ async def test_concurrent_appends_are_committed_in_groups(store: PostgresEventSt
     assert store.appends_written == 50
 
 
-async def test_an_append_postgres_refuses_fails_alone_in_its_group(
-    store: PostgresEventStore, postgres_url: str, pg_schema: str
-) -> None:
-    # A rule only the database knows (as an operator might add): the group's INSERT fails.
-    await execute(
-        postgres_url,
-        sql.SQL(
-            "ALTER TABLE {}.events ADD CONSTRAINT no_poison CHECK (NOT data ? 'poison')"
-        ).format(sql.Identifier(pg_schema)),
-    )
-    shared, other = new_stream("shared"), new_stream("other")
-    bad = NewEvent(uuid4(), "Bad", {"poison": True})
-    commits = store.commits
-    outcomes = await asyncio.gather(
-        store.append(other, expected_version=NO_STREAM, events=[new_event()]),
-        store.append(shared, expected_version=NO_STREAM, events=[bad]),
-        # Planned as if the bad one were written: must be decided again without it.
-        store.append(shared, expected_version=1, events=[new_event()]),
-        store.append(shared, expected_version=NO_STREAM, events=[new_event()]),
-        store.append(other, expected_version=1, events=[new_event()]),
-        return_exceptions=True,
-    )
-    assert store.commits - commits <= 2
-    first, refused, wrong, late, second = outcomes
-    assert isinstance(refused, InvalidAppend)
-    assert isinstance(wrong, WrongExpectedVersion) and wrong.actual == 0
-    assert not isinstance(late, BaseException) and late.first_version == 1
-    assert not isinstance(first, BaseException) and not isinstance(second, BaseException)
-    assert (first.first_version, second.first_version) == (1, 2)
-    assert await store.get_event(bad.id) is None
-    rows = await assert_positions_gapless(postgres_url, pg_schema)
-    assert len(rows) == 3
-
-
 async def test_an_id_committed_by_another_instance_meanwhile_is_a_duplicate_not_a_gap(
     postgres_url: str, pg_schema: str
 ) -> None:
@@ -434,6 +446,39 @@ async def test_an_id_committed_by_another_instance_meanwhile_is_a_duplicate_not_
         await hold.release()
         await asyncio.gather(first.close(), second.close())
     assert len(await assert_positions_gapless(postgres_url, pg_schema)) == 2
+
+
+async def test_a_backend_terminated_inside_commit_is_an_unknown_outcome_and_loses_nothing(
+    postgres_url: str, pg_schema: str
+) -> None:
+    name = f"el-{uuid4().hex[:12]}"
+    store = await PostgresEventStore.open(postgres_url, schema=pg_schema, application_name=name)
+    hold = CommitHold(postgres_url, pg_schema)
+    await hold.install()
+    held, bystander = new_stream("held"), new_stream("free")
+    events = new_events(2)
+    try:
+        before = await store.append(bystander, expected_version=NO_STREAM, events=[new_event()])
+        await hold.hold()
+        committing = asyncio.create_task(
+            store.append(held, expected_version=NO_STREAM, events=events)
+        )
+        await wait_until(lambda: waiting_on(postgres_url, name, "advisory"), what="the COMMIT")
+        assert await terminate(postgres_url, name) >= 1
+        with pytest.raises(StoreOutcomeUnknown):
+            await asyncio.wait_for(committing, 10)
+        await hold.release()
+        # The retry with the same ids settles it: the COMMIT never finished, so it writes.
+        retried = await store.append(held, expected_version=NO_STREAM, events=events)
+        assert not retried.replayed
+        assert retried.positions == (before.positions[0] + 1, before.positions[0] + 2)
+        await store.ping()
+        after = await store.append(bystander, expected_version=1, events=[new_event()])
+        assert after.first_version == 2
+    finally:
+        await hold.release()
+        await store.close()
+    assert len(await assert_positions_gapless(postgres_url, pg_schema)) == 4
 
 
 # -- least privileges ----------------------------------------------------------------------

@@ -5,9 +5,10 @@ processes on one file)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -15,11 +16,18 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from eventledger.eventstore.errors import InvalidAppend, StoreUnavailable, WrongExpectedVersion
+from eventledger.eventstore import sqlite_write
+from eventledger.eventstore.errors import (
+    InvalidAppend,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
 from eventledger.eventstore.records import AppendResult, NewEvent, StreamState
 from eventledger.eventstore.sqlite import SCHEMA_VERSION, SqliteEventStore
 from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
+from tests.integration.pg_tools import wait_until
 from tests.integration.sqlite_writer import read_line, start_writer
 from tests.integration.store_contract import (
     ANY,
@@ -38,6 +46,60 @@ class TestSqliteEventStore(EventStoreContract):
         self, tmp_path: Path, *, upcasters: UpcasterRegistry | None = None
     ) -> EventStore:
         return SqliteEventStore(tmp_path / "events.db", upcasters=upcasters)
+
+    @contextlib.asynccontextmanager
+    async def writes_held(self, store: EventStore) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        assert isinstance(store, SqliteEventStore)
+        await store.ping()  # the file exists and its writer runs
+
+        async def all_taken() -> None:
+            await wait_until(engine_busy(store), what="the writer to wait for the lock")
+
+        lock = _WriteLock(store.path)
+        try:
+            yield all_taken
+        finally:
+            lock.release()
+
+    async def refuse_marked_rows(self, store: EventStore, marker: str) -> None:
+        assert isinstance(store, SqliteEventStore)
+        await store.ping()
+        conn = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            conn.execute(
+                f"CREATE TRIGGER refuse_{marker} BEFORE INSERT ON events"
+                f" WHEN json_extract(NEW.data, '$.{marker}') IS NOT NULL"
+                " BEGIN SELECT RAISE(ABORT, 'refused by a rule of the database'); END"
+            )
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def failing_commit(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch, *, applied: bool
+    ) -> Iterator[None]:
+        def commit(conn: sqlite3.Connection) -> None:
+            if applied:
+                conn.execute("COMMIT")
+            raise io_error("SQLITE_IOERR_FSYNC")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(sqlite_write, "_run_commit", commit)
+            yield
+
+
+def io_error(name: str) -> sqlite3.OperationalError:
+    """An error as SQLite raises it when the disk fails."""
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorname = name  # type: ignore[attr-defined]
+    return error
+
+
+def engine_busy(store: SqliteEventStore) -> Callable[[], Awaitable[bool]]:
+    async def busy() -> bool:
+        return store._engine is not None and store._engine.in_flight > 0
+
+    return busy
 
 
 @pytest.fixture
@@ -234,7 +296,7 @@ async def test_appends_queued_behind_the_write_lock_share_a_commit_and_a_failure
     assert [e.stream_version for e in await store.read_stream(shared)] == [1, 2]
 
 
-async def test_appends_still_queued_at_close_get_store_unavailable(path: Path) -> None:
+async def test_appends_queued_at_close_are_written_and_later_ones_refused(path: Path) -> None:
     store = SqliteEventStore(path)
     await store.ping()
     lock = _WriteLock(path)
@@ -257,7 +319,7 @@ async def test_appends_still_queued_at_close_get_store_unavailable(path: Path) -
     await asyncio.wait_for(closing, 10)
     assert isinstance(await first, AppendResult)
     outcomes = await asyncio.gather(*queued, return_exceptions=True)
-    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    assert all(isinstance(o, AppendResult) for o in outcomes), outcomes
     await store.close()  # closing twice is fine
     with pytest.raises(StoreUnavailable):
         await store.append(new_stream(), expected_version=ANY, events=new_events(1))
@@ -267,9 +329,9 @@ async def test_appends_still_queued_at_close_get_store_unavailable(path: Path) -
         await store.wait_for_events(0, 1)
     reopened = SqliteEventStore(path)
     try:
-        assert len(await reopened.read_all()) == 1
+        assert len(await reopened.read_all()) == 6
         for event in queued_events:
-            assert await reopened.get_event(event.id) is None
+            assert await reopened.get_event(event.id) is not None
     finally:
         await reopened.close()
 
@@ -406,3 +468,79 @@ async def test_a_store_can_be_created_lazily_by_many_tasks_at_once(path: Path) -
         assert len(results) == 12
     finally:
         await store.close()
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def writer_connection(store: SqliteEventStore) -> sqlite3.Connection:
+    """The store's write connection (used here only while the writer is idle)."""
+    assert store._write_side is not None and store._write_side._conn is not None
+    return store._write_side._conn
+
+
+async def test_a_full_disk_refuses_whole_appends_says_so_in_ping_and_recovers(
+    store: SqliteEventStore,
+) -> None:
+    writer = writer_connection(store)
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count = {pages + 8}")  # the disk is nearly full
+    acknowledged: dict[str, list[UUID]] = {}
+    refused: list[UUID] = []
+    errors: list[StoreUnavailable] = []
+    for n in range(200):
+        stream = new_stream(f"s{n % 3}")
+        events = [new_event(data={"filler": "x" * 2000, "n": i}) for i in range(3)]
+        try:
+            await store.append(stream, expected_version=NO_STREAM, events=events)
+        except StoreUnavailable as exc:
+            errors.append(exc)
+            refused += [e.id for e in events]
+            if len(errors) == 3:
+                break
+        else:
+            acknowledged[stream] = [e.id for e in events]
+    assert errors and acknowledged, "the disk never filled up"
+    assert all("SQLITE_FULL" in str(e) and not isinstance(e, StoreOutcomeUnknown) for e in errors)
+    with pytest.raises(StoreUnavailable, match="full"):
+        await store.ping()
+    # Nothing half written: every acknowledged append whole, nothing of a refused one.
+    for stream, ids in acknowledged.items():
+        assert [e.id for e in await store.read_stream(stream)] == ids
+    for event_id in refused:
+        assert await store.get_event(event_id) is None
+    writer.execute("PRAGMA max_page_count = 1073741823")  # space is freed
+    await store.ping()
+    result = await store.append(new_stream(), expected_version=NO_STREAM, events=new_events(3))
+    assert result.first_version == 1
+
+
+async def test_a_write_connection_broken_by_a_failed_rollback_fails_ping_until_replaced(
+    store: SqliteEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = writer_connection(store)
+
+    def commit(conn: sqlite3.Connection) -> None:
+        conn.close()  # the ROLLBACK that follows fails: the connection is useless
+        raise io_error("SQLITE_IOERR_WRITE")
+
+    def cannot_open() -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_write, "_run_commit", commit)
+        with pytest.raises(StoreOutcomeUnknown):
+            await store.append(new_stream(), expected_version=ANY, events=new_events(1))
+    assert store.write_fault is not None and "broke" in store.write_fault
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "connect", cannot_open)
+        with pytest.raises(StoreUnavailable, match="unable to open"):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.append(new_stream(), expected_version=ANY, events=new_events(1))
+    await store.ping()  # the probe opened a new write connection
+    assert store.write_fault is None
+    stream = new_stream()
+    result = await store.append(stream, expected_version=NO_STREAM, events=new_events(2))
+    assert result.first_version == 1
+    assert writer_connection(store) is not broken

@@ -8,6 +8,7 @@ it; one encoder of event data, used by every store that keeps JSON text.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -67,7 +68,8 @@ def from_envelope(envelope: Mapping[str, Any]) -> RecordedEvent:
 def json_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
     """The `data` or `metadata` (`what`) of an event as compact JSON text. Raises InvalidAppend
     for what JSON cannot hold (NaN, infinities, objects that are not mappings), for lone
-    surrogates, which UTF-8 cannot encode, and for nesting too deep to encode."""
+    surrogates, which UTF-8 cannot encode, for nesting too deep to encode, and for NUL
+    (U+0000) in any key or string: PostgreSQL cannot store it, so no backend accepts it."""
     try:
         text = json.dumps(
             value,
@@ -79,7 +81,14 @@ def json_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
         text.encode("utf-8")  # lone surrogates cannot be stored
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
+    # json.dumps writes NUL as the escape \u0000; a literal backslash before "u0000" is "\\".
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise InvalidAppend(f"the {what} of event {event_id} contains NUL (U+0000)")
     return text
+
+
+# A \u0000 escape that is not itself an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _json_default(value: object) -> object:

@@ -6,6 +6,7 @@ EventStoreError
 ├── StreamNotFound           reading a stream that has no events
 ├── InvalidAppend            an append that can never succeed (no events, bad names)
 ├── StoreUnavailable         the backing database cannot be reached right now
+│   └── StoreOutcomeUnknown  COMMIT failed: the append may or may not be stored
 ├── UnsafeDurability         PostgreSQL may lose acknowledged appends (refused at open)
 └── IncompatibleSchema       PostgreSQL's schema was migrated by a newer eventledger
 """
@@ -56,6 +57,12 @@ class InvalidAppend(EventStoreError):
 class StoreUnavailable(EventStoreError):
     """Raised when the backing database cannot be reached or timed out. Safe to retry: an append
     that raised this may or may not have been written, so retry it with the same event ids."""
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """Raised when the COMMIT of an append failed (an I/O error, a failed fsync, the connection
+    lost while committing): the events may or may not be stored. Retrying the append with the
+    same event ids settles it: it is either written then, or answered as a replay."""
 
 
 class UnsafeDurability(EventStoreError):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
 from eventledger.eventstore.errors import StreamNotFound
+from eventledger.eventstore.group_commit import encode
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import (
     EventStore,
@@ -39,6 +41,8 @@ class MemoryEventStore(EventStore):
         self._changed = asyncio.Condition()
 
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        # Stored as the SQL backends store it: through the same JSON encoding and text rules.
+        stored = [[encode(e) for e in a.events] for a in appends]
         async with self._changed:
             # Decide everything before writing anything: the batch is all or nothing.
             replayed = classify_batch_replay(appends, self._by_id)
@@ -49,18 +53,18 @@ class MemoryEventStore(EventStore):
                 check_expected_version(append.stream, append.expected_version, actual)
             now = self._clock()
             results = []
-            for append in appends:
+            for append, encoded in zip(appends, stored, strict=True):
                 stream_events = self._streams.setdefault(append.stream, [])
                 first = len(stream_events) + 1
                 positions = []
-                for event in append.events:
+                for event in encoded:
                     recorded = RecordedEvent(
                         id=event.id,
                         stream=append.stream,
                         type=event.type,
                         schema_version=event.schema_version,
-                        data=dict(event.data),
-                        metadata=dict(event.metadata),
+                        data=json.loads(event.data),
+                        metadata=json.loads(event.metadata),
                         stream_version=len(stream_events) + 1,
                         position=len(self._log) + 1,
                         recorded_at=now,

@@ -2,16 +2,13 @@
 
     store = await PostgresEventStore.open("postgresql://eventledger@db:5432/ledger")
 
-How an append travels (group commit, as in sqlite.py):
+How an append travels (group commit, group_commit.py):
 
-    caller ──▶ queue ──▶ writer task (one per store; keeps a pooled connection while busy)
-                          BEGIN; lock the group's streams; read the stored ids and  } one
-                            the stream versions                                      } round trip
-                          decide each request in order: replay, expected version (Python)
-                          INSERT every row (positions from the counter row); COMMIT; } one
-                            NOTIFY                                                   } round trip
-                          (the INSERT failed? ROLLBACK TO SAVEPOINT, then one SAVEPOINT
-                           per request, so that the request at fault fails alone)
+    caller ──▶ engine task (one per store; keeps a pooled connection while busy)
+                BEGIN; lock the counter row, read the head, the stored ids }  one
+                  and the stream versions                                   }  round trip
+                plan each request in order (group_commit.Planner)
+                INSERT every row; advance the counter; COMMIT; NOTIFY      }  one round trip
     caller ◀──future── answered only after COMMIT returned
 
 Reads take a connection from the pool. `wait_for_events` is woken by a dedicated LISTEN
@@ -20,7 +17,7 @@ connection and reads the head from the table, the truth (postgres_listener.py).
 Ordering
     Positions come from the one-row table `event_position`, not from a sequence: the row lock
     makes appends commit in position order, so a reader following `position > last` never
-    skips an event. The reason is spelled out at `_INSERT`.
+    skips an event. The reason is spelled out at `_LOCK_HEAD`.
 
 Durability
     `open` refuses a server with `fsync` or `synchronous_commit` off (an acknowledged append
@@ -51,10 +48,8 @@ import logging
 import re
 import time
 import weakref
-from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, LiteralString
 from uuid import UUID
@@ -65,32 +60,35 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from eventledger.eventstore.codec import json_text
 from eventledger.eventstore.errors import (
     DuplicateEventId,
     EventStoreError,
     IncompatibleSchema,
     InvalidAppend,
+    StoreOutcomeUnknown,
     StoreUnavailable,
     StreamNotFound,
     UnsafeDurability,
+)
+from eventledger.eventstore.group_commit import (
+    GroupCommit,
+    InsertRefused,
+    Request,
+    Row,
+    Snapshot,
+    StoredPlace,
 )
 from eventledger.eventstore.postgres_listener import HeadWatch, listen, send_notify
 from eventledger.eventstore.postgres_schema import (
     MIGRATIONS,
     Connection,
-    advisory_lock_key,
     check_durability,
     check_schema_name,
     durability_problems,
     migrate,
 )
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
-from eventledger.eventstore.store import (
-    EventStore,
-    check_expected_version,
-    classify_batch_replay,
-)
+from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; the schema's names are re-exported for them.
@@ -116,38 +114,37 @@ Pool = AsyncConnectionPool[Connection]
 
 _COLUMNS = "id, stream, type, schema_version, data, metadata, stream_version, position, recorded_at"
 
-# Takes every stream lock of a group in one sorted order, so two writers never deadlock.
-_LOCK_STREAMS = "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k"
+# Why a counter row and not a sequence: a sequence hands out numbers when a row is inserted,
+# but the row becomes visible when its transaction commits. Transaction A can take position 10,
+# transaction B position 11, and B commit first: a reader following `position > last` sees 11,
+# moves on, and never sees 10. Here every append transaction locks the single row of
+# `event_position` first, and holds the lock until COMMIT. A second writer waits at this
+# SELECT until the first has committed, then reads the committed head: transactions that take
+# positions commit in position order, and positions have no gaps. Because the lock comes
+# before every other read, what the group reads next (stored ids, stream versions) cannot
+# change before it commits: the planning in Python is exact, with no race to retry. The time
+# is read under the lock too, so `recorded_at` never goes backwards along the log.
+_LOCK_HEAD = "SELECT last, clock_timestamp() FROM event_position WHERE id = 1 FOR UPDATE"
 
-_STORED_BY_ID = "SELECT " + _COLUMNS + " FROM events WHERE id = ANY(%s::uuid[])"
+_ADVANCE_HEAD = "UPDATE event_position SET last = %s WHERE id = 1"
+
+_STORED_BY_ID = "SELECT id, stream, stream_version, position FROM events WHERE id = ANY(%s::uuid[])"
 
 _STREAM_VERSIONS = (
     "SELECT s, (SELECT max(stream_version) FROM events WHERE stream = s)"
     " FROM unnest(%s::text[]) AS s"
 )
 
-# Why a counter row and not a sequence: a sequence hands out numbers when a row is inserted,
-# but the row becomes visible when its transaction commits. Transaction A can take position 10,
-# transaction B position 11, and B commit first: a reader following `position > last` sees 11,
-# moves on, and never sees 10. Here every append transaction updates the single row of
-# `event_position`, whose row lock is held until COMMIT. A second transaction waits at this
-# UPDATE until the first has committed, then continues from the committed value: transactions
-# that take positions commit in position order, and positions have no gaps (a rolled-back
-# transaction rolls its increment back too). The lock is taken in the same statement as the
-# INSERT, the last statement before COMMIT, so the serialised section is as short as possible.
 _INSERT = """
-    WITH counter AS (
-        UPDATE event_position SET last = last + %(n)s WHERE id = 1 RETURNING last
-    )
-    INSERT INTO events (position, id, stream, stream_version, type, schema_version, data, metadata)
-    SELECT counter.last - %(n)s + e.ord, e.id, e.stream, e.stream_version, e.type,
-           e.schema_version, e.data::jsonb, e.metadata::jsonb
-    FROM counter,
-         unnest(%(ids)s::uuid[], %(streams)s::text[], %(versions)s::integer[], %(types)s::text[],
-                %(schema_versions)s::integer[], %(data)s::text[], %(metadata)s::text[])
-         WITH ORDINALITY AS e(id, stream, stream_version, type, schema_version, data, metadata,
-                              ord)
-    RETURNING position
+    INSERT INTO events (position, id, stream, stream_version, type, schema_version, data,
+                        metadata, recorded_at)
+    SELECT e.position, e.id, e.stream, e.stream_version, e.type, e.schema_version,
+           e.data::jsonb, e.metadata::jsonb, e.recorded_at::timestamptz
+    FROM unnest(%(positions)s::bigint[], %(ids)s::uuid[], %(streams)s::text[],
+                %(versions)s::integer[], %(types)s::text[], %(schema_versions)s::integer[],
+                %(data)s::text[], %(metadata)s::text[], %(recorded_at)s::text[])
+         AS e(position, id, stream, stream_version, type, schema_version, data, metadata,
+              recorded_at)
 """
 
 
@@ -188,34 +185,6 @@ async def _translating() -> AsyncIterator[None]:
 # -- the store -------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Request:
-    """One caller's `append_batch`, waiting for the writer."""
-
-    appends: Sequence[StreamAppend]
-    payloads: list[list[tuple[str, str]]]  # (data, metadata) as JSON, per event, per append
-    future: asyncio.Future[list[AppendResult]]
-    attempts: int = 0
-
-    @property
-    def streams(self) -> set[str]:
-        return {a.stream for a in self.appends}
-
-    @property
-    def size(self) -> int:
-        return sum(len(a.events) for a in self.appends)
-
-
-@dataclass(eq=False)
-class _Write:
-    """A request that passed its checks: its appends and the first stream version of each."""
-
-    request: _Request
-    firsts: list[int]
-    positions: list[tuple[int, ...]] = field(default_factory=list)
-    written: bool = False  # inserted (and committed, once the group's COMMIT returned)
-
-
 class PostgresEventStore(EventStore):
     """The event store on PostgreSQL. Create it with `await PostgresEventStore.open(url)`."""
 
@@ -232,13 +201,10 @@ class PostgresEventStore(EventStore):
         self._pool = pool
         self._schema = schema
         self._idle_check = idle_check or _IdleCheck()
-        self._queue: deque[_Request] = deque()
-        self._queue_ready = asyncio.Event()
         self._watch = HeadWatch()
         self._closed = False
-        self.commits = 0  # group transactions that wrote events (observable group commit)
-        self.appends_written = 0  # requests those transactions wrote
-        self._writer = asyncio.create_task(self._write_loop(), name=f"eventledger-writer-{schema}")
+        self._engine = GroupCommit(self)
+        self._writer = asyncio.create_task(self._engine.run(), name=f"eventledger-writer-{schema}")
         self._listener = asyncio.create_task(
             listen(conninfo, schema, self._watch), name=f"eventledger-listener-{schema}"
         )
@@ -312,212 +278,34 @@ class PostgresEventStore(EventStore):
 
     # -- writing ---------------------------------------------------------------------------
 
+    @property
+    def commits(self) -> int:
+        """Group transactions that wrote events (observable group commit)."""
+        return self._engine.commits
+
+    @property
+    def appends_written(self) -> int:
+        """Requests those transactions wrote."""
+        return self._engine.appends_written
+
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        payloads = [
-            [
-                (_jsonb_text(e.data, "data", e.id), _jsonb_text(e.metadata, "metadata", e.id))
-                for e in a.events
-            ]
-            for a in appends
-        ]
-        request = _Request(appends, payloads, asyncio.get_running_loop().create_future())
-        self._queue.append(request)
-        self._queue_ready.set()
+        request = Request.create(appends)
+        self._engine.submit(request)
         return await request.future
 
-    async def _write_loop(self) -> None:
-        """The single writer: commits everything that is waiting as one group, again and again."""
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._queue_ready.clear()
-                await self._queue_ready.wait()
-                continue
-            try:
-                async with self._connection() as conn:
-                    # Keep the connection while appends keep coming (and it is in a clean state).
-                    while self._queue and _idle(conn):
-                        if group := self._take_group():
-                            await self._commit_group(conn, group)
-            except psycopg.Error as exc:  # no connection within the pool timeout
-                _fail(self._queue, _translate(exc))
-                self._queue.clear()
-
-    def _take_group(self) -> list[_Request]:
-        group: list[_Request] = []
-        ids: set[UUID] = set()
-        streams: set[str] = set()
-        events = 0
-        while self._queue and len(group) < MAX_GROUP_REQUESTS:
-            request = self._queue[0]
-            if request.future.done():  # the caller gave up before we started
-                self._queue.popleft()
-                continue
-            request_ids = {e.id for a in request.appends for e in a.events}
-            if group and (
-                events + request.size > MAX_GROUP_EVENTS
-                or len(streams | request.streams) > MAX_GROUP_STREAMS
-                # An id already in this group: plan it once the earlier one is committed.
-                or ids & request_ids
-            ):
-                break
-            self._queue.popleft()
-            group.append(request)
-            ids |= request_ids
-            streams |= request.streams
-            events += request.size
-        return group
-
-    async def _commit_group(self, conn: Connection, group: list[_Request]) -> None:
-        """One transaction for the whole group; every caller is answered after the COMMIT."""
-        outcomes: dict[_Request, list[AppendResult] | BaseException] = {}
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[_Session]:
+        """The engine's connection (group_commit.Backend), kept while appends keep coming."""
         try:
-            writes, retry = await self._transact(conn, group, outcomes)
-        except psycopg.Error as exc:
-            # Also a failed COMMIT: its outcome is unknown, so every request of the group fails
-            # with StoreUnavailable, whose callers retry with the same ids (idempotent).
-            _fail(group, _translate(exc))
-            await _abandon(conn)
-            return
-        except asyncio.CancelledError:
-            _fail(group, StoreUnavailable("the store closed during the append; retry it"))
-            raise
-        except Exception as exc:  # a bug: answer the callers, keep the writer alive
-            logger.exception("event store writer failed")
-            _fail(group, exc)
-            await _abandon(conn)
-            return
-        written = [w for w in writes if w.written]
-        if written:
-            self.commits += 1
-            self.appends_written += len(written)
-            self._watch.advance(max(w.positions[-1][-1] for w in written))
-        for write in written:
-            outcomes[write.request] = _results(write)
-        for request, outcome in outcomes.items():
-            _answer(request, outcome)
-        if retry:
-            self._queue.extendleft(reversed(retry))
-            self._queue_ready.set()
+            async with self._connection() as conn:
+                yield _Session(conn, self._schema)
+        except psycopg.Error as exc:  # no connection within the pool timeout
+            raise _translate(exc) from exc
 
-    async def _transact(
-        self,
-        conn: Connection,
-        group: list[_Request],
-        outcomes: dict[_Request, list[AppendResult] | BaseException],
-    ) -> tuple[list[_Write], list[_Request]]:
-        """Run the group's transaction up to its COMMIT. Failures and replays go to `outcomes`;
-        returns the planned writes (`written` once inserted) and the requests to plan again."""
-        streams = sorted({s for r in group for s in r.streams})
-        ids = [e.id for r in group for a in r.appends for e in a.events]
-        # One round trip: leaving the pipeline sends its only Sync and waits for every result
-        # (an explicit `sync()` inside the block would cost a second, empty round trip).
-        async with conn.pipeline():
-            await conn.execute("BEGIN")
-            await conn.execute(_LOCK_STREAMS, [self._stream_lock_keys(streams)])
-            # Read after the locks (READ COMMITTED: each statement sees what was committed
-            # when it started): no other writer can move these streams until we commit.
-            stored_cur = await conn.execute(_STORED_BY_ID, [ids])
-            versions_cur = await conn.execute(_STREAM_VERSIONS, [streams])
-            await conn.execute("SAVEPOINT group_insert")
-        stored = {row[0]: _record(row) for row in await stored_cur.fetchall()}
-        versions = {s: v or 0 for s, v in await versions_cur.fetchall()}
-        writes = _plan(group, stored, versions, outcomes)
-        if not writes:
-            await conn.execute("ROLLBACK")  # nothing to write: release the stream locks
-            return writes, []
-        try:
-            # One round trip: INSERT, COMMIT, NOTIFY, then the pipeline's Sync. The positions
-            # are read once it has returned, so no flush waits for the INSERT on its own.
-            async with conn.pipeline():
-                inserted = await self._insert(conn, writes, commit=True)
-            await _set_positions(writes, inserted)
-            return writes, []
-        except (psycopg.DataError, pg_errors.IntegrityError):
-            # The INSERT failed, so the pipeline skipped the COMMIT: find the request at fault.
-            for write in writes:
-                write.written = False
-            await conn.execute("ROLLBACK TO SAVEPOINT group_insert")
-        retry = await self._insert_one_by_one(conn, group, writes, outcomes)
-        async with conn.pipeline():
-            await conn.execute("COMMIT")
-            await send_notify(conn, self._schema)
-        return writes, retry
-
-    async def _insert(
-        self, conn: Connection, writes: Sequence[_Write], *, commit: bool = False
-    ) -> psycopg.AsyncCursor[tuple[Any, ...]]:
-        """Send the INSERT of the events of `writes` (positions taken from the counter, see
-        `_INSERT`); with `commit`, also COMMIT and NOTIFY in the same pipeline. Returns the
-        INSERT's cursor, for `_set_positions`."""
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("ids", "streams", "versions", "types", "schema_versions")
-        }
-        data: list[str] = []
-        metadata: list[str] = []
-        for write in writes:
-            for append, first, payloads in zip(
-                write.request.appends, write.firsts, write.request.payloads, strict=True
-            ):
-                for i, (event, (event_data, event_metadata)) in enumerate(
-                    zip(append.events, payloads, strict=True)
-                ):
-                    columns["ids"].append(event.id)
-                    columns["streams"].append(append.stream)
-                    columns["versions"].append(first + i)
-                    columns["types"].append(event.type)
-                    columns["schema_versions"].append(event.schema_version)
-                    data.append(event_data)
-                    metadata.append(event_metadata)
-        n = len(data)
-        cur = await conn.execute(_INSERT, {"n": n, **columns, "data": data, "metadata": metadata})
-        if commit:
-            await conn.execute("COMMIT")
-            await send_notify(conn, self._schema)
-        return cur
-
-    async def _insert_one_by_one(
-        self,
-        conn: Connection,
-        group: list[_Request],
-        writes: list[_Write],
-        outcomes: dict[_Request, list[AppendResult] | BaseException],
-    ) -> list[_Request]:
-        """The group insert failed: insert each request in its own SAVEPOINT, so that the one at
-        fault fails alone. Returns the requests to plan again in the next group: those that lost
-        a race with another process, and those whose checks assumed a request that failed."""
-        by_request = {w.request: w for w in writes}
-        tainted: set[str] = set()  # streams whose planned versions no longer hold
-        retry: list[_Request] = []
-        for request in group:
-            write = by_request.get(request)
-            depends = write is not None or not isinstance(outcomes.get(request), DuplicateEventId)
-            if depends and request.streams & tainted:
-                outcomes.pop(request, None)
-                tainted |= request.streams
-                retry.append(request)
-                continue
-            if write is None:
-                continue
-            await conn.execute("SAVEPOINT one_insert")
-            try:
-                await _set_positions([write], await self._insert(conn, [write]))
-            except (psycopg.DataError, pg_errors.IntegrityError) as exc:
-                await conn.execute("ROLLBACK TO SAVEPOINT one_insert")
-                write.written = False
-                tainted |= request.streams
-                request.attempts += 1
-                if isinstance(exc, pg_errors.UniqueViolation) and request.attempts < MAX_ATTEMPTS:
-                    retry.append(request)  # another process won a race: re-check next group
-                else:
-                    outcomes[request] = _translate(exc, event_data=True)
-        return retry
-
-    def _stream_lock_keys(self, streams: Iterable[str]) -> list[int]:
-        return sorted(advisory_lock_key(self._schema, s) for s in streams)
+    def committed(self, head: int) -> None:
+        self._watch.advance(head)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -602,97 +390,142 @@ class PostgresEventStore(EventStore):
         if self._closed:
             return
         self._closed = True
-        self._queue_ready.set()
+        self._engine.close()
         _, pending = await asyncio.wait({self._writer}, timeout=10.0)
         for task in (*pending, self._listener):
             task.cancel()
         await asyncio.gather(self._writer, self._listener, return_exceptions=True)
-        _fail(list(self._queue), StoreUnavailable("the store is closed"))
-        self._queue.clear()
+        self._engine.fail_queued(StoreUnavailable("the store is closed"))
         await self._pool.close()
+
+
+# -- the writer's side of the group commit ---------------------------------------------------
+
+
+class _Session:
+    """The primitives the group-commit engine writes with (group_commit.Database), on one
+    pooled connection."""
+
+    def __init__(self, conn: Connection, schema: str) -> None:
+        self._conn = conn
+        self._schema = schema
+
+    def usable(self) -> bool:
+        return _idle(self._conn)
+
+    async def begin(self, ids: Sequence[UUID], streams: Sequence[str]) -> Snapshot:
+        conn = self._conn
+        async with _translating():
+            # One round trip: leaving the pipeline sends its only Sync and waits for every
+            # result (an explicit `sync()` inside the block would cost a second round trip).
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                head_cur = await conn.execute(_LOCK_HEAD)  # first: see _LOCK_HEAD
+                stored_cur = await conn.execute(_STORED_BY_ID, [list(ids)])
+                versions_cur = await conn.execute(_STREAM_VERSIONS, [list(streams)])
+                await conn.execute('SAVEPOINT "group"')
+            head_row = await head_cur.fetchone()
+            assert head_row is not None
+            stored = {
+                row[0]: StoredPlace(row[0], row[1], row[2], row[3])
+                for row in await stored_cur.fetchall()
+            }
+            versions = {s: v for s, v in await versions_cur.fetchall() if v}
+        return Snapshot(int(head_row[0]), head_row[1], stored, versions)
+
+    async def insert(self, rows: Sequence[Row]) -> None:
+        try:
+            await self._conn.execute(_INSERT, _insert_params(rows))
+        except (psycopg.DataError, pg_errors.IntegrityError) as exc:
+            raise InsertRefused(_translate(exc, event_data=True)) from exc
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    async def insert_and_commit(self, rows: Sequence[Row], head: int) -> None:
+        # One round trip: INSERT, counter, COMMIT, NOTIFY, then the pipeline's Sync.
+        await self._commit(head, rows)
+
+    async def commit(self, head: int) -> None:
+        await self._commit(head, ())
+
+    async def _commit(self, head: int, rows: Sequence[Row]) -> None:
+        conn = self._conn
+        try:
+            async with conn.pipeline():
+                if rows:
+                    await conn.execute(_INSERT, _insert_params(rows))
+                await conn.execute(_ADVANCE_HEAD, [head])
+                await _run_commit(conn)
+                await send_notify(conn, self._schema)
+        except psycopg.Error as exc:
+            if _in_failed_transaction(conn):
+                # A statement before COMMIT failed, so the pipeline skipped the COMMIT.
+                if rows and isinstance(exc, psycopg.DataError | pg_errors.IntegrityError):
+                    raise InsertRefused(_translate(exc, event_data=True)) from exc
+                raise _translate(exc) from exc
+            # The COMMIT was sent: it may have taken effect (or the NOTIFY after it failed).
+            raise StoreOutcomeUnknown(
+                f"the commit failed, the append may or may not be stored: {exc}"
+            ) from exc
+
+    async def savepoint(self, name: str) -> None:
+        async with _translating():
+            await self._conn.execute(f'SAVEPOINT "{_savepoint(name)}"')
+
+    async def release(self, name: str) -> None:
+        async with _translating():
+            await self._conn.execute(f'RELEASE SAVEPOINT "{_savepoint(name)}"')
+
+    async def rollback_to(self, name: str) -> None:
+        async with _translating():
+            await self._conn.execute(f'ROLLBACK TO SAVEPOINT "{_savepoint(name)}"')
+
+    async def rollback(self) -> None:
+        """Roll back whatever a group left open, so the connection can serve the next."""
+        conn = self._conn
+        if not conn.closed and not _idle(conn):
+            try:
+                await conn.execute("ROLLBACK")
+            except psycopg.Error as exc:  # the pool discards a connection left in a transaction
+                logger.info("rollback after a failed group failed: %s", exc)
+
+
+async def _run_commit(conn: Connection) -> None:
+    """COMMIT (one place, so that the tests can make it fail)."""
+    await conn.execute("COMMIT")
+
+
+def _savepoint(name: str) -> LiteralString:
+    if name == "group":
+        return "group"
+    if name == "request":
+        return "request"
+    raise ValueError(f"unknown savepoint {name!r}")
+
+
+def _insert_params(rows: Sequence[Row]) -> dict[str, list[Any]]:
+    return {
+        "positions": [r.position for r in rows],
+        "ids": [r.id for r in rows],
+        "streams": [r.stream for r in rows],
+        "versions": [r.stream_version for r in rows],
+        "types": [r.type for r in rows],
+        "schema_versions": [r.schema_version for r in rows],
+        "data": [r.data for r in rows],
+        "metadata": [r.metadata for r in rows],
+        "recorded_at": [r.recorded_at for r in rows],
+    }
+
+
+def _in_failed_transaction(conn: Connection) -> bool:
+    return not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INERROR
 
 
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _plan(
-    group: list[_Request],
-    stored: dict[UUID, RecordedEvent],
-    versions: dict[str, int],
-    outcomes: dict[_Request, list[AppendResult] | BaseException],
-) -> list[_Write]:
-    """Decide each request of a group in order, as if the earlier ones were already written
-    (the same rules as memory.py). Failures and replays go to `outcomes`; the rest is returned."""
-    pending = dict(versions)
-    writes = []
-    for request in group:
-        try:
-            replayed = classify_batch_replay(request.appends, stored)
-            if replayed is not None:
-                outcomes[request] = replayed
-                continue
-            firsts = []
-            for append in request.appends:
-                actual = pending.get(append.stream, 0)
-                check_expected_version(append.stream, append.expected_version, actual)
-                firsts.append(actual + 1)
-        except EventStoreError as exc:
-            outcomes[request] = exc
-            continue
-        for append, first in zip(request.appends, firsts, strict=True):
-            pending[append.stream] = first + len(append.events) - 1
-        writes.append(_Write(request, firsts))
-    return writes
-
-
-async def _set_positions(
-    writes: Sequence[_Write], inserted: psycopg.AsyncCursor[tuple[Any, ...]]
-) -> None:
-    """Give each write its positions, from the RETURNING of its INSERT: it is inserted."""
-    position = min(p for (p,) in await inserted.fetchall())
-    for write in writes:
-        write.positions = []
-        for append in write.request.appends:
-            count = len(append.events)
-            write.positions.append(tuple(range(position, position + count)))
-            position += count
-        write.written = True
-
-
-def _results(write: _Write) -> list[AppendResult]:
-    return [
-        AppendResult(a.stream, first, first + len(a.events) - 1, positions)
-        for a, first, positions in zip(
-            write.request.appends, write.firsts, write.positions, strict=True
-        )
-    ]
-
-
-def _answer(request: _Request, outcome: list[AppendResult] | BaseException) -> None:
-    if request.future.done():
-        return
-    if isinstance(outcome, BaseException):
-        request.future.set_exception(outcome)
-    else:
-        request.future.set_result(outcome)
-
-
-def _fail(requests: Iterable[_Request], error: BaseException) -> None:
-    for request in requests:
-        _answer(request, error)
-
-
 def _idle(conn: Connection) -> bool:
     return not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-
-
-async def _abandon(conn: Connection) -> None:
-    """Roll back whatever a failed group left open, so the connection can serve the next."""
-    if not conn.closed and not _idle(conn):
-        try:
-            await conn.execute("ROLLBACK")
-        except psycopg.Error as exc:
-            logger.info("rollback after a failed group failed: %s", exc)
 
 
 def _record(row: Sequence[Any]) -> RecordedEvent:
@@ -708,18 +541,6 @@ def _record(row: Sequence[Any]) -> RecordedEvent:
         position=position,
         recorded_at=at.astimezone(UTC),
     )
-
-
-def _jsonb_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
-    """Event data as jsonb accepts it: JSON text (codec.json_text), and no NUL character."""
-    text = json_text(value, what, event_id)
-    if "\\u0000" in text and _JSON_NUL.search(text):
-        raise InvalidAppend(f"the {what} of event {event_id} contains NUL, which jsonb refuses")
-    return text
-
-
-# A \u0000 escape that is not itself an escaped backslash followed by "u0000".
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _like_prefix(prefix: str) -> str:

@@ -1,12 +1,12 @@
 """The SQLite event store: the embedded default. One file, safe for several processes.
 
-How an append travels (group commit):
+How an append travels (group commit, group_commit.py):
 
-    caller ──put──▶ queue ──▶ writer thread (owns the only write connection of this store)
-                               BEGIN IMMEDIATE
-                                 SAVEPOINT per request: replay check, expected version, INSERTs
-                                 (a failing request is rolled back to its savepoint alone)
-                               COMMIT                  ◀── one fsync for the whole group
+    caller ──submit──▶ writer thread (runs the engine on its own event loop; owns the only
+                       write connection of this store)
+                         BEGIN IMMEDIATE: SQLite's write lock, across processes too
+                           head, stored ids, stream versions; plan; INSERT
+                         COMMIT                  ◀── one fsync for the whole group
     caller ◀──future── answered only after COMMIT returned
 
 Reads never touch the write connection: they run in worker threads on a small pool of
@@ -21,28 +21,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
-import queue
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
-from eventledger.eventstore.codec import format_time, json_text
 from eventledger.eventstore.errors import (
-    EventStoreError,
     StoreUnavailable,
     StreamNotFound,
 )
+from eventledger.eventstore.group_commit import (
+    GroupCommit,
+    Request,
+)
 from eventledger.eventstore.memory import Clock, utc_now
-from eventledger.eventstore.records import AppendResult, NewEvent, RecordedEvent, StreamAppend
+from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.sqlite_schema import SCHEMA_VERSION, connect, enable_wal, migrate
-from eventledger.eventstore.store import EventStore, check_expected_version, classify_batch_replay
+from eventledger.eventstore.sqlite_write import WriteSide, unavailable
+from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; SCHEMA_VERSION is re-exported for them.
@@ -50,13 +53,13 @@ __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
 
 T = TypeVar("T")
 
-MAX_GROUP = 512  # requests committed together at most: bounds one transaction's size
+logger = logging.getLogger(__name__)
+
 _MAX_INT = 2**63 - 1  # SQLite integers are signed 64-bit
-_IN_CHUNK = 500  # ids per `IN (...)` lookup, well below SQLite's bound-parameter limit
 _COLUMNS = "position, id, stream, stream_version, type, schema_version, data, metadata, recorded_at"
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
+MIN_FREE_BYTES = 64 * 1024  # less free space than this on the file's disk: ping says full
 _STREAM_VERSION = "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream = ?"
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class SqliteEventStore(EventStore):
@@ -87,15 +90,24 @@ class SqliteEventStore(EventStore):
         self._lock = threading.Lock()  # guards starting, closing and submitting requests
         self._started = False
         self._closed = False
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()  # None: stop
         self._writer: threading.Thread | None = None
+        self._writer_loop: asyncio.AbstractEventLoop | None = None
+        self._engine: GroupCommit | None = None
+        self._write_side: WriteSide | None = None
+        # Why writes fail now (a full disk, an I/O error, a broken write connection), for
+        # ping; cleared by the next COMMIT or probe that succeeds.
+        self.write_fault: str | None = None
         self._readers = _ReaderPool(self._connect_reader)
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._waiters_lock = threading.Lock()
         # The highest position this instance has committed: a lower bound of the head that
         # spares `wait_for_events` a query. Other processes' commits are found by querying.
         self._known_head = 0
-        self.commits = 0  # write transactions committed by this instance (observability)
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed by this instance (observable group commit)."""
+        return self._engine.commits if self._engine else 0
 
     @property
     def path(self) -> Path:
@@ -127,127 +139,28 @@ class SqliteEventStore(EventStore):
     # -- writing -------------------------------------------------------------------------
 
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
-        encoded = [(append, [_encode(event) for event in append.events]) for append in appends]
+        request = Request.create(appends)
         await self._ready()
-        loop = asyncio.get_running_loop()
-        request = _Request(encoded, loop, loop.create_future())
         with self._lock:
-            # Under the lock so that no request can slip into the queue behind the stop
-            # marker, where nobody would ever answer it.
-            if self._closed:
+            # Under the lock so that no request can be submitted after the engine was told
+            # to close, where nobody would ever answer it.
+            if self._closed or self._writer_loop is None or self._engine is None:
                 raise StoreUnavailable("the event store is closed")
-            self._queue.put(request)
+            self._writer_loop.call_soon_threadsafe(self._engine.submit, request)
         return await request.future
 
-    def _run_writer(self, conn: sqlite3.Connection) -> None:
-        try:
-            while (group := self._next_group()) is not None:
-                self._commit_group(conn, group)
-        finally:
-            # Whatever is still queued at close is refused, never left waiting forever.
-            while True:
-                try:
-                    request = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if request is not None:
-                    _answer(request, _closed_before_writing())
-            conn.close()
-
-    def _next_group(self) -> list[_Request] | None:
-        """Wait for a request, then take every other one already queued: they all share the
-        next transaction. None when the store is closing."""
-        first = self._queue.get()
-        if first is None or self._closed:
-            if first is not None:
-                _answer(first, _closed_before_writing())
-            return None
-        group = [first]
-        while len(group) < MAX_GROUP:
-            try:
-                request = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if request is None:
-                self._queue.put(None)  # seen by the next _next_group, which stops
-                break
-            group.append(request)
-        return group
-
-    def _commit_group(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
-        outcomes: list[list[AppendResult] | EventStoreError] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Positions are assigned here, inside the write transaction, as max+1. SQLite
-                # has one writer at a time (across processes too), so transactions commit in
-                # the order they took the lock and every position is above all positions
-                # committed before. A reader that has seen position P can therefore never later
-                # see a new event below P. (A sequence handed out before taking the lock would
-                # let a slower transaction commit a lower position after a faster one.)
-                head = _scalar(conn, _HEAD)
-                for request in group:
-                    conn.execute("SAVEPOINT request")
-                    try:
-                        results, new_head = self._apply(conn, request, head)
-                    except EventStoreError as exc:
-                        # Only this caller fails; the rest of the group goes on.
-                        conn.execute("ROLLBACK TO request")
-                        conn.execute("RELEASE request")
-                        outcomes.append(exc)
-                    else:
-                        conn.execute("RELEASE request")
-                        outcomes.append(results)
-                        head = new_head
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-        except Exception as exc:
-            # The transaction did not commit (or a driver error broke it): nothing of the
-            # group is written, so every request of the group fails, the good ones too.
-            for request in group:
-                _answer(request, _unavailable(exc))
-            return
-        self.commits += 1
+    def committed(self, head: int) -> None:
+        """After every COMMIT of the writer: wake the waiters."""
         self._known_head = max(self._known_head, head)
-        # Callers are answered only now, after COMMIT returned: with synchronous=FULL the
-        # WAL is fsynced by then, so an acknowledged append survives a crash or power loss.
-        # Answering a request as soon as its savepoint was released would acknowledge
-        # events that a failing COMMIT could still take back.
-        for request, outcome in zip(group, outcomes, strict=True):
-            _answer(request, outcome)
         self._wake_waiters()
 
-    def _apply(
-        self, conn: sqlite3.Connection, request: _Request, head: int
-    ) -> tuple[list[AppendResult], int]:
-        """Write one request inside the group's transaction; later requests of the group see
-        its writes. Returns the results and the new head position."""
-        appends = [append for append, _ in request.appends]
-        replayed = classify_batch_replay(appends, lambda events: _stored(conn, events))
-        if replayed is not None:
-            return replayed, head
-        now = self._clock()
-        # A naive clock is read as UTC (astimezone would take it for local time).
-        recorded_at = format_time(now if now.tzinfo else now.replace(tzinfo=UTC))
-        results = []
-        for append, rows in request.appends:
-            actual = _scalar(conn, _STREAM_VERSION, append.stream)
-            check_expected_version(append.stream, append.expected_version, actual)
-            conn.executemany(
-                _INSERT,
-                [
-                    (head + i, row.id, append.stream, actual + i, *row.columns, recorded_at)
-                    for i, row in enumerate(rows, start=1)
-                ],
-            )
-            positions = tuple(range(head + 1, head + len(rows) + 1))
-            results.append(AppendResult(append.stream, actual + 1, actual + len(rows), positions))
-            head += len(rows)
-        return results, head
+    def set_fault(self, fault: str | None) -> None:
+        if fault != self.write_fault:
+            if fault is None:
+                logger.warning("event store %s: writes succeed again", self._path)
+            else:
+                logger.error("event store %s cannot write: %s", self._path, fault)
+        self.write_fault = fault
 
     # -- reading -------------------------------------------------------------------------
 
@@ -346,10 +259,29 @@ class SqliteEventStore(EventStore):
                 loop.call_soon_threadsafe(event.set)
 
     async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store can read and write: the file answers, the
+        writer runs with a working connection, and the disk has room."""
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
         writer = self._writer
         if writer is not None and not writer.is_alive():
             raise StoreUnavailable("the event store's writer thread has stopped")
+        try:
+            free = shutil.disk_usage(Path(self._path).parent).free
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot stat the event store's disk: {exc}") from exc
+        if free < MIN_FREE_BYTES:
+            raise StoreUnavailable(f"the disk of {self._path} is full ({free} bytes free)")
+        if self.write_fault is not None:
+            # Writes failed: ask the writer whether they would work now (it reconnects a
+            # broken connection, and checks that the file may grow).
+            loop, side = self._writer_loop, self._write_side
+            if loop is None or side is None:
+                raise StoreUnavailable(self.write_fault)
+            try:
+                probe = asyncio.run_coroutine_threadsafe(side.probe(), loop)
+            except RuntimeError:
+                raise StoreUnavailable("the event store is closed") from None
+            await asyncio.wrap_future(probe)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._shutdown)
@@ -387,66 +319,62 @@ class SqliteEventStore(EventStore):
                     Path(self._path).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise StoreUnavailable(f"cannot create the directory of {self._path}") from exc
-                conn = self._connect()
+                conn = self.connect()
                 try:
                     enable_wal(conn, self._path, busy_timeout=self._busy_timeout)
                     migrate(conn)
                 except BaseException:
                     conn.close()
                     raise
+            side = WriteSide(self, conn)
+            loop = asyncio.new_event_loop()
+            engine = GroupCommit(side)
+            self._writer_loop, self._engine, self._write_side = loop, engine, side
             self._writer = threading.Thread(
-                target=self._run_writer, args=(conn,), name="eventledger-sqlite-writer", daemon=True
+                target=self._run_writer,
+                args=(loop, engine, side),
+                name="eventledger-sqlite-writer",
+                daemon=True,
             )
             self._writer.start()
             self._started = True
 
+    @staticmethod
+    def _run_writer(loop: asyncio.AbstractEventLoop, engine: GroupCommit, side: WriteSide) -> None:
+        """The writer thread: the engine on a loop of its own, then the connection closed."""
+        try:
+            loop.run_until_complete(engine.run())
+        finally:
+            side.close()
+            loop.close()
+
     def _shutdown(self) -> None:
+        """Refuse new appends, let the writer answer the queued ones, then stop it."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            writer = self._writer
-            if writer is not None:
-                self._queue.put(None)
-        if writer is not None:
-            writer.join()
+            loop, engine = self._writer_loop, self._engine
+            if loop is not None and engine is not None:
+                loop.call_soon_threadsafe(engine.close)
+        if self._writer is not None:
+            self._writer.join()
         self._readers.close()
         self._wake_waiters()
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
         return connect(self._path, busy_timeout=self._busy_timeout)
 
+    def clock(self) -> datetime:
+        return self._clock()
+
     def _connect_reader(self) -> sqlite3.Connection:
-        conn = self._connect()
+        conn = self.connect()
         conn.execute("PRAGMA query_only = ON")
         return conn
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """A new event, encoded for INSERT before it reaches the writer thread."""
-
-    id: str
-    type: str
-    schema_version: int
-    data: str
-    metadata: str
-
-    @property
-    def columns(self) -> tuple[str, int, str, str]:
-        return (self.type, self.schema_version, self.data, self.metadata)
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """One caller's batch, waiting for the writer."""
-
-    appends: list[tuple[StreamAppend, list[_Row]]]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[AppendResult]]
 
 
 class _ReaderPool:
@@ -485,58 +413,12 @@ class _ReaderPool:
             conn.close()
 
 
-def _closed_before_writing() -> StoreUnavailable:
-    return StoreUnavailable("the event store was closed before this append was written")
-
-
-def _answer(request: _Request, outcome: list[AppendResult] | EventStoreError) -> None:
-    """Settle a caller's future from the writer thread, on the caller's event loop."""
-
-    def settle() -> None:
-        if request.future.done():  # the caller was cancelled
-            return
-        if isinstance(outcome, EventStoreError):
-            request.future.set_exception(outcome)
-        else:
-            request.future.set_result(outcome)
-
-    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
-        request.loop.call_soon_threadsafe(settle)
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    """The one place where a driver error becomes an event store error."""
-    if isinstance(exc, StoreUnavailable):
-        return exc
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        error = StoreUnavailable(f"the event store is busy: {exc}")
-    elif isinstance(exc, sqlite3.Error):
-        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-        error = StoreUnavailable(f"SQLite error ({name}): {exc}")
-    else:
-        error = StoreUnavailable(f"unexpected error in the SQLite event store: {exc!r}")
-    error.__cause__ = exc
-    return error
-
-
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
-        raise _unavailable(exc) from exc
-
-
-def _stored(conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[RecordedEvent | None]:
-    """The stored event for each new event's id, None where the id is new."""
-    ids = [str(event.id) for event in events]
-    found: dict[str, RecordedEvent] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        sql = f"SELECT {_COLUMNS} FROM events WHERE id IN ({', '.join('?' * len(chunk))})"
-        for row in conn.execute(sql, chunk):
-            found[row[1]] = _decode(row)
-    return [found.get(event_id) for event_id in ids]
+        raise unavailable(exc) from exc
 
 
 def _stream_exists(conn: sqlite3.Connection, stream: str) -> bool:
@@ -551,16 +433,6 @@ def _stream_exists(conn: sqlite3.Connection, stream: str) -> bool:
 def _scalar(conn: sqlite3.Connection, sql: str, *params: object) -> int:
     value: int = conn.execute(sql, params).fetchone()[0]
     return value
-
-
-def _encode(event: NewEvent) -> _Row:
-    return _Row(
-        id=str(event.id),
-        type=event.type,
-        schema_version=event.schema_version,
-        data=json_text(event.data, "data", event.id),
-        metadata=json_text(event.metadata, "metadata", event.id),
-    )
 
 
 def _decode(row: tuple[Any, ...]) -> RecordedEvent:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 from uuid import UUID
 
 from eventledger.eventstore.errors import DuplicateEventId, InvalidAppend, WrongExpectedVersion
@@ -34,6 +35,19 @@ from eventledger.eventstore.records import (
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 MAX_PAGE = 10_000
+
+
+class Placed(Protocol):
+    """Where a stored event sits: all the replay rule needs (a RecordedEvent is one)."""
+
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def stream_version(self) -> int: ...
+    @property
+    def position(self) -> int: ...
 
 
 class EventStore(ABC):
@@ -178,7 +192,7 @@ def check_expected_version(stream: str, expected: ExpectedVersion, actual: int) 
 
 
 def classify_replay(
-    stream: str, events: Sequence[NewEvent], stored: Sequence[RecordedEvent | None]
+    stream: str, events: Sequence[NewEvent], stored: Sequence[Placed | None]
 ) -> AppendResult | None:
     """Given the already stored events for each new event's id (None where unknown), return
     the original result when the whole append is an exact replay, None when nothing of it is
@@ -204,13 +218,9 @@ def classify_replay(
     )
 
 
-StoredLookup = Callable[[Sequence[NewEvent]], list[RecordedEvent | None]]
-
-
 def classify_batch_replay(
     appends: Sequence[StreamAppend],
-    stored: Mapping[UUID, RecordedEvent]
-    | Callable[[Sequence[NewEvent]], list[RecordedEvent | None]],
+    stored: Mapping[UUID, Placed] | Callable[[Sequence[NewEvent]], list[Placed | None]],
 ) -> list[AppendResult] | None:
     """The batch rule every backend shares: the original results when every append of the
     batch is an exact replay, None when no event of it is stored yet, DuplicateEventId when
@@ -219,7 +229,7 @@ def classify_batch_replay(
     `stored` gives the already stored event for each id: a mapping, or a function that looks
     up the events of one append (None where unknown)."""
 
-    def lookup(events: Sequence[NewEvent]) -> list[RecordedEvent | None]:
+    def lookup(events: Sequence[NewEvent]) -> list[Placed | None]:
         if callable(stored):
             return stored(events)
         return [stored.get(e.id) for e in events]

@@ -6,6 +6,7 @@ EventStoreError          → problem
 ├── StreamNotFound       → 404 stream-not-found        (stream)
 ├── InvalidAppend        → 422 invalid-append
 └── StoreUnavailable     → 503 store-unavailable       (Retry-After: 1)
+    └── StoreOutcomeUnknown → 503 outcome-unknown     (Retry-After: 1; retry with the same ids)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from eventledger.eventstore.errors import (
     DuplicateEventId,
     EventStoreError,
     InvalidAppend,
+    StoreOutcomeUnknown,
     StoreUnavailable,
     StreamNotFound,
     WrongExpectedVersion,
@@ -53,6 +55,17 @@ def _invalid(exc: InvalidAppend) -> ProblemError:
     return ProblemError(422, "invalid-append", "Invalid append", str(exc))
 
 
+def _outcome_unknown(exc: StoreOutcomeUnknown) -> ProblemError:
+    return ProblemError(
+        503,
+        "outcome-unknown",
+        "Append outcome unknown",
+        f"{exc}. The events may or may not be stored: send the same append again, with the "
+        "same event ids, to settle it (it is then written, or answered as a replay).",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _unavailable(exc: StoreUnavailable) -> ProblemError:
     return store_unavailable(str(exc))
 
@@ -63,6 +76,7 @@ STORE_PROBLEMS: tuple[tuple[type[EventStoreError], Callable[[Any], ProblemError]
     (DuplicateEventId, _duplicate),
     (StreamNotFound, _not_found),
     (InvalidAppend, _invalid),
+    (StoreOutcomeUnknown, _outcome_unknown),
     (StoreUnavailable, _unavailable),
 )
 

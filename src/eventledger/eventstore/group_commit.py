@@ -1,0 +1,486 @@
+"""Group commit, written once for the SQL backends: take the appends that are waiting, plan
+them, write them in one transaction, and answer each caller only after COMMIT returned.
+
+    caller ──submit──▶ queue ──▶ engine loop (one per store; sqlite.py runs it in its writer
+                                 thread, postgres.py as a task of the event loop)
+                        take a group          callers that gave up already are dropped, unwritten
+                        db.begin              BEGIN; the head, the stored ids and stream
+                                              versions the group needs (a `Snapshot`)
+                        plan, in order        replay rule, expected versions, positions (pure:
+                                              `Planner`); a request whose checks fail fails alone
+                        db.insert_and_commit  INSERT every planned row; COMMIT
+                          a row refused?      back to the group savepoint, then request by
+                                              request (a savepoint each): the one at fault fails
+                                              alone, the others are planned again without it
+    caller ◀──answer── after COMMIT returned
+
+What a caller is answered when something fails:
+
+    before COMMIT was sent (begin, lookups, INSERT)  StoreUnavailable: nothing was written
+    COMMIT failed (I/O error, fsync, connection)     StoreOutcomeUnknown: the append may be
+                                                     stored; a retry with the same event ids
+                                                     settles it (written, or a replay)
+    this request's checks or rows were refused       its own error; the group goes on
+
+A backend supplies the primitives of one transaction (`Database`) and a way to get one
+(`Backend.session`); it translates its driver's errors into event store errors there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+from eventledger.eventstore.codec import format_time, json_text
+from eventledger.eventstore.errors import (
+    EventStoreError,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+)
+from eventledger.eventstore.records import AppendResult, NewEvent, StreamAppend
+from eventledger.eventstore.store import Placed, check_expected_version, classify_batch_replay
+
+logger = logging.getLogger(__name__)
+
+MAX_GROUP_REQUESTS = 256  # requests committed together at most: bounds one transaction
+MAX_GROUP_EVENTS = 5_000
+
+Outcome = list[AppendResult] | BaseException
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A new event as it will be stored: its data and metadata as JSON text (codec.json_text,
+    which also applies the text rules every backend shares)."""
+
+    id: UUID
+    type: str
+    schema_version: int
+    data: str
+    metadata: str
+
+
+def encode(event: NewEvent) -> Encoded:
+    """Raises InvalidAppend for data or metadata no backend can store."""
+    return Encoded(
+        id=event.id,
+        type=event.type,
+        schema_version=event.schema_version,
+        data=json_text(event.data, "data", event.id),
+        metadata=json_text(event.metadata, "metadata", event.id),
+    )
+
+
+@dataclass(eq=False)
+class Request:
+    """One caller's `append_batch`, waiting for the engine. Created on the caller's event loop,
+    answered from the engine's (which may run in another thread)."""
+
+    appends: Sequence[StreamAppend]
+    events: list[list[Encoded]]  # per append
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[AppendResult]]
+
+    @classmethod
+    def create(cls, appends: Sequence[StreamAppend]) -> Request:
+        """Encode the events (InvalidAppend before anything is queued)."""
+        events = [[encode(e) for e in a.events] for a in appends]
+        loop = asyncio.get_running_loop()
+        return cls(appends, events, loop, loop.create_future())
+
+    @property
+    def size(self) -> int:
+        return sum(len(a.events) for a in self.appends)
+
+    def gone(self) -> bool:
+        """True once the caller stopped waiting (cancelled). Read from the engine's thread: a
+        plain read of the future's state."""
+        return self.future.done()
+
+    def answer(self, outcome: Outcome) -> None:
+        """Settle the caller's future on the caller's loop (from any thread)."""
+
+        def settle() -> None:
+            if self.future.done():  # the caller was cancelled meanwhile
+                return
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
+
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(settle)
+
+
+# -- planning (pure) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPlace:
+    """Where an already stored event sits (what the replay rule compares)."""
+
+    id: UUID
+    stream: str
+    stream_version: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a backend reads at the start of the group's transaction, after it took the lock
+    that makes it the only writer: nothing it read can change before COMMIT."""
+
+    head: int  # the newest position
+    recorded_at: datetime  # the time the group's events are recorded at
+    stored: Mapping[UUID, Placed]  # the group's event ids that are stored already
+    versions: Mapping[str, int]  # the group's streams' versions (absent: 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One event to INSERT, with every column decided."""
+
+    position: int
+    id: UUID
+    stream: str
+    stream_version: int
+    type: str
+    schema_version: int
+    data: str
+    metadata: str
+    recorded_at: str  # codec.format_time
+
+
+@dataclass(eq=False)
+class Write:
+    """A request that passed its checks: its rows and the results its caller will get."""
+
+    request: Request
+    rows: list[Row]
+    results: list[AppendResult]
+
+
+class Planner:
+    """Decides requests one after the other, each as if the earlier accepted ones were
+    written: the rules of memory.py, on the state a `Snapshot` gave."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.head = snapshot.head
+        at = snapshot.recorded_at
+        # A naive clock is read as UTC (astimezone would take it for local time).
+        self._recorded_at = format_time(at if at.tzinfo else at.replace(tzinfo=UTC))
+        self._stored: dict[UUID, Placed] = dict(snapshot.stored)
+        self._versions = dict(snapshot.versions)
+
+    def plan(self, request: Request) -> Write | list[AppendResult]:
+        """The request's rows, or the original results of a replay. Raises the request's
+        EventStoreError (WrongExpectedVersion, DuplicateEventId)."""
+        replayed = classify_batch_replay(request.appends, self._stored)
+        if replayed is not None:
+            return replayed
+        position = self.head
+        rows: list[Row] = []
+        results: list[AppendResult] = []
+        for append, events in zip(request.appends, request.events, strict=True):
+            actual = self._versions.get(append.stream, 0)
+            check_expected_version(append.stream, append.expected_version, actual)
+            first = position + 1
+            for i, event in enumerate(events, start=1):
+                position += 1
+                rows.append(
+                    Row(
+                        position=position,
+                        id=event.id,
+                        stream=append.stream,
+                        stream_version=actual + i,
+                        type=event.type,
+                        schema_version=event.schema_version,
+                        data=event.data,
+                        metadata=event.metadata,
+                        recorded_at=self._recorded_at,
+                    )
+                )
+            results.append(
+                AppendResult(
+                    append.stream,
+                    actual + 1,
+                    actual + len(events),
+                    tuple(range(first, position + 1)),
+                )
+            )
+        return Write(request, rows, results)
+
+    def accept(self, write: Write) -> None:
+        """Take a planned write as written: later requests are planned after it."""
+        for row in write.rows:
+            self._stored[row.id] = row
+            self._versions[row.stream] = row.stream_version
+        self.head = write.rows[-1].position
+
+
+# -- what a backend supplies ---------------------------------------------------------------
+
+
+class InsertRefused(Exception):
+    """Raised by `Database.insert`/`insert_and_commit` when the database refused the rows
+    (a constraint, bad data): the fault of a request, not of the database. The transaction is
+    still open; rolling back to the last savepoint recovers it."""
+
+    def __init__(self, error: EventStoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Database(Protocol):
+    """The primitives of one write transaction. Each raises an EventStoreError (translated
+    from its driver), `insert*` also InsertRefused. `commit` and `insert_and_commit` raise
+    StoreOutcomeUnknown when the COMMIT itself failed and StoreUnavailable only when the
+    transaction is known not to have committed."""
+
+    def usable(self) -> bool:
+        """Whether the connection can take another group."""
+
+    async def begin(self, ids: Sequence[UUID], streams: Sequence[str]) -> Snapshot:
+        """Start the transaction as the only writer, read the snapshot, set savepoint `group`."""
+
+    async def insert(self, rows: Sequence[Row]) -> None: ...
+
+    async def insert_and_commit(self, rows: Sequence[Row], head: int) -> None:
+        """INSERT the rows, record `head` as the newest position, COMMIT."""
+
+    async def commit(self, head: int) -> None: ...
+
+    async def savepoint(self, name: str) -> None: ...
+
+    async def release(self, name: str) -> None: ...
+
+    async def rollback_to(self, name: str) -> None: ...
+
+    async def rollback(self) -> None:
+        """End the transaction without writing; never raises (a connection that cannot roll
+        back is the backend's to discard)."""
+
+
+class Backend(Protocol):
+    def session(self) -> AbstractAsyncContextManager[Database]:
+        """A connection to write with, for as long as the engine keeps it. Raises
+        StoreUnavailable when none can be had."""
+
+    def committed(self, head: int) -> None:
+        """Called after every COMMIT that wrote events, with the new head."""
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+class GroupCommit:
+    """The queue and the loop. `submit` and `close` must be called on the engine's event loop;
+    `run` is the loop itself."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._queue: deque[Request] = deque()
+        self._ready = asyncio.Event()
+        self._closing = False
+        self.commits = 0  # transactions that wrote events (observable group commit)
+        self.appends_written = 0  # requests they wrote
+        self.in_flight = 0  # requests of the group being written now (observable by tests)
+
+    def submit(self, request: Request) -> None:
+        if self._closing:
+            request.answer(StoreUnavailable("the event store is closed"))
+            return
+        self._queue.append(request)
+        self._ready.set()
+
+    def close(self) -> None:
+        """Refuse new requests; `run` returns once the queued ones are answered."""
+        self._closing = True
+        self._ready.set()
+
+    def fail_queued(self, error: EventStoreError) -> None:
+        while self._queue:
+            self._queue.popleft().answer(error)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                try:
+                    async with self._backend.session() as db:
+                        # Keep the connection while appends keep coming.
+                        while self._queue and db.usable():
+                            if group := self._take_group():
+                                await self._commit_group(db, group)
+                except EventStoreError as exc:  # no connection to write with
+                    self.fail_queued(exc)
+                except Exception as exc:  # a bug: answer the callers, keep the writer alive
+                    logger.exception("event store writer failed")
+                    self.fail_queued(StoreUnavailable(f"unexpected error in the writer: {exc!r}"))
+        finally:
+            self.fail_queued(StoreUnavailable("the event store was closed before this append"))
+
+    def _take_group(self) -> list[Request]:
+        group: list[Request] = []
+        events = 0
+        while self._queue and len(group) < MAX_GROUP_REQUESTS:
+            request = self._queue[0]
+            if request.gone():  # its caller was cancelled before we started: not written
+                self._queue.popleft()
+                continue
+            if group and events + request.size > MAX_GROUP_EVENTS:
+                break
+            self._queue.popleft()
+            group.append(request)
+            events += request.size
+        return group
+
+    async def _commit_group(self, db: Database, group: list[Request]) -> None:
+        """One transaction for the whole group; every caller is answered after the COMMIT."""
+        outcomes: dict[Request, Outcome] = {}
+        writes: list[Write] = []
+        self.in_flight = len(group)
+        try:
+            writes = await self._transact(db, group, outcomes)
+        except BaseException as exc:
+            self.in_flight = 0
+            error = _as_store_error(exc)
+            if not isinstance(exc, EventStoreError | asyncio.CancelledError):
+                logger.exception("event store writer failed")  # a bug: answer, keep going
+            await db.rollback()
+            for request in group:
+                # Planning's answers are facts (a replay, a failed check) whatever happened
+                # next; every other request of the group gets the error.
+                outcome = outcomes.get(request)
+                request.answer(error if outcome is None else outcome)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self.in_flight = 0
+        if writes:
+            self.commits += 1
+            self.appends_written += len(writes)
+            self._backend.committed(writes[-1].rows[-1].position)
+        for write in writes:
+            outcomes[write.request] = write.results
+        for request in group:
+            request.answer(outcomes[request])
+
+    async def _transact(
+        self, db: Database, group: list[Request], outcomes: dict[Request, Outcome]
+    ) -> list[Write]:
+        """Run the group's transaction up to and including COMMIT; returns what it wrote."""
+        ids = [e.id for r in group for events in r.events for e in events]
+        streams = sorted({a.stream for r in group for a in r.appends})
+        snapshot = await db.begin(ids, streams)
+        planner = Planner(snapshot)
+        writes = [w for r in group if (w := _plan(planner, r, outcomes, accept=True))]
+        if not writes:
+            await db.rollback()  # nothing to write: release the lock
+            return []
+        try:
+            await _committing(db.insert_and_commit(_rows(writes), planner.head))
+            return writes
+        except InsertRefused:
+            await db.rollback_to("group")
+        # One request's rows were refused: insert request by request, each planned again on
+        # what is really written, so that the one at fault fails alone.
+        outcomes.clear()
+        planner = Planner(snapshot)
+        writes = []
+        for request in group:
+            write = _plan(planner, request, outcomes, accept=False)
+            if write is None:
+                continue
+            await db.savepoint("request")
+            try:
+                await db.insert(write.rows)
+            except InsertRefused as refused:
+                await db.rollback_to("request")
+                outcomes[request] = refused.error
+                continue
+            await db.release("request")
+            planner.accept(write)
+            writes.append(write)
+        if not writes:
+            await db.rollback()
+            return []
+        await _committing(db.commit(planner.head))
+        return writes
+
+
+class _CommitFailed(Exception):
+    """Internal: a COMMIT raised `error`; nobody knows whether it took effect."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _committing(commit: Awaitable[None]) -> None:
+    """Await a commit primitive. What it raises besides InsertRefused and StoreUnavailable (the
+    backend knows the transaction did not commit) is a failed COMMIT: outcome unknown."""
+    try:
+        await commit
+    except (InsertRefused, StoreUnavailable):
+        raise
+    except BaseException as exc:
+        raise _CommitFailed(exc) from exc
+
+
+def _as_store_error(exc: BaseException) -> BaseException:
+    """What a caller of a failed group is answered."""
+    if isinstance(exc, _CommitFailed):
+        if isinstance(exc.error, StoreOutcomeUnknown):
+            return exc.error
+        unknown = StoreOutcomeUnknown(
+            f"the commit failed, the append may or may not be stored: {exc.error}"
+        )
+        unknown.__cause__ = exc.error
+        return unknown
+    if isinstance(exc, asyncio.CancelledError):
+        return StoreUnavailable("the event store closed during the append; retry it")
+    if isinstance(exc, EventStoreError):
+        return exc
+    return StoreUnavailable(f"unexpected error in the event store writer: {exc!r}")
+
+
+def _plan(
+    planner: Planner, request: Request, outcomes: dict[Request, Outcome], *, accept: bool
+) -> Write | None:
+    """Plan one request; its failure or replay goes to `outcomes` (it fails alone)."""
+    try:
+        planned = planner.plan(request)
+    except EventStoreError as exc:
+        outcomes[request] = exc
+        return None
+    except Exception as exc:  # a bug in planning fails this request only
+        logger.exception("planning an append failed")
+        outcomes[request] = StoreUnavailable(f"unexpected error planning the append: {exc!r}")
+        return None
+    if isinstance(planned, list):
+        outcomes[request] = planned
+        return None
+    if accept:
+        planner.accept(planned)
+    return planned
+
+
+def _rows(writes: Sequence[Write]) -> list[Row]:
+    return [row for write in writes for row in write.rows]

@@ -1,0 +1,236 @@
+"""The SQLite side of the group commit (group_commit.py): the primitives of one write
+transaction on the store's only write connection, used by the writer thread alone.
+
+Besides writing, it keeps what ping needs to know: a write fault (a full disk, an I/O error, a
+write connection that broke when a ROLLBACK failed) is reported to the store until a COMMIT or
+a probe succeeds again; a broken connection is replaced by the next group or probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+from eventledger.eventstore.errors import InvalidAppend, StoreOutcomeUnknown, StoreUnavailable
+from eventledger.eventstore.group_commit import InsertRefused, Row, Snapshot, StoredPlace
+
+_IN_CHUNK = 500  # ids per `IN (...)` lookup, well below SQLite's bound-parameter limit
+_COLUMNS = "position, id, stream, stream_version, type, schema_version, data, metadata, recorded_at"
+_HEAD = "SELECT coalesce(max(position), 0) FROM events"
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+PROBE_BYTES = 64 * 1024  # how much the file must be able to grow for ping to say it can write
+# Errors that say the file cannot take writes (rather than a busy lock): ping reports them
+# until a write or a probe succeeds again.
+_WRITE_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CORRUPT", "SQLITE_NOTADB",
+                 "SQLITE_CANTOPEN", "SQLITE_READONLY")  # fmt: skip
+
+
+class WriterHost(Protocol):
+    """What the write side needs from its store."""
+
+    write_fault: str | None
+
+    def committed(self, head: int) -> None: ...
+    def set_fault(self, fault: str | None) -> None: ...
+    def clock(self) -> datetime: ...
+    def connect(self) -> sqlite3.Connection: ...
+
+
+class WriteSide:
+    """The primitives the group-commit engine writes with (group_commit.Database), on the one
+    write connection. Runs on the writer thread only."""
+
+    def __init__(self, store: WriterHost, conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._conn: sqlite3.Connection | None = conn
+
+    # -- Backend
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[WriteSide]:
+        if self._conn is None:  # broken by a failed ROLLBACK: a new one
+            self._reconnect()
+        yield self
+
+    def committed(self, head: int) -> None:
+        self._store.committed(head)
+
+    # -- Database
+
+    def usable(self) -> bool:
+        return self._conn is not None
+
+    async def begin(self, ids: Sequence[UUID], streams: Sequence[str]) -> Snapshot:
+        conn = self._connection()
+        with self._translated():
+            conn.execute("BEGIN IMMEDIATE")
+            # Positions are assigned here, inside the write transaction, as max+1. SQLite has
+            # one writer at a time (across processes too), so transactions commit in the
+            # order they took the lock and every position is above all positions committed
+            # before. A reader that has seen position P can therefore never later see a new
+            # event below P. (A sequence handed out before taking the lock would let a slower
+            # transaction commit a lower position after a faster one.)
+            head = _scalar(conn, _HEAD)
+            stored: dict[UUID, StoredPlace] = {}
+            for chunk in _chunks([str(i) for i in ids]):
+                for event_id, stream, version, position in conn.execute(
+                    "SELECT id, stream, stream_version, position FROM events"
+                    f" WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    stored[UUID(event_id)] = StoredPlace(UUID(event_id), stream, version, position)
+            versions: dict[str, int] = {}
+            for chunk in _chunks(list(streams)):
+                versions.update(
+                    conn.execute(
+                        "SELECT stream, max(stream_version) FROM events"
+                        f" WHERE stream IN ({', '.join('?' * len(chunk))}) GROUP BY stream",
+                        chunk,
+                    ).fetchall()
+                )
+            conn.execute("SAVEPOINT 'group'")
+        return Snapshot(head, self._store.clock(), stored, versions)
+
+    async def insert(self, rows: Sequence[Row]) -> None:
+        conn = self._connection()
+        try:
+            conn.executemany(
+                _INSERT,
+                [_values(r) for r in rows],
+            )
+        except sqlite3.IntegrityError as exc:  # a constraint or trigger refused these rows
+            raise InsertRefused(InvalidAppend(f"SQLite refused the event: {exc}")) from exc
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+
+    async def insert_and_commit(self, rows: Sequence[Row], head: int) -> None:
+        await self.insert(rows)
+        await self.commit(head)
+
+    async def commit(self, head: int) -> None:
+        try:
+            _run_commit(self._connection())
+        except sqlite3.Error as exc:
+            # Not "nothing was written": an I/O error while the WAL is written or fsynced
+            # leaves the outcome unknown (the frames may be durable); only a retry with the
+            # same event ids can tell.
+            self._fault(exc)
+            raise StoreOutcomeUnknown(
+                f"the commit failed, the append may or may not be stored: {_describe(exc)}"
+            ) from exc
+        self._store.set_fault(None)
+
+    async def savepoint(self, name: str) -> None:
+        with self._translated():
+            self._connection().execute(f"SAVEPOINT '{name}'")
+
+    async def release(self, name: str) -> None:
+        with self._translated():
+            self._connection().execute(f"RELEASE '{name}'")
+
+    async def rollback_to(self, name: str) -> None:
+        with self._translated():
+            self._connection().execute(f"ROLLBACK TO '{name}'")
+
+    async def rollback(self) -> None:
+        conn = self._conn
+        try:
+            if conn is None or not conn.in_transaction:  # SQLite may have rolled back already
+                return
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            # The connection may still hold the write lock or a half transaction: it is
+            # useless. Drop it; the next group (or ping's probe) opens a new one.
+            self._store.set_fault(f"the write connection broke: {_describe(exc)}")
+            self.close()
+
+    # -- health
+
+    async def probe(self) -> None:
+        """Raise StoreUnavailable unless a write could succeed now (called by ping while a
+        fault is reported): reconnect if needed, and try to grow the file by PROBE_BYTES in a
+        transaction that is rolled back."""
+        if self._conn is None:
+            self._reconnect()
+        conn = self._connection()
+        try:
+            with self._translated():
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("CREATE TABLE eventledger_probe (filler BLOB)")
+                conn.execute("INSERT INTO eventledger_probe VALUES (zeroblob(?))", (PROBE_BYTES,))
+        finally:
+            await self.rollback()
+        self._store.set_fault(None)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- helpers
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(self._store.write_fault or "the write connection is closed")
+        return self._conn
+
+    def _reconnect(self) -> None:
+        try:
+            self._conn = self._store.connect()
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+
+    def _fault(self, exc: sqlite3.Error) -> StoreUnavailable:
+        """Translate a write error; a fault of the file (not a busy lock) is kept for ping."""
+        if str(getattr(exc, "sqlite_errorname", "")).startswith(_WRITE_FAULTS):
+            self._store.set_fault(_describe(exc))
+        return unavailable(exc)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from exc
+
+
+def _values(r: Row) -> tuple[object, ...]:
+    return (r.position, str(r.id), r.stream, r.stream_version, r.type, r.schema_version,
+            r.data, r.metadata, r.recorded_at)  # fmt: skip
+
+
+def _run_commit(conn: sqlite3.Connection) -> None:
+    """COMMIT (one place, so that the tests can make it fail)."""
+    conn.execute("COMMIT")
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start : start + _IN_CHUNK]
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    return f"SQLite error ({getattr(exc, 'sqlite_errorname', type(exc).__name__)}): {exc}"
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The one place where a driver error becomes an event store error."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        error = StoreUnavailable(f"the event store is busy: {exc}")
+    elif isinstance(exc, sqlite3.Error):
+        error = StoreUnavailable(_describe(exc))
+    else:
+        error = StoreUnavailable(f"unexpected error in the SQLite event store: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def _scalar(conn: sqlite3.Connection, sql: str, *params: object) -> int:
+    value: int = conn.execute(sql, params).fetchone()[0]
+    return value
