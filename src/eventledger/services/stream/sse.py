@@ -57,7 +57,7 @@ from eventledger.services.stream.pages import SizeEstimate, read_log_page
 PAGE_SIZE = 500
 SSE_PAGE_BYTES = 64 * 1024  # per step of a subscription; also what a slow client may buffer
 READ_CONCURRENCY = 2  # page reads in flight for all subscribers together
-SENDS_PER_TICK = 16  # pages handed to subscribers per turn of the event loop
+SENDS_PER_TICK = 4  # pages handed to subscribers per turn of the event loop
 CACHE_BYTES = 16 * 1024 * 1024  # complete pages kept for subscribers catching up together
 WATCH_SECONDS = 5.0  # the head watcher's longest single wait on the store
 FINAL_SEND_SECONDS = 0.5  # at shutdown, how long to try to end a response cleanly
