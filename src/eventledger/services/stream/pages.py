@@ -37,9 +37,12 @@ def encoded_envelope(event: RecordedEvent) -> str:
 
 
 class SizeEstimate:
-    """A running estimate of the encoded size of one event, to size the next store read."""
+    """A running estimate of the encoded size of one event, to size the next store read.
+    It starts at the largest event size accepted today, so that a first read over events
+    stored before sizes were bounded (up to 1 MiB each) asks for a few of them, not hundreds;
+    small events bring it down within a few reads."""
 
-    def __init__(self, initial: int = 1024) -> None:
+    def __init__(self, initial: int = 64 * 1024) -> None:
         self.average = float(initial)
 
     def observe(self, total_bytes: int, count: int) -> None:
