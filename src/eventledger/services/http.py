@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventledger.services.limits import RateLimitMiddleware
@@ -149,11 +150,14 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut off by the server's request deadline: no traceback
+        raise ProblemError(400, "incomplete-body", "Incomplete body", "the client left") from None
     return b"".join(chunks)
 
 
