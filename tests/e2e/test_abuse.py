@@ -150,8 +150,14 @@ async def test_a_slowloris_of_idle_connections_neither_stops_other_clients_nor_s
     system, credentials = secured
     port = system.stream.port
     partial = f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\nX-Slow: "
+    slow_body = (
+        f"POST /streams/slow HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Authorization: Bearer {credentials.tokens['transaction']}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"expected'
+    )
     idle = [await raw_request(port, partial) for _ in range(300)]
     idle += [await raw_request(port, "") for _ in range(100)]
+    bodies = [await raw_request(port, slow_body) for _ in range(20)]
     try:
         async with httpx.AsyncClient(timeout=5) as http:
             start = time.perf_counter()
@@ -166,11 +172,15 @@ async def test_a_slowloris_of_idle_connections_neither_stops_other_clients_nor_s
             return await asyncio.wait_for(reader.read(), REQUEST_TIMEOUT + 4)
 
         answers = await asyncio.gather(*(answer(r) for r, _ in idle))
+        cut = await asyncio.gather(*(answer(r) for r, _ in bodies))
     finally:
-        for _, writer in idle:
+        for _, writer in idle + bodies:
             writer.close()
-    # Every idle connection was answered 408 and closed (read() returned at end of stream).
+    # Every idle connection was answered 408 and closed (read() returned at end of stream);
+    # a body that never came was cut off too, the app seeing its client leave, quietly.
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:30] for a in answers}
+    assert all(c == b"" for c in cut), {c[:30] for c in cut}
+    assert "Traceback" not in system.stream.log_text()
 
 
 async def test_oversized_and_too_many_headers_are_refused_at_once_and_malformed_requests_too(
