@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -35,6 +36,7 @@ from eventledger.eventstore.errors import (
     StreamNotFound,
     WrongExpectedVersion,
 )
+from eventledger.eventstore.hashing import GENESIS, event_hash
 from eventledger.eventstore.records import (
     AppendResult,
     ExpectedVersion,
@@ -691,6 +693,71 @@ class EventStoreContract(ABC):
             assert read.metadata == metadata
             assert type(read.data["max"]) is int
             assert type(read.data["nested"]["list"][2]) is int
+
+    # -- the hash chain ------------------------------------------------------------------
+
+    async def test_every_event_carries_a_hash_chained_to_the_event_before_it(
+        self, store: EventStore
+    ) -> None:
+        head = await store.head_position()
+        tricky = {
+            "floats": [1e20, -0.0, 1.5e300, 1e-7, 0.1, 2.5, 1.0],
+            "big": 2**70,
+            "text": '€ naïve 日本語 🚀 " \\ \u2028',
+            "nested": {"z": 1, "a": [True, None, {"y": "ü"}]},
+        }
+        await store.append(new_stream(), expected_version=NO_STREAM, events=new_events(2))
+        await store.append_batch(
+            [
+                StreamAppend(new_stream(), NO_STREAM, [new_event(data=tricky)]),
+                StreamAppend(new_stream(), NO_STREAM, new_events(2)),
+            ]
+        )
+        previous = GENESIS
+        if head:
+            (before,) = await store.read_stored(after=head - 1, limit=1)
+            previous = before.hash
+        events = await store.read_stored(after=head, limit=100)
+        assert len(events) == 5
+        for event in events:
+            assert event.hash == event_hash(previous, event), event.position
+            previous = event.hash
+        assert len({e.hash for e in events}) == 5
+
+    async def test_batch_end_is_the_last_position_of_the_append_batch_that_wrote_the_event(
+        self, store: EventStore
+    ) -> None:
+        single = await store.append(new_stream(), expected_version=NO_STREAM, events=new_events(2))
+        batch = await store.append_batch(
+            [
+                StreamAppend(new_stream(), NO_STREAM, new_events(2)),
+                StreamAppend(new_stream(), NO_STREAM, new_events(1)),
+            ]
+        )
+        events = await store.read_all(after=single.positions[0] - 1)
+        ends = {e.position: e.batch_end for e in events}
+        assert [ends[p] for p in single.positions] == [single.positions[-1]] * 2
+        batch_positions = [p for r in batch for p in r.positions]
+        assert [ends[p] for p in batch_positions] == [batch_positions[-1]] * 3
+
+    async def test_a_hash_changes_when_anything_in_the_event_changes(
+        self, store: EventStore
+    ) -> None:
+        event = new_event(data={"amount": 100})
+        result = await store.append(new_stream(), expected_version=NO_STREAM, events=[event])
+        (stored,) = await store.read_stored(after=result.positions[0] - 1, limit=1)
+        previous = GENESIS
+        if stored.position > 1:
+            previous = (await store.read_stored(after=stored.position - 2, limit=1))[0].hash
+        assert event_hash(previous, stored) == stored.hash
+        for edited in (
+            dataclasses.replace(stored, data={"amount": 1000}),
+            dataclasses.replace(stored, metadata={"x": 1}),
+            dataclasses.replace(stored, stream="other"),
+            dataclasses.replace(stored, position=stored.position + 1),
+            dataclasses.replace(stored, batch_end=stored.batch_end + 1),
+        ):
+            assert event_hash(previous, edited) != stored.hash
 
     # -- waiting for events --------------------------------------------------------------
 

@@ -146,8 +146,10 @@ async def test_opening_twice_migrates_once_and_keeps_the_events(
         assert await second.stream_version(stream) == 2
     finally:
         await second.close()
-    rows = await table_rows(postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations")
-    assert rows == [(1,)]
+    rows = await table_rows(
+        postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations ORDER BY version"
+    )
+    assert rows == [(1,), (2,)]
 
 
 async def test_instances_starting_together_on_a_new_schema_migrate_it_once(
@@ -163,22 +165,24 @@ async def test_instances_starting_together_on_a_new_schema_migrate_it_once(
         assert sorted(r.positions[0] for r in results) == [1, 2, 3, 4]
     finally:
         await asyncio.gather(*(s.close() for s in stores))
-    rows = await table_rows(postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations")
-    assert rows == [(1,)]
+    rows = await table_rows(
+        postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations ORDER BY version"
+    )
+    assert rows == [(1,), (2,)]
 
 
 async def test_a_later_migration_is_applied_once_by_the_next_open(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await (await PostgresEventStore.open(postgres_url, schema=pg_schema)).close()
-    later = (*postgres.MIGRATIONS, (2, "CREATE TABLE migration_probe (x integer)"))
+    later = (*postgres.MIGRATIONS, (3, "CREATE TABLE migration_probe (x integer)"))
     monkeypatch.setattr(postgres, "MIGRATIONS", later)
     for _ in range(2):
         await (await PostgresEventStore.open(postgres_url, schema=pg_schema)).close()
     versions = await table_rows(
         postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations ORDER BY version"
     )
-    assert versions == [(1,), (2,)]
+    assert versions == [(1,), (2,), (3,)]
     assert await table_rows(postgres_url, pg_schema, "SELECT x FROM {s}.migration_probe") == []
 
 

@@ -161,7 +161,7 @@ async def test_the_schema_version_and_the_wal_journal_are_recorded_in_the_file(
         columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
         assert columns == [
             "position", "id", "stream", "stream_version", "type", "schema_version",
-            "data", "metadata", "recorded_at",
+            "data", "metadata", "recorded_at", "hash", "batch_end",
         ]  # fmt: skip
     finally:
         conn.close()

@@ -134,6 +134,8 @@ async def test_the_envelope_has_every_field_of_the_contract(client: httpx.AsyncC
         "stream_version",
         "position",
         "recorded_at",
+        "hash",
+        "batch_end",
     }
     assert envelope["data"] == body["data"]  # integers of any size survive
     assert envelope["metadata"] == {"correlation_id": "c-1"}

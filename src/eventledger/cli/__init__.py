@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from eventledger.cli import bench, commands, operator, queries, tokens
+from eventledger.cli import bench, commands, operator, queries, tokens, verify
 from eventledger.cli.output import friendly_errors, print_error
 from eventledger.cli.serve import serve
 from eventledger.cli.up import up
@@ -45,6 +45,7 @@ app.command("stats", rich_help_panel=_API)(friendly_errors(queries.stats))
 app.command("tail", rich_help_panel=_OPERATE)(friendly_errors(operator.tail))
 app.command("rebuild", rich_help_panel=_OPERATE)(friendly_errors(operator.rebuild))
 app.command("bench", rich_help_panel=_OPERATE)(friendly_errors(bench.bench))
+app.command("verify", rich_help_panel=_OPERATE)(friendly_errors(verify.verify))
 app.add_typer(tokens.app, name="token", rich_help_panel=_OPERATE)
 
 

@@ -45,6 +45,8 @@ def to_envelope(event: RecordedEvent) -> dict[str, Any]:
         "stream_version": event.stream_version,
         "position": event.position,
         "recorded_at": format_time(event.recorded_at),
+        "hash": event.hash,
+        "batch_end": event.batch_end,
     }
 
 

@@ -45,6 +45,7 @@ from eventledger.eventstore.errors import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
+from eventledger.eventstore.hashing import canonical_json, chain, event_content
 from eventledger.eventstore.records import AppendResult, NewEvent, StreamAppend
 from eventledger.eventstore.store import Placed, check_expected_version, classify_batch_replay
 
@@ -62,23 +63,30 @@ Outcome = list[AppendResult] | BaseException
 @dataclass(frozen=True, slots=True)
 class Encoded:
     """A new event as it will be stored: its data and metadata as JSON text (codec.json_text,
-    which also applies the text rules every backend shares)."""
+    which also applies the text rules every backend shares), and in the canonical JSON that
+    its hash covers (hashing.py). Encoded by the caller, so the writer only concatenates."""
 
     id: UUID
     type: str
     schema_version: int
     data: str
     metadata: str
+    canonical_data: str
+    canonical_metadata: str
 
 
 def encode(event: NewEvent) -> Encoded:
     """Raises InvalidAppend for data or metadata no backend can store."""
+    data = json_text(event.data, "data", event.id)
+    metadata = json_text(event.metadata, "metadata", event.id)
     return Encoded(
         id=event.id,
         type=event.type,
         schema_version=event.schema_version,
-        data=json_text(event.data, "data", event.id),
-        metadata=json_text(event.metadata, "metadata", event.id),
+        data=data,
+        metadata=metadata,
+        canonical_data=canonical_json(event.data),
+        canonical_metadata=canonical_json(event.metadata),
     )
 
 
@@ -142,6 +150,7 @@ class Snapshot:
     that makes it the only writer: nothing it read can change before COMMIT."""
 
     head: int  # the newest position
+    head_hash: str  # its hash (hashing.GENESIS in an empty store)
     recorded_at: datetime  # the time the group's events are recorded at
     stored: Mapping[UUID, Placed]  # the group's event ids that are stored already
     versions: Mapping[str, int]  # the group's streams' versions (absent: 0)
@@ -160,6 +169,8 @@ class Row:
     data: str
     metadata: str
     recorded_at: str  # codec.format_time
+    hash: str  # hashing.py: chained to the row before
+    batch_end: int  # the position of the last row of its request (its `append_batch`)
 
 
 @dataclass(eq=False)
@@ -177,6 +188,7 @@ class Planner:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.head = snapshot.head
+        self.head_hash = snapshot.head_hash
         at = snapshot.recorded_at
         # A naive clock is read as UTC (astimezone would take it for local time).
         self._recorded_at = format_time(at if at.tzinfo else at.replace(tzinfo=UTC))
@@ -189,36 +201,56 @@ class Planner:
         replayed = classify_batch_replay(request.appends, self._stored)
         if replayed is not None:
             return replayed
-        position = self.head
-        rows: list[Row] = []
         results: list[AppendResult] = []
-        for append, events in zip(request.appends, request.events, strict=True):
+        first = self.head + 1
+        position = self.head
+        for append in request.appends:
             actual = self._versions.get(append.stream, 0)
             check_expected_version(append.stream, append.expected_version, actual)
-            first = position + 1
-            for i, event in enumerate(events, start=1):
-                position += 1
+            count = len(append.events)
+            results.append(
+                AppendResult(
+                    append.stream,
+                    actual + 1,
+                    actual + count,
+                    tuple(range(position + 1, position + count + 1)),
+                )
+            )
+            position += count
+        # One hash per event, chained in position order; the whole request is one batch.
+        rows: list[Row] = []
+        previous, batch_end, position = self.head_hash, position, first
+        for result, events in zip(results, request.events, strict=True):
+            for version, event in enumerate(events, start=result.first_version):
+                content = event_content(
+                    id=event.id,
+                    stream=result.stream,
+                    type=event.type,
+                    schema_version=event.schema_version,
+                    data=event.canonical_data,
+                    metadata=event.canonical_metadata,
+                    stream_version=version,
+                    position=position,
+                    recorded_at=self._recorded_at,
+                    batch_end=batch_end,
+                )
+                previous = chain(previous, content)
                 rows.append(
                     Row(
                         position=position,
                         id=event.id,
-                        stream=append.stream,
-                        stream_version=actual + i,
+                        stream=result.stream,
+                        stream_version=version,
                         type=event.type,
                         schema_version=event.schema_version,
                         data=event.data,
                         metadata=event.metadata,
                         recorded_at=self._recorded_at,
+                        hash=previous,
+                        batch_end=batch_end,
                     )
                 )
-            results.append(
-                AppendResult(
-                    append.stream,
-                    actual + 1,
-                    actual + len(events),
-                    tuple(range(first, position + 1)),
-                )
-            )
+                position += 1
         return Write(request, rows, results)
 
     def accept(self, write: Write) -> None:
@@ -227,6 +259,7 @@ class Planner:
             self._stored[row.id] = row
             self._versions[row.stream] = row.stream_version
         self.head = write.rows[-1].position
+        self.head_hash = write.rows[-1].hash
 
 
 # -- what a backend supplies ---------------------------------------------------------------
@@ -256,10 +289,10 @@ class Database(Protocol):
 
     async def insert(self, rows: Sequence[Row]) -> None: ...
 
-    async def insert_and_commit(self, rows: Sequence[Row], head: int) -> None:
-        """INSERT the rows, record `head` as the newest position, COMMIT."""
+    async def insert_and_commit(self, rows: Sequence[Row], head: int, head_hash: str) -> None:
+        """INSERT the rows, record the new head (position and hash), COMMIT."""
 
-    async def commit(self, head: int) -> None: ...
+    async def commit(self, head: int, head_hash: str) -> None: ...
 
     async def savepoint(self, name: str) -> None: ...
 
@@ -395,7 +428,7 @@ class GroupCommit:
             await db.rollback()  # nothing to write: release the lock
             return []
         try:
-            await _committing(db.insert_and_commit(_rows(writes), planner.head))
+            await _committing(db.insert_and_commit(_rows(writes), planner.head, planner.head_hash))
             return writes
         except InsertRefused:
             await db.rollback_to("group")
@@ -421,7 +454,7 @@ class GroupCommit:
         if not writes:
             await db.rollback()
             return []
-        await _committing(db.commit(planner.head))
+        await _committing(db.commit(planner.head, planner.head_hash))
         return writes
 
 

@@ -9,8 +9,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
+from eventledger.eventstore.codec import format_time, parse_time
 from eventledger.eventstore.errors import StreamNotFound
 from eventledger.eventstore.group_commit import encode
+from eventledger.eventstore.hashing import GENESIS, chain, event_content
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import (
     EventStore,
@@ -52,12 +54,28 @@ class MemoryEventStore(EventStore):
                 actual = len(self._streams.get(append.stream, ()))
                 check_expected_version(append.stream, append.expected_version, actual)
             now = self._clock()
+            recorded_at = format_time(now if now.tzinfo else now.replace(tzinfo=UTC))
+            batch_end = len(self._log) + sum(len(a.events) for a in appends)
+            previous = self._log[-1].hash if self._log else GENESIS
             results = []
             for append, encoded in zip(appends, stored, strict=True):
                 stream_events = self._streams.setdefault(append.stream, [])
                 first = len(stream_events) + 1
                 positions = []
                 for event in encoded:
+                    content = event_content(
+                        id=event.id,
+                        stream=append.stream,
+                        type=event.type,
+                        schema_version=event.schema_version,
+                        data=event.canonical_data,
+                        metadata=event.canonical_metadata,
+                        stream_version=len(stream_events) + 1,
+                        position=len(self._log) + 1,
+                        recorded_at=recorded_at,
+                        batch_end=batch_end,
+                    )
+                    previous = chain(previous, content)
                     recorded = RecordedEvent(
                         id=event.id,
                         stream=append.stream,
@@ -67,7 +85,9 @@ class MemoryEventStore(EventStore):
                         metadata=json.loads(event.metadata),
                         stream_version=len(stream_events) + 1,
                         position=len(self._log) + 1,
-                        recorded_at=now,
+                        recorded_at=parse_time(recorded_at),
+                        hash=previous,
+                        batch_end=batch_end,
                     )
                     stream_events.append(recorded)
                     self._log.append(recorded)

@@ -112,7 +112,10 @@ Pool = AsyncConnectionPool[Connection]
 
 # -- statements --------------------------------------------------------------------------
 
-_COLUMNS = "id, stream, type, schema_version, data, metadata, stream_version, position, recorded_at"
+_COLUMNS = (
+    "id, stream, type, schema_version, data, metadata, stream_version, position, recorded_at,"
+    " hash, batch_end"
+)
 
 # Why a counter row and not a sequence: a sequence hands out numbers when a row is inserted,
 # but the row becomes visible when its transaction commits. Transaction A can take position 10,
@@ -122,11 +125,13 @@ _COLUMNS = "id, stream, type, schema_version, data, metadata, stream_version, po
 # SELECT until the first has committed, then reads the committed head: transactions that take
 # positions commit in position order, and positions have no gaps. Because the lock comes
 # before every other read, what the group reads next (stored ids, stream versions) cannot
-# change before it commits: the planning in Python is exact, with no race to retry. The time
-# is read under the lock too, so `recorded_at` never goes backwards along the log.
-_LOCK_HEAD = "SELECT last, clock_timestamp() FROM event_position WHERE id = 1 FOR UPDATE"
+# change before it commits: the planning in Python is exact, with no race to retry. The head's
+# hash is kept in the same row, so the hash chain continues from the committed head with no
+# extra round trip, and no other writer can chain from it before we commit. The time is read
+# under the lock too, so `recorded_at` never goes backwards along the log.
+_LOCK_HEAD = "SELECT last, hash, clock_timestamp() FROM event_position WHERE id = 1 FOR UPDATE"
 
-_ADVANCE_HEAD = "UPDATE event_position SET last = %s WHERE id = 1"
+_ADVANCE_HEAD = "UPDATE event_position SET last = %s, hash = %s WHERE id = 1"
 
 _STORED_BY_ID = "SELECT id, stream, stream_version, position FROM events WHERE id = ANY(%s::uuid[])"
 
@@ -137,14 +142,15 @@ _STREAM_VERSIONS = (
 
 _INSERT = """
     INSERT INTO events (position, id, stream, stream_version, type, schema_version, data,
-                        metadata, recorded_at)
+                        metadata, recorded_at, hash, batch_end)
     SELECT e.position, e.id, e.stream, e.stream_version, e.type, e.schema_version,
-           e.data::jsonb, e.metadata::jsonb, e.recorded_at::timestamptz
+           e.data::jsonb, e.metadata::jsonb, e.recorded_at::timestamptz, e.hash, e.batch_end
     FROM unnest(%(positions)s::bigint[], %(ids)s::uuid[], %(streams)s::text[],
                 %(versions)s::integer[], %(types)s::text[], %(schema_versions)s::integer[],
-                %(data)s::text[], %(metadata)s::text[], %(recorded_at)s::text[])
+                %(data)s::text[], %(metadata)s::text[], %(recorded_at)s::text[],
+                %(hashes)s::text[], %(batch_ends)s::bigint[])
          AS e(position, id, stream, stream_version, type, schema_version, data, metadata,
-              recorded_at)
+              recorded_at, hash, batch_end)
 """
 
 
@@ -431,7 +437,7 @@ class _Session:
                 for row in await stored_cur.fetchall()
             }
             versions = {s: v for s, v in await versions_cur.fetchall() if v}
-        return Snapshot(int(head_row[0]), head_row[1], stored, versions)
+        return Snapshot(int(head_row[0]), head_row[1], head_row[2], stored, versions)
 
     async def insert(self, rows: Sequence[Row]) -> None:
         try:
@@ -441,20 +447,20 @@ class _Session:
         except psycopg.Error as exc:
             raise _translate(exc) from exc
 
-    async def insert_and_commit(self, rows: Sequence[Row], head: int) -> None:
+    async def insert_and_commit(self, rows: Sequence[Row], head: int, head_hash: str) -> None:
         # One round trip: INSERT, counter, COMMIT, NOTIFY, then the pipeline's Sync.
-        await self._commit(head, rows)
+        await self._commit(head, head_hash, rows)
 
-    async def commit(self, head: int) -> None:
-        await self._commit(head, ())
+    async def commit(self, head: int, head_hash: str) -> None:
+        await self._commit(head, head_hash, ())
 
-    async def _commit(self, head: int, rows: Sequence[Row]) -> None:
+    async def _commit(self, head: int, head_hash: str, rows: Sequence[Row]) -> None:
         conn = self._conn
         try:
             async with conn.pipeline():
                 if rows:
                     await conn.execute(_INSERT, _insert_params(rows))
-                await conn.execute(_ADVANCE_HEAD, [head])
+                await conn.execute(_ADVANCE_HEAD, [head, head_hash])
                 await _run_commit(conn)
                 await send_notify(conn, self._schema)
         except psycopg.Error as exc:
@@ -514,6 +520,8 @@ def _insert_params(rows: Sequence[Row]) -> dict[str, list[Any]]:
         "data": [r.data for r in rows],
         "metadata": [r.metadata for r in rows],
         "recorded_at": [r.recorded_at for r in rows],
+        "hashes": [r.hash for r in rows],
+        "batch_ends": [r.batch_end for r in rows],
     }
 
 
@@ -529,7 +537,7 @@ def _idle(conn: Connection) -> bool:
 
 
 def _record(row: Sequence[Any]) -> RecordedEvent:
-    event_id, stream, type_, schema_version, data, metadata, version, position, at = row
+    event_id, stream, type_, schema_version, data, metadata, version, position, at = row[:9]
     return RecordedEvent(
         id=event_id,
         stream=stream,
@@ -540,6 +548,8 @@ def _record(row: Sequence[Any]) -> RecordedEvent:
         stream_version=version,
         position=position,
         recorded_at=at.astimezone(UTC),
+        hash=row[9],
+        batch_end=row[10],
     )
 
 

@@ -28,6 +28,8 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from eventledger.eventstore.errors import IncompatibleSchema, UnsafeDurability
+from eventledger.eventstore.hashing import GENESIS, event_hash
+from eventledger.eventstore.records import RecordedEvent
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO event_position (id, last) VALUES (1, 0);
         """,
     ),
+    (
+        2,
+        # Tamper evidence (hashing.py), and where the atomic append that wrote an event ends.
+        # The head's hash sits beside the head position, read with it under the row lock.
+        # The events of version 1 get their chain once, right after (`_chain_old_events`).
+        """
+        ALTER TABLE events ADD COLUMN hash text, ADD COLUMN batch_end bigint;
+        ALTER TABLE event_position
+            ADD COLUMN hash text NOT NULL
+            DEFAULT '0000000000000000000000000000000000000000000000000000000000000000';
+        """,
+    ),
 )
 
 
@@ -146,6 +160,8 @@ async def migrate(conn: Connection, schema: str, migrations: Sequence[Migration]
             if version not in applied:
                 logger.info("migrating schema %s to version %d", schema, version)
                 await conn.execute(ddl)
+                if version == 2:
+                    await _chain_old_events(conn)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, now())",
                     [version],
@@ -156,3 +172,50 @@ def advisory_lock_key(schema: str, name: str) -> int:
     """A 64-bit advisory lock key for a stream (or `\\0migrations`) of one schema."""
     digest = hashlib.blake2b(f"{schema}\0{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+_CHAIN_PAGE = 5_000
+
+
+async def _chain_old_events(conn: Connection) -> None:
+    """Give the events written before version 2 their hash chain, in position order, then
+    make the columns required. They were written before batches were recorded: each counts
+    as a batch of its own."""
+    previous, after = GENESIS, 0
+    while True:
+        cur = await conn.execute(
+            "SELECT id, stream, type, schema_version, data, metadata, stream_version, position,"
+            " recorded_at FROM events WHERE position > %s ORDER BY position LIMIT %s",
+            [after, _CHAIN_PAGE],
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            break
+        positions, hashes = [], []
+        for event_id, stream, type_, schema_version, data, metadata, version, position, at in rows:
+            event = RecordedEvent(
+                id=event_id,
+                stream=stream,
+                type=type_,
+                schema_version=schema_version,
+                data=data,
+                metadata=metadata,
+                stream_version=version,
+                position=position,
+                recorded_at=at,
+                batch_end=position,
+            )
+            previous = event_hash(previous, event)
+            positions.append(position)
+            hashes.append(previous)
+        await conn.execute(
+            "UPDATE events AS e SET hash = u.hash, batch_end = u.position"
+            " FROM unnest(%s::bigint[], %s::text[]) AS u(position, hash)"
+            " WHERE e.position = u.position",
+            [positions, hashes],
+        )
+        after = positions[-1]
+    await conn.execute("UPDATE event_position SET hash = %s WHERE id = 1", [previous])
+    await conn.execute(
+        "ALTER TABLE events ALTER COLUMN hash SET NOT NULL, ALTER COLUMN batch_end SET NOT NULL"
+    )

@@ -56,7 +56,10 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 _MAX_INT = 2**63 - 1  # SQLite integers are signed 64-bit
-_COLUMNS = "position, id, stream, stream_version, type, schema_version, data, metadata, recorded_at"
+_COLUMNS = (
+    "position, id, stream, stream_version, type, schema_version, data, metadata, recorded_at,"
+    " hash, batch_end"
+)
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
 MIN_FREE_BYTES = 64 * 1024  # less free space than this on the file's disk: ping says full
 _STREAM_VERSION = "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream = ?"
@@ -436,7 +439,7 @@ def _scalar(conn: sqlite3.Connection, sql: str, *params: object) -> int:
 
 
 def _decode(row: tuple[Any, ...]) -> RecordedEvent:
-    position, event_id, stream, version, event_type, schema_version, data, metadata, at = row
+    position, event_id, stream, version, event_type, schema_version, data, metadata, at = row[:9]
     return RecordedEvent(
         id=UUID(event_id),
         stream=stream,
@@ -447,4 +450,6 @@ def _decode(row: tuple[Any, ...]) -> RecordedEvent:
         stream_version=version,
         position=position,
         recorded_at=datetime.fromisoformat(at),
+        hash=row[9],
+        batch_end=row[10],
     )

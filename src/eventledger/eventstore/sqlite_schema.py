@@ -8,10 +8,15 @@ of a newer version is refused).
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
+from datetime import datetime
+from uuid import UUID
 
 from eventledger.eventstore.errors import StoreUnavailable
+from eventledger.eventstore.hashing import GENESIS, event_hash
+from eventledger.eventstore.records import RecordedEvent
 
 # Each entry moves the schema up one version; `PRAGMA user_version` records how many ran.
 # Add new migrations at the end; never edit one that has been released.
@@ -33,6 +38,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         # read_all(types=...) walks one type in position order instead of the whole log.
         "CREATE INDEX events_by_type ON events (type, position)",
+    ),
+    (
+        # Tamper evidence (hashing.py), and where the atomic append that wrote an event ends.
+        # The events of older versions get their chain once, here (`_chain_old_events`).
+        "ALTER TABLE events ADD COLUMN hash TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE events ADD COLUMN batch_end INTEGER NOT NULL DEFAULT 0",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -88,9 +99,11 @@ def migrate(conn: sqlite3.Connection) -> None:
                 f"the event store file has schema version {version}, newer than this "
                 f"program's {SCHEMA_VERSION}: upgrade eventledger"
             )
-        for statements in MIGRATIONS[version:]:
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
                 conn.execute(statement)
+            if number == 2:
+                _chain_old_events(conn)
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -98,3 +111,30 @@ def migrate(conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
+
+
+def _chain_old_events(conn: sqlite3.Connection) -> None:
+    """Give the events written before version 2 their hash chain, in position order. They were
+    written before batches were recorded: each counts as a batch of its own."""
+    rows = conn.execute(
+        "SELECT position, id, stream, stream_version, type, schema_version, data, metadata,"
+        " recorded_at FROM events ORDER BY position"
+    )
+    previous = GENESIS
+    updates: list[tuple[str, int, int]] = []
+    for position, event_id, stream, version, event_type, schema_version, data, meta, at in rows:
+        event = RecordedEvent(
+            id=UUID(event_id),
+            stream=stream,
+            type=event_type,
+            schema_version=schema_version,
+            data=json.loads(data),
+            metadata=json.loads(meta),
+            stream_version=version,
+            position=position,
+            recorded_at=datetime.fromisoformat(at),
+            batch_end=position,
+        )
+        previous = event_hash(previous, event)
+        updates.append((previous, position, position))
+    conn.executemany("UPDATE events SET hash = ?, batch_end = ? WHERE position = ?", updates)

@@ -17,11 +17,16 @@ from uuid import UUID
 
 from eventledger.eventstore.errors import InvalidAppend, StoreOutcomeUnknown, StoreUnavailable
 from eventledger.eventstore.group_commit import InsertRefused, Row, Snapshot, StoredPlace
+from eventledger.eventstore.hashing import GENESIS
 
 _IN_CHUNK = 500  # ids per `IN (...)` lookup, well below SQLite's bound-parameter limit
-_COLUMNS = "position, id, stream, stream_version, type, schema_version, data, metadata, recorded_at"
-_HEAD = "SELECT coalesce(max(position), 0) FROM events"
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO events (position, id, stream, stream_version, type, schema_version, data,"
+    " metadata, recorded_at, hash, batch_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The head and its hash: the hash chain continues from it. Read inside the transaction, so
+# a commit by another process on the same file is seen (no extra query: one index seek).
+_HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 PROBE_BYTES = 64 * 1024  # how much the file must be able to grow for ping to say it can write
 # Errors that say the file cannot take writes (rather than a busy lock): ping reports them
 # until a write or a probe succeeds again.
@@ -74,7 +79,7 @@ class WriteSide:
             # before. A reader that has seen position P can therefore never later see a new
             # event below P. (A sequence handed out before taking the lock would let a slower
             # transaction commit a lower position after a faster one.)
-            head = _scalar(conn, _HEAD)
+            head, head_hash = conn.execute(_HEAD).fetchone() or (0, GENESIS)
             stored: dict[UUID, StoredPlace] = {}
             for chunk in _chunks([str(i) for i in ids]):
                 for event_id, stream, version, position in conn.execute(
@@ -93,7 +98,7 @@ class WriteSide:
                     ).fetchall()
                 )
             conn.execute("SAVEPOINT 'group'")
-        return Snapshot(head, self._store.clock(), stored, versions)
+        return Snapshot(head, head_hash, self._store.clock(), stored, versions)
 
     async def insert(self, rows: Sequence[Row]) -> None:
         conn = self._connection()
@@ -107,11 +112,11 @@ class WriteSide:
         except sqlite3.Error as exc:
             raise self._fault(exc) from exc
 
-    async def insert_and_commit(self, rows: Sequence[Row], head: int) -> None:
+    async def insert_and_commit(self, rows: Sequence[Row], head: int, head_hash: str) -> None:
         await self.insert(rows)
-        await self.commit(head)
+        await self.commit(head, head_hash)
 
-    async def commit(self, head: int) -> None:
+    async def commit(self, head: int, head_hash: str) -> None:
         try:
             _run_commit(self._connection())
         except sqlite3.Error as exc:
@@ -200,7 +205,7 @@ class WriteSide:
 
 def _values(r: Row) -> tuple[object, ...]:
     return (r.position, str(r.id), r.stream, r.stream_version, r.type, r.schema_version,
-            r.data, r.metadata, r.recorded_at)  # fmt: skip
+            r.data, r.metadata, r.recorded_at, r.hash, r.batch_end)  # fmt: skip
 
 
 def _run_commit(conn: sqlite3.Connection) -> None:
@@ -229,8 +234,3 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
         error = StoreUnavailable(f"unexpected error in the SQLite event store: {exc!r}")
     error.__cause__ = exc
     return error
-
-
-def _scalar(conn: sqlite3.Connection, sql: str, *params: object) -> int:
-    value: int = conn.execute(sql, params).fetchone()[0]
-    return value

@@ -98,6 +98,11 @@ class EventStore(ABC):
         events = await self._read_all(max(after, 0), limit, tuple(types or ()), stream_prefix)
         return [self._upcasters.upcast(e) for e in events]
 
+    async def read_stored(self, *, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """A page of the global log exactly as stored, never upcast (what the hash chain
+        covers: `eventledger verify` reads this)."""
+        return await self._read_all(max(after, 0), max(1, min(limit, MAX_PAGE)), (), None)
+
     async def get_event(self, event_id: UUID) -> RecordedEvent | None:
         """The stored event with this id, or None."""
         event = await self._get_event(event_id)

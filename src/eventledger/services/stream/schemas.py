@@ -218,6 +218,18 @@ class Envelope(BaseModel):
     stream_version: int
     position: int
     recorded_at: str = Field(json_schema_extra={"format": "date-time"})
+    hash: str = Field(
+        description="Tamper evidence: hex SHA-256 of the previous event's hash (32 bytes; 64 "
+        "zeros before the first event) followed by this event's canonical content, the "
+        "canonical JSON of this envelope without `hash`, with the data as stored (an upcast "
+        "event's `data` is not what was hashed). `eventledger verify` recomputes the chain.",
+        pattern="^[0-9a-f]{64}$",
+    )
+    batch_end: int = Field(
+        description="The position of the last event of the atomic append that wrote this "
+        "event: a reader that shows state up to `position` but not up to `batch_end` shows "
+        "half of an atomic append."
+    )
 
 
 class AppendOut(BaseModel):

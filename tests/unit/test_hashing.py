@@ -1,0 +1,73 @@
+"""The canonical content of the hash chain (eventstore/hashing.py): a value and what any
+backend gives back for it hash the same, and the chain is exactly the documented formula."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eventledger.eventstore.codec import format_time, json_text, to_envelope
+from eventledger.eventstore.hashing import GENESIS, canonical_json, chain, event_hash
+from eventledger.eventstore.records import RecordedEvent
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8).filter(lambda k: "\x00" not in k), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(max_size=8).filter(lambda k: "\x00" not in k), json_values))
+def test_data_and_the_json_stored_for_it_have_the_same_canonical_form(
+    data: dict[str, Any],
+) -> None:
+    stored = json.loads(json_text(data, "data", UUID(int=1)))
+    assert canonical_json(data) == canonical_json(stored)
+
+
+def test_integral_floats_are_written_as_the_integers_postgresql_gives_back() -> None:
+    assert canonical_json({"a": 1e20, "b": -0.0, "c": 1.0}) == (
+        '{"a":100000000000000000000,"b":0,"c":1}'
+    )
+    assert canonical_json({"a": 100000000000000000000, "b": 0, "c": 1}) == canonical_json(
+        {"a": 1e20, "b": -0.0, "c": 1.0}
+    )
+    assert canonical_json({"x": 0.1, "y": 1e-7}) == '{"x":0.1,"y":1e-07}'
+
+
+def test_keys_are_sorted_and_text_is_utf8_not_escaped() -> None:
+    assert canonical_json({"b": "€", "a": {"d": 1, "c": [2]}}) == '{"a":{"c":[2],"d":1},"b":"€"}'
+
+
+def test_the_hash_is_sha256_of_the_previous_hash_bytes_and_the_envelope_without_hash() -> None:
+    event = RecordedEvent(
+        id=UUID("0f8c3a52-7a4e-4c3b-9a51-2a0d3c6e9b11"),
+        stream="account-acc-42",
+        type="MoneyDeposited",
+        schema_version=1,
+        data={"amount": 500, "account_id": "acc-42"},
+        metadata={"correlation_id": "c-1"},
+        stream_version=3,
+        position=1234,
+        recorded_at=datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC),
+        batch_end=1235,
+    )
+    envelope = {k: v for k, v in to_envelope(event).items() if k != "hash"}
+    content = json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    expected = hashlib.sha256(bytes.fromhex(GENESIS) + content.encode()).hexdigest()
+    assert event_hash(GENESIS, event) == expected
+    assert envelope["recorded_at"] == format_time(event.recorded_at)
+    assert chain(expected, b"x") != chain(GENESIS, b"x")
