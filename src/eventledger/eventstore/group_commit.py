@@ -31,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import deque
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,17 +119,45 @@ class Request:
 
     def answer(self, outcome: Outcome) -> None:
         """Settle the caller's future on the caller's loop (from any thread)."""
+        answer_all([(self, outcome)])
 
-        def settle() -> None:
-            if self.future.done():  # the caller was cancelled meanwhile
-                return
-            if isinstance(outcome, BaseException):
-                self.future.set_exception(outcome)
-            else:
-                self.future.set_result(outcome)
+    def settle(self, outcome: Outcome) -> None:
+        """Settle the caller's future; on the caller's loop only."""
+        if self.future.done():  # the caller was cancelled meanwhile
+            return
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
 
-        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
-            self.loop.call_soon_threadsafe(settle)
+
+def answer_all(answers: Sequence[tuple[Request, Outcome]]) -> None:
+    """Settle many callers' futures with one wake-up of each caller's loop (a wake-up from
+    another thread is a system call: one per group, not one per caller)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Outcome]]] = {}
+    for request, outcome in answers:
+        by_loop.setdefault(request.loop, []).append((request, outcome))
+    for loop, settled in by_loop.items():
+
+        def settle(settled: list[tuple[Request, Outcome]] = settled) -> None:
+            for request, outcome in settled:
+                request.settle(outcome)
+
+        _call_on(loop, settle)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Run `callback` on `loop`: now when we are on it, else soon (a wake-up from another
+    thread is a system call)."""
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        callback()
+        return
+    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
+        loop.call_soon_threadsafe(callback)
 
 
 # -- planning (pure) -----------------------------------------------------------------------
@@ -318,43 +347,67 @@ class Backend(Protocol):
 
 
 class GroupCommit:
-    """The queue and the loop. `submit` and `close` must be called on the engine's event loop;
-    `run` is the loop itself."""
+    """The queue and the loop. `run` is the loop, on the event loop given (for SQLite, a loop
+    of the writer thread's own); `submit` and `close` may be called from any thread."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
         self._backend = backend
+        self._loop = loop
+        self._lock = threading.Lock()  # guards the queue, `_closing` and `_idle`
         self._queue: deque[Request] = deque()
         self._ready = asyncio.Event()
+        self._idle = False  # the loop waits for `_ready`: the next submit must wake it
         self._closing = False
         self.commits = 0  # transactions that wrote events (observable group commit)
         self.appends_written = 0  # requests they wrote
         self.in_flight = 0  # requests of the group being written now (observable by tests)
 
     def submit(self, request: Request) -> None:
-        if self._closing:
+        with self._lock:
+            if self._closing:
+                refused = True
+            else:
+                refused = False
+                self._queue.append(request)
+                wake, self._idle = self._idle, False
+        if refused:
             request.answer(StoreUnavailable("the event store is closed"))
-            return
-        self._queue.append(request)
-        self._ready.set()
+        elif wake:
+            # Only an idle loop is woken: a busy one takes the queue after its group, so a
+            # burst of appends costs one wake-up (a system call from another thread), not one
+            # each.
+            self._wake()
 
     def close(self) -> None:
         """Refuse new requests; `run` returns once the queued ones are answered."""
-        self._closing = True
-        self._ready.set()
+        with self._lock:
+            self._closing = True
+            self._idle = False
+        self._wake()
+
+    def _wake(self) -> None:
+        _call_on(self._loop, self._ready.set)
 
     def fail_queued(self, error: EventStoreError) -> None:
-        while self._queue:
-            self._queue.popleft().answer(error)
+        with self._lock:
+            queued, self._queue = list(self._queue), deque()
+        answer_all([(request, error) for request in queued])
+
+    async def _requests_waiting(self) -> bool:
+        """Wait until requests are queued (True) or the engine closes with none (False)."""
+        while True:
+            with self._lock:
+                if self._queue:
+                    return True
+                if self._closing:
+                    return False
+                self._ready.clear()
+                self._idle = True
+            await self._ready.wait()
 
     async def run(self) -> None:
         try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._ready.clear()
-                    await self._ready.wait()
-                    continue
+            while await self._requests_waiting():
                 try:
                     async with self._backend.session() as db:
                         # Keep the connection while appends keep coming.
@@ -370,6 +423,10 @@ class GroupCommit:
             self.fail_queued(StoreUnavailable("the event store was closed before this append"))
 
     def _take_group(self) -> list[Request]:
+        with self._lock:
+            return self._take_group_locked()
+
+    def _take_group_locked(self) -> list[Request]:
         group: list[Request] = []
         events = 0
         while self._queue and len(group) < MAX_GROUP_REQUESTS:
@@ -397,11 +454,9 @@ class GroupCommit:
             if not isinstance(exc, EventStoreError | asyncio.CancelledError):
                 logger.exception("event store writer failed")  # a bug: answer, keep going
             await db.rollback()
-            for request in group:
-                # Planning's answers are facts (a replay, a failed check) whatever happened
-                # next; every other request of the group gets the error.
-                outcome = outcomes.get(request)
-                request.answer(error if outcome is None else outcome)
+            # Planning's answers are facts (a replay, a failed check) whatever happened next;
+            # every other request of the group gets the error.
+            answer_all([(r, outcomes.get(r, error)) for r in group])
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
@@ -412,8 +467,7 @@ class GroupCommit:
             self._backend.committed(writes[-1].rows[-1].position)
         for write in writes:
             outcomes[write.request] = write.results
-        for request in group:
-            request.answer(outcomes[request])
+        answer_all([(request, outcomes[request]) for request in group])
 
     async def _transact(
         self, db: Database, group: list[Request], outcomes: dict[Request, Outcome]

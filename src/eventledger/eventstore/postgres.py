@@ -209,7 +209,7 @@ class PostgresEventStore(EventStore):
         self._idle_check = idle_check or _IdleCheck()
         self._watch = HeadWatch()
         self._closed = False
-        self._engine = GroupCommit(self)
+        self._engine = GroupCommit(self, asyncio.get_running_loop())
         self._writer = asyncio.create_task(self._engine.run(), name=f"eventledger-writer-{schema}")
         self._listener = asyncio.create_task(
             listen(conninfo, schema, self._watch), name=f"eventledger-listener-{schema}"

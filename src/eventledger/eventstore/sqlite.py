@@ -149,7 +149,7 @@ class SqliteEventStore(EventStore):
             # to close, where nobody would ever answer it.
             if self._closed or self._writer_loop is None or self._engine is None:
                 raise StoreUnavailable("the event store is closed")
-            self._writer_loop.call_soon_threadsafe(self._engine.submit, request)
+            self._engine.submit(request)
         return await request.future
 
     def committed(self, head: int) -> None:
@@ -331,7 +331,7 @@ class SqliteEventStore(EventStore):
                     raise
             side = WriteSide(self, conn)
             loop = asyncio.new_event_loop()
-            engine = GroupCommit(side)
+            engine = GroupCommit(side, loop)
             self._writer_loop, self._engine, self._write_side = loop, engine, side
             self._writer = threading.Thread(
                 target=self._run_writer,
@@ -359,7 +359,7 @@ class SqliteEventStore(EventStore):
             self._closed = True
             loop, engine = self._writer_loop, self._engine
             if loop is not None and engine is not None:
-                loop.call_soon_threadsafe(engine.close)
+                engine.close()
         if self._writer is not None:
             self._writer.join()
         self._readers.close()
