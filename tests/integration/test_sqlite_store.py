@@ -28,6 +28,7 @@ from eventledger.eventstore.sqlite import SCHEMA_VERSION, SqliteEventStore
 from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 from tests.integration.pg_tools import wait_until
+from tests.integration.sqlite_faults import io_error, writer_connection
 from tests.integration.sqlite_writer import read_line, start_writer
 from tests.integration.store_contract import (
     ANY,
@@ -86,13 +87,6 @@ class TestSqliteEventStore(EventStoreContract):
         with monkeypatch.context() as patch:
             patch.setattr(sqlite_write, "_run_commit", commit)
             yield
-
-
-def io_error(name: str) -> sqlite3.OperationalError:
-    """An error as SQLite raises it when the disk fails."""
-    error = sqlite3.OperationalError("disk I/O error")
-    error.sqlite_errorname = name  # type: ignore[attr-defined]
-    return error
 
 
 def engine_busy(store: SqliteEventStore) -> Callable[[], Awaitable[bool]]:
@@ -471,12 +465,6 @@ async def test_a_store_can_be_created_lazily_by_many_tasks_at_once(path: Path) -
 
 
 # -- faults ----------------------------------------------------------------------------------
-
-
-def writer_connection(store: SqliteEventStore) -> sqlite3.Connection:
-    """The store's write connection (used here only while the writer is idle)."""
-    assert store._write_side is not None and store._write_side._conn is not None
-    return store._write_side._conn
 
 
 async def test_a_full_disk_refuses_whole_appends_says_so_in_ping_and_recovers(
