@@ -534,8 +534,6 @@ async def _committing(commit: Awaitable[None]) -> None:
 def _as_store_error(exc: BaseException) -> BaseException:
     """What a caller of a failed group is answered."""
     if isinstance(exc, _CommitFailed):
-        if isinstance(exc.error, StoreOutcomeUnknown):
-            return exc.error
         unknown = StoreOutcomeUnknown(
             f"the commit failed, the append may or may not be stored: {exc.error}"
         )

@@ -78,8 +78,13 @@ def chain(previous: str, content: bytes) -> str:
     return hashlib.sha256(bytes.fromhex(previous) + content).hexdigest()
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _normal(value: Any) -> Any:
     """The value as JSON stores it, in the form canonical JSON writes."""
+    if type(value) is dict and all(type(k) is str and type(v) in _PLAIN for k, v in value.items()):
+        return value  # the common event: flat, nothing to change
     if isinstance(value, str | bool | int) or value is None:
         return value
     if isinstance(value, float):
