@@ -145,6 +145,9 @@ async def test_subscribers_past_the_caps_are_refused_while_reads_and_appends_kee
         assert page.status_code == 200 and page.json()["events"]
         assert (await http.get(f"{url}/health")).status_code == 200
 
+        registry = app.state.metrics.registry
+        assert registry.get_sample_value("eventledger_stream_subscriptions_refused_total") == 2
+
         await alice[0].aclose()  # one leaves: its place is free again
         gauge = app.state.subscriptions.gauge
         await until(lambda: gauge._value.get() == 5)

@@ -407,6 +407,7 @@ def create_app(
             raise store_unavailable("the stream service is not started")
         release = runtime.subscriptions.admit(principal_of(request.scope))
         if release is None:  # refused before any work: a flood of subscriptions costs little
+            runtime.metrics.subscriptions_refused.inc()
             raise too_many_subscribers(runtime.subscriptions)
         try:
             await feed.check()  # answer 503 now, rather than open a dead stream

@@ -36,7 +36,7 @@ def outcome_of(exc: EventStoreError) -> str:
 
 
 class StreamMetrics:
-    """Events appended, append requests by endpoint and outcome, live subscribers."""
+    """Events appended, append requests by endpoint and outcome, live and refused subscribers."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events_appended = Counter(
@@ -53,6 +53,11 @@ class StreamMetrics:
         self.subscribers = Gauge(
             "eventledger_stream_subscribers",
             "Server-Sent Events subscriptions currently open",
+            registry=registry,
+        )
+        self.subscriptions_refused = Counter(
+            "eventledger_stream_subscriptions_refused",
+            "Subscriptions refused because a subscriber cap was reached (503)",
             registry=registry,
         )
         # Bind the label children once: this is on the append hot path.
