@@ -22,7 +22,10 @@ Many subscribers cost the store and the event loop about what one does (`LogFeed
   same place share the work;
 * at most `READ_CONCURRENCY` page reads run at once: the store's threads and connections stay
   free for appends, reads and `/health` however many subscribers catch up;
-* every page is bounded in bytes (`SSE_PAGE_BYTES`) as well as in count (`PAGE_SIZE`).
+* every page is bounded in bytes (`SSE_PAGE_BYTES`) as well as in count (`PAGE_SIZE`);
+* at most `SENDS_PER_TICK` pages are sent per turn of the event loop (`Turnstile`), so an
+  append or a `/health` among hundreds of subscribers catching up waits for a few sends at
+  each of its steps, not for all of them.
 
 Backpressure: the loop yields one page at a time and the response awaits each `send`, which
 waits while the client's socket buffer is full; a slow consumer slows its own loop and nothing
