@@ -168,4 +168,3 @@ def guarded_protocol(
             "max_headers": max_headers,
         },
     )
-
