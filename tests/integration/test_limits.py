@@ -214,6 +214,31 @@ async def test_subscribers_catching_up_together_share_their_reads_of_the_log() -
         assert store.reads - reads_alone <= reads_alone + 40, (reads_alone, store.reads)
 
 
+async def test_idle_subscribers_cost_the_store_nothing_between_heartbeats() -> None:
+    store = CountingStore()
+    await append_direct(store, "notes", [{"n": 1}])
+    app = new_app(store)
+    async with running_server(app) as url, httpx.AsyncClient(timeout=10) as http:
+        params = {"heartbeat": "0.1"}
+        async with AsyncExitStack() as stack:
+            readers = []
+            for _ in range(10):
+                response = await stack.enter_async_context(
+                    http.stream("GET", f"{url}/events/subscribe", params=params)
+                )
+                reader = SSEReader(response)
+                assert (await reader.next_event()).id == "1"
+                readers.append(reader)
+            reads_before = store.reads
+            for reader in readers:
+                for _ in range(3):
+                    assert (await reader.next(within=3)).comments == ["heartbeat"]
+            assert store.reads == reads_before, "heartbeats alone read nothing"
+            await append_direct(store, "notes", [{"n": 2}])
+            for reader in readers:
+                assert (await reader.next_event()).id == "2"
+
+
 # -- pages bounded in bytes -----------------------------------------------------------------
 
 

@@ -362,27 +362,31 @@ async def event_stream(
     yield sse_comment(f"connected after={after}")
     last = after
     quiet_since = time.monotonic()
+    news = True  # there may be events after `last`: read before waiting
     while not subscriptions.closed and (feed := subscriptions.feed) is not None:
-        try:
-            page = await feed.page((last, types, stream_prefix))
-        except EventStoreError as exc:
-            yield sse_comment(f"store-unavailable: {type(exc).__name__}; reconnect later")
-            return
-        last = page.last
-        if page.count:
-            await feed.turns.wait()
-            yield page.frames
-            quiet_since = time.monotonic()
-            if page.cut:
-                await asyncio.sleep(0)  # still catching up: let the others have a turn
-                continue
+        if news:
+            try:
+                page = await feed.page((last, types, stream_prefix))
+            except EventStoreError as exc:
+                yield sse_comment(f"store-unavailable: {type(exc).__name__}; reconnect later")
+                return
+            last = page.last
+            if page.count:
+                await feed.turns.wait()
+                yield page.frames
+                quiet_since = time.monotonic()
+                if page.cut:
+                    await asyncio.sleep(0)  # still catching up: let the others have a turn
+                    continue
         idle = time.monotonic() - quiet_since
         if idle >= heartbeat:
             yield sse_comment("heartbeat")
             quiet_since = time.monotonic()
             idle = 0.0
         try:
-            await feed.wait_past(last, heartbeat - idle)
+            # No news within the heartbeat: nothing to read (an idle subscriber costs the
+            # store nothing), only the next heartbeat to send.
+            news = await feed.wait_past(last, heartbeat - idle)
         except EventStoreError as exc:
             yield sse_comment(f"store-unavailable: {type(exc).__name__}; reconnect later")
             return
