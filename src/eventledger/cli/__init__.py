@@ -45,6 +45,7 @@ app.command("stats", rich_help_panel=_API)(friendly_errors(queries.stats))
 app.command("tail", rich_help_panel=_OPERATE)(friendly_errors(operator.tail))
 app.command("rebuild", rich_help_panel=_OPERATE)(friendly_errors(operator.rebuild))
 app.command("bench", rich_help_panel=_OPERATE)(friendly_errors(bench.bench))
+app.add_typer(projection.app, name="projection", rich_help_panel=_OPERATE)
 app.command("verify", rich_help_panel=_OPERATE)(friendly_errors(verify.verify))
 app.add_typer(tokens.app, name="token", rich_help_panel=_OPERATE)
 

@@ -132,7 +132,7 @@ def rebuild(
         # The 202 answer is the health as of the reset; poll `/health` from there.
         health = accepted if isinstance(accepted, dict) else {}
         if "position" not in health:
-            health = client.request("GET", "/health").body
+            health = client.request("GET", "/health", ok=(200, 503)).body
         target = int(health.get("head_position") or 0)
         columns = (
             TextColumn(f"rebuilding {name}"),
@@ -153,7 +153,8 @@ def rebuild(
                     progress.update(task, completed=max(target, 1))
                     break
                 time.sleep(POLL_SECONDS)
-                health = client.request("GET", "/health").body
+                # 503 while rebuilding (reads are refused until the replay is done): expected.
+                health = client.request("GET", "/health", ok=(200, 503)).body
     console.print(
         f"The {name} service has caught up at position {position} "
         f"({time.monotonic() - started:.1f} s)."
