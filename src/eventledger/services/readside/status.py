@@ -99,6 +99,7 @@ class RunnerStatus:
         self._prober = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-probe")
         self._probe: Future[tuple[Checkpoint, DecisionSummary]] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # -- what it knows -----------------------------------------------------------------------
 
@@ -221,16 +222,20 @@ class RunnerStatus:
 
     async def check(self, budget: float = PROBE_BUDGET) -> str | None:
         """Probe the database (within `budget` seconds); why it cannot serve, or None."""
-        if self._db is None:
+        if self._db is None or self._stopping:
             return self.database_error
         probe = self._probe
         if probe is None or probe.done():
             probe = self._probe = self._prober.submit(self._probe_sync)
         problem: str | None = None
+        # asyncio.wait, not wait_for: it leaves the probe running past the budget (the next
+        # caller joins it) and never swallows a cancellation of the caller.
+        answer = asyncio.wrap_future(probe)
+        done, _ = await asyncio.wait({answer}, timeout=budget)
         try:
-            checkpoint, summary = await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(probe)), budget
-            )
+            if not done:
+                raise TimeoutError
+            checkpoint, summary = answer.result()
         except TimeoutError:
             problem = f"the read model database did not answer within {budget:g} s"
         except ReadModelError as exc:
@@ -262,15 +267,20 @@ class RunnerStatus:
         self._watch_task = asyncio.create_task(self._watch(), name=f"{self.name}-watch")
 
     async def _stop_watching(self) -> None:
+        self._stopping = True
         if self._watch_task is not None:
             self._watch_task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._watch_task
             self._watch_task = None
+        # A probe still running must end before the database closes under it (a SQLite
+        # connection closed while in use crashes the process); a hung one is given 5 s.
+        if self._probe is not None and not self._probe.done():
+            await asyncio.wait({asyncio.wrap_future(self._probe)}, timeout=5)
         self._prober.shutdown(wait=False)
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping:
             await self.check()
             await asyncio.sleep(self._probe_interval)
 
