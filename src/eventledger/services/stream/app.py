@@ -94,12 +94,15 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 _PROBLEM_TEXT = {
     400: "`malformed-json`: not JSON, duplicate keys, NaN",
     404: "`stream-not-found` / `event-not-found`",
-    409: "`wrong-expected-version` (with `actual_version`) or `duplicate-event-id`; "
-    "nothing written",
+    409: "`wrong-expected-version` (with `actual_version`), `duplicate-event-id`, or "
+    "`invalid-account-history` (the stored events of the account stream already break the "
+    "account rules); nothing written",
     413: "`body-too-large`: over 1 MiB",
     415: "`unsupported-media-type`",
-    422: "`validation-error` (with `errors`), `invalid-stream-name`, `invalid-append` or "
-    "`invalid-account-event` (an `account-*` event no reader could apply)",
+    422: "`validation-error` (with `errors`), `invalid-stream-name`, `invalid-append`, "
+    "`invalid-account-event` (an `account-*` event no reader could apply: `stream`, `index`, "
+    "`rule`) or `expected-version-required` (an `account-*` append without a numeric "
+    "`expected_version`); nothing written",
     503: "`store-unavailable`: retry after `Retry-After` seconds",
 }
 _SUBSCRIBE_503 = (
