@@ -37,7 +37,8 @@ Grants
 
 Errors
     psycopg exceptions are translated in `_translate` and nowhere else: connection loss, pool
-    and lock timeouts become `StoreUnavailable` (safe to retry with the same event ids).
+    and lock timeouts become `StoreUnavailable` (safe to retry with the same event ids); a
+    failure once COMMIT was sent becomes `StoreOutcomeUnknown` (`_Session._commit`).
     `open` also raises `UnsafeDurability` and `IncompatibleSchema` (see errors.py).
 """
 
@@ -102,10 +103,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_GROUP_REQUESTS = 256
-MAX_GROUP_EVENTS = 5_000
-MAX_GROUP_STREAMS = 256  # each stream is one advisory lock in the shared lock table
-MAX_ATTEMPTS = 3  # an append that loses a race with another process is re-planned this often
 
 Pool = AsyncConnectionPool[Connection]
 
