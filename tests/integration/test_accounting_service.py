@@ -278,22 +278,33 @@ async def test_x_min_position_beyond_the_wait_is_503_with_retry_after(
     assert balance.status_code == 503
 
 
-async def test_health_reports_position_head_and_lag(
-    app: FastAPI, client: httpx.AsyncClient, log: Ledger
+async def test_health_reports_position_hash_head_and_lag(
+    app: FastAPI, client: httpx.AsyncClient, log: Ledger, stream: StreamServer
 ) -> None:
     head = await log.open("a")
     await caught_up(app, head)
     await until(lambda: runner_of(app).head_position == head)
+    applied = (await stream.store.read_all(after=head - 1, limit=1))[0]
     assert await get(client, "/health") == {
         "status": "ok",
         "service": "accounting",
         "position": head,
+        "hash": applied.hash or None,
         "head_position": head,
         "lag": 0,
         "halted": None,
         "stream_connected": True,
         "rebuilding": False,
+        "checkpoint": {
+            "position": head,
+            "hash": applied.hash or None,
+            "generation": 0,
+            "rebuild_until": None,
+        },
+        "decisions": {"skipped": 0, "parked": 0, "last": None},
+        "database": {"reachable": True, "error": None},
         "error": None,
+        "reason": None,
     }
     metrics = (await client.get("/metrics")).text
     assert f'eventledger_projection_position{{projection="accounting"}} {float(head)}' in metrics

@@ -125,7 +125,7 @@ def rebuild(
     base = endpoints({name: url}).url(name)
     with ServiceClient(name, base) as client:
         started = time.monotonic()
-        accepted = client.request("POST", "/admin/rebuild", ok=(200, 202)).body
+        accepted = client.request("POST", "/admin/rebuild", json={}, ok=(200, 202)).body
         console.print(f"The {name} service is replaying the log from position 0.")
         if not wait:
             return
