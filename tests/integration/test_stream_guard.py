@@ -14,9 +14,10 @@ import pytest
 
 from eventledger.bootstrap import build_upcasters
 from eventledger.eventstore.memory import MemoryEventStore
-from eventledger.eventstore.records import NewEvent, RecordedEvent, StreamState
+from eventledger.eventstore.records import NewEvent, RecordedEvent, StreamAppend, StreamState
 from eventledger.eventstore.store import EventStore
 from eventledger.services.stream.app import create_app
+from eventledger.services.stream.guards import AccountGuard
 
 pytestmark = pytest.mark.asyncio
 
@@ -406,3 +407,29 @@ async def test_a_stored_history_that_breaks_the_rules_takes_no_more_events(
     assert r.status_code == 409, r.text
     assert (r.json()["type"], r.json()["version"]) == ("invalid-account-history", 1)
     assert await service.snapshot() == before
+
+
+async def test_opening_an_account_reads_nothing(service: Service) -> None:
+    service.store.stream_reads.clear()
+    account = acc()
+    assert (await service.append(account, opened(account), expected=0)).status_code == 201
+    assert service.store.stream_reads == []
+
+
+async def test_the_guard_keeps_the_facts_of_a_bounded_number_of_streams() -> None:
+    store = ReadCountingStore()
+    guard = AccountGuard(max_size=2)
+    for account in ("a", "b", "c"):
+        appends = [StreamAppend(f"account-{account}", 0, [new_event(opened(account))])]
+        guard.remember(await guard.check(store, appends), await store.append_batch(appends))
+    assert len(guard) == 2
+    # The forgotten stream is read again, once, from its start.
+    appends = [StreamAppend("account-a", 1, [new_event(deposited("a"))])]
+    guard.remember(await guard.check(store, appends), await store.append_batch(appends))
+    assert store.stream_reads == [("account-a", 1)]
+
+
+def new_event(event: dict[str, Any]) -> NewEvent:
+    return NewEvent(
+        uuid.uuid4(), event["type"], event["data"], schema_version=event.get("schema_version", 1)
+    )

@@ -93,6 +93,9 @@ class AccountGuard:
         """The facts of `stream` at version `expected`; None when the stream is already past
         it; WrongExpectedVersion when it has not reached it."""
         cached = self._facts.get(stream)
+        if cached is None and expected == 0:
+            # A stream at version 0 has no events: nothing to read (the store checks the 0).
+            return AccountFacts(_account_id(stream))
         if cached is not None:
             self._facts.move_to_end(stream)
             if cached.version == expected:
@@ -132,7 +135,8 @@ class AccountGuard:
                 return facts
 
     def _put(self, stream: str, facts: AccountFacts) -> None:
-        if self._max_size <= 0:
+        # Empty streams are not kept: appends to made-up names would only evict real facts.
+        if self._max_size <= 0 or facts.version == 0:
             return
         cached = self._facts.get(stream)
         if cached is None or cached.version < facts.version:
