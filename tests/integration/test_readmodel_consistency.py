@@ -65,7 +65,8 @@ async def test_a_second_instance_answers_rebuilding_while_the_first_rebuilds_nev
             assert response.headers["retry-after"].isdigit()
         health = await two.get("/health")
         assert health.status_code == 503
-        assert health.json()["status"] == "rebuilding"
+        assert health.headers["content-type"] == "application/problem+json"
+        assert (health.json()["type"], health.json()["state"]) == ("rebuilding", "rebuilding")
         assert "rebuilt" in health.json()["reason"]
         await stream.start()
         await until(lambda: not runner_of(first).rebuilding and runner_of(first).position == head)
@@ -138,7 +139,8 @@ async def test_health_is_503_once_the_sqlite_read_model_file_is_gone_and_logs_it
             response = await health_within_a_second(client)
             assert response.status_code == 503
             body = response.json()
-            assert (body["status"], body["database"]["reachable"]) == ("unavailable", False)
+            assert (body["type"], body["state"]) == ("readmodel-unavailable", "unavailable")
+            assert body["database"]["reachable"] is False
             assert str(path) in body["reason"]
         said = [r for r in caplog.records if "cannot serve" in r.getMessage()]
         assert len(said) == 1 and said[0].levelno == logging.ERROR

@@ -243,10 +243,29 @@ def add_health_route(app: FastAPI, runner: ProjectionRunner, *, service: str) ->
         "/health",
         tags=["operations"],
         summary="Whether it can serve; position, lag, halt, decisions, rebuild",
-        responses={503: {"description": "It cannot serve now: the body says why (`reason`)."}},
+        responses=problem_responses(
+            {
+                503: "It cannot serve now: `readmodel-unavailable` (the read model database "
+                "does not answer) or `rebuilding`; `detail` says why, and the health fields "
+                "are there too (`state` is the status)."
+            }
+        ),
     )
-    async def health() -> JSONResponse:
+    async def health() -> Response:
         # Bounded: the probe of the database is given half a second, whatever it does.
         await runner.check()
         body = runner.health(service)
-        return JSONResponse(body, status_code=503 if body["reason"] else 200)
+        reason = body.pop("reason")
+        if reason is None:
+            return JSONResponse({**body, "reason": None})
+        state = body.pop("status")
+        return problem_response(
+            503,
+            "rebuilding" if state == "rebuilding" else "readmodel-unavailable",
+            "Cannot serve",
+            reason,
+            headers={"Retry-After": str(REBUILDING_RETRY_SECONDS if state == "rebuilding" else 1)},
+            state=state,
+            reason=reason,
+            **body,
+        )
