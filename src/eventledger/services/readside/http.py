@@ -58,6 +58,16 @@ class Reads:
         `rebuilding` while a rebuild replays the log, a 503 `not-caught-up` past the wait
         (at once when the projection is halted below it)."""
         runner = self.runner
+        if runner.database_error is not None:
+            # The last probe (at most a second old) found the database away: say so now
+            # rather than hold the request for the pool's whole timeout.
+            raise ProblemError(
+                503,
+                "readmodel-unavailable",
+                "Read model unavailable",
+                runner.database_error,
+                headers={"Retry-After": "1"},
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.min_position_wait
         while True:

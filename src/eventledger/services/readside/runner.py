@@ -42,7 +42,6 @@ from eventledger.services.readside.db import (
     ReadModelDataError,
     ReadModelDB,
     ReadModelError,
-    Session,
 )
 from eventledger.services.readside.projection import Projection
 from eventledger.services.readside.status import Halt, NotHaltedThere, RunnerStatus
@@ -392,4 +391,4 @@ class ProjectionRunner(RunnerStatus):
             return apply.reset(tx, self.projection, rebuild_until=max(old.position, head))
 
 
-__all__ = ["Halt", "NotHaltedThere", "ProjectionRunner", "Session"]
+__all__ = ["Halt", "NotHaltedThere", "ProjectionRunner"]
