@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import pytest
@@ -179,3 +181,34 @@ async def test_a_postgresql_store_of_the_previous_schema_gets_its_chain_when_ope
         assert report.head_hash != GENESIS
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def pg_database(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh database (the command line uses the default schema), dropped afterwards."""
+    name = f"t_{uuid4().hex}"
+    async with admin(postgres_url) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(postgres_url)._replace(path=f"/{name}"))
+    finally:
+        async with admin(postgres_url) as conn:
+            await conn.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+async def test_verify_on_the_command_line_names_an_event_edited_in_postgresql(
+    pg_database: str,
+) -> None:
+    store = await PostgresEventStore.open(pg_database)
+    try:
+        await fill(store)
+    finally:
+        await store.close()
+    code, out = await verify("--store", pg_database)
+    assert code == 0 and "verified 8 events: head position 8" in out, out
+    await execute(pg_database, "UPDATE eventledger.events SET type = 'Forged' WHERE position = 6")
+    code, out = await verify("--store", pg_database)
+    assert code == 1
+    assert "the hash chain breaks at position 6" in out
