@@ -179,3 +179,23 @@ async def test_an_error_the_database_will_repeat_halts_with_its_reason_then_can_
         assert skipped.status_code == 200, skipped.text
         await caught_up(app, head)
         assert (await get(client, "/accounts/a"))["balance"] == 4
+
+
+async def test_an_instance_sharing_the_read_model_goes_on_once_another_skipped_the_event(
+    stream: StreamServer, open_db: OpenDB, log: Ledger
+) -> None:
+    first, second = (app_of("accounting", stream, open_db) for _ in range(2))
+    async with serving(first) as one, serving(second) as two:
+        await log.open("a")
+        bad = await inject_deposit_to_a_ghost(stream)
+        head = await log.deposit("a", 6)
+        await halted_at(first, bad)
+        await halted_at(second, bad)
+        assert (await one.post("/admin/skip", json={"position": bad})).status_code == 200
+        await caught_up(first, head)
+        # The other one sees the stored checkpoint past its halt and follows again.
+        await until(lambda: runner_of(second).halted is None)
+        await caught_up(second, head)
+        health = await get(two, "/health")
+        assert (health["halted"], health["decisions"]["skipped"]) == (None, 1)
+        assert (await get(two, "/accounts/a"))["balance"] == 6
