@@ -292,3 +292,13 @@ class TestPostgresReadModelDB(ReadModelDBContract):
             PostgresReadModelDB(
                 "postgresql://postgres@127.0.0.1:1/test", schema="nowhere", timeout=1
             )
+
+
+def test_nul_in_text_is_a_data_error_on_postgresql(postgres_url: str, pg_schema: str) -> None:
+    db = PostgresReadModelDB(postgres_url, schema=pg_schema)
+    try:
+        db.migrate([NOTES_V1])
+        with pytest.raises(ReadModelDataError, match="NUL"), db.transaction() as tx:
+            tx.execute("INSERT INTO notes VALUES (?, ?, ?)", ("a", "before\x00after", 1))
+    finally:
+        db.close()
