@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from eventledger.eventstore import postgres
+from eventledger.eventstore import postgres, postgres_write
 from eventledger.eventstore.errors import (
     DuplicateEventId,
     InvalidAppend,
@@ -105,7 +105,7 @@ class TestPostgresEventStore(EventStoreContract):
 
         with monkeypatch.context() as patch:
             # After COMMIT was sent, the NOTIFY fails; or the COMMIT itself is never sent.
-            patch.setattr(postgres, "send_notify" if applied else "_run_commit", fail)
+            patch.setattr(postgres_write, "send_notify" if applied else "_run_commit", fail)
             yield
 
 

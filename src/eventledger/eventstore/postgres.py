@@ -17,7 +17,7 @@ connection and reads the head from the table, the truth (postgres_listener.py).
 Ordering
     Positions come from the one-row table `event_position`, not from a sequence: the row lock
     makes appends commit in position order, so a reader following `position > last` never
-    skips an event. The reason is spelled out at `_LOCK_HEAD`.
+    skips an event. The reason is spelled out at `postgres_write._LOCK_HEAD`.
 
 Durability
     `open` refuses a server with `fsync` or `synchronous_commit` off (an acknowledged append
@@ -38,7 +38,7 @@ Grants
 Errors
     psycopg exceptions are translated in `_translate` and nowhere else: connection loss, pool
     and lock timeouts become `StoreUnavailable` (safe to retry with the same event ids); a
-    failure once COMMIT was sent becomes `StoreOutcomeUnknown` (`_Session._commit`).
+    failure once COMMIT was sent becomes `StoreOutcomeUnknown` (`Session._commit`).
     `open` also raises `UnsafeDurability` and `IncompatibleSchema` (see errors.py).
 """
 
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -56,30 +55,20 @@ from typing import Any, LiteralString
 from uuid import UUID
 
 import psycopg
-from psycopg import errors as pg_errors
-from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from eventledger.eventstore.errors import (
-    DuplicateEventId,
-    EventStoreError,
     IncompatibleSchema,
-    InvalidAppend,
-    StoreOutcomeUnknown,
     StoreUnavailable,
     StreamNotFound,
     UnsafeDurability,
 )
 from eventledger.eventstore.group_commit import (
     GroupCommit,
-    InsertRefused,
     Request,
-    Row,
-    Snapshot,
-    StoredPlace,
 )
-from eventledger.eventstore.postgres_listener import HeadWatch, listen, send_notify
+from eventledger.eventstore.postgres_listener import HeadWatch, listen
 from eventledger.eventstore.postgres_schema import (
     MIGRATIONS,
     Connection,
@@ -88,6 +77,7 @@ from eventledger.eventstore.postgres_schema import (
     durability_problems,
     migrate,
 )
+from eventledger.eventstore.postgres_write import Session, translate, translating
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
@@ -112,77 +102,7 @@ Pool = AsyncConnectionPool[Connection]
 _COLUMNS = (
     "id, stream, type, schema_version, data, metadata, stream_version, position, recorded_at,"
     " hash, batch_end"
-)
-
-# Why a counter row and not a sequence: a sequence hands out numbers when a row is inserted,
-# but the row becomes visible when its transaction commits. Transaction A can take position 10,
-# transaction B position 11, and B commit first: a reader following `position > last` sees 11,
-# moves on, and never sees 10. Here every append transaction locks the single row of
-# `event_position` first, and holds the lock until COMMIT. A second writer waits at this
-# SELECT until the first has committed, then reads the committed head: transactions that take
-# positions commit in position order, and positions have no gaps. Because the lock comes
-# before every other read, what the group reads next (stored ids, stream versions) cannot
-# change before it commits: the planning in Python is exact, with no race to retry. The head's
-# hash is kept in the same row, so the hash chain continues from the committed head with no
-# extra round trip, and no other writer can chain from it before we commit. The time is read
-# under the lock too, so `recorded_at` never goes backwards along the log.
-_LOCK_HEAD = "SELECT last, hash, clock_timestamp() FROM event_position WHERE id = 1 FOR UPDATE"
-
-_ADVANCE_HEAD = "UPDATE event_position SET last = %s, hash = %s WHERE id = 1"
-
-_STORED_BY_ID = "SELECT id, stream, stream_version, position FROM events WHERE id = ANY(%s::uuid[])"
-
-_STREAM_VERSIONS = (
-    "SELECT s, (SELECT max(stream_version) FROM events WHERE stream = s)"
-    " FROM unnest(%s::text[]) AS s"
-)
-
-_INSERT = """
-    INSERT INTO events (position, id, stream, stream_version, type, schema_version, data,
-                        metadata, recorded_at, hash, batch_end)
-    SELECT e.position, e.id, e.stream, e.stream_version, e.type, e.schema_version,
-           e.data::jsonb, e.metadata::jsonb, e.recorded_at::timestamptz, e.hash, e.batch_end
-    FROM unnest(%(positions)s::bigint[], %(ids)s::uuid[], %(streams)s::text[],
-                %(versions)s::integer[], %(types)s::text[], %(schema_versions)s::integer[],
-                %(data)s::text[], %(metadata)s::text[], %(recorded_at)s::text[],
-                %(hashes)s::text[], %(batch_ends)s::bigint[])
-         AS e(position, id, stream, stream_version, type, schema_version, data, metadata,
-              recorded_at, hash, batch_end)
-"""
-
-
-# -- errors --------------------------------------------------------------------------------
-
-
-def _translate(exc: Exception, *, event_data: bool = False) -> EventStoreError:
-    """The one place where driver errors become event store errors. `event_data` says that the
-    statement that failed stored one request's events (so bad data is that request's fault)."""
-    if isinstance(exc, pg_errors.UniqueViolation):
-        if exc.diag.constraint_name == "events_id_unique":
-            match = re.search(r"\(id\)=\(([0-9a-f-]{36})\)", exc.diag.message_detail or "")
-            return DuplicateEventId(UUID(match.group(1)) if match else UUID(int=0))
-        return StoreUnavailable("a concurrent append took the same place; retry")
-    if event_data and isinstance(exc, psycopg.DataError | pg_errors.IntegrityError):
-        return InvalidAppend(f"PostgreSQL refused the event: {exc.diag.message_primary or exc}")
-    if isinstance(exc, PoolClosed):
-        return StoreUnavailable("the store is closed")
-    if isinstance(exc, PoolTimeout):
-        return StoreUnavailable(f"no PostgreSQL connection available: {exc}")
-    if isinstance(exc, pg_errors.LockNotAvailable):
-        return StoreUnavailable("PostgreSQL lock timeout: the store is congested; retry")
-    if isinstance(exc, pg_errors.QueryCanceled):
-        return StoreUnavailable("PostgreSQL statement timeout; retry")
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return StoreUnavailable(f"PostgreSQL is unavailable: {exc}")
-    return StoreUnavailable(f"PostgreSQL error: {exc}")
-
-
-@asynccontextmanager
-async def _translating() -> AsyncIterator[None]:
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise _translate(exc) from exc
+)  # what reads select; the write statements are in postgres_write.py
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -241,7 +161,7 @@ class PostgresEventStore(EventStore):
                 "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
             },
         )
-        async with _translating():
+        async with translating():
             conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
             async with conn:
                 await check_durability(conn, allow_unsafe=allow_unsafe_durability)
@@ -260,7 +180,7 @@ class PostgresEventStore(EventStore):
             name=f"eventledger-{schema}",
         )
         try:
-            async with _translating():
+            async with translating():
                 await pool.open(wait=True, timeout=pool_timeout)
         except BaseException:
             await pool.close()
@@ -299,13 +219,13 @@ class PostgresEventStore(EventStore):
         return await request.future
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[_Session]:
+    async def session(self) -> AsyncIterator[Session]:
         """The engine's connection (group_commit.Backend), kept while appends keep coming."""
         try:
             async with self._connection() as conn:
-                yield _Session(conn, self._schema)
+                yield Session(conn, self._schema)
         except psycopg.Error as exc:  # no connection within the pool timeout
-            raise _translate(exc) from exc
+            raise translate(exc) from exc
 
     def committed(self, head: int) -> None:
         self._watch.advance(head)
@@ -313,7 +233,7 @@ class PostgresEventStore(EventStore):
     # -- reading ---------------------------------------------------------------------------
 
     async def _fetch(self, query: LiteralString, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        async with _translating():
+        async with translating():
             for attempt in range(2):
                 async with self._connection() as conn:
                     try:
@@ -381,7 +301,7 @@ class PostgresEventStore(EventStore):
         try:
             async with (
                 asyncio.timeout(3.0),
-                _translating(),
+                translating(),
                 self._connection(wait=2.0) as conn,
             ):
                 await conn.execute("SELECT 1")
@@ -402,135 +322,7 @@ class PostgresEventStore(EventStore):
         await self._pool.close()
 
 
-# -- the writer's side of the group commit ---------------------------------------------------
-
-
-class _Session:
-    """The primitives the group-commit engine writes with (group_commit.Database), on one
-    pooled connection."""
-
-    def __init__(self, conn: Connection, schema: str) -> None:
-        self._conn = conn
-        self._schema = schema
-
-    def usable(self) -> bool:
-        return _idle(self._conn)
-
-    async def begin(self, ids: Sequence[UUID], streams: Sequence[str]) -> Snapshot:
-        conn = self._conn
-        async with _translating():
-            # One round trip: leaving the pipeline sends its only Sync and waits for every
-            # result (an explicit `sync()` inside the block would cost a second round trip).
-            async with conn.pipeline():
-                await conn.execute("BEGIN")
-                head_cur = await conn.execute(_LOCK_HEAD)  # first: see _LOCK_HEAD
-                stored_cur = await conn.execute(_STORED_BY_ID, [list(ids)])
-                versions_cur = await conn.execute(_STREAM_VERSIONS, [list(streams)])
-                await conn.execute('SAVEPOINT "group"')
-            head_row = await head_cur.fetchone()
-            assert head_row is not None
-            stored = {
-                row[0]: StoredPlace(row[0], row[1], row[2], row[3])
-                for row in await stored_cur.fetchall()
-            }
-            versions = {s: v for s, v in await versions_cur.fetchall() if v}
-        return Snapshot(int(head_row[0]), head_row[1], head_row[2], stored, versions)
-
-    async def insert(self, rows: Sequence[Row]) -> None:
-        try:
-            await self._conn.execute(_INSERT, _insert_params(rows))
-        except (psycopg.DataError, pg_errors.IntegrityError) as exc:
-            raise InsertRefused(_translate(exc, event_data=True)) from exc
-        except psycopg.Error as exc:
-            raise _translate(exc) from exc
-
-    async def insert_and_commit(self, rows: Sequence[Row], head: int, head_hash: str) -> None:
-        # One round trip: INSERT, counter, COMMIT, NOTIFY, then the pipeline's Sync.
-        await self._commit(head, head_hash, rows)
-
-    async def commit(self, head: int, head_hash: str) -> None:
-        await self._commit(head, head_hash, ())
-
-    async def _commit(self, head: int, head_hash: str, rows: Sequence[Row]) -> None:
-        conn = self._conn
-        try:
-            async with conn.pipeline():
-                if rows:
-                    await conn.execute(_INSERT, _insert_params(rows))
-                await conn.execute(_ADVANCE_HEAD, [head, head_hash])
-                await _run_commit(conn)
-                await send_notify(conn, self._schema)
-        except psycopg.Error as exc:
-            if _in_failed_transaction(conn):
-                # A statement before COMMIT failed, so the pipeline skipped the COMMIT.
-                if rows and isinstance(exc, psycopg.DataError | pg_errors.IntegrityError):
-                    raise InsertRefused(_translate(exc, event_data=True)) from exc
-                raise _translate(exc) from exc
-            # The COMMIT was sent: it may have taken effect (or the NOTIFY after it failed).
-            raise StoreOutcomeUnknown(
-                f"the commit failed, the append may or may not be stored: {exc}"
-            ) from exc
-
-    async def savepoint(self, name: str) -> None:
-        async with _translating():
-            await self._conn.execute(f'SAVEPOINT "{_savepoint(name)}"')
-
-    async def release(self, name: str) -> None:
-        async with _translating():
-            await self._conn.execute(f'RELEASE SAVEPOINT "{_savepoint(name)}"')
-
-    async def rollback_to(self, name: str) -> None:
-        async with _translating():
-            await self._conn.execute(f'ROLLBACK TO SAVEPOINT "{_savepoint(name)}"')
-
-    async def rollback(self) -> None:
-        """Roll back whatever a group left open, so the connection can serve the next."""
-        conn = self._conn
-        if not conn.closed and not _idle(conn):
-            try:
-                await conn.execute("ROLLBACK")
-            except psycopg.Error as exc:  # the pool discards a connection left in a transaction
-                logger.info("rollback after a failed group failed: %s", exc)
-
-
-async def _run_commit(conn: Connection) -> None:
-    """COMMIT (one place, so that the tests can make it fail)."""
-    await conn.execute("COMMIT")
-
-
-def _savepoint(name: str) -> LiteralString:
-    if name == "group":
-        return "group"
-    if name == "request":
-        return "request"
-    raise ValueError(f"unknown savepoint {name!r}")
-
-
-def _insert_params(rows: Sequence[Row]) -> dict[str, list[Any]]:
-    return {
-        "positions": [r.position for r in rows],
-        "ids": [r.id for r in rows],
-        "streams": [r.stream for r in rows],
-        "versions": [r.stream_version for r in rows],
-        "types": [r.type for r in rows],
-        "schema_versions": [r.schema_version for r in rows],
-        "data": [r.data for r in rows],
-        "metadata": [r.metadata for r in rows],
-        "recorded_at": [r.recorded_at for r in rows],
-        "hashes": [r.hash for r in rows],
-        "batch_ends": [r.batch_end for r in rows],
-    }
-
-
-def _in_failed_transaction(conn: Connection) -> bool:
-    return not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INERROR
-
-
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _idle(conn: Connection) -> bool:
-    return not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
 
 
 def _record(row: Sequence[Any]) -> RecordedEvent:
