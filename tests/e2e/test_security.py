@@ -11,6 +11,8 @@ service presenting its own token to the stream service. Users hold one token per
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
 import subprocess
 import sys
 import uuid
@@ -91,6 +93,7 @@ def secured(
             extra_args=["--cors-origin", CONSOLE],
         )
         yield Secured(system, credentials, _seed(system, credentials))
+    HTTP.close()
 
 
 def _seed(system: System, credentials: Credentials) -> dict[str, str]:
@@ -484,6 +487,42 @@ def test_a_token_issued_or_revoked_while_the_services_run_counts_within_seconds(
         timeout=10.0,
         what="the revoked token to be refused",
     )
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_a_service_serves_https_with_its_own_tls_options(secured: Secured, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
+    names = ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    subprocess.run(
+        ["openssl", *request, *names, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    auth = ["--auth-file", str(secured.credentials.auth_file)]
+    tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    stream = ServiceProcess("stream", tmp_path / "data", tmp_path / "logs", auth + tls)
+    https = httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=5.0)
+    base = stream.url.replace("http://", "https://")
+
+    def healthy() -> bool:
+        try:
+            return https.get(f"{base}/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        stream.start()
+        wait_for(healthy, timeout=30.0, what=f"https /health\n{stream.log_tail()}")
+        assert https.get(f"{base}/events").status_code == 401
+        reader = secured.bearer("accounting")
+        assert https.get(f"{base}/events", headers=reader).status_code == 200
+        with pytest.raises(httpx.TransportError):
+            HTTP.get(f"{stream.url}/events", headers=reader)  # no plain HTTP beside it
+    finally:
+        https.close()
+        stream.stop()
 
 
 def test_a_non_loopback_bind_without_an_auth_file_refuses_to_start(tmp_path: Path) -> None:

@@ -152,6 +152,18 @@ CorsOriginOpt = Annotated[
 ]
 
 
+def tls_options(certfile: Path | None, keyfile: Path | None) -> dict[str, Any]:
+    """uvicorn's TLS arguments: both files or neither; each must be readable."""
+    if certfile is None and keyfile is None:
+        return {}
+    if certfile is None or keyfile is None:
+        raise UsageProblem("give --ssl-certfile and --ssl-keyfile together")
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if not path.is_file():
+            raise UsageProblem(f"{flag}: {path} is not a readable file")
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+
+
 def settings_from_flags(**flags: object) -> Settings:
     """`load_settings` over the given flags, a `ConfigError` turned into a usage problem."""
     for switch in ("allow_unsafe_durability", "insecure_no_auth"):
@@ -251,6 +263,17 @@ def serve(
     insecure_no_auth: InsecureOpt = False,
     stream_token_file: StreamTokenFileOpt = None,
     cors_origin: CorsOriginOpt = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--ssl-certfile",
+            help="Serve HTTPS with this certificate (PEM, chain included); needs --ssl-keyfile",
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-keyfile", help="The private key of --ssl-certfile (PEM)"),
+    ] = None,
     log_prefix: Annotated[
         bool,
         typer.Option(
@@ -309,6 +332,7 @@ def serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
         **server_limits(app, settings),
+        **tls_options(ssl_certfile, ssl_keyfile),
     )
     if exposure_warning is not None:  # logged once uvicorn's logging is configured
         logging.getLogger("eventledger.security").warning(exposure_warning)
