@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from eventledger.cli import bench, commands, operator, queries, tokens, verify
+from eventledger.cli import bench, commands, operator, projection, queries, tokens, verify
 from eventledger.cli.output import friendly_errors, print_error
 from eventledger.cli.serve import serve
 from eventledger.cli.up import up
