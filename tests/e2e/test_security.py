@@ -544,7 +544,12 @@ def test_a_non_loopback_bind_without_an_auth_file_refuses_to_start(tmp_path: Pat
 
 def test_no_token_value_appears_in_any_service_log(secured: Secured) -> None:
     # Last in this module: every service process of the session so far, this module's
-    # included (their 401s, 403s, restarts and stops), against every token of this module.
+    # included (their 401s, 403s, restarts and stops), against every token of this module;
+    # each token is also presented to every service here, and a mangled copy of it.
+    for token in secured.credentials.tokens.values():
+        for process in secured.system.services:
+            for presented in (token, token[:-1], f"{token} {token}"):
+                HTTP.get(f"{process.url}/metrics", headers={"Authorization": f"Bearer {presented}"})
     leaks = [
         (process.log_path.name, name)
         for process in STARTED
