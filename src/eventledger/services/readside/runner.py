@@ -139,7 +139,13 @@ class ProjectionRunner(RunnerStatus):
         async with self._control:
             await self._stop_following()
             head = self.head_position or 0
-            checkpoint = await self._write(lambda: self._reset(head))
+            try:
+                checkpoint = await self._write(lambda: self._reset(head))
+            except BaseException:
+                # Nothing was reset (one transaction): go on as before, and say why it failed.
+                if self.halted is None:
+                    self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
+                raise
             log.warning(
                 "%s: read model reset (generation %d); replaying the log from position 0 "
                 "up to at least %s",
