@@ -17,9 +17,10 @@ from typing import Literal
 from eventledger.domain import events as ev
 from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
-from eventledger.domain.validity import AccountFacts, check_event, check_transfers, decode_event
+from eventledger.domain.validity import AccountFacts, check_event, decode_event
 from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readside.commits import evolve_append
 from eventledger.services.readside.projection import EventRejected
 
 Status = Literal["open", "closed"]
@@ -102,33 +103,16 @@ def evolve_commit(
     accounts: Mapping[str, Account], events: Sequence[RecordedEvent], *, whole: bool = True
 ) -> tuple[list[Change], EventRejected | None]:
     """Apply the events of one atomic append (other streams' events are passed over): the
-    changes, and the EventRejected of the first event that breaks the rule (then the changes
-    are those of the events before it). When the append is `whole`, its transfers are
-    checked as pairs too."""
-    rows: dict[str, Account] = {}  # the rows this append changed, over `accounts`
-    changes: list[Change] = []
-    applied: list[ev.Event] = []
-    recorded: list[RecordedEvent] = []
-    for event in events:
-        account_id = account_id_of(event.stream)
-        if account_id is None:
-            continue
-        row = rows[account_id] if account_id in rows else accounts.get(account_id)
-        try:
-            change, domain_event = _evolve(row, event)
-        except EventRejected as exc:
-            return changes, exc
-        rows[account_id] = change.account
-        changes.append(change)
-        applied.append(domain_event)
-        recorded.append(event)
-    if whole and any(isinstance(e, ev.TransferSent | ev.TransferReceived) for e in applied):
-        try:
-            check_transfers(applied, {a: facts_of(a, row) for a, row in rows.items()})
-        except InvalidAccountEvent as exc:
-            index = exc.index or 0
-            return changes[:index], EventRejected(recorded[index], exc.reason)
-    return changes, None
+    changes, and the EventRejected of the first event that breaks the rule. When the append
+    is `whole`, its transfers are checked as pairs too (`readside.commits.evolve_append`)."""
+    return evolve_append(
+        accounts,
+        events,
+        account_id_of=account_id_of,
+        evolve=_evolve,
+        facts_of=facts_of,
+        whole=whole,
+    )
 
 
 def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.Event]:
