@@ -69,6 +69,16 @@ def _report(action: str, answer: dict[str, Any], name: str) -> None:
         )
 
 
+def _decide_and_report(
+    action: str, name: ReadModel, position: int, reason: str, url: str | None, *, as_json: bool
+) -> None:
+    answer = _decide(action, name, position, reason, url)
+    if as_json:
+        print(json.dumps(answer))
+    else:
+        _report(action, answer, name.value)
+
+
 def skip(
     name: NameArg,
     position: PositionOpt,
@@ -77,11 +87,7 @@ def skip(
     as_json: JsonOpt = False,
 ) -> None:
     """Skip the event a read model halted on: move past it and forget it (audited)."""
-    answer = _decide("skip", name, position, reason, url)
-    if as_json:
-        print(json.dumps(answer))
-    else:
-        _report("skip", answer, name.value)
+    _decide_and_report("skip", name, position, reason, url, as_json=as_json)
 
 
 def park(
@@ -92,11 +98,7 @@ def park(
     as_json: JsonOpt = False,
 ) -> None:
     """Park the event a read model halted on: move past it and keep it aside (audited)."""
-    answer = _decide("park", name, position, reason, url)
-    if as_json:
-        print(json.dumps(answer))
-    else:
-        _report("park", answer, name.value)
+    _decide_and_report("park", name, position, reason, url, as_json=as_json)
 
 
 def decisions(name: NameArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
