@@ -13,7 +13,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 SERVICES = ("stream", "transaction", "accounting", "statistics")
-DEFAULT_PORTS = {"transaction": 8001, "stream": 8002, "accounting": 8003, "statistics": 8004}
+CONSOLE = "console"  # the browser console: a client of the four, started by `up` after them
+UP_SERVICES = (*SERVICES, CONSOLE)
+DEFAULT_PORTS = {
+    "transaction": 8001,
+    "stream": 8002,
+    "accounting": 8003,
+    "statistics": 8004,
+    "console": 8005,
+}
+# `--port-base N` / EVENTLEDGER_PORT_BASE: every service at N + its offset (API.md's order).
+PORT_OFFSETS = {"transaction": 1, "stream": 2, "accounting": 3, "statistics": 4, "console": 5}
 
 
 class ConfigError(ValueError):
@@ -28,6 +38,9 @@ class Settings:
     store: str | None = None  # the event store URL; None: SQLite under data_dir
     readmodel_store: str | None = None  # read models' store URL; None: SQLite under data_dir
     stream_url: str | None = None  # None: the local stream service
+    # Where the console finds the other services (`--transaction-url`, EVENTLEDGER_…_URL);
+    # a service missing here is on this host at its port.
+    service_urls: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_durability: bool = False
     # Security (API.md, "Security"). None: `<data_dir>/auth.json` when it exists, else open
     # (which only a loopback bind or `insecure_no_auth` allows).
@@ -48,6 +61,8 @@ class Settings:
         """Where a client on this machine finds `service`."""
         if service == "stream" and self.stream_url:
             return self.stream_url.rstrip("/")
+        if service in self.service_urls:
+            return self.service_urls[service].rstrip("/")
         return f"http://{self.host}:{self.port(service)}"
 
     def store_url(self) -> str:
@@ -72,6 +87,52 @@ def _port(value: str, key: str) -> int:
     if not value.isdigit() or not 0 <= int(value) <= 65535:
         raise ConfigError(f"{key} must be a port number 0..65535, not {value!r}")
     return int(value)
+
+
+def _port_base(value: str, key: str) -> dict[str, int]:
+    top = 65535 - max(PORT_OFFSETS.values())
+    if not value.isdigit() or not 1 <= int(value) <= top:
+        raise ConfigError(f"{key} must be a number 1..{top} (services at N+1..N+5), not {value!r}")
+    return {service: int(value) + offset for service, offset in PORT_OFFSETS.items()}
+
+
+def _ports(flags: Mapping[str, object | None], env: Mapping[str, str]) -> dict[str, int]:
+    """Each service's port: the defaults, under EVENTLEDGER_PORT_BASE, under each
+    EVENTLEDGER_<NAME>_PORT, under `--port-base`, under each `--<name>-port` (flags win)."""
+    ports = dict(DEFAULT_PORTS)
+    if env.get("EVENTLEDGER_PORT_BASE"):
+        ports.update(_port_base(env["EVENTLEDGER_PORT_BASE"], "EVENTLEDGER_PORT_BASE"))
+    for service in UP_SERVICES:
+        var = f"EVENTLEDGER_{service.upper()}_PORT"
+        if env.get(var):
+            ports[service] = _port(env[var], var)
+    if flags.get("port_base") is not None:
+        ports.update(_port_base(str(flags["port_base"]), "--port-base"))
+    for service in UP_SERVICES:
+        given = flags.get(f"{service}_port")
+        if given is not None:
+            ports[service] = _port(str(given), f"--{service}-port")
+    service_flag = flags.get("service")
+    if flags.get("port") is not None and isinstance(service_flag, str):
+        ports[service_flag] = _port(str(flags["port"]), "--port")
+    return ports
+
+
+def _service_urls(flags: Mapping[str, object | None], env: Mapping[str, str]) -> dict[str, str]:
+    urls: dict[str, str] = {}
+    for service in ("transaction", "accounting", "statistics"):
+        value, key = flags.get(f"{service}_url"), f"--{service}-url"
+        if value is None:
+            value, key = (
+                env.get(f"EVENTLEDGER_{service.upper()}_URL") or None,
+                (f"EVENTLEDGER_{service.upper()}_URL"),
+            )
+        if value is None:
+            continue
+        if urlsplit(str(value)).scheme not in ("http", "https"):
+            raise ConfigError(f"{key} must be an http:// URL, not {value!r}")
+        urls[service] = str(value)
+    return urls
 
 
 def check_store_url(url: str, key: str) -> str:
@@ -99,14 +160,7 @@ def load_settings(
         return env.get(var), var
 
     host, _ = pick("host", "EVENTLEDGER_HOST")
-    ports = dict(DEFAULT_PORTS)
-    for service in SERVICES:
-        var = f"EVENTLEDGER_{service.upper()}_PORT"
-        if env.get(var):
-            ports[service] = _port(env[var], var)
-    service_flag = flags.get("service")
-    if flags.get("port") is not None and isinstance(service_flag, str):
-        ports[service_flag] = _port(str(flags["port"]), "--port")
+    ports = _ports(flags, env)
     data_dir, _ = pick("data_dir", "EVENTLEDGER_DATA_DIR")
     store, store_key = pick("store", "EVENTLEDGER_STORE")
     readmodel, readmodel_key = pick("readmodel_store", "EVENTLEDGER_READMODEL_STORE")
@@ -138,6 +192,7 @@ def load_settings(
         store=check_store_url(store, store_key) if store else None,
         readmodel_store=check_store_url(readmodel, readmodel_key) if readmodel else None,
         stream_url=stream_url or None,
+        service_urls=_service_urls(flags, env),
         allow_unsafe_durability=_truthy(unsafe),
         auth_file=Path(auth_file) if auth_file else None,
         insecure_no_auth=insecure_no_auth,

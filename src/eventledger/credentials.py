@@ -44,6 +44,9 @@ INTERNAL_CALLERS: Mapping[str, tuple[str, ...]] = {
     "transaction": ("events:read", "events:append"),
     "accounting": ("events:read",),
     "statistics": ("events:read",),
+    # The browser console reads the log and the read models, and sends the command form's
+    # commands; never `admin` (the operator pastes an admin token into the page for that).
+    "console": ("events:read", "ledger:read", "ledger:write", "metrics"),
     "cli": SCOPES,
 }
 SECRET_BYTES = 32
