@@ -434,6 +434,7 @@ async def test_the_openapi_document_describes_every_route(client: httpx.AsyncCli
         ("/streams/{stream}", "post"),
         ("/streams/{stream}", "get"),
         ("/batches", "post"),
+        ("/appends", "post"),
         ("/events", "get"),
         ("/events/subscribe", "get"),
         ("/events/{event_id}", "get"),
@@ -443,7 +444,7 @@ async def test_the_openapi_document_describes_every_route(client: httpx.AsyncCli
     for path, method in expected:
         operation = paths[path][method]
         assert operation["summary"] and operation["description"], (path, method)
-    for path in ("/streams/{stream}", "/batches"):
+    for path in ("/streams/{stream}", "/batches", "/appends"):
         assert "requestBody" in paths[path]["post"]
     assert "text/event-stream" in paths["/events/subscribe"]["get"]["responses"]["200"]["content"]
     assert (await client.get("/docs")).status_code == 200

@@ -38,9 +38,11 @@ from eventledger.services.http import (
 )
 from eventledger.services.limits import principal_of
 from eventledger.services.stream import schemas as s
+from eventledger.services.stream.appends import run_items
 from eventledger.services.stream.encoding import (
     JSONBytes,
     append_result,
+    encode_items,
     envelopes,
     json_response,
 )
@@ -138,6 +140,13 @@ def _new_events(events: Sequence[s.EventIn]) -> list[NewEvent]:
             schema_version=e.schema_version,
         )
         for e in events
+    ]
+
+
+def _item_appends(item: s.AppendsItem) -> list[StreamAppend]:
+    return [
+        StreamAppend(a.stream, _expected(a.expected_version), _new_events(a.events))
+        for a in item.appends
     ]
 
 
@@ -296,6 +305,32 @@ def create_app(
         return json_response(
             {"results": [append_result(r) for r in results]}, 200 if replayed else 201
         )
+
+    @app.post(
+        "/appends",
+        status_code=200,
+        response_model=s.AppendsOut,
+        responses=_problems(400, 413, 415, 422, 503),
+        openapi_extra=json_body(s.AppendsIn),
+        summary="Many independent appends, each with its own outcome",
+        description="Each item is atomic like `POST /batches` (an item of one append is a "
+        "plain stream append) and independent of the others: it is validated, checked and "
+        "written on its own, and a failed check fails only its own item. The items are "
+        "handed to the store together, so that one commit writes them all: one request and "
+        "one commit serve many appends. Items run concurrently, in no order among them. "
+        "The answer is 200 with one outcome per item, in request order: `status` 201 (or "
+        "200 for an idempotent re-send) with `results`, or the status of the `problem` the "
+        "item alone would have been answered with (409, 422, 503 `outcome-unknown` when "
+        "the commit failed: re-send the item with the same event ids). 1-1000 items and at "
+        "most 1 MiB; a request that is not such an envelope is refused as a whole (the "
+        "problems below) and nothing is written.",
+    )
+    async def append_many(request: Request) -> Response:
+        body = await read_model(request, s.AppendsEnvelope)
+        items = await run_items(
+            lambda appends: runtime.append("appends", appends), _item_appends, body.items
+        )
+        return JSONBytes(encode_items(items))
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -30,6 +30,11 @@ def json_response(payload: Any, status: int = 200) -> JSONBytes:
     return JSONBytes(_encode(payload).encode("ascii"), status_code=status)
 
 
+def encode_items(items: list[dict[str, Any]]) -> bytes:
+    """The body of a `POST /appends` answer."""
+    return _encode({"items": items}).encode("ascii")
+
+
 def append_result(result: AppendResult) -> dict[str, Any]:
     return {
         "stream": result.stream,

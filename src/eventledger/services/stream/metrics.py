@@ -63,7 +63,7 @@ class StreamMetrics:
         # Bind the label children once: this is on the append hot path.
         self._children = {
             (endpoint, outcome): self._appends.labels(endpoint, outcome)
-            for endpoint in ("stream", "batch")
+            for endpoint in ("stream", "batch", "appends")
             for outcome in OUTCOMES
         }
 

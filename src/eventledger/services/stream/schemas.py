@@ -15,6 +15,7 @@ from fastapi import Header, Query
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     PlainValidator,
     WithJsonSchema,
@@ -30,6 +31,7 @@ MAX_INT64 = 2**63 - 1  # every backend stores versions and positions as signed 6
 MAX_SCHEMA_VERSION = 2**31 - 1
 MAX_EVENTS_PER_APPEND = 1000
 MAX_APPENDS_PER_BATCH = 100
+MAX_ITEMS_PER_REQUEST = 1000  # `POST /appends`: independent items in one request (and 1 MiB)
 MAX_TYPE_FILTERS = 100
 # One event's `data` and `metadata` together, as compact ASCII JSON (how every reader gets it).
 # Domain events are a few hundred bytes; 64 KiB leaves room for rich metadata while keeping
@@ -141,6 +143,56 @@ class BatchIn(StrictModel):
     appends: Annotated[list[BatchAppendIn], Field(min_length=1, max_length=MAX_APPENDS_PER_BATCH)]
 
 
+class AppendsItem(StrictModel):
+    """One item of `POST /appends`: atomic like `POST /batches`; with one append, a plain
+    stream append."""
+
+    appends: Annotated[list[BatchAppendIn], Field(min_length=1, max_length=MAX_APPENDS_PER_BATCH)]
+
+
+class AppendsIn(StrictModel):
+    """`POST /appends`: independent items, each with its own outcome (the documented shape;
+    the handler validates the envelope with `AppendsEnvelope` and each item on its own, so
+    that an invalid item fails alone)."""
+
+    items: Annotated[list[AppendsItem], Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "appends": [
+                                {
+                                    "stream": "account-acc-1",
+                                    "expected_version": 3,
+                                    "events": [{"type": "MoneyDeposited", "data": {"amount": 500}}],
+                                }
+                            ]
+                        },
+                        {
+                            "appends": [
+                                {
+                                    "stream": "orders-7",
+                                    "expected_version": "any",
+                                    "events": [{"type": "OrderPlaced", "data": {"n": 1}}],
+                                }
+                            ]
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
+
+class AppendsEnvelope(StrictModel):
+    """What `POST /appends` checks of the whole request before looking into any item."""
+
+    items: Annotated[list[Any], Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)]
+
+
 # -- query parameters and headers -----------------------------------------------------------
 
 
@@ -243,6 +295,54 @@ class AppendOut(BaseModel):
 
 class BatchOut(BaseModel):
     results: list[AppendOut]
+
+
+class ItemOut(BaseModel):
+    """The outcome of one item of `POST /appends`: `results` (status 201, or 200 for an
+    idempotent re-send) or `problem` (the problem document the same append would have been
+    answered with alone: 409, 422, 503 `outcome-unknown` …)."""
+
+    status: int
+    results: list[AppendOut] | None = None
+    problem: Problem | None = None
+
+
+class AppendsOut(BaseModel):
+    items: list[ItemOut] = Field(description="One outcome per item, in request order.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "status": 201,
+                            "results": [
+                                {
+                                    "stream": "account-acc-1",
+                                    "first_version": 4,
+                                    "last_version": 4,
+                                    "positions": [1207],
+                                }
+                            ],
+                        },
+                        {
+                            "status": 409,
+                            "problem": {
+                                "type": "wrong-expected-version",
+                                "title": "Wrong expected version",
+                                "status": 409,
+                                "detail": "stream 'orders-7' is at version 2, expected 1",
+                                "stream": "orders-7",
+                                "expected_version": 1,
+                                "actual_version": 2,
+                            },
+                        },
+                    ]
+                }
+            ]
+        }
+    )
 
 
 class StreamPage(BaseModel):
