@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventledger.services.limits import RateLimitMiddleware
+from eventledger.services.openapi import install_openapi
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 100
@@ -386,6 +387,7 @@ def create_service_app(
         lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    install_openapi(app)  # one Problem schema, operationIds, tags; /docs without a CDN
     metrics = Metrics(service)
     app.state.metrics = metrics
 
