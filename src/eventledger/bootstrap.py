@@ -144,6 +144,7 @@ def _build_service(service: str, settings: Settings) -> FastAPI:
             stream_url=settings.url("stream"),
             stream_token=stream_token(service, settings),
             idempotency_secret=idempotency_secret(settings),
+            follow_log=True,  # several instances decide on current state (issue 12)
         )
     if service in ("accounting", "statistics"):
         from eventledger.services.readside.db import ReadModelDB, open_readmodel_db

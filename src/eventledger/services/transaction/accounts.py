@@ -103,8 +103,20 @@ class AccountCache:
         while len(self._states) > self._max_size:
             self._states.popitem(last=False)
 
+    def peek(self, account_id: str) -> Account | None:
+        """The cached state, without counting as a use (the log follower's look)."""
+        return self._states.get(account_id)
+
+    def advance(self, state: Account) -> None:
+        """Replace the entry of this account, if still cached, in place (no use counted)."""
+        if state.account_id in self._states:
+            self._states[state.account_id] = state
+
     def drop(self, account_id: str) -> None:
         self._states.pop(account_id, None)
+
+    def clear(self) -> None:
+        self._states.clear()
 
     def __len__(self) -> int:
         return len(self._states)

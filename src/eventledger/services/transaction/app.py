@@ -9,6 +9,8 @@ through the one table in `problems`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +19,7 @@ from uuid import UUID, uuid4
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
 from eventledger.domain.commands import (
@@ -42,6 +44,7 @@ from eventledger.services.http import (
     validate_body,
 )
 from eventledger.services.transaction.accounts import DEFAULT_CACHE_SIZE, AccountCache
+from eventledger.services.transaction.follower import LogFollower
 from eventledger.services.transaction.handlers import DEFAULT_MAX_RETRIES, CommandHandler
 from eventledger.services.transaction.idempotency import (
     CORRELATION_ID_HEADER,
@@ -176,6 +179,7 @@ def create_app(
     new_id: Callable[[], UUID] = uuid4,
     stream_token: str | None = None,
     idempotency_secret: bytes | None = None,
+    follow_log: bool = False,
 ) -> FastAPI:
     """The transaction service, talking to the stream service at `stream_url`.
 
@@ -184,17 +188,27 @@ def create_app(
     where ids come from when a request has no Idempotency-Key. `stream_token`: what this
     service presents to the stream service. `idempotency_secret`: the installation's key for
     the ids of keyed commands, shared by every instance (`bootstrap` reads it; None: a random
-    one for this app alone, so replays work only within it).
+    one for this app alone, so replays work only within it). `follow_log`: keep the cached
+    states fresh from the stream service's live feed (`follower`; `bootstrap` turns it on,
+    so that several instances decide on current state; off, a test decides when a cached
+    state is stale).
     """
     client = StreamClient(stream_url, token=stream_token)
     secret = idempotency_secret if idempotency_secret else secrets.token_bytes(32)
+    cache = AccountCache(cache_size)
+    follower: LogFollower | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await client.open()
+        following = None if follower is None else asyncio.create_task(follower.run())
         try:
             yield
         finally:
+            if following is not None:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
             await client.close()
 
     app, metrics = create_service_app(
@@ -216,10 +230,30 @@ def create_app(
         ["command"],
         registry=metrics.registry,
     )
+    if follow_log and cache_size > 0:
+        follow_events = Counter(
+            "eventledger_transaction_cache_follow_events",
+            "Account events of the live feed, by what became of them in the cache: applied "
+            "(entry advanced), skipped (not cached, or already in it), dropped (a gap); "
+            "connected counts the subscriptions opened",
+            ["outcome"],
+            registry=metrics.registry,
+        )
+        follower = LogFollower(
+            stream_url,
+            cache,
+            token=stream_token,
+            on_outcome=lambda o: follow_events.labels(o).inc(),
+        )
+        Gauge(
+            "eventledger_transaction_cache_following",
+            "1 while the account cache follows the stream service's live feed",
+            registry=metrics.registry,
+        ).set_function(lambda: 1.0 if follower is not None and follower.connected else 0.0)
     handler = CommandHandler(
         client,
         max_retries=max_retries,
-        cache=AccountCache(cache_size),
+        cache=cache,
         on_retry=lambda name: retries.labels(name).inc(),
     )
     app.state.handler = handler

@@ -6,11 +6,14 @@ Every command goes through the same four steps (the Decider pattern):
 2. fold them into the `Account` state (`accounts.fold_recorded`);
 3. `decide` (or `decide_transfer`): the events, or a DomainError refusing the command;
 4. append with the expected version = the version folded. On `wrong-expected-version`
-   somebody else wrote first: reload, decide again, a bounded number of times with a small
-   jittered backoff. Contention alone never refuses a command.
+   somebody else wrote first: read only the events after the version held (`catch_up`) and
+   decide again at once; only when conflicts repeat (from the third attempt) wait a small
+   jittered backoff first, a bounded number of times. Contention alone never refuses a
+   command.
 
 Inside one instance, commands on one account are serialised by a lock, so the instance
-never conflicts with itself; across instances the expected version keeps the rules.
+never conflicts with itself; across instances the expected version keeps the rules, and the
+cache follows the log (`follower`), so a conflict means two commands really met.
 
 Idempotency (see `idempotency`, `replays`): with a key, the event ids are derived from the
 key, so the store itself tells whether the key is bound: an append whose ids are already
@@ -59,6 +62,10 @@ from eventledger.services.transaction.stream_client import (
 )
 
 DEFAULT_MAX_RETRIES = 25
+# The first retry after a conflict decides again at once (the events that beat us are read
+# and folded; waiting would not make them more current); from this attempt on conflicts
+# repeat, so competing writers are spread out by a jittered backoff.
+BACKOFF_FROM_ATTEMPT = 2
 
 T = TypeVar("T")
 
@@ -160,9 +167,9 @@ class CommandHandler:
                 try:
                     results = await self.client.append_batch(appends)
                 except WrongExpectedVersion:
-                    self._forget(source.account_id, target.account_id)
                     if (replay := await self._written_meanwhile(ids)) is not None:
                         return _expect(replay, TransferResult, ids)
+                    await self._catch_up(source, target)
                     continue
                 except DuplicateEventId:
                     self._forget(source.account_id, target.account_id)
@@ -220,9 +227,9 @@ class CommandHandler:
                         events=_new_events(events, ids),
                     )
                 except WrongExpectedVersion:
-                    self._forget(account_id)
                     if (replay := await self._written_meanwhile(ids)) is not None:
                         return replay
+                    await self._catch_up(state)
                     continue
                 except DuplicateEventId:
                     self._forget(account_id)
@@ -282,10 +289,25 @@ class CommandHandler:
         says."""
         return None if ids.key is None else await find_replay(self.client, ids)
 
+    async def _catch_up(self, *states: Account) -> None:
+        """After a conflict: the states we decided on, brought up to date by reading only the
+        events that follow them, are what the next attempt decides on."""
+        try:
+            fresh = await asyncio.gather(*(catch_up(self.client, s) for s in states))
+        except BaseException:
+            self._forget(*(s.account_id for s in states))
+            raise
+        for state in fresh:
+            cached = self.cache.peek(state.account_id)
+            # The log follower may have brought the entry further meanwhile: keep the newer.
+            if cached is None or cached.version <= state.version:
+                self.cache.put(state)
+
     async def _retry(self, command: str, attempt: int) -> None:
         if self._on_retry is not None:
             self._on_retry(command)
-        await self._backoff(attempt)
+        if attempt >= BACKOFF_FROM_ATTEMPT:
+            await self._backoff(attempt)
 
     def _remember(self, state: Account, result: AppendResult) -> Account:
         if state.version == result.last_version:
