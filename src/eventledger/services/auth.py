@@ -29,12 +29,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventledger.credentials import SCOPES, AuthFileError, TokenEntry, load_auth_file
 from eventledger.services.http import Metrics, problem_response
+from eventledger.services.openapi import ASSET_PATHS
 
 log = logging.getLogger(__name__)
 
 PRINCIPAL = "eventledger.principal"  # the ASGI scope key: the authenticated token's name
 
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS |= ASSET_PATHS  # Swagger UI's files, served by /docs's service (services/openapi.py)
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 # What reads and what changes state need, per service (API.md's table). On a read model the
 # only changes are operator actions, so anything but a read needs `admin` there.
