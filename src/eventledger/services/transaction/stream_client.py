@@ -6,7 +6,18 @@ request on this hot path.)
 
 What it writes is `NewEvent`/`StreamAppend` and what it reads back is `RecordedEvent`/
 `AppendResult`, the records of the event store, decoded from the stream service's JSON
-envelope by `eventstore.codec`. Failures are typed:
+envelope by `eventstore.codec`.
+
+Concurrent appends share requests (coalescing): each `append()`/`append_batch()` is one item
+of `POST /appends` (the stream service answers each item on its own). While no request is in
+flight, a call is sent at once, alone: no latency is added at concurrency 1. While
+`max_in_flight` requests are out, calls wait in a queue, and when one returns the queue
+leaves as one request (at most `max_items` items, about `max_request_bytes`). So under load one
+round trip, one parse and one group commit of the stream service serve many commands. Every
+call still gets its own result or exception; a call cancelled while queued leaves the queue
+unsent; a request that fails in transport fails each of its calls with StreamUnavailable.
+
+Failures are typed:
 
     StreamClientError
     ├── WrongExpectedVersion     409 wrong-expected-version: nothing written, `actual_version`
@@ -17,9 +28,11 @@ envelope by `eventstore.codec`. Failures are typed:
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -39,6 +52,12 @@ from eventledger.eventstore.records import (
 PAGE_SIZE = 1000
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 2.0
+# Coalescing: two requests out keep the stream service's group commit fed (one commits while
+# the next is parsed) without one caller's wait growing past about two round trips.
+MAX_IN_FLIGHT = 2
+MAX_ITEMS = 256  # the stream store's group commit takes at most 256 appends at once
+MAX_REQUEST_BYTES = 512 * 1024  # well inside the stream service's 1 MiB bound on a body
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class StreamClientError(Exception):
@@ -79,6 +98,16 @@ class StreamSlice:
     stream: str
     version: int
     events: tuple[RecordedEvent, ...]
+
+
+@dataclass(eq=False, slots=True)
+class _Queued:
+    """One call waiting for its item's outcome: (status, the item's answer)."""
+
+    body: bytes  # the item, encoded once, as it goes into the request
+    outcome: asyncio.Future[tuple[int, Any]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 def _expected(value: int | StreamState) -> int | str:
@@ -125,9 +154,28 @@ class StreamClient:
     call `open()` and `close()`."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        coalesce: bool = True,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_items: int = MAX_ITEMS,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
+        if max_in_flight < 1 or max_items < 1 or max_request_bytes < 1:
+            raise ValueError("max_in_flight, max_items and max_request_bytes must be >= 1")
         self.base_url = base_url.rstrip("/")
+        # coalesce=False: one request per call on POST /streams/… and POST /batches.
+        self.coalesce = coalesce
+        self.max_in_flight = max_in_flight
+        self.max_items = max_items
+        self.max_request_bytes = max_request_bytes
+        self._queue: deque[_Queued] = deque()
+        self._in_flight = 0
+        self._senders: set[asyncio.Task[None]] = set()
+        self.requests_sent = 0  # POST /appends requests, for tests and benchmarks
         # The transaction service's own token (events:read, events:append); never logged.
         self._headers = {"Accept": "application/json"}
         if token:
@@ -148,6 +196,11 @@ class StreamClient:
     async def close(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
+            for task in list(self._senders):
+                task.cancel()  # each fails its calls with StreamUnavailable
+            await asyncio.gather(*self._senders, return_exceptions=True)
+            while self._queue:
+                self._fail(self._queue.popleft(), "the stream client was closed")
             await session.close()
 
     async def __aenter__(self) -> Self:
@@ -223,6 +276,10 @@ class StreamClient:
     ) -> AppendResult:
         """Append to one stream if it is at `expected_version`. `replayed` is True when the
         events were already stored there (nothing new written)."""
+        if self.coalesce:
+            append = StreamAppend(stream, expected_version, tuple(events))
+            (result,) = await self._append_item([append])
+            return result
         body = {
             "expected_version": _expected(expected_version),
             "events": [_event_body(e) for e in events],
@@ -235,6 +292,8 @@ class StreamClient:
 
     async def append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
         """Append to several streams atomically: all or nothing."""
+        if self.coalesce:
+            return await self._append_item(list(appends))
         body = {"appends": [_append_body(a) for a in appends]}
         status, answer = await self._request("POST", "/batches", json_body=body)
         self._raise_for_append(status, answer)
@@ -242,6 +301,114 @@ class StreamClient:
         if not isinstance(results, list) or len(results) != len(appends):
             raise UnexpectedResponse(f"malformed batch result: {answer!r}"[:500], status=status)
         return [_append_result(r, replayed=status == 200) for r in results]
+
+    # -- coalescing ------------------------------------------------------------------------
+
+    async def _append_item(self, appends: list[StreamAppend]) -> list[AppendResult]:
+        """Send `appends` as one item of a `POST /appends` request, alone or with the calls
+        queued with it; answer its results or raise what its outcome says."""
+        if self._session is None:
+            raise RuntimeError("the stream client is not open")
+        queued = _Queued(_encode({"appends": [_append_body(a) for a in appends]}).encode())
+        self._queue.append(queued)
+        self._pump()
+        try:
+            status, answer = await queued.outcome
+        except asyncio.CancelledError:
+            # Cancelled while queued: leave the queue, unsent. (Once sent, the item's outcome
+            # is the stream service's; nobody waits for it any more.)
+            if queued in self._queue:
+                self._queue.remove(queued)
+            raise
+        if status in (200, 201):
+            results = answer.get("results") if isinstance(answer, dict) else None
+            if not isinstance(results, list) or len(results) != len(appends):
+                raise UnexpectedResponse(f"malformed item result: {answer!r}"[:500], status=status)
+            return [_append_result(r, replayed=status == 200) for r in results]
+        problem = answer.get("problem") if isinstance(answer, dict) else None
+        if status >= 500:  # as a 5xx answer to a single append: written or not, unknown
+            raise StreamUnavailable(
+                f"stream service answered {status} {_problem_type(problem)} for the append"
+            )
+        self._raise_for_append(status, problem)
+        raise UnexpectedResponse(f"append item answered {status}", status=status)
+
+    def _pump(self) -> None:
+        """Start requests for the queue while fewer than `max_in_flight` are out."""
+        while self._queue and self._in_flight < self.max_in_flight and self._session is not None:
+            batch = self._take()
+            if not batch:
+                return
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(batch))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    def _take(self) -> list[_Queued]:
+        """The head of the queue, up to `max_items` items and `max_request_bytes` (at least
+        one item); calls that gave up meanwhile are dropped."""
+        batch: list[_Queued] = []
+        size = 0
+        while self._queue and len(batch) < self.max_items:
+            queued = self._queue[0]
+            if queued.outcome.done():
+                self._queue.popleft()
+                continue
+            if batch and size + len(queued.body) > self.max_request_bytes:
+                break
+            size += len(queued.body) + 1
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def _send(self, batch: list[_Queued]) -> None:
+        try:
+            body = b'{"items":[' + b",".join(q.body for q in batch) + b"]}"
+            self.requests_sent += 1
+            try:
+                status, answer = await self._request("POST", "/appends", raw_body=body)
+            except StreamClientError as exc:
+                for queued in batch:
+                    self._fail(queued, str(exc), kind=type(exc), status=_status_of(exc))
+                return
+            items = answer.get("items") if isinstance(answer, dict) else None
+            if status != 200 or not isinstance(items, list) or len(items) != len(batch):
+                # The request was refused whole (a 4xx problem) or answered nonsense.
+                problem = answer if isinstance(answer, dict) else {}
+                detail = str(problem.get("detail") or f"{answer!r}"[:300])
+                for queued in batch:
+                    self._fail(
+                        queued,
+                        f"POST /appends answered {status}: {detail}",
+                        kind=UnexpectedResponse,
+                        status=status,
+                    )
+                return
+            for queued, item in zip(batch, items, strict=True):
+                item_status = item.get("status") if isinstance(item, dict) else None
+                if type(item_status) is not int:
+                    self._fail(queued, f"malformed item: {item!r}"[:500], kind=UnexpectedResponse)
+                elif not queued.outcome.done():
+                    queued.outcome.set_result((item_status, item))
+        except asyncio.CancelledError:
+            for queued in batch:
+                self._fail(queued, "the stream client was closed with the request out")
+            raise
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+    @staticmethod
+    def _fail(
+        queued: _Queued,
+        detail: str,
+        *,
+        kind: Callable[..., StreamClientError] = StreamUnavailable,
+        status: int = 0,
+    ) -> None:
+        # A fresh exception per call: one object raised in many tasks would mix tracebacks.
+        if not queued.outcome.done():
+            exc = kind(detail, status=status) if kind is UnexpectedResponse else kind(detail)
+            queued.outcome.set_exception(exc)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -274,13 +441,16 @@ class StreamClient:
         *,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
+        raw_body: bytes | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, Any]:
         """Send one request; answer (status, parsed JSON body or None). Connection errors,
         timeouts and 5xx answers become StreamUnavailable."""
         if self._session is None:
             raise RuntimeError("the stream client is not open")
-        data = None if json_body is None else json.dumps(json_body, separators=(",", ":"))
+        data: str | bytes | None = raw_body
+        if json_body is not None:
+            data = json.dumps(json_body, separators=(",", ":"))
         headers = None if data is None else {"Content-Type": "application/json"}
         try:
             async with self._session.request(
@@ -305,3 +475,7 @@ class StreamClient:
             return status, json.loads(raw)
         except ValueError as exc:
             raise UnexpectedResponse(f"answered {status} with non-JSON", status=status) from exc
+
+
+def _status_of(exc: StreamClientError) -> int:
+    return exc.status if isinstance(exc, UnexpectedResponse) else 0
