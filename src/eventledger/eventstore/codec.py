@@ -80,13 +80,23 @@ def json_text(value: Mapping[str, Any], what: str, event_id: UUID) -> str:
             allow_nan=False,
             default=_json_default,
         )
-        text.encode("utf-8")  # lone surrogates cannot be stored
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
+    check_text(text, what, event_id)
+    return text
+
+
+def check_text(text: str, what: str, event_id: UUID) -> None:
+    """The text rules of stored JSON (see json_text), for JSON text however it was written:
+    InvalidAppend for lone surrogates and for NUL."""
+    if not text.isascii():  # ASCII holds no surrogate: the common case skips the encoding
+        try:
+            text.encode("utf-8")  # lone surrogates cannot be stored
+        except UnicodeEncodeError as exc:
+            raise InvalidAppend(f"the {what} of event {event_id} is not JSON: {exc}") from None
     # json.dumps writes NUL as the escape \u0000; a literal backslash before "u0000" is "\\".
     if "\\u0000" in text and _JSON_NUL.search(text):
         raise InvalidAppend(f"the {what} of event {event_id} contains NUL (U+0000)")
-    return text
 
 
 # A \u0000 escape that is not itself an escaped backslash followed by "u0000".

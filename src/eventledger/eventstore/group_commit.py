@@ -37,16 +37,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
-from eventledger.eventstore.codec import format_time, json_text
+from eventledger.eventstore.codec import check_text, format_time, json_text
 from eventledger.eventstore.errors import (
     EventStoreError,
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
-from eventledger.eventstore.hashing import canonical_json, chain, event_content
+from eventledger.eventstore.hashing import HashChain, canonical_json, flat_json, is_flat
 from eventledger.eventstore.records import AppendResult, NewEvent, StreamAppend
 from eventledger.eventstore.store import Placed, check_expected_version, classify_batch_replay
 
@@ -61,13 +61,14 @@ Outcome = list[AppendResult] | BaseException
 # -- requests ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
+class Encoded(NamedTuple):
     """A new event as it will be stored: its data and metadata as JSON text (codec.json_text,
     which also applies the text rules every backend shares), and in the canonical JSON that
-    its hash covers (hashing.py). Encoded by the caller, so the writer only concatenates."""
+    its hash covers (hashing.py). Encoded by the caller, so the writer only concatenates.
+    A tuple: a thousand are built per bulk append."""
 
     id: UUID
+    id_text: str  # str(id), written once: the hash and SQLite need it as text
     type: str
     schema_version: int
     data: str
@@ -78,17 +79,35 @@ class Encoded:
 
 def encode(event: NewEvent) -> Encoded:
     """Raises InvalidAppend for data or metadata no backend can store."""
-    data = json_text(event.data, "data", event.id)
-    metadata = json_text(event.metadata, "metadata", event.id)
+    data, canonical_data = _texts(event.data, "data", event.id)
+    metadata, canonical_metadata = _texts(event.metadata, "metadata", event.id)
     return Encoded(
-        id=event.id,
-        type=event.type,
-        schema_version=event.schema_version,
-        data=data,
-        metadata=metadata,
-        canonical_data=canonical_json(event.data),
-        canonical_metadata=canonical_json(event.metadata),
+        event.id,
+        str(event.id),
+        event.type,
+        event.schema_version,
+        data,
+        metadata,
+        canonical_data,
+        canonical_metadata,
     )
+
+
+def _texts(value: Mapping[str, Any], what: str, event_id: UUID) -> tuple[str, str]:
+    """The stored and the canonical JSON text of a data or metadata object. A flat object (the
+    common event) is stored in its canonical text: encoded once, and the hash covers exactly
+    the stored text. Any other keeps its own key order and is encoded twice."""
+    if not value and type(value) is dict:
+        return "{}", "{}"
+    if is_flat(value):
+        try:
+            text = flat_json(value)
+        except (ValueError, RecursionError):  # e.g. an int too long to write: said below
+            pass
+        else:
+            check_text(text, what, event_id)
+            return text, text
+    return json_text(value, what, event_id), canonical_json(value)
 
 
 @dataclass(eq=False)
@@ -185,12 +204,13 @@ class Snapshot:
     versions: Mapping[str, int]  # the group's streams' versions (absent: 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One event to INSERT, with every column decided."""
+class Row(NamedTuple):
+    """One event to INSERT, with every column decided. A tuple (cheap to build, a thousand per
+    append) whose first 11 fields are the columns in the order of the INSERTs; `id` comes last
+    so that a row is also a `Placed` (the replay rule reads it)."""
 
     position: int
-    id: UUID
+    id_text: str  # str(id)
     stream: str
     stream_version: int
     type: str
@@ -200,6 +220,10 @@ class Row:
     recorded_at: str  # codec.format_time
     hash: str  # hashing.py: chained to the row before
     batch_end: int  # the position of the last row of its request (its `append_batch`)
+    id: UUID
+
+
+COLUMNS = 11  # Row[:COLUMNS]: the values of one INSERT
 
 
 @dataclass(eq=False)
@@ -248,35 +272,37 @@ class Planner:
             position += count
         # One hash per event, chained in position order; the whole request is one batch.
         rows: list[Row] = []
-        previous, batch_end, position = self.head_hash, position, first
+        hashes = HashChain(self.head_hash, self._recorded_at)
+        batch_end, position, at = position, first, self._recorded_at
         for result, events in zip(results, request.events, strict=True):
+            stream = result.stream
+            stream_json = hashes.string(stream)
             for version, event in enumerate(events, start=result.first_version):
-                content = event_content(
-                    id=event.id,
-                    stream=result.stream,
-                    type=event.type,
-                    schema_version=event.schema_version,
-                    data=event.canonical_data,
-                    metadata=event.canonical_metadata,
-                    stream_version=version,
-                    position=position,
-                    recorded_at=self._recorded_at,
-                    batch_end=batch_end,
+                digest = hashes.add(
+                    batch_end,
+                    event.canonical_data,
+                    event.id_text,
+                    event.canonical_metadata,
+                    position,
+                    event.schema_version,
+                    stream_json,
+                    version,
+                    hashes.string(event.type),
                 )
-                previous = chain(previous, content)
                 rows.append(
                     Row(
-                        position=position,
-                        id=event.id,
-                        stream=result.stream,
-                        stream_version=version,
-                        type=event.type,
-                        schema_version=event.schema_version,
-                        data=event.data,
-                        metadata=event.metadata,
-                        recorded_at=self._recorded_at,
-                        hash=previous,
-                        batch_end=batch_end,
+                        position,
+                        event.id_text,
+                        stream,
+                        version,
+                        event.type,
+                        event.schema_version,
+                        event.data,
+                        event.metadata,
+                        at,
+                        digest,
+                        batch_end,
+                        event.id,
                     )
                 )
                 position += 1

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from uuid import UUID
 
 from eventledger.eventstore.codec import format_time
@@ -45,9 +46,41 @@ _dumps = json.JSONEncoder(
 ).encode
 
 
+def _refuse(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# The C encoder behind json.dumps, built once: json.dumps builds a new one per call, which
+# costs more than encoding a small event. Used for flat objects only (no floats, no nesting),
+# where it writes exactly what `_dumps` writes. No circular-reference markers: a flat object
+# holds no containers. Arguments: markers, default, string encoder, indent, key separator,
+# item separator, sort_keys, skipkeys, allow_nan.
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_flat_encoder: Any = _c_make_encoder and _c_make_encoder(
+    None, _refuse, json.encoder.encode_basestring, None, ":", ",", True, False, False
+)
+
+
+def is_flat(value: Any) -> TypeGuard[dict[str, Any]]:
+    """A dict of string keys and string, int, bool or None values: the common event, whose
+    canonical JSON is its plain sorted JSON (no float to normalise, nothing nested)."""
+    return type(value) is dict and all(
+        type(k) is str and type(v) in _PLAIN for k, v in value.items()
+    )
+
+
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of a JSON value (see the module docstring)."""
+    if is_flat(value):
+        return flat_json(value)
     return _dumps(_normal(value))
+
+
+def flat_json(value: dict[str, Any]) -> str:
+    """canonical_json of a value `is_flat` accepted (without checking it again)."""
+    if _flat_encoder is None:
+        return _dumps(value)
+    return "".join(_flat_encoder(value, 0))
 
 
 def event_content(
@@ -65,11 +98,38 @@ def event_content(
 ) -> bytes:
     """The canonical content of one event: `data` and `metadata` already canonical JSON
     (canonical_json), `recorded_at` as codec.format_time writes it."""
+    return _content(
+        batch_end,
+        data,
+        str(id),
+        metadata,
+        position,
+        _dumps(recorded_at),
+        schema_version,
+        _dumps(stream),
+        stream_version,
+        _dumps(type),
+    )
+
+
+def _content(
+    batch_end: int,
+    data: str,
+    id: str,
+    metadata: str,
+    position: int,
+    recorded_at: str,
+    schema_version: int,
+    stream: str,
+    stream_version: int,
+    type: str,
+) -> bytes:
+    # The one spelling of the content. `recorded_at`, `stream`, `type`: JSON string literals.
     return (
         f'{{"batch_end":{batch_end},"data":{data},"id":"{id}","metadata":{metadata},'
-        f'"position":{position},"recorded_at":{_dumps(recorded_at)},'
-        f'"schema_version":{schema_version},"stream":{_dumps(stream)},'
-        f'"stream_version":{stream_version},"type":{_dumps(type)}}}'
+        f'"position":{position},"recorded_at":{recorded_at},'
+        f'"schema_version":{schema_version},"stream":{stream},'
+        f'"stream_version":{stream_version},"type":{type}}}'
     ).encode()
 
 
@@ -78,12 +138,64 @@ def chain(previous: str, content: bytes) -> str:
     return hashlib.sha256(bytes.fromhex(previous) + content).hexdigest()
 
 
+class HashChain:
+    """Hashes the events of one write, one after the other: what `chain(event_content(...))`
+    gives for each, with what the events share encoded once (the time, the JSON of stream
+    names and types) and the previous hash kept as bytes (no hex round trip per event)."""
+
+    __slots__ = ("_previous", "_recorded_at", "_strings")
+
+    def __init__(self, previous: str, recorded_at: str) -> None:
+        self._previous = bytes.fromhex(previous)
+        self._recorded_at = _dumps(recorded_at)
+        self._strings: dict[str, str] = {}  # JSON literals of the stream names and types seen
+
+    def string(self, text: str) -> str:
+        """`text` as a JSON string literal (cached: a write has few streams and types)."""
+        literal = self._strings.get(text)
+        if literal is None:
+            literal = self._strings[text] = _dumps(text)
+        return literal
+
+    def add(
+        self,
+        batch_end: int,
+        data: str,
+        id: str,
+        metadata: str,
+        position: int,
+        schema_version: int,
+        stream: str,
+        stream_version: int,
+        type: str,
+    ) -> str:
+        """The hash of the next event (`stream` and `type` as `string` gives them); positional
+        arguments in the order of the content, on the hot path of every append."""
+        digest = hashlib.sha256(
+            self._previous
+            + _content(
+                batch_end,
+                data,
+                id,
+                metadata,
+                position,
+                self._recorded_at,
+                schema_version,
+                stream,
+                stream_version,
+                type,
+            )
+        ).digest()
+        self._previous = digest
+        return digest.hex()
+
+
 _PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def _normal(value: Any) -> Any:
     """The value as JSON stores it, in the form canonical JSON writes."""
-    if type(value) is dict and all(type(k) is str and type(v) in _PLAIN for k, v in value.items()):
+    if is_flat(value):
         return value  # the common event: flat, nothing to change
     if isinstance(value, str | bool | int) or value is None:
         return value
