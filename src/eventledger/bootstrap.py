@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
-from eventledger.config import ConfigError, Settings
+from eventledger.config import CONSOLE, SERVICES, ConfigError, Settings
 from eventledger.domain.upcasters import UPCASTERS
 from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
@@ -104,7 +104,9 @@ def secure(app: FastAPI, service: str, settings: Settings) -> None:
     from eventledger.services.http import Metrics
 
     auth_file = auth_file_of(settings)
-    if auth_file is not None:
+    # The console asks the browser for no token (it holds its own, server-side; see
+    # services/console): only its /metrics needs one, which it checks itself.
+    if auth_file is not None and service != CONSOLE:
         secure_app(app, service=service, authenticator=AuthFileAuthenticator(auth_file))
     port = settings.port(service)
     metrics = getattr(app.state, "metrics", None)
@@ -113,7 +115,8 @@ def secure(app: FastAPI, service: str, settings: Settings) -> None:
         service=service,
         allowed_hosts=loopback_hosts(settings.host, port),
         any_port=port == 0,
-        cors_origins=settings.cors_origins,
+        # No other origin may ever use the console: it would act with the console's token.
+        cors_origins=() if service == CONSOLE else settings.cors_origins,
         metrics=metrics if isinstance(metrics, Metrics) else None,
     )
 
@@ -169,4 +172,26 @@ def _build_service(service: str, settings: Settings) -> FastAPI:
             open_db=open_db,
             stream_token=stream_token(service, settings),
         )
+    if service == CONSOLE:
+        return _build_console(settings)
     raise ValueError(f"unknown service {service!r}")
+
+
+def _build_console(settings: Settings) -> FastAPI:
+    """The browser console: a client of the four services with a token of its own."""
+    from eventledger.services.browser import is_loopback
+    from eventledger.services.console.app import create_app as create_console
+
+    # Its pages read and write with its token and ask the browser for none: on an address
+    # others can reach, anyone there could use it. Loopback only, unless the operator says.
+    if not is_loopback(settings.host) and not settings.insecure_no_auth:
+        raise ConfigError(
+            f"the console acts with its own token and asks the browser for none: refusing to "
+            f"listen on {settings.host}; keep it on 127.0.0.1 (reach it through an SSH tunnel "
+            "or a reverse proxy that authenticates), or give --insecure-no-auth"
+        )
+    return create_console(
+        urls={name: settings.url(name) for name in SERVICES},
+        token=stream_token(CONSOLE, settings),
+        auth_file=auth_file_of(settings),
+    )

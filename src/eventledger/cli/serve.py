@@ -35,6 +35,7 @@ class ServiceName(enum.StrEnum):
     transaction = "transaction"
     accounting = "accounting"
     statistics = "statistics"
+    console = "console"
 
 
 # Options shared by `serve` and `up`; None means "not given", so that the environment applies.
@@ -274,6 +275,46 @@ def serve(
         Path | None,
         typer.Option("--ssl-keyfile", help="The private key of --ssl-certfile (PEM)"),
     ] = None,
+    transaction_url: Annotated[
+        str | None,
+        typer.Option(
+            "--transaction-url",
+            help="console: where it finds the transaction service \\[env: "
+            "EVENTLEDGER_TRANSACTION_URL]",
+        ),
+    ] = None,
+    accounting_url: Annotated[
+        str | None,
+        typer.Option(
+            "--accounting-url",
+            help="console: where it finds the accounting service \\[env: "
+            "EVENTLEDGER_ACCOUNTING_URL]",
+        ),
+    ] = None,
+    statistics_url: Annotated[
+        str | None,
+        typer.Option(
+            "--statistics-url",
+            help="console: where it finds the statistics service \\[env: "
+            "EVENTLEDGER_STATISTICS_URL]",
+        ),
+    ] = None,
+    supervised_by: Annotated[
+        int | None,
+        typer.Option(
+            "--supervised-by",
+            hidden=True,
+            help="The pid of the `up` that started it: exit when it dies (cli/child.py)",
+        ),
+    ] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            "--instance-id",
+            hidden=True,
+            help="An id given by `up`, sent back in /health's X-Eventledger-Instance header",
+        ),
+    ] = None,
     log_prefix: Annotated[
         bool,
         typer.Option(
@@ -284,6 +325,10 @@ def serve(
     ] = True,
 ) -> None:
     """Run one service until SIGTERM or Ctrl-C."""
+    if supervised_by is not None:  # first: `up` may already be gone
+        from eventledger.cli.child import die_with_parent
+
+        die_with_parent(supervised_by)
     import uvicorn
 
     from eventledger import bootstrap
@@ -306,6 +351,9 @@ def serve(
         insecure_no_auth=insecure_no_auth,
         stream_token_file=stream_token_file,
         cors_origin=cors_origin,
+        transaction_url=transaction_url,
+        accounting_url=accounting_url,
+        statistics_url=statistics_url,
     )
     try:
         # Before anything is bound: an open service on a reachable address never listens.
@@ -320,8 +368,15 @@ def serve(
         app = bootstrap.build_app(name, settings)
     except (ConfigError, ValueError) as exc:
         raise UsageProblem(f"cannot start the {name} service: {exc}") from exc
+    served: Any = app
+    if instance_id is not None:
+        from eventledger.cli.child import InstanceHeader
+
+        if not instance_id.isascii() or not instance_id.isalnum() or len(instance_id) > 64:
+            raise UsageProblem("--instance-id: 1-64 letters and digits")
+        served = InstanceHeader(app, instance_id=instance_id)
     config = uvicorn.Config(
-        app,
+        served,
         host=settings.host,
         port=settings.port(name),
         loop=event_loop(),
