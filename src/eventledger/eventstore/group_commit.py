@@ -339,8 +339,9 @@ class Database(Protocol):
     def usable(self) -> bool:
         """Whether the connection can take another group."""
 
-    async def begin(self, ids: Sequence[UUID], streams: Sequence[str]) -> Snapshot:
-        """Start the transaction as the only writer, read the snapshot, set savepoint `group`."""
+    async def begin(self, ids: Sequence[str], streams: Sequence[str]) -> Snapshot:
+        """Start the transaction as the only writer, read the snapshot (of the event ids given
+        as text, and of the streams), set savepoint `group`."""
 
     async def insert(self, rows: Sequence[Row]) -> None: ...
 
@@ -499,7 +500,7 @@ class GroupCommit:
         self, db: Database, group: list[Request], outcomes: dict[Request, Outcome]
     ) -> list[Write]:
         """Run the group's transaction up to and including COMMIT; returns what it wrote."""
-        ids = [e.id for r in group for events in r.events for e in events]
+        ids = [e.id_text for r in group for events in r.events for e in events]
         streams = sorted({a.stream for r in group for a in r.appends})
         snapshot = await db.begin(ids, streams)
         planner = Planner(snapshot)

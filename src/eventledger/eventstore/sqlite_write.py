@@ -81,7 +81,7 @@ class WriteSide:
     def usable(self) -> bool:
         return self._conn is not None
 
-    async def begin(self, ids: Sequence[UUID], streams: Sequence[str]) -> Snapshot:
+    async def begin(self, ids: Sequence[str], streams: Sequence[str]) -> Snapshot:
         conn = self._connection()
         with self._translated():
             conn.execute("BEGIN IMMEDIATE")
@@ -94,7 +94,7 @@ class WriteSide:
             head, head_hash = conn.execute(_HEAD).fetchone() or (0, GENESIS)
             stored: dict[UUID, StoredPlace] = {}
             for event_id, stream, version, position in conn.execute(
-                _STORED_BY_ID, (json.dumps([str(i) for i in ids]),)
+                _STORED_BY_ID, (json.dumps(ids),)
             ):
                 stored[UUID(event_id)] = StoredPlace(UUID(event_id), stream, version, position)
             versions: dict[str, int] = {
