@@ -53,6 +53,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     idempotency_secret: str | None = field(default=None, repr=False)
     limits: Limits = field(default_factory=lambda: Limits())  # against abuse (`Limits`)
+    log_format: str = "text"  # or "json": one JSON object per line (eventledger/logging.py)
+    log_requests: bool = False  # a log line per request (services/requestlog.py)
 
     def port(self, service: str) -> int:
         return self.ports[service]
@@ -185,6 +187,10 @@ def load_settings(
             "EVENTLEDGER_IDEMPOTENCY_SECRET must be at least 32 characters "
             "(e.g. the output of: python -c 'import secrets; print(secrets.token_hex(32))')"
         )
+    log_format, log_format_key = pick("log_format", "EVENTLEDGER_LOG_FORMAT")
+    if log_format and log_format not in ("text", "json"):
+        raise ConfigError(f"{log_format_key} must be text or json, not {log_format!r}")
+    log_requests, _ = pick("log_requests", "EVENTLEDGER_LOG_REQUESTS")
     return Settings(
         host=host or "127.0.0.1",
         ports=ports,
@@ -201,6 +207,8 @@ def load_settings(
         cors_origins=_origins(flags.get("cors_origin"), env.get("EVENTLEDGER_CORS_ORIGINS")),
         idempotency_secret=secret,
         limits=load_limits(flags, env),
+        log_format=log_format or "text",
+        log_requests=_truthy(log_requests),
     )
 
 

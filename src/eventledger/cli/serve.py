@@ -167,7 +167,7 @@ def tls_options(certfile: Path | None, keyfile: Path | None) -> dict[str, Any]:
 
 def settings_from_flags(**flags: object) -> Settings:
     """`load_settings` over the given flags, a `ConfigError` turned into a usage problem."""
-    for switch in ("allow_unsafe_durability", "insecure_no_auth"):
+    for switch in ("allow_unsafe_durability", "insecure_no_auth", "log_requests"):
         if flags.get(switch) is False:
             flags[switch] = None  # a flag not given: the environment decides
     try:
@@ -315,6 +315,22 @@ def serve(
             help="An id given by `up`, sent back in /health's X-Eventledger-Instance header",
         ),
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            help="text (default: timestamped lines) or json (one object per line) "
+            "\\[env: EVENTLEDGER_LOG_FORMAT]",
+        ),
+    ] = None,
+    log_requests: Annotated[
+        bool,
+        typer.Option(
+            "--log-requests",
+            help="Log a line per request: method, path, status, ms, request id (default: "
+            "only answers of 5xx) \\[env: EVENTLEDGER_LOG_REQUESTS]",
+        ),
+    ] = False,
     log_prefix: Annotated[
         bool,
         typer.Option(
@@ -332,6 +348,7 @@ def serve(
     import uvicorn
 
     from eventledger import bootstrap
+    from eventledger.logging import logging_config
 
     name = service.value
     settings = settings_from_flags(
@@ -354,6 +371,8 @@ def serve(
         transaction_url=transaction_url,
         accounting_url=accounting_url,
         statistics_url=statistics_url,
+        log_format=log_format,
+        log_requests=log_requests,
     )
     try:
         # Before anything is bound: an open service on a reachable address never listens.
@@ -383,7 +402,12 @@ def serve(
         ws="none",
         lifespan="on",
         access_log=False,
-        log_config=log_config(f"{name} | " if log_prefix else ""),
+        log_config=logging_config(
+            name,
+            prefix=f"{name} | " if log_prefix else "",
+            log_format=settings.log_format,
+            log_requests=settings.log_requests,
+        ),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
         **server_limits(app, settings),

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventledger.services.limits import RateLimitMiddleware
 from eventledger.services.openapi import install_openapi
+from eventledger.services.requestlog import install_request_log
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 100
@@ -84,12 +85,17 @@ def problem_response(
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
+    # dict() in C, then a length check: twice as fast as a Python loop over the pairs on
+    # bulk bodies (3 objects an event); the loop runs only to name the duplicate.
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise ProblemError(400, "malformed-json", "Malformed JSON", f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
+        seen.add(key)
+    raise AssertionError("unreachable: fewer keys than pairs means a repeated key")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -390,6 +396,7 @@ def create_service_app(
     install_openapi(app)  # one Problem schema, operationIds, tags; /docs without a CDN
     metrics = Metrics(service)
     app.state.metrics = metrics
+    install_request_log(app, metrics.registry)  # X-Request-ID, request lines, process metrics
 
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> Response:
