@@ -19,8 +19,10 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:  # the command line imports this module without loading a web framework
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 INSTANCE_HEADER = "X-Eventledger-Instance"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -1,32 +1,45 @@
-"""`eventledger up`: the four services, one process each, until Ctrl-C or SIGTERM.
+"""`eventledger up`: the four services and the console, one process each, until Ctrl-C or SIGTERM.
 
 Secure by default: on its first start `up` creates the auth file `<data-dir>/auth.json` and a
 token per internal caller in `<data-dir>/tokens/` (mode 0600; `credentials.provision`), and
 gives each service its auth file and the token it presents to the stream service; later starts
 reuse them. The command line finds its token there. `--insecure-no-auth` runs all open.
 
+Ports: API.md's defaults 8001-8005, `--port-base N` (N+1..N+5) or one `--<name>-port` each
+(EVENTLEDGER_PORT_BASE, EVENTLEDGER_<NAME>_PORT). `up` never lies about them: before starting
+anything it checks that every port is free, and fails naming the port, the service and the
+flag that moves it; it trusts a `/health` answer only from its own live child (the instance id
+it gave the child comes back in a header, cli/child.py). Its children exit when it dies,
+whatever the signal, kill -9 included (PR_SET_PDEATHSIG, and a stdin pipe they watch).
+
 The stream service starts first and must answer `/health` before the others start: they
-subscribe to it. Every line a service logs is shown prefixed with its name in its own
-colour. On Ctrl-C or SIGTERM every service gets SIGTERM and a bounded time to stop, then
-SIGKILL (a second Ctrl-C kills them at once). If a service dies on its own, the others are
-stopped and `up` exits non-zero.
+subscribe to it; the console starts last. Every line a service logs is shown prefixed with its
+name in its own colour. On Ctrl-C or SIGTERM every service gets SIGTERM and a bounded time to
+stop, then SIGKILL (a second Ctrl-C kills them at once). If a service dies on its own, the
+others are stopped and `up` exits non-zero.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
+from typing import IO, Annotated, Any
 
 import httpx
+import typer
 from rich.table import Table
 from rich.text import Text
 
+from eventledger.cli.child import INSTANCE_HEADER
 from eventledger.cli.output import CliError, UsageProblem, console
 from eventledger.cli.serve import (
     AuthFileOpt,
@@ -40,7 +53,14 @@ from eventledger.cli.serve import (
     UnsafeOpt,
     settings_from_flags,
 )
-from eventledger.config import SERVICES, ConfigError, Settings
+from eventledger.config import (
+    CONSOLE,
+    DEFAULT_PORTS,
+    SERVICES,
+    UP_SERVICES,
+    ConfigError,
+    Settings,
+)
 from eventledger.credentials import AuthFileError, Installation, idempotency_secret, provision
 
 COLOURS = {
@@ -48,17 +68,21 @@ COLOURS = {
     "transaction": "magenta",
     "accounting": "green",
     "statistics": "yellow",
+    "console": "blue",
 }
 HEALTH_POLL_SECONDS = 0.1
 HEALTH_WAIT_SECONDS = 30.0
 STOP_WAIT_SECONDS = 10.0
-WIDTH = max(len(name) for name in SERVICES)
+WIDTH = max(len(name) for name in UP_SERVICES)
+PORT_IN_USE_EXIT = 3  # what `serve` exits with when uvicorn could not bind
 
 
 @dataclass
 class Child:
     name: str
     url: str
+    port: int
+    instance_id: str
     process: subprocess.Popen[str]
     pump: threading.Thread = field(init=False)
 
@@ -85,8 +109,11 @@ def _pump(name: str, stream: IO[str] | None) -> None:
         console.print(Text.assemble(_prefix(name), Text(line.rstrip("\n"))), soft_wrap=True)
 
 
-def _child_argv(name: str, settings: Settings, installation: Installation | None) -> list[str]:
+def _child_argv(
+    name: str, settings: Settings, installation: Installation | None, instance_id: str
+) -> list[str]:
     argv = [sys.executable, "-m", "eventledger", "serve", name, "--no-log-prefix"]
+    argv += ["--supervised-by", str(os.getpid()), "--instance-id", instance_id]
     argv += ["--host", settings.host, "--port", str(settings.port(name))]
     argv += ["--data-dir", str(settings.data_dir)]
     if name == "stream" and settings.store:
@@ -97,8 +124,9 @@ def _child_argv(name: str, settings: Settings, installation: Installation | None
         argv += ["--stream-url", settings.url("stream")]
     if settings.allow_unsafe_durability:
         argv.append("--allow-unsafe-durability")
-    for origin in settings.cors_origins:
-        argv += ["--cors-origin", origin]
+    if name != CONSOLE:  # no other origin may ever use the console (bootstrap)
+        for origin in settings.cors_origins:
+            argv += ["--cors-origin", origin]
     if installation is None:
         argv.append("--insecure-no-auth")
         return argv
@@ -140,6 +168,55 @@ def _client_url(settings: Settings, name: str) -> str:
     return url
 
 
+def _port_hint(name: str) -> str:
+    return (
+        f"--{name}-port P (or EVENTLEDGER_{name.upper()}_PORT), or every port at once with "
+        "--port-base N (services at N+1..N+5; EVENTLEDGER_PORT_BASE)"
+    )
+
+
+def _port_taken(host: str, port: int) -> OSError | None:
+    """Whether `port` on `host` cannot be bound now (as uvicorn binds: SO_REUSEADDR, so a
+    socket in TIME_WAIT does not count); the error, or None when it is free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc
+    return None
+
+
+def check_ports(settings: Settings, names: list[str]) -> None:
+    """Fail before anything starts when two services share a port or one is taken, naming
+    the port, the service and how to choose another."""
+    seen: dict[int, str] = {}
+    for name in names:
+        port = settings.port(name)
+        if port in seen:
+            raise UsageProblem(
+                f"the {seen[port]} and {name} services are both given port {port}: choose "
+                f"another with {_port_hint(name)}"
+            )
+        seen[port] = name
+        taken = _port_taken(settings.host, port)
+        if taken is None:
+            continue
+        if taken.errno == errno.EADDRINUSE:
+            why = "is already in use (another eventledger still running? `ss -ltnp` shows who)"
+        else:
+            why = f"cannot be used ({taken.strerror or taken})"
+        raise CliError(
+            f"port {port} on {settings.host}, for the {name} service, {why}; nothing was "
+            f"started. Choose another with {_port_hint(name)}"
+        )
+
+
 class Supervisor:
     def __init__(self, settings: Settings, installation: Installation | None) -> None:
         self.settings = settings
@@ -157,22 +234,38 @@ class Supervisor:
         say(f"{signal.Signals(signum).name} received: stopping every service", "bold yellow")
         self.stop_requested.set()
 
+    def _child_env(self, name: str) -> dict[str, str] | None:
+        """The console finds the others by variables, not flags: a service's name on its
+        command line would make `ps` and `pgrep` find the console for that service."""
+        if name != CONSOLE:
+            return None
+        env = dict(os.environ)
+        for other in ("transaction", "accounting", "statistics"):
+            env[f"EVENTLEDGER_{other.upper()}_URL"] = _client_url(self.settings, other)
+        return env
+
     def start(self, name: str) -> Child:
+        instance_id = uuid.uuid4().hex
         process = subprocess.Popen(
-            _child_argv(name, self.settings, self.installation),
-            stdin=subprocess.DEVNULL,
+            _child_argv(name, self.settings, self.installation, instance_id),
+            # A pipe that only we hold open: the child reads EOF on it when we die, however
+            # we die (cli/child.py). We never write to it.
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=self._child_env(name),
             text=True,
             errors="replace",
             bufsize=1,
         )
-        child = Child(name, _client_url(self.settings, name), process)
+        url = _client_url(self.settings, name)
+        child = Child(name, url, self.settings.port(name), instance_id, process)
         self.children.append(child)
         return child
 
     def wait_healthy(self, children: list[Child]) -> None:
-        """Poll each child's /health until it answers 200; fail if it dies or takes too long."""
+        """Poll each child's /health until it answers 200 *as that child* (its instance id
+        in the header); fail if it dies, if another server answers, or if it takes too long."""
         deadline = time.monotonic() + HEALTH_WAIT_SECONDS
         pending = list(children)
         with httpx.Client(timeout=1.0) as http:
@@ -180,10 +273,19 @@ class Supervisor:
                 for child in list(pending):
                     self.check_alive()
                     try:
-                        if http.get(f"{child.url}/health").status_code == 200:
-                            pending.remove(child)
+                        response = http.get(f"{child.url}/health")
                     except httpx.HTTPError:
-                        pass
+                        continue
+                    answered_by = response.headers.get(INSTANCE_HEADER)
+                    if answered_by != child.instance_id:
+                        self.check_alive()  # it may have just failed to bind
+                        raise CliError(
+                            f"something else answers on port {child.port}, where the "
+                            f"{child.name} service should be; choose another port with "
+                            f"{_port_hint(child.name)}"
+                        )
+                    if response.status_code == 200:
+                        pending.remove(child)
                 if not pending:
                     return
                 if self.stop_requested.wait(HEALTH_POLL_SECONDS):
@@ -198,7 +300,10 @@ class Supervisor:
         for child in self.children:
             code = child.process.poll()
             if code is not None and not self.stop_requested.is_set():
-                raise CliError(f"the {child.name} service stopped unexpectedly (exit code {code})")
+                why = f"exit code {code}"
+                if code == PORT_IN_USE_EXIT:
+                    why += f": could it listen on port {child.port}? see its last lines above"
+                raise CliError(f"the {child.name} service stopped unexpectedly ({why})")
 
     def stop_all(self) -> None:
         running = [c for c in self.children if c.process.poll() is None]
@@ -214,6 +319,8 @@ class Supervisor:
                 child.process.wait()
         for child in self.children:
             child.pump.join(timeout=1.0)
+            if child.process.stdin is not None:
+                child.process.stdin.close()
 
     def addresses(self) -> Table:
         table = Table(title="eventledger is up", title_style="bold")
@@ -224,9 +331,28 @@ class Supervisor:
             table.add_row(
                 Text(child.name, style=f"bold {COLOURS[child.name]}"),
                 child.url,
-                f"{child.url}/docs",
+                f"{child.url}/" if child.name == CONSOLE else f"{child.url}/docs",
             )
         return table
+
+
+def _port_option(name: str) -> Any:
+    return typer.Option(
+        f"--{name}-port",
+        help=f"Port of the {name} service (default {DEFAULT_PORTS[name]}) "
+        f"\\[env: EVENTLEDGER_{name.upper()}_PORT]",
+        show_default=False,
+    )
+
+
+PortBaseOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--port-base",
+        help="Put the services on N+1..N+5: transaction, stream, accounting, statistics, "
+        "console (default: 8000, i.e. 8001-8005) \\[env: EVENTLEDGER_PORT_BASE]",
+    ),
+]
 
 
 def up(
@@ -239,8 +365,15 @@ def up(
     auth_file: AuthFileOpt = None,
     insecure_no_auth: InsecureOpt = False,
     cors_origin: CorsOriginOpt = None,
+    port_base: PortBaseOpt = None,
+    transaction_port: Annotated[int | None, _port_option("transaction")] = None,
+    stream_port: Annotated[int | None, _port_option("stream")] = None,
+    accounting_port: Annotated[int | None, _port_option("accounting")] = None,
+    statistics_port: Annotated[int | None, _port_option("statistics")] = None,
+    console_port: Annotated[int | None, _port_option("console")] = None,
 ) -> None:
-    """Start all four services (one process each) and stop them all on Ctrl-C."""
+    """Start the four services and the console (one process each) and stop them all on
+    Ctrl-C. Every port is checked free first; `--port-base` or `--<name>-port` choose others."""
     settings = settings_from_flags(
         host=host,
         data_dir=data_dir,
@@ -251,7 +384,15 @@ def up(
         auth_file=auth_file,
         insecure_no_auth=insecure_no_auth,
         cors_origin=cors_origin,
+        port_base=port_base,
+        transaction_port=transaction_port,
+        stream_port=stream_port,
+        accounting_port=accounting_port,
+        statistics_port=statistics_port,
+        console_port=console_port,
     )
+    names = [name for name in UP_SERVICES if name != "stream" or not settings.stream_url]
+    check_ports(settings, names)  # before anything is made or started
     installation = _secure(settings)
     supervisor = Supervisor(settings, installation)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -264,8 +405,9 @@ def up(
             supervisor.wait_healthy([supervisor.start("stream")])
         others = [supervisor.start(name) for name in SERVICES if name != "stream"]
         supervisor.wait_healthy(others)
+        supervisor.wait_healthy([supervisor.start(CONSOLE)])
         console.print(supervisor.addresses())
-        say("press Ctrl-C to stop")
+        say(f"the console: {_client_url(settings, CONSOLE)}/ — press Ctrl-C to stop")
         while not supervisor.stop_requested.wait(0.2):
             supervisor.check_alive()
     except KeyboardInterrupt:
