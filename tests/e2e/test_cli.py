@@ -196,7 +196,7 @@ def all_healthy(ports: dict[str, int]) -> bool:
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], Path]]:
-    ports = {name: free_port() for name in SERVICE_NAMES}
+    ports = {name: free_port() for name in (*SERVICE_NAMES, "console")}
     env = cli_env(**{f"EVENTLEDGER_{n.upper()}_PORT": str(p) for n, p in ports.items()})
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -235,7 +235,7 @@ def test_up_starts_every_service_and_stops_them_all_on_ctrl_c(
         assert f"http://127.0.0.1:{port}/docs" in output
         assert any(line.startswith(name) for line in output.splitlines()), output
     children = children_of(process.pid)
-    assert len(children) == 4
+    assert len(children) == 5  # the four services and the console
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=15.0) == 0, log.read_text()
@@ -259,6 +259,7 @@ def test_up_creates_private_credentials_on_first_start_that_the_cli_finds(
         "transaction.token",
         "accounting.token",
         "statistics.token",
+        "console.token",
         "cli.token",
     }
     assert {path.name: mode(path) for path in private} == {path.name: 0o600 for path in private}

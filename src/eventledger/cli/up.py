@@ -331,7 +331,7 @@ class Supervisor:
             table.add_row(
                 Text(child.name, style=f"bold {COLOURS[child.name]}"),
                 child.url,
-                f"{child.url}/" if child.name == CONSOLE else f"{child.url}/docs",
+                f"{child.url}/docs",
             )
         return table
 
