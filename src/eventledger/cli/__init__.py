@@ -1,4 +1,4 @@
-"""The command line: `eventledger up | serve | open | deposit | … | tail | rebuild | bench`.
+"""The command line: `eventledger up | serve | open | deposit | … | stream | tail | rebuild`.
 
 Each command parses its options, reads settings once and calls a service or the composition
 root (`bootstrap`); nothing here knows the domain. Errors are one line: exit code 1 for a
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
-from eventledger.cli import bench, commands, operator, projection, queries, tokens, verify
+from eventledger import __version__
+from eventledger.cli import bench, commands, operator, projection, queries, streams, tokens, verify
 from eventledger.cli.output import friendly_errors, print_error
 from eventledger.cli.serve import serve
 from eventledger.cli.up import up
@@ -21,7 +23,7 @@ app = typer.Typer(
     name="eventledger",
     help="An event-sourced, CQRS accounting ledger: run the services and drive the API.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -42,12 +44,31 @@ app.command("balance", rich_help_panel=_API)(friendly_errors(queries.balance))
 app.command("history", rich_help_panel=_API)(friendly_errors(queries.history))
 app.command("accounts", rich_help_panel=_API)(friendly_errors(queries.accounts))
 app.command("stats", rich_help_panel=_API)(friendly_errors(queries.stats))
+app.command("stream", rich_help_panel=_API)(friendly_errors(streams.stream))
 app.command("tail", rich_help_panel=_OPERATE)(friendly_errors(operator.tail))
 app.command("rebuild", rich_help_panel=_OPERATE)(friendly_errors(operator.rebuild))
 app.command("bench", rich_help_panel=_OPERATE)(friendly_errors(bench.bench))
 app.add_typer(projection.app, name="projection", rich_help_panel=_OPERATE)
 app.command("verify", rich_help_panel=_OPERATE)(friendly_errors(verify.verify))
 app.add_typer(tokens.app, name="token", rich_help_panel=_OPERATE)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"eventledger {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """An event-sourced, CQRS accounting ledger: run the services and drive the API."""
 
 
 def main() -> None:

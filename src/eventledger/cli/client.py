@@ -1,34 +1,43 @@
-"""A small synchronous client for the services, as the command line uses them.
-
-Every failure becomes a `CliError` of one line: the problem document's `title: detail`, or
-"cannot reach the transaction service at …".
+"""How the command line reaches the services: `ledger()` gives the typed client
+(`eventledger.client.Client`) pointed at them with the CLI's token, and turns whatever it
+raises into a `CliError` of one line: the problem document's `title: detail`, or "cannot
+reach the transaction service at …".
 
 Every request presents the CLI's token (`cli_token`): EVENTLEDGER_TOKEN, else the token file
 `eventledger up` made for the command line, `<data-dir>/tokens/cli.token` (data dir from
 EVENTLEDGER_DATA_DIR, default ./eventledger-data); none when neither exists (an open service).
 
-Commands sent with an `Idempotency-Key` are retried a few times on the failures where we
-cannot know whether they were applied (connection dropped, timeout, 503): the key makes the
-retry safe.
+The client retries a command with its `Idempotency-Key` where the outcome is unknown
+(connection dropped, timeout, 503); when it gives up, the error says which key to resend.
+
+`ServiceClient` is the older raw client, kept for `tail` and `rebuild` (operator.py) until
+they move to `Client.subscribe` and `Client.rebuild`.
 """
 
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from eventledger.cli.output import CliError, UsageProblem
+from eventledger.client import (
+    Client,
+    EventLedgerError,
+    ProblemError,
+    TransportError,
+    Unavailable,
+    core,
+)
+from eventledger.client.calls import segment
 from eventledger.config import SERVICES, ConfigError, check_token, load_settings
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-RETRY_DELAYS = (0.2, 0.5, 1.0)  # three retries after the first attempt
+RETRIES = 3  # after the first attempt
 
 
 @dataclass(frozen=True)
@@ -81,21 +90,52 @@ def cli_token() -> CliToken:
     return CliToken(None, f"EVENTLEDGER_TOKEN is not set and there is no {path}")
 
 
-def segment(text: str) -> str:
-    """`text` as one URL path segment: `a/b` or `..` cannot point at another resource."""
-    return quote(text, safe="") if text not in (".", "..") else quote(text).replace(".", "%2E")
-
-
-def new_idempotency_key() -> str:
-    return str(uuid.uuid4())
-
-
 class ServiceAnswered(CliError):
     """Raised when a service answers with an error status (its problem document's line)."""
 
-    def __init__(self, status: int, line: str) -> None:
+    def __init__(self, status: int, line: str, problem_type: str = "") -> None:
         super().__init__(line)
         self.status = status
+        self.problem_type = problem_type
+
+
+def _token_hint(token: CliToken) -> str:
+    if token.value:
+        return f" (the command line sends the token of {token.source})"
+    return f" ({token.source}: set EVENTLEDGER_TOKEN)"
+
+
+def cli_error(exc: EventLedgerError, token: CliToken) -> CliError:
+    """One line for what the client raised, with what to do about it when we know."""
+    retry = f" (retry safely with --idempotency-key {exc.idempotency_key})"
+    if isinstance(exc, ProblemError):
+        line = exc.line + (_token_hint(token) if exc.status == 401 else "")
+        if isinstance(exc, Unavailable) and exc.idempotency_key:
+            line += retry  # the command may or may not have been written
+        return ServiceAnswered(exc.status, line, exc.type)
+    if isinstance(exc, TransportError) and exc.maybe_applied:
+        return CliError(f"{exc}{retry}")
+    return CliError(str(exc))
+
+
+@contextmanager
+def ledger(urls: Endpoints, *, token: CliToken | None = None) -> Iterator[Client]:
+    """The typed client for the services at `urls`, with the CLI's token; whatever it
+    raises inside the block comes out as a `CliError` of one line."""
+    token = cli_token() if token is None else token
+    try:
+        with Client(
+            transaction_url=urls.url("transaction"),
+            accounting_url=urls.url("accounting"),
+            statistics_url=urls.url("statistics"),
+            stream_url=urls.url("stream"),
+            token=token.value or "",  # "": none, even when EVENTLEDGER_TOKEN is set
+            timeout=TIMEOUT,
+            retries=RETRIES,
+        ) as client:
+            yield client
+    except EventLedgerError as exc:
+        raise cli_error(exc, token) from exc
 
 
 @dataclass
@@ -167,38 +207,10 @@ class ServiceClient:
             raise self._unreachable(exc) from exc
         return self._reply(response, ok)
 
-    def command(self, path: str, body: Mapping[str, Any], *, key: str) -> Reply:
-        """POST a command with an `Idempotency-Key`, retrying while the outcome is unknown."""
-        headers = {"Idempotency-Key": key}
-        last: CliError | None = None
-        maybe_applied = False
-        for delay in (*RETRY_DELAYS, None):
-            try:
-                response = self._http.post(path, json=dict(body), headers=headers)
-            except httpx.HTTPError as exc:
-                last = self._unreachable(exc)
-                maybe_applied = maybe_applied or not isinstance(exc, httpx.ConnectError)
-            else:
-                maybe_applied = True
-                if response.status_code != 503:
-                    return self._reply(response, (200, 201))
-                last = self._refused(response)
-            if delay is None:
-                break
-            time.sleep(delay)
-        assert last is not None
-        if maybe_applied:  # the command may have been applied: say how to find out safely
-            raise CliError(f"{last} (retry safely with --idempotency-key {key})")
-        raise last
-
     def _refused(self, response: httpx.Response) -> ServiceAnswered:
         line = problem_line(response)
         if response.status_code == 401:
-            line += (
-                f" (the command line sends the token of {self.token.source})"
-                if self.token.value
-                else f" ({self.token.source}: set EVENTLEDGER_TOKEN)"
-            )
+            line += _token_hint(self.token)
         return ServiceAnswered(response.status_code, line)
 
     def _reply(self, response: httpx.Response, ok: tuple[int, ...]) -> Reply:
@@ -234,23 +246,21 @@ class ServiceClient:
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str | None, str]]:
-    """Events of a text/event-stream (WHATWG HTML, server-sent events); comments skipped."""
-    event_id: str | None = None
-    event_type: str | None = None
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield event_id, event_type, "\n".join(data)
-            event_type, data = None, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event_type = value
-        elif name == "id":
-            event_id = value
+    """Events of a text/event-stream: `(id, event, data)`."""
+    return core.parse_sse(lines)
+
+
+__all__ = [
+    "CliToken",
+    "Endpoints",
+    "Reply",
+    "ServiceAnswered",
+    "ServiceClient",
+    "cli_error",
+    "cli_token",
+    "endpoints",
+    "ledger",
+    "parse_sse",
+    "problem_line",
+    "segment",  # bench.py's
+]

@@ -1,24 +1,20 @@
 """The commands from the command line: open, deposit, withdraw, transfer, close.
 
-Each goes to the transaction service with an `Idempotency-Key` (one generated per invocation
-unless `--idempotency-key` is given), so the client's own retries are safe. The position a
-command returns is passed as `X-Min-Position` to the read that follows it, so the balance
-shown (formatted in the account's currency) already includes the command.
+Each goes to the transaction service through the typed client (`eventledger.client`), with
+an `Idempotency-Key` (one generated per invocation unless `--idempotency-key` is given), so
+the client's own retries are safe. The position a command returns is passed as
+`X-Min-Position` to the read that follows it, so the balance shown (formatted in the
+account's currency) already includes the command.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
 
-from eventledger.cli.client import (
-    Endpoints,
-    Reply,
-    ServiceClient,
-    new_idempotency_key,
-    segment,
-)
+from eventledger.cli.client import ledger
 from eventledger.cli.options import (
     AccountingUrlOpt,
     AmountArg,
@@ -33,17 +29,15 @@ from eventledger.cli.output import amount_and_money, console, money, print_json
 from eventledger.cli.queries import currency_of
 
 
-def _command(urls: Endpoints, path: str, body: dict[str, Any], key: str | None) -> Reply:
-    with ServiceClient("transaction", urls.url("transaction")) as transaction:
-        return transaction.command(path, body, key=key or new_idempotency_key())
+def _replayed(replayed: bool) -> str:
+    return " [dim](replayed: already done earlier with this key)[/]" if replayed else ""
 
 
-def _replayed(reply: Reply) -> str:
-    return (
-        " [dim](replayed: already done earlier with this key)[/]"
-        if (reply.headers.get("Idempotent-Replayed", "").lower() == "true")
-        else ""
-    )
+def _body(result: Any) -> dict[str, Any]:
+    """The API's answer as `--json` prints it: the result's fields but `replayed`."""
+    body = asdict(result)
+    body.pop("replayed", None)
+    return body
 
 
 def open_account(
@@ -62,29 +56,27 @@ def open_account(
 ) -> None:
     """Open an account."""
     urls = service_urls(transaction_url=transaction_url)
-    body: dict[str, Any] = {"currency": currency}
-    if account_id is not None:
-        body["account_id"] = account_id
-    if overdraft:
-        body["overdraft_limit"] = overdraft
-    if owner is not None:
-        body["owner"] = owner
-    reply = _command(urls, "/accounts", body, idempotency_key)
+    with ledger(urls) as client:
+        result = client.open_account(
+            currency,
+            account_id=account_id,
+            overdraft_limit=overdraft,
+            owner=owner,
+            idempotency_key=idempotency_key,
+        )
     if as_json:
-        print_json(reply.body)
+        print_json(_body(result))
         return
-    result = reply.body
     limit = f", overdraft limit {money(overdraft, currency)}" if overdraft else ""
     console.print(
-        f"Opened account [bold]{result['account_id']}[/] in {result['currency']}{limit} "
-        f"(position {result['position']}){_replayed(reply)}",
+        f"Opened account [bold]{result.account_id}[/] in {result.currency}{limit} "
+        f"(position {result.position}){_replayed(result.replayed)}",
         soft_wrap=True,
     )
 
 
 def _money_command(
     verb: str,
-    path: str,
     account_id: str,
     amount: int,
     reference: str | None,
@@ -94,20 +86,18 @@ def _money_command(
     as_json: bool,
 ) -> None:
     urls = service_urls(transaction_url=transaction_url, accounting_url=accounting_url)
-    body: dict[str, Any] = {"amount": amount}
-    if reference is not None:
-        body["reference"] = reference
-    reply = _command(urls, path, body, idempotency_key)
-    if as_json:
-        print_json(reply.body)
-        return
-    result = reply.body
-    currency = currency_of(urls, account_id, result.get("position"))
+    with ledger(urls) as client:
+        move = client.deposit if verb == "Deposited" else client.withdraw
+        result = move(account_id, amount, reference=reference, idempotency_key=idempotency_key)
+        if as_json:
+            print_json(_body(result))
+            return
+        currency = currency_of(client, account_id, result.position)
     console.print(
         f"{verb} {amount_and_money(amount, currency)}: account [bold]{account_id}[/] "
-        f"balance {amount_and_money(result['balance'], currency)} "
-        f"(transaction {result['transaction_id']}, position {result['position']})"
-        f"{_replayed(reply)}",
+        f"balance {amount_and_money(result.balance, currency)} "
+        f"(transaction {result.transaction_id}, position {result.position})"
+        f"{_replayed(result.replayed)}",
         soft_wrap=True,
     )
 
@@ -124,7 +114,6 @@ def deposit(
     """Deposit AMOUNT minor units into ACCOUNT."""
     _money_command(
         "Deposited",
-        f"/accounts/{segment(account_id)}/deposits",
         account_id,
         amount,
         reference,
@@ -147,7 +136,6 @@ def withdraw(
     """Withdraw AMOUNT minor units from ACCOUNT."""
     _money_command(
         "Withdrew",
-        f"/accounts/{segment(account_id)}/withdrawals",
         account_id,
         amount,
         reference,
@@ -170,22 +158,20 @@ def transfer(
 ) -> None:
     """Move AMOUNT minor units from FROM to TO, atomically."""
     urls = service_urls(transaction_url=transaction_url, accounting_url=accounting_url)
-    body: dict[str, Any] = {"from_account": from_account, "to_account": to_account}
-    body["amount"] = amount
-    if reference is not None:
-        body["reference"] = reference
-    reply = _command(urls, "/transfers", body, idempotency_key)
-    if as_json:
-        print_json(reply.body)
-        return
-    result = reply.body
-    currency = currency_of(urls, from_account, result.get("position"))
+    with ledger(urls) as client:
+        result = client.transfer(
+            from_account, to_account, amount, reference=reference, idempotency_key=idempotency_key
+        )
+        if as_json:
+            print_json(_body(result))
+            return
+        currency = currency_of(client, from_account, result.position)
     console.print(
         f"Transferred {amount_and_money(amount, currency)} from [bold]{from_account}[/] "
-        f"(balance {amount_and_money(result['from_balance'], currency)}) to "
-        f"[bold]{to_account}[/] (balance {amount_and_money(result['to_balance'], currency)}) "
-        f"(transaction {result['transaction_id']}, position {result['position']})"
-        f"{_replayed(reply)}",
+        f"(balance {amount_and_money(result.from_balance, currency)}) to "
+        f"[bold]{to_account}[/] (balance {amount_and_money(result.to_balance, currency)}) "
+        f"(transaction {result.transaction_id}, position {result.position})"
+        f"{_replayed(result.replayed)}",
         soft_wrap=True,
     )
 
@@ -198,10 +184,12 @@ def close(
 ) -> None:
     """Close ACCOUNT (its balance must be 0)."""
     urls = service_urls(transaction_url=transaction_url)
-    reply = _command(urls, f"/accounts/{segment(account_id)}/close", {}, idempotency_key)
+    with ledger(urls) as client:
+        result = client.close_account(account_id, idempotency_key=idempotency_key)
     if as_json:
-        print_json(reply.body)
+        print_json(_body(result) | {"status": "closed"})
         return
-    position = reply.body.get("position") if isinstance(reply.body, dict) else None
-    where = f" (position {position})" if position is not None else ""
-    console.print(f"Closed account [bold]{account_id}[/]{where}{_replayed(reply)}")
+    console.print(
+        f"Closed account [bold]{account_id}[/] (position {result.position})"
+        f"{_replayed(result.replayed)}"
+    )

@@ -16,9 +16,10 @@ from typing import Annotated, Any
 
 import typer
 
-from eventledger.cli.client import ServiceClient, endpoints
+from eventledger.cli.client import endpoints, ledger
 from eventledger.cli.operator import ReadModel
 from eventledger.cli.output import console, friendly_errors
+from eventledger.cli.times import format_time
 
 app = typer.Typer(
     name="projection",
@@ -49,10 +50,9 @@ def _who() -> str:
 
 def _decide(action: str, name: ReadModel, position: int, reason: str, url: str | None) -> Any:
     service = name.value
-    base = endpoints({service: url}).url(service)
-    with ServiceClient(service, base) as client:
-        body = {"position": position, "reason": reason, "by": _who()}
-        return client.request("POST", f"/admin/{action}", json=body, ok=(200,)).body
+    with ledger(endpoints({service: url})) as client:
+        decide = client.skip if action == "skip" else client.park
+        return decide(name.value, position=position, reason=reason, by=_who())
 
 
 def _report(action: str, answer: dict[str, Any], name: str) -> None:
@@ -104,20 +104,18 @@ def park(
 def decisions(name: NameArg, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List every skip and park of a read model: position, event, who, when, why."""
     service = name.value
-    base = endpoints({service: url}).url(service)
-    with ServiceClient(service, base) as client:
-        answer = client.request("GET", "/admin/decisions").body
+    with ledger(endpoints({service: url})) as client:
+        items = client.decisions(name.value)
     if as_json:
-        print(json.dumps(answer))
+        print(json.dumps({"items": [dict(d.raw) for d in items]}))
         return
-    items = answer.get("items", [])
     if not items:
         console.print(f"No event of the {service} read model was skipped or parked.")
     for d in items:
         console.print(
-            f"{d['position']:>8} {d['action']:<4} {d['type']} on {d['stream']} "
-            f"by {d['by']} at {d['at']}: {d['reason'] or '(no reason given)'} "
-            f"[dim](halted because: {d['halt_reason']})[/]",
+            f"{d.position:>8} {d.action:<4} {d.type} on {d.stream} "
+            f"by {d.by} at {format_time(d.at)}: {d.reason or '(no reason given)'} "
+            f"[dim](halted because: {d.raw.get('halt_reason')})[/]",
             soft_wrap=True,
         )
 

@@ -1,60 +1,67 @@
 """The reads from the command line: balance, history, accounts, statistics.
 
-Each is one GET to the accounting or statistics service, shown as a table (or, with `--json`,
-the API's JSON as it came). Money shows as the integer the API speaks and formatted.
+Each is one read of the accounting or statistics service through the typed client, shown as
+a table (or, with `--json`, the API's JSON). Money shows as the integer the API speaks and
+formatted; times as RFC 3339 in UTC with a `Z`, which `--at` reads back (cli/times.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
-from eventledger.cli.client import Endpoints, ServiceClient, segment
+from eventledger.cli.client import ledger
 from eventledger.cli.options import AccountingUrlOpt, JsonOpt, StatisticsUrlOpt, service_urls
-from eventledger.cli.output import (
-    CliError,
-    UsageProblem,
-    amount_and_money,
-    console,
-    money,
-    print_json,
+from eventledger.cli.output import UsageProblem, amount_and_money, console, money, print_json
+from eventledger.cli.times import format_instant, format_time, parse_at
+from eventledger.client import (
+    Account,
+    Client,
+    CurrencyStats,
+    EventLedgerError,
+    HistoryItem,
+    Stats,
 )
 
 
-def account(
-    urls: Endpoints, account_id: str, *, min_position: int | None = None
-) -> dict[str, Any] | None:
-    """The account as the accounting service sees it; None when that is unavailable."""
-    headers = {"X-Min-Position": str(min_position)} if min_position is not None else {}
+def currency_of(client: Client, account_id: str, position: int | None = None) -> str | None:
+    """The account's currency as the accounting service sees it; None when unavailable."""
     try:
-        with ServiceClient("accounting", urls.url("accounting")) as accounting:
-            body = accounting.request(
-                "GET", f"/accounts/{segment(account_id)}", headers=headers
-            ).body
-    except CliError:
+        return client.account(account_id, min_position=position).currency
+    except EventLedgerError:
         return None
-    return body if isinstance(body, dict) else None
 
 
-def currency_of(urls: Endpoints, account_id: str, position: int | None = None) -> str | None:
-    found = account(urls, account_id, min_position=position)
-    currency = found.get("currency") if found else None
-    return currency if isinstance(currency, str) else None
+def account_json(account: Account) -> dict[str, Any]:
+    """An account as the API writes it (times in RFC 3339 with microseconds and `Z`)."""
+    body = asdict(account)
+    for key in ("opened_at", "updated_at"):
+        moment = getattr(account, key)
+        body[key] = None if moment is None else format_instant(moment)
+    return body
 
 
-def _read(urls: Endpoints, service: str, path: str, **params: str | int | None) -> Any:
-    query = {key: value for key, value in params.items() if value is not None}
-    with ServiceClient(service, urls.url(service)) as client:
-        return client.request("GET", path, params=query).body
+def item_json(item: HistoryItem) -> dict[str, Any]:
+    return asdict(item) | {"recorded_at": format_instant(item.recorded_at)}
 
 
 def balance(
     account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
     at: Annotated[
-        str | None, typer.Option("--at", help="RFC 3339 time, e.g. 2026-01-31T23:59:59Z")
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="TIME",
+            help="As it was then: an RFC 3339 time with its zone, as `history` prints it "
+            "(2026-11-27T11:12:30Z: up to the end of that second), or a date (2026-11-27: "
+            "its end, UTC)",
+        ),
     ] = None,
     at_position: Annotated[
         int | None, typer.Option("--at-position", min=0, help="A global log position")
@@ -68,43 +75,46 @@ def balance(
     """Show the balance of ACCOUNT, now or as it was at a time or position."""
     if at is not None and at_position is not None:
         raise UsageProblem("give --at or --at-position, not both")
+    moment = None if at is None else parse_at(at)
     urls = service_urls(accounting_url=accounting_url)
-    if at is None and at_position is None:
-        body = _read(
-            urls, "accounting", f"/accounts/{segment(account_id)}", min_position=min_position
-        )
-        if as_json:
-            print_json(body)
+    with ledger(urls) as client:
+        if moment is None and at_position is None:
+            account = client.account(account_id, min_position=min_position)
+            if as_json:
+                print_json(account_json(account))
+                return
+            _print_account(account)
             return
-        currency = body.get("currency")
-        table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_row("account", f"[bold]{body['account_id']}[/]")
-        table.add_row("balance", f"[bold]{amount_and_money(body['balance'], currency)}[/]")
-        table.add_row("currency", str(currency))
-        table.add_row("overdraft limit", amount_and_money(body["overdraft_limit"], currency))
-        table.add_row("status", str(body.get("status")))
-        table.add_row("version", str(body.get("version")))
-        table.add_row("updated at", str(body.get("updated_at")))
-        table.add_row("as of position", str(body.get("position")))
-        console.print(table)
-        return
-    body = _read(
-        urls,
-        "accounting",
-        f"/accounts/{segment(account_id)}/balance",
-        at=at,
-        at_position=at_position,
-        min_position=min_position,
-    )
+        then = client.balance_at(
+            account_id, at=moment, at_position=at_position, min_position=min_position
+        )
     if as_json:
-        print_json(body)
+        extra = {"at": format_instant(moment)} if moment else {"at_position": at_position}
+        print_json(asdict(then) | extra)
         return
-    currency = body.get("currency") or currency_of(urls, account_id)
-    when = f"at {at}" if at is not None else f"at position {at_position}"
+    when = f"at {format_instant(moment)}" if moment else f"at position {at_position}"
     console.print(
         f"Balance of [bold]{account_id}[/] {when}: "
-        f"[bold]{amount_and_money(body['balance'], currency)}[/]"
+        f"[bold]{amount_and_money(then.balance, then.currency)}[/] "
+        f"[dim](as of position {then.as_of_position})[/]",
+        soft_wrap=True,
     )
+
+
+def _print_account(account: Account) -> None:
+    currency = account.currency
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("account", f"[bold]{account.account_id}[/]")
+    table.add_row("balance", f"[bold]{amount_and_money(account.balance, currency)}[/]")
+    table.add_row("currency", currency)
+    table.add_row("overdraft limit", amount_and_money(account.overdraft_limit, currency))
+    table.add_row("status", account.status)
+    table.add_row("version", str(account.version))
+    if account.opened_at is not None:
+        table.add_row("opened at", format_time(account.opened_at))
+    table.add_row("updated at", format_time(account.updated_at))
+    table.add_row("as of position", str(account.position))
+    console.print(table)
 
 
 def history(
@@ -116,46 +126,41 @@ def history(
     accounting_url: AccountingUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the transactions of ACCOUNT, newest first."""
+    """Show the transactions of ACCOUNT, newest first (times in UTC: `--at` takes them)."""
     urls = service_urls(accounting_url=accounting_url)
-    body = _read(
-        urls,
-        "accounting",
-        f"/accounts/{segment(account_id)}/transactions",
-        limit=limit,
-        before=before,
-    )
-    if as_json:
-        print_json(body)
-        return
-    currency = currency_of(urls, account_id)
+    with ledger(urls) as client:
+        page = client.history(account_id, limit=limit, before=before)
+        if as_json:
+            print_json(
+                {
+                    "account_id": account_id,
+                    "items": [item_json(i) for i in page.items],
+                    "next": page.next,
+                }
+            )
+            return
+        currency = currency_of(client, account_id)
     title = f"Transactions of {account_id}" + (f" ({currency})" if currency else "")
     table = Table(title=title, title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("recorded at (UTC)", no_wrap=True)
+    table.add_column("recorded at", no_wrap=True)
     table.add_column("kind", no_wrap=True)
     table.add_column("amount", justify="right", no_wrap=True)
     table.add_column("balance", justify="right", no_wrap=True)
     table.add_column("with", min_width=8, overflow="fold")
     table.add_column("reference", min_width=8, overflow="fold")
-    for item in body.get("items", []):
-        amount = item["amount"]
-        style = "green" if amount > 0 else "red"
+    for item in page.items:
+        style = "green" if item.amount > 0 else "red"
         table.add_row(
-            _short_time(str(item.get("recorded_at", ""))),
-            str(item.get("kind", "")),
-            f"[{style}]{_plain(amount, currency)}[/]",
-            _plain(item["balance_after"], currency),
-            str(item.get("counterparty") or ""),
-            str(item.get("reference") or ""),
+            format_time(item.recorded_at),
+            item.kind,
+            f"[{style}]{_plain(item.amount, currency)}[/]",
+            _plain(item.balance_after, currency),
+            item.counterparty or "",
+            Text(item.reference or ""),  # free text: shown as it is, never read as markup
         )
     console.print(table)
-    if body.get("next"):
-        console.print(f"[dim]older: --before {body['next']}[/]")
-
-
-def _short_time(text: str) -> str:
-    """`2026-11-27T10:52:07.459387Z` → `2026-11-27 10:52:07`."""
-    return text[:19].replace("T", " ")
+    if page.next:
+        console.print(f"[dim]older: --before {page.next}[/]")
 
 
 def _plain(amount: int, currency: str | None) -> str:
@@ -171,50 +176,49 @@ def accounts(
 ) -> None:
     """List the accounts the accounting service knows."""
     urls = service_urls(accounting_url=accounting_url)
-    body = _read(urls, "accounting", "/accounts", limit=limit, after=after)
+    with ledger(urls) as client:
+        page = client.accounts(limit=limit, after=after)
     if as_json:
-        print_json(body)
+        print_json({"items": [account_json(a) for a in page.items], "next": page.next})
         return
-    items = body.get("items", body.get("accounts")) if isinstance(body, dict) else body
     table = Table(title="Accounts", title_style="bold")
     table.add_column("account")
     table.add_column("currency")
     table.add_column("balance", justify="right")
     table.add_column("overdraft limit", justify="right")
     table.add_column("status")
-    for item in items or []:
-        currency = item.get("currency")
+    for item in page.items:
         table.add_row(
-            str(item.get("account_id")),
-            str(currency),
-            money(item.get("balance", 0), currency),
-            money(item.get("overdraft_limit", 0), currency),
-            str(item.get("status", "")),
+            item.account_id,
+            item.currency,
+            money(item.balance, item.currency),
+            money(item.overdraft_limit, item.currency),
+            item.status,
         )
     console.print(table)
-    if isinstance(body, dict) and body.get("next"):
-        console.print(f"[dim]more: --after {body['next']}[/]")
+    if page.next:
+        console.print(f"[dim]more: --after {page.next}[/]")
 
 
-def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, into)
-    else:
-        into[prefix] = value
+def stats_json(stats: Stats) -> dict[str, Any]:
+    """`/stats` as the API writes it."""
+    return {
+        "position": stats.position,
+        "currencies": {
+            currency: {
+                "accounts": {"open": c.open_accounts, "closed": c.closed_accounts},
+                "total_balance": c.total_balance,
+                "deposits": asdict(c.deposits),
+                "withdrawals": asdict(c.withdrawals),
+                "transfers": asdict(c.transfers),
+            }
+            for currency, c in stats.currencies.items()
+        },
+    }
 
 
-def _per_currency(body: Any) -> dict[str, dict[str, Any]]:
-    """The per-currency part of `/stats`, whether keyed by currency or a list of rows."""
-    if isinstance(body, dict):
-        for key in ("currencies", "by_currency", "per_currency"):
-            if key in body:
-                return _per_currency(body[key])
-        if body and all(isinstance(v, dict) for v in body.values()):
-            return {str(k): v for k, v in body.items()}
-    if isinstance(body, list):
-        return {str(row.get("currency")): row for row in body if isinstance(row, dict)}
-    return {}
+def _movement(kind: str, part: str) -> Callable[[CurrencyStats], int]:
+    return lambda c: int(getattr(getattr(c, kind), part))
 
 
 def stats(
@@ -223,31 +227,32 @@ def stats(
 ) -> None:
     """Show the statistics per currency."""
     urls = service_urls(statistics_url=statistics_url)
-    body = _read(urls, "statistics", "/stats")
+    with ledger(urls) as client:
+        found = client.stats()
     if as_json:
-        print_json(body)
+        print_json(stats_json(found))
         return
-    rows = _per_currency(body)
-    if not rows:
+    if not found.currencies:
         console.print("No statistics yet.")
         return
-    flat_rows: dict[str, dict[str, Any]] = {}
-    for currency, row in rows.items():
-        flat: dict[str, Any] = {}
-        _flatten("", row, flat)
-        flat.pop("currency", None)
-        flat_rows[currency] = flat
-    position = body.get("position") if isinstance(body, dict) else None
-    title = "Statistics" + (f" as of position {position}" if position is not None else "")
-    table = Table(title=title, title_style="bold", box=box.SIMPLE_HEAD)
+    per = found.currencies
+    table = Table(
+        title=f"Statistics as of position {found.position}", title_style="bold", box=box.SIMPLE_HEAD
+    )
     table.add_column("")
-    for currency in flat_rows:
+    for currency in per:
         table.add_column(currency, justify="right")
-    for key in dict.fromkeys(key for flat in flat_rows.values() for key in flat):
-        cells = []
-        for currency, flat in flat_rows.items():
-            value = flat.get(key, "")
-            is_money = "balance" in key or "volume" in key or "flow" in key
-            cells.append(_plain(value, currency) if is_money and type(value) is int else str(value))
-        table.add_row(key.replace("_", " ").replace(".", " "), *cells)
+    rows: list[tuple[str, Callable[[CurrencyStats], int], bool]] = [
+        ("accounts open", lambda c: c.open_accounts, False),
+        ("accounts closed", lambda c: c.closed_accounts, False),
+        ("total balance", lambda c: c.total_balance, True),
+    ]
+    for kind in ("deposits", "withdrawals", "transfers"):
+        rows.append((f"{kind} count", _movement(kind, "count"), False))
+        rows.append((f"{kind} volume", _movement(kind, "volume"), True))
+    for label, value, is_money in rows:
+        cells = [
+            _plain(value(c), currency) if is_money else str(value(c)) for currency, c in per.items()
+        ]
+        table.add_row(label, *cells)
     console.print(table)
