@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing, suppress
@@ -49,6 +50,9 @@ from eventledger.services.readside.subscription import StreamSubscription, fetch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Pages of the subscription (one per chunk read, 64 KiB or so) received ahead of the writer.
+QUEUED_PAGES = 32
 
 
 class ProjectionRunner(RunnerStatus):
@@ -269,40 +273,62 @@ class ProjectionRunner(RunnerStatus):
 
     async def _follow(self) -> None:
         assert self._subscription is not None
-        queue: asyncio.Queue[Item | BaseException] = asyncio.Queue(maxsize=self.batch_size * 4)
+        # Pages as they arrive (one per chunk read): a bounded queue, so a read model slower
+        # than the stream service stops reading and TCP holds the rest.
+        queue: asyncio.Queue[list[Item] | BaseException] = asyncio.Queue(maxsize=QUEUED_PAGES)
+        pending: deque[Item] = deque()  # received, not yet in a batch
         reader = asyncio.create_task(self._read_into(queue, after=self.position))
         try:
             while True:
-                if not await self._apply(await self._next_batch(queue)):
+                if not await self._apply(await self._next_batch(queue, pending)):
                     return
         finally:
             reader.cancel()
             with suppress(asyncio.CancelledError):
                 await reader
 
-    async def _next_batch(self, queue: asyncio.Queue[Item | BaseException]) -> list[Item]:
+    async def _next_batch(
+        self, queue: asyncio.Queue[list[Item] | BaseException], pending: deque[Item]
+    ) -> list[Item]:
         """What has arrived, up to `batch_size` events, but never ending inside an atomic
-        append: then it waits for the rest of it, however long the append."""
+        append: then it waits for the rest of it, however long the append. Catching up, the
+        batches are full (few transactions); live, a batch is what one commit wrote."""
         batch: list[Item] = []
+        last = self.position
         while True:
-            if batch and (queue.empty() or len(batch) >= self.batch_size) and at_boundary(batch):
+            if not pending and not queue.empty():
+                page = queue.get_nowait()
+                if isinstance(page, BaseException):
+                    raise page
+                pending.extend(page)
+            if (
+                batch
+                and ((not pending and queue.empty()) or len(batch) >= self.batch_size)
+                and at_boundary(batch)
+            ):
                 return batch
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            last = batch[-1].position if batch else self.position
+            if not pending:
+                page = await queue.get()
+                if isinstance(page, BaseException):
+                    raise page
+                pending.extend(page)
+                continue
+            item = pending.popleft()
             if item.position is None:
                 return [*batch, item]  # nothing can follow what has no place in the log
-            if last is not None and item.position <= last:
+            if item.position <= last:
                 continue  # already applied or delivered
             batch.append(item)
+            last = item.position
 
-    async def _read_into(self, queue: asyncio.Queue[Item | BaseException], *, after: int) -> None:
+    async def _read_into(
+        self, queue: asyncio.Queue[list[Item] | BaseException], *, after: int
+    ) -> None:
         assert self._subscription is not None
         try:
-            async with aclosing(self._subscription.events(after=after)) as items:
-                async for item in items:
-                    await queue.put(item)
+            async with aclosing(self._subscription.pages(after=after)) as pages:
+                async for page in pages:
+                    await queue.put(page)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

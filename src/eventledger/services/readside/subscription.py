@@ -2,9 +2,11 @@
 
 * `SSEParser` turns the bytes of the subscription into messages (`id`, `event`, `data`,
   comments, multi-line data, CR/LF/CRLF line ends), whatever the chunking.
-* `StreamSubscription` follows the stream service over aiohttp and yields decoded events; it
+* `StreamSubscription` follows the stream service over aiohttp and yields decoded events
+  (`events`), or the events of each chunk read together (`pages`: what the runner takes); it
   reconnects with exponential backoff (capped at `max_delay`, 2 s) and resumes after the last
   event it yielded, so it catches up within seconds once the stream service is back.
+* `envelopes.EnvelopeDecoder` decodes the envelopes (orjson, exact fallback to the stdlib).
 * `fetch_head_position` asks the stream service's `/health` for the head of the log.
 
 The projection runner (runner.py) is what consumes it.
@@ -13,16 +15,16 @@ The projection runner (runner.py) is what consumes it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import aiohttp
 
-from eventledger.eventstore.codec import from_envelope
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readside.envelopes import EnvelopeDecoder
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +62,56 @@ class SSEParser:
             buffer = buffer.removeprefix(b"\xef\xbb\xbf")
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buffer.split(b"\n")
-        self._pending = lines.pop()
+        # Whole messages only: a message's lines are read once its blank line is here (the
+        # lines of a block, then the blank line, are the lines in the order they came).
+        blocks = buffer.split(b"\n\n")
+        self._pending = blocks.pop()
         messages: list[SSEMessage] = []
-        for line in lines:
-            if not line:
-                if self._data:
-                    data = b"\n".join(self._data).decode("utf-8", "replace")
-                    messages.append(SSEMessage(self._last_id, self._event or "message", data))
-                self._data = []
-                self._event = ""
-                continue
-            if line[0] == 0x3A:  # ":" starts a comment: the heartbeat
-                continue
-            name, _, value = line.partition(b":")
-            if value[:1] == b" ":
-                value = value[1:]
-            if name == b"data":
-                self._data.append(value)
-            elif name == b"id":
-                if b"\x00" not in value:
-                    self._last_id = value.decode("utf-8", "replace")
-            elif name == b"event":
-                self._event = value.decode("utf-8", "replace")
+        for block in blocks:
+            # The usual message, `id: P` `event: T` `data: {...}`, in a few slices; any other
+            # block line by line, as the specification reads it.
+            if block[:4] == b"id: " and not self._data and not self._event:
+                lines = block.split(b"\n")
+                if (
+                    len(lines) == 3
+                    and lines[1][:7] == b"event: "
+                    and lines[2][:6] == b"data: "
+                    and b"\x00" not in lines[0]
+                ):
+                    self._last_id = lines[0][4:].decode("utf-8", "replace")
+                    messages.append(
+                        SSEMessage(
+                            self._last_id,
+                            lines[1][7:].decode("utf-8", "replace") or "message",
+                            lines[2][6:].decode("utf-8", "replace"),
+                        )
+                    )
+                    continue
+            for line in block.split(b"\n"):
+                self._line(line, messages)
+            self._line(b"", messages)
         return messages
+
+    def _line(self, line: bytes, messages: list[SSEMessage]) -> None:
+        if not line:
+            if self._data:
+                data = b"\n".join(self._data).decode("utf-8", "replace")
+                messages.append(SSEMessage(self._last_id, self._event or "message", data))
+            self._data = []
+            self._event = ""
+            return
+        if line[0] == 0x3A:  # ":" starts a comment: the heartbeat
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +160,21 @@ class StreamSubscription:
 
     async def events(self, *, after: int) -> AsyncGenerator[RecordedEvent | Undecodable, None]:
         """Every event with a position above `after`, oldest first, then live; never ends."""
+        async with aclosing(self.pages(after=after)) as pages:
+            async for page in pages:
+                for item in page:
+                    yield item
+
+    async def pages(self, *, after: int) -> AsyncGenerator[list[RecordedEvent | Undecodable], None]:
+        """`events`, as they arrive: the events of each chunk read from the connection at
+        once (never an empty list), so a consumer's cost per event stays small."""
         delay = self._min_delay
         while True:
             try:
-                async for item in self._connection(after):
+                async for page in self._connection(after):
                     delay = self._min_delay
-                    if item.position is not None:
-                        after = max(after, item.position)
-                    yield item
+                    after = max(after, _last_position(page))
+                    yield page
                 self.last_error = "the stream service ended the subscription"
             except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -151,7 +186,9 @@ class StreamSubscription:
             await asyncio.sleep(delay * random.uniform(0.8, 1.0))
             delay = min(delay * 2, self._max_delay)
 
-    async def _connection(self, after: int) -> AsyncGenerator[RecordedEvent | Undecodable, None]:
+    async def _connection(
+        self, after: int
+    ) -> AsyncGenerator[list[RecordedEvent | Undecodable], None]:
         async with self._session.get(
             self.url,
             params={"after": str(after)},
@@ -175,21 +212,33 @@ class StreamSubscription:
             self.last_error = None
             self._refused = None
             parser = SSEParser()
+            decoder = EnvelopeDecoder()
             async for chunk in response.content.iter_any():
+                page: list[RecordedEvent | Undecodable] = []
                 for message in parser.feed(chunk):
-                    item = _decode(message)
+                    item = _decode(message, decoder)
                     if item.position is not None:
                         if item.position <= after:
                             continue  # already delivered before a reconnection
                         after = item.position
-                        self.last_seen = max(self.last_seen, item.position)
-                    yield item
+                    page.append(item)
+                if page:
+                    self.last_seen = max(self.last_seen, after)
+                    yield page
 
 
-def _decode(message: SSEMessage) -> RecordedEvent | Undecodable:
+def _last_position(page: list[RecordedEvent | Undecodable]) -> int:
+    """The position of the last item of `page` that has one (they increase), else 0."""
+    for item in reversed(page):
+        if item.position is not None:
+            return item.position
+    return 0
+
+
+def _decode(message: SSEMessage, decoder: EnvelopeDecoder) -> RecordedEvent | Undecodable:
     position = int(message.id) if message.id and message.id.isdigit() else None
     try:
-        event = from_envelope(json.loads(message.data))
+        event = decoder.decode(message.data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return Undecodable(position, message.event, f"undecodable envelope: {exc!r}")
     if position is not None and event.position != position:
