@@ -934,3 +934,134 @@ class EventStoreContract(ABC):
         assert len(ids) == len(set(ids)), "an event was seen twice"
         assert set(ids) == written
         assert_strictly_increasing([e.position for e in seen])
+
+    # -- big appends (the bulk path) -----------------------------------------------------
+
+    @staticmethod
+    def varied_events(count: int) -> list[NewEvent]:
+        """Events of every shape the encoder treats apart: flat objects (stored in their
+        canonical text), nested ones, floats, non-ASCII text, metadata or none."""
+        shapes: list[tuple[dict[str, Any], dict[str, Any]]] = [
+            ({"n": 0, "ref": None, "ok": True, "who": "a-1"}, {}),
+            ({"n": 0, "nested": {"z": [1, 2.5, {"y": "ü"}]}}, {"correlation_id": "c"}),
+            ({"n": 0, "float": 1.0, "big": 2**70}, {}),
+            ({"n": 0, "text": '€ 日本語 🚀 " \\ \u2028', "b": False}, {"x": {"y": 1}}),
+        ]
+        events = []
+        for n in range(count):
+            data, metadata = shapes[n % len(shapes)]
+            events.append(new_event("Bulk", {**data, "n": n}, metadata=metadata))
+        return events
+
+    async def assert_chain_holds(self, store: EventStore, positions: Sequence[int]) -> None:
+        """Each stored event at `positions` carries the hash of its content chained to the
+        event before it (as `verify` recomputes it)."""
+        first = positions[0]
+        previous = GENESIS
+        if first > 1:
+            previous = (await store.read_stored(after=first - 2, limit=1))[0].hash
+        stored = await store.read_stored(after=first - 1, limit=len(positions))
+        assert [e.position for e in stored] == list(positions)
+        for event in stored:
+            assert event.hash == event_hash(previous, event), event.position
+            previous = event.hash
+
+    async def test_a_thousand_event_append_stores_what_a_thousand_single_appends_store(
+        self, store: EventStore
+    ) -> None:
+        bulk_stream, single_stream = new_stream(), new_stream()
+        bulk_events, single_events = self.varied_events(1000), self.varied_events(1000)
+        result = await store.append(bulk_stream, expected_version=NO_STREAM, events=bulk_events)
+        assert (result.first_version, result.last_version) == (1, 1000)
+        assert_strictly_increasing(result.positions)
+        assert len(result.positions) == 1000
+        # A thousand appends of one event each, sent together (group commit writes them in a
+        # few transactions; their order in the stream is not the point here).
+        await asyncio.gather(
+            *(store.append(single_stream, expected_version=ANY, events=[e]) for e in single_events)
+        )
+        bulk = await store.read_stream(bulk_stream)
+        single = await store.read_stream(single_stream)
+        assert [e.stream_version for e in single] == list(range(1, 1001))
+
+        def content(e: RecordedEvent) -> tuple[object, ...]:
+            return (e.type, e.schema_version, e.data, e.metadata)
+
+        assert sorted(map(content, bulk), key=lambda c: c[2]["n"]) == sorted(  # type: ignore[index]
+            map(content, single),
+            key=lambda c: c[2]["n"],  # type: ignore[index]
+        )
+        assert [e.data for e in bulk] == [e.data for e in bulk_events]
+        assert [e.id for e in bulk] == [e.id for e in bulk_events]
+        assert {e.batch_end for e in bulk} == {result.positions[-1]}
+        await self.assert_chain_holds(store, result.positions)
+        await self.assert_chain_holds(store, sorted(e.position for e in single))
+
+    async def test_a_thousand_event_append_with_one_stored_id_in_the_middle_writes_nothing(
+        self, store: EventStore
+    ) -> None:
+        elsewhere = new_event()
+        await store.append(new_stream(), expected_version=NO_STREAM, events=[elsewhere])
+        head = await store.head_position()
+        events = new_events(1000)
+        events[500] = dataclasses.replace(events[500], id=elsewhere.id)
+        stream = new_stream()
+        with pytest.raises(DuplicateEventId) as raised:
+            await store.append(stream, expected_version=NO_STREAM, events=events)
+        assert raised.value.event_id == elsewhere.id
+        await self.assert_nothing_written(
+            store, head=head, streams=[stream], ids=[e.id for e in events[1::50]]
+        )
+        # The same events without the stored one go in whole.
+        del events[500]
+        result = await store.append(stream, expected_version=NO_STREAM, events=events)
+        assert (result.first_version, result.last_version) == (1, 999)
+
+    async def test_a_thousand_event_append_with_one_id_twice_is_refused_before_writing(
+        self, store: EventStore
+    ) -> None:
+        head = await store.head_position()
+        events = new_events(1000)
+        events[700] = dataclasses.replace(events[700], id=events[300].id)
+        stream = new_stream()
+        with pytest.raises(InvalidAppend):
+            await store.append(stream, expected_version=NO_STREAM, events=events)
+        await self.assert_nothing_written(
+            store, head=head, streams=[stream], ids=[e.id for e in events[::50]]
+        )
+
+    async def test_a_thousand_event_append_sent_again_is_a_replay(self, store: EventStore) -> None:
+        stream = new_stream()
+        events = self.varied_events(1000)
+        first = await store.append(stream, expected_version=NO_STREAM, events=events)
+        head = await store.head_position()
+        again = await store.append(stream, expected_version=NO_STREAM, events=events)
+        assert again.replayed
+        assert (again.first_version, again.last_version, again.positions) == (
+            1,
+            1000,
+            first.positions,
+        )
+        assert await store.head_position() == head
+
+    async def test_big_appends_written_together_each_get_their_own_answer(
+        self, store: EventStore
+    ) -> None:
+        """Concurrent 1,000-event appends share group commits; one with a wrong expected
+        version fails alone, the others are written whole and in one order."""
+        streams = [new_stream() for _ in range(4)]
+        expected: list[ExpectedVersion] = [NO_STREAM, NO_STREAM, 5, NO_STREAM]
+        outcomes = await asyncio.gather(
+            *(
+                store.append(s, expected_version=v, events=new_events(1000))
+                for s, v in zip(streams, expected, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[2], WrongExpectedVersion)
+        written = [o for i, o in enumerate(outcomes) if i != 2]
+        assert all(isinstance(o, AppendResult) and o.last_version == 1000 for o in written)
+        positions = sorted(p for o in written if isinstance(o, AppendResult) for p in o.positions)
+        assert len(set(positions)) == 3000
+        with pytest.raises(StreamNotFound):
+            await store.read_stream(streams[2])

@@ -205,14 +205,18 @@ def classify_replay(
     if all(s is None for s in stored):
         return None
     first = stored[0]
-    for i, (new, old) in enumerate(zip(events, stored, strict=True)):
+    if len(stored) != len(events):
+        raise ValueError("one stored entry (or None) per event")
+    for i, old in enumerate(stored):
         if (
             old is None
             or first is None
             or old.stream != stream
             or old.stream_version != first.stream_version + i
         ):
-            raise DuplicateEventId(new.id if old is None else old.id, stream)
+            # Name an id that is stored (elsewhere), not a new one beside it.
+            stored_id = old.id if old is not None else next(s.id for s in stored if s)
+            raise DuplicateEventId(stored_id, stream)
     assert first is not None
     return AppendResult(
         stream=stream,
