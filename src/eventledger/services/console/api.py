@@ -238,6 +238,11 @@ async def readmodel_state(upstream: Upstream, name: str) -> dict[str, Any]:
         answer = await upstream.get(name, "/health", timeout=2.0)
     except ProblemError as exc:
         return {"name": name, "reachable": False, "state": "unreachable", "reason": exc.detail}
+    return state_of(name, answer)
+
+
+def state_of(name: str, answer: Answer) -> dict[str, Any]:
+    """What the page shows of a read model's health document (also a rebuild's 202)."""
     body = answer.body if isinstance(answer.body, dict) else {}
     checkpoint = body.get("checkpoint") or {}
     return {
@@ -282,15 +287,16 @@ def add_readmodel_routes(app: FastAPI, upstream: Upstream) -> None:
         body: RebuildBody | DecisionBody = await read_model(
             request, RebuildBody if action == "rebuild" else DecisionBody
         )
-        return relay(
-            await upstream.call(
-                "POST",
-                name,
-                f"/admin/{action}",
-                body=body.model_dump(exclude_defaults=True),
-                authorization=authorization.strip(),
-            )
+        answer = await upstream.call(
+            "POST",
+            name,
+            f"/admin/{action}",
+            body=body.model_dump(exclude_defaults=True),
+            authorization=authorization.strip(),
         )
+        if answer.ok and action == "rebuild":  # its 202 is the health: the progress from 0
+            return JSONResponse(state_of(name, answer), status_code=answer.status)
+        return relay(answer)
 
 
 # -- the command form -------------------------------------------------------------------------

@@ -448,12 +448,13 @@ async function operate(m, action) {
     return;
   }
   try {
-    await post(`/api/readmodels/${m.name}/${action}`, body, { Authorization: `Bearer ${token}` });
-    out.replaceChildren(el("p", { class: "ok" }, `${action} of ${m.name} accepted`));
+    const answer = await post(`/api/readmodels/${m.name}/${action}`, body, { Authorization: `Bearer ${token}` });
+    out.replaceChildren(el("p", { class: "ok", id: "admin-ok" }, `${action} of ${m.name} accepted`));
+    // A rebuild answers with the read model's state as it starts: show its progress at once.
+    if (action === "rebuild") document.getElementById(`rm-${m.name}`).replaceWith(readModelCard(answer));
   } catch (error) {
     showError(out, error);
   }
-  refreshReadModels();
 }
 
 async function refreshReadModels() {
@@ -486,8 +487,12 @@ function initReadModels() {
     show();
   });
   show();
-  refreshReadModels();
-  setInterval(refreshReadModels, 500);
+  // One refresh at a time, every 300 ms: a rebuild's progress moves visibly.
+  const loop = async () => {
+    await refreshReadModels();
+    setTimeout(loop, 300);
+  };
+  loop();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
