@@ -12,33 +12,39 @@ when it is asked to exit (every open stream then ends cleanly at once).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import Response
 
 from eventledger.eventstore.errors import EventStoreError
-from eventledger.eventstore.records import (
-    AppendResult,
-    ExpectedVersion,
-    NewEvent,
-    StreamAppend,
-    StreamState,
-)
+from eventledger.eventstore.records import AppendResult, StreamAppend
 from eventledger.eventstore.store import EventStore
 from eventledger.services.http import (
     ProblemError,
     create_service_app,
+    is_json_media_type,
     json_body,
+    parse_json,
     problem_responses,
-    read_model,
+    read_body,
+    unsupported_media_type,
+    validate_body,
 )
 from eventledger.services.limits import principal_of
 from eventledger.services.stream import schemas as s
 from eventledger.services.stream.appends import run_items
+from eventledger.services.stream.decoding import (
+    appends_items,
+    batch_appends,
+    expected_of,
+    model_appends,
+    new_events,
+    stream_append,
+)
 from eventledger.services.stream.encoding import (
     JSONBytes,
     append_result,
@@ -125,29 +131,12 @@ def too_many_subscribers(subscriptions: Subscriptions) -> ProblemError:
     )
 
 
-def _expected(value: int | str) -> ExpectedVersion:
-    return StreamState(value) if isinstance(value, str) else value
-
-
-def _new_events(events: Sequence[s.EventIn]) -> list[NewEvent]:
-    # The service, not the store, gives ids to events that come without one.
-    return [
-        NewEvent(
-            id=uuid4() if e.id is None else UUID(e.id),
-            type=e.type,
-            data=e.data,
-            metadata=e.metadata,
-            schema_version=e.schema_version,
-        )
-        for e in events
-    ]
-
-
-def _item_appends(item: s.AppendsItem) -> list[StreamAppend]:
-    return [
-        StreamAppend(a.stream, _expected(a.expected_version), _new_events(a.events))
-        for a in item.appends
-    ]
+async def _json_body(request: Request) -> tuple[Any, int]:
+    """The parsed (strict) JSON body and its size in bytes, or a 415/413/400 problem."""
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise unsupported_media_type()
+    raw = await read_body(request)
+    return parse_json(raw), len(raw)
 
 
 def _check_filters(types: list[str] | None, stream_prefix: str | None) -> tuple[list[str], str]:
@@ -272,11 +261,12 @@ def create_app(
     async def append(stream: StreamPath, request: Request) -> Response:
         if not s.is_stream_name(stream):
             raise invalid_stream_name(stream)
-        body = await read_model(request, s.AppendIn)
-        (result,) = await runtime.append(
-            "stream",
-            [StreamAppend(stream, _expected(body.expected_version), _new_events(body.events))],
-        )
+        payload, size = await _json_body(request)
+        one = stream_append(stream, payload, size)
+        if one is None:  # not plainly valid: the model decides, and names what is wrong
+            body = validate_body(payload, s.AppendIn)
+            one = StreamAppend(stream, expected_of(body.expected_version), new_events(body.events))
+        (result,) = await runtime.append("stream", [one])
         return json_response(append_result(result), 200 if result.replayed else 201)
 
     @app.post(
@@ -295,11 +285,10 @@ def create_app(
         "each stream at most once.",
     )
     async def append_batch(request: Request) -> Response:
-        body = await read_model(request, s.BatchIn)
-        appends = [
-            StreamAppend(a.stream, _expected(a.expected_version), _new_events(a.events))
-            for a in body.appends
-        ]
+        payload, size = await _json_body(request)
+        appends = batch_appends(payload, size)
+        if appends is None:  # not plainly valid: the model decides, and names what is wrong
+            appends = model_appends(validate_body(payload, s.BatchIn).appends)
         results = await runtime.append("batch", appends)
         replayed = all(r.replayed for r in results)
         return json_response(
@@ -326,9 +315,12 @@ def create_app(
         "problems below) and nothing is written.",
     )
     async def append_many(request: Request) -> Response:
-        body = await read_model(request, s.AppendsEnvelope)
+        payload, size = await _json_body(request)
+        raw_items = appends_items(payload)
+        if raw_items is None:
+            raw_items = validate_body(payload, s.AppendsEnvelope).items
         items = await run_items(
-            lambda appends: runtime.append("appends", appends), _item_appends, body.items
+            lambda appends: runtime.append("appends", appends), raw_items, body_bytes=size
         )
         return JSONBytes(encode_items(items))
 

@@ -32,13 +32,13 @@ from eventledger.eventstore.errors import EventStoreError
 from eventledger.eventstore.records import AppendResult, StreamAppend
 from eventledger.services.http import ProblemError, validation_problem
 from eventledger.services.stream import schemas as s
+from eventledger.services.stream.decoding import batch_appends, model_appends
 from eventledger.services.stream.encoding import append_result
 from eventledger.services.stream.problems import problem_for
 
 log = logging.getLogger(__name__)
 
 Append = Callable[[list[StreamAppend]], Awaitable[list[AppendResult]]]
-ToAppends = Callable[[s.AppendsItem], list[StreamAppend]]
 
 
 def problem_document(p: ProblemError) -> dict[str, Any]:
@@ -53,7 +53,10 @@ def _failed(p: ProblemError) -> dict[str, Any]:
     return {"status": p.status, "problem": problem_document(p)}
 
 
-def _validated(index: int, raw: object) -> s.AppendsItem | ProblemError:
+def _validated(index: int, raw: object, body_bytes: int) -> list[StreamAppend] | ProblemError:
+    fast = batch_appends(raw, body_bytes)
+    if fast is not None:
+        return fast
     if not isinstance(raw, dict):
         field = f"items.{index}"
         return ProblemError(
@@ -64,7 +67,7 @@ def _validated(index: int, raw: object) -> s.AppendsItem | ProblemError:
             errors=[{"field": field, "message": "must be a JSON object"}],
         )
     try:
-        return s.AppendsItem.model_validate(raw, strict=True)
+        return model_appends(s.AppendsItem.model_validate(raw, strict=True).appends)
     except ValidationError as exc:
         p = validation_problem(exc)
         # Name the fields from the request's root, as a whole-request problem would.
@@ -76,9 +79,9 @@ def _validated(index: int, raw: object) -> s.AppendsItem | ProblemError:
         return ProblemError(422, "validation-error", "Invalid request", detail, errors=errors)
 
 
-async def _run(append: Append, to_appends: ToAppends, item: s.AppendsItem) -> dict[str, Any]:
+async def _run(append: Append, appends: list[StreamAppend]) -> dict[str, Any]:
     try:
-        results = await append(to_appends(item))
+        results = await append(appends)
     except ProblemError as p:  # the account guard's 422/409
         return _failed(p)
     except EventStoreError as exc:  # the store's refusal, or its failure (503)
@@ -95,7 +98,7 @@ async def _run(append: Append, to_appends: ToAppends, item: s.AppendsItem) -> di
 
 
 async def run_items(
-    append: Append, to_appends: ToAppends, items: Sequence[object]
+    append: Append, items: Sequence[object], *, body_bytes: int
 ) -> list[dict[str, Any]]:
     """The outcome of each item, in request order. Valid items are appended concurrently,
     so that the store's group commit writes them together."""
@@ -103,13 +106,13 @@ async def run_items(
     runs: list[Awaitable[dict[str, Any]]] = []
     slots: list[int] = []
     for index, raw in enumerate(items):
-        checked = _validated(index, raw)
+        checked = _validated(index, raw, body_bytes)
         if isinstance(checked, ProblemError):
             outcomes.append(_failed(checked))
         else:
             outcomes.append(None)
             slots.append(index)
-            runs.append(_run(append, to_appends, checked))
+            runs.append(_run(append, checked))
     # `_run` answers every failure as an outcome; only cancellation escapes (the client left).
     for index, outcome in zip(slots, await asyncio.gather(*runs), strict=True):
         outcomes[index] = outcome
