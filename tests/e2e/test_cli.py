@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
+import re
 import signal
 import stat
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventledger import __version__
 from eventledger.config import SERVICES as SERVICE_NAMES
 from tests.e2e.harness import (
     ServiceProcess,
@@ -166,6 +169,86 @@ def test_rebuild_replays_a_read_model_and_shows_it_caught_up(system: System) -> 
     for name in ("accounting", "statistics"):
         assert "caught up" in ok(eventledger("rebuild", name, env=env, timeout=120.0))
     assert "43.21 EUR" in ok(eventledger("balance", account, env=env))
+
+
+def test_history_prints_times_with_their_zone_that_balance_at_reads_back(
+    system: System,
+) -> None:
+    env = system_env(system)
+    account = new_id("times")
+    ok(eventledger("open", "--id", account, "--currency", "EUR", env=env))
+    ok(eventledger("deposit", account, "1000", env=env))
+    ok(eventledger("withdraw", account, "300", env=env))
+    history = ok(eventledger("history", account, env=env))
+    times = re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", history)
+    assert len(times) == 2, history  # newest first, each with its zone
+    # Pasted back, a time includes what was recorded within that second.
+    assert "7.00 EUR" in ok(eventledger("balance", account, "--at", times[0], env=env))
+    today = times[0][:10]
+    assert "7.00 EUR" in ok(eventledger("balance", account, "--at", today, env=env))
+    late_in_paris = f"{today}T23:59:59+01:00"  # 22:59:59Z
+    said = ok(eventledger("balance", account, "--at", late_in_paris, env=env))
+    assert f"at {today}T22:59:59.999999Z" in said
+    before = one_line_error(eventledger("balance", account, "--at", "2000-01-01", env=env))
+    assert "did not exist then" in before
+    shown = ok(eventledger("balance", account, env=env))
+    assert re.search(r"updated at\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown), shown
+
+
+@pytest.mark.parametrize(
+    ("at", "says"),
+    [
+        ("yesterday", "is not a time: give an RFC 3339 time with its zone"),
+        ("2026-11-27T11:12:30", "has no zone"),
+        ("2026-11-31", "is not a valid time"),
+    ],
+)
+def test_a_time_that_cannot_be_read_is_a_one_line_usage_error(at: str, says: str) -> None:
+    # Refused before anything is sent: no service is needed to say so.
+    env = cli_env(EVENTLEDGER_ACCOUNTING_PORT=str(free_port()))
+    line = one_line_error(eventledger("balance", "alice", "--at", at, env=env), code=2)
+    assert says in line and "2026-11-27T11:12:30Z" in line, line
+
+
+def test_stream_shows_each_events_version_beside_its_position(system: System) -> None:
+    env = system_env(system)
+    account, other = new_id("stream"), new_id("other")
+    for name in (account, other):
+        ok(eventledger("open", "--id", name, "--currency", "EUR", env=env))
+    ok(eventledger("deposit", account, "500", "--reference", "[bold]salary", env=env))
+    ok(eventledger("transfer", account, other, "200", env=env))
+    shown = ok(eventledger("stream", f"account-{account}", env={**env, "COLUMNS": "200"}))
+    rows = [line.split() for line in shown.splitlines() if re.match(r"\s+\d+\s+\d+\s", line)]
+    assert [(row[0], row[3]) for row in rows] == [
+        ("1", "AccountOpened"),
+        ("2", "MoneyDeposited"),
+        ("3", "TransferSent"),
+    ], shown
+    positions = [int(row[1]) for row in rows]
+    assert positions == sorted(positions) and positions[2] - positions[0] > 2, shown
+    assert f"Stream account-{account} (version 3)" in shown
+    assert 'reference="[bold]salary"' in shown  # stored text shown as it is
+
+    page = ok(
+        eventledger("stream", f"account-{account}", "--from-version", "2", "--limit", "1", env=env)
+    )
+    assert "MoneyDeposited" in page and "TransferSent" not in page
+    assert "more: --from-version 3" in page
+    as_json = json.loads(ok(eventledger("stream", f"account-{other}", "--json", env=env)))
+    assert [e["stream_version"] for e in as_json["events"]] == [1, 2]
+    assert as_json["events"][1]["type"] == "TransferReceived"
+    missing = one_line_error(eventledger("stream", new_id("nothing"), env=env))
+    assert "Stream not found" in missing
+
+
+def test_version_and_shell_completion() -> None:
+    env = cli_env()
+    assert ok(eventledger("--version", env=env)).strip() == f"eventledger {__version__}"
+    script = ok(eventledger("--show-completion", env={**env, "SHELL": "/bin/bash"}))
+    assert "_EVENTLEDGER_COMPLETE=complete_bash" in script
+    completing = {**env, "COMP_WORDS": "eventledger dep", "COMP_CWORD": "1"}
+    completing["_EVENTLEDGER_COMPLETE"] = "complete_bash"
+    assert ok(eventledger(env=completing)).split() == ["deposit"]
 
 
 # -- up and serve ------------------------------------------------------------------------------

@@ -74,7 +74,9 @@ def _options(
 def main() -> None:
     """The `eventledger` console script."""
     try:
-        app()
+        # One name however started (`python -m eventledger` too): usage lines and the shell
+        # completion script name the command a user types.
+        app(prog_name="eventledger")
     except Exception as exc:  # a bug outside any command: still one line, not a traceback
         if os.environ.get("EVENTLEDGER_DEBUG"):
             raise

@@ -50,8 +50,8 @@ def parse_at(text: str, option: str = "--at") -> datetime:
     parts = match.groupdict()
     if parts["hour"] is not None and parts["zone"] is None:
         raise UsageProblem(
-            f"{option} {text!r} has no zone: add Z for UTC (as `history` prints) or an offset "
-            "such as +01:00"
+            f"{option} {text!r} has no zone: add Z for UTC, as `history` prints it "
+            f"({text.strip()}Z), or an offset such as +01:00"
         )
     try:
         if parts["hour"] is None:  # a date: its end, in UTC
