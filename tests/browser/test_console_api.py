@@ -1,0 +1,170 @@
+"""The console over HTTP (no browser needed): what it refuses, what it never shows, and that
+it passes the operator's token through without keeping it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import (
+    Credentials,
+    ServiceProcess,
+    System,
+    assert_problem,
+    cli_env,
+    free_port,
+    new_id,
+    problem_type,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_commands_from_another_origin_or_not_typed_json_are_refused_and_write_nothing(
+    console_system: tuple[System, ServiceProcess],
+) -> None:
+    system, console = console_system
+    head = system.head_position()
+    body = {"currency": "EUR", "account_id": new_id("xo")}
+    evil = httpx.post(
+        f"{console.url}/api/commands/open", json=body, headers={"Origin": "http://evil.example"}
+    )
+    assert problem_type(evil) == "forbidden-origin"
+    typeless = httpx.post(
+        f"{console.url}/api/commands/open",
+        content=b'{"currency": "EUR"}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert problem_type(typeless) == "unsupported-media-type"
+    rebound = httpx.get(f"{console.url}/api/accounts", headers={"Host": "evil.example:80"})
+    assert rebound.status_code == 421
+    assert system.head_position() == head
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        ("/api/commands/deposit", {"account_id": "../admin", "amount": 5}, {}),
+        ("/api/commands/deposit", {"account_id": "a", "amount": "5"}, {}),
+        ("/api/commands/deposit", {"account_id": "a", "amount": 0}, {}),
+        ("/api/commands/deposit", {"account_id": "a", "amount": 5, "extra": 1}, {}),
+        ("/api/commands/transfer", {"from_account": "a", "to_account": "b", "amount": 1.0}, {}),
+        ("/api/commands/open", {"currency": "EUR"}, {"Idempotency-Key": "bad key"}),
+        ("/api/commands/close", {"account_id": "a"}, {}),
+        ("/api/readmodels/stream/rebuild", {}, {}),
+    ],
+)
+def test_bad_input_gets_a_4xx_problem_and_writes_nothing(
+    console_system: tuple[System, ServiceProcess],
+    path: str,
+    body: dict[str, object],
+    headers: dict[str, str],
+) -> None:
+    system, console = console_system
+    head = system.head_position()
+    assert_problem(httpx.post(console.url + path, json=body, headers=headers), 422)
+    assert system.head_position() == head
+
+
+def test_malformed_and_oversized_bodies_and_bad_parameters_are_refused(
+    console_system: tuple[System, ServiceProcess],
+) -> None:
+    _, console = console_system
+    json_type = {"Content-Type": "application/json"}
+    url = f"{console.url}/api/commands/open"
+    assert_problem(httpx.post(url, content=b"{", headers=json_type), 400)
+    assert_problem(
+        httpx.post(url, content=b'{"currency":"EUR","currency":"EUR"}', headers=json_type), 400
+    )
+    assert_problem(httpx.post(url, content=b" " * (1024 * 1024 + 1), headers=json_type), 413)
+    assert_problem(httpx.get(f"{console.url}/api/accounts/a%20b"), 422)
+    assert_problem(httpx.get(f"{console.url}/api/accounts/a%2F..%2Fadmin"), 404)
+    assert_problem(httpx.get(f"{console.url}/api/accounts/a?min_position=1e3"), 422)
+    assert_problem(httpx.get(f"{console.url}/api/events/recent?limit=-1"), 422)
+    assert_problem(httpx.get(f"{console.url}/api/stats/daily?from=yesterday"), 422)
+
+
+def test_a_retried_command_with_the_same_key_is_answered_once(
+    console_system: tuple[System, ServiceProcess],
+) -> None:
+    system, console = console_system
+    account = new_id("idem")
+    opened = httpx.post(
+        f"{console.url}/api/commands/open", json={"currency": "EUR", "account_id": account}
+    )
+    assert opened.status_code == 201, opened.text
+    key = {"Idempotency-Key": new_id("key")}
+    deposit = {"account_id": account, "amount": 300}
+    first = httpx.post(f"{console.url}/api/commands/deposit", json=deposit, headers=key)
+    head = system.head_position()
+    again = httpx.post(f"{console.url}/api/commands/deposit", json=deposit, headers=key)
+    assert first.status_code == 201 and again.status_code == 200, again.text
+    assert again.json()["position"] == first.json()["position"]
+    assert [e["type"] for e in first.json()["events"]] == ["MoneyDeposited"]
+    assert system.head_position() == head
+
+
+def test_no_token_reaches_the_browser_and_the_admin_token_is_passed_through(
+    console_system: tuple[System, ServiceProcess], credentials: Credentials
+) -> None:
+    _, console = console_system
+    own = credentials.tokens["console"]
+    for path in (
+        "/",
+        "/readmodels",
+        "/statistics",
+        "/static/console.js",
+        "/api/readmodels",
+        "/api/events/recent",
+        "/api/accounts",
+        "/health",
+    ):
+        answer = httpx.get(console.url + path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert own not in answer.text and "Bearer" not in answer.headers.get("set-cookie", "")
+    # The console's own token lacks `admin`: the read model refuses it, and says why.
+    refused = httpx.post(
+        f"{console.url}/api/readmodels/statistics/rebuild",
+        json={},
+        headers={"Authorization": f"Bearer {own}"},
+    )
+    assert problem_type(refused) == "forbidden"
+    assert "admin" in refused.json()["detail"]
+    assert own not in console.log_text()
+    # /metrics needs the metrics scope.
+    assert httpx.get(f"{console.url}/metrics").status_code == 401
+    assert (
+        httpx.get(f"{console.url}/metrics", headers=credentials.bearer("operator")).status_code
+        == 403
+    )
+    metrics = httpx.get(f"{console.url}/metrics", headers=credentials.bearer("console"))
+    assert metrics.status_code == 200 and "eventledger_http_requests" in metrics.text
+
+
+def test_the_console_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eventledger",
+            "serve",
+            "console",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60.0,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "refusing to listen on 0.0.0.0" in done.stderr + done.stdout
