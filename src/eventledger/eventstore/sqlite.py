@@ -182,7 +182,7 @@ class SqliteEventStore(EventStore):
             ).fetchall()
             if not rows and not _stream_exists(conn, stream):
                 raise StreamNotFound(stream)
-            return [_decode(row) for row in rows]
+            return _decode_rows(rows)
 
         return await self._read(query)
 
@@ -202,7 +202,7 @@ class SqliteEventStore(EventStore):
         params.append(limit)
 
         def query(conn: sqlite3.Connection) -> list[RecordedEvent]:
-            return [_decode(row) for row in conn.execute(sql, params).fetchall()]
+            return _decode_rows(conn.execute(sql, params).fetchall())
 
         return await self._read(query)
 
@@ -211,7 +211,7 @@ class SqliteEventStore(EventStore):
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE id = ?", (str(event_id),)
             ).fetchone()
-            return None if row is None else _decode(row)
+            return None if row is None else _decode_rows([row])[0]
 
         return await self._read(query)
 
@@ -438,18 +438,21 @@ def _scalar(conn: sqlite3.Connection, sql: str, *params: object) -> int:
     return value
 
 
-def _decode(row: tuple[Any, ...]) -> RecordedEvent:
-    position, event_id, stream, version, event_type, schema_version, data, metadata, at = row[:9]
-    return RecordedEvent(
-        id=UUID(event_id),
-        stream=stream,
-        type=event_type,
-        schema_version=schema_version,
-        data=json.loads(data),
-        metadata=json.loads(metadata),
-        stream_version=version,
-        position=position,
-        recorded_at=datetime.fromisoformat(at),
-        hash=row[9],
-        batch_end=row[10],
-    )
+def _decode_rows(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
+    """Rows of _COLUMNS as events. A page is decoded in one loop: the events of one append
+    share their time, parsed once; empty metadata is not parsed (catch-up reads are bound by
+    this loop)."""
+    loads, parse, uuid = json.loads, datetime.fromisoformat, UUID
+    times: dict[str, datetime] = {}
+    events: list[RecordedEvent] = []
+    for position, event_id, stream, version, type_, schema, data, meta, at, hash_, end in rows:
+        moment = times.get(at)
+        if moment is None:
+            moment = times[at] = parse(at)
+        events.append(
+            RecordedEvent(
+                uuid(event_id), stream, type_, schema, loads(data),
+                {} if meta == "{}" else loads(meta), version, position, moment, hash_, end,
+            )
+        )  # fmt: skip
+    return events
