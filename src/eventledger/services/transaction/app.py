@@ -257,6 +257,7 @@ def create_app(
         on_retry=lambda name: retries.labels(name).inc(),
     )
     app.state.handler = handler
+    app.state.follower = follower
 
     async def execute(
         request: Request,
