@@ -31,6 +31,7 @@ from eventledger.services.http import (
     parse_json,
     problem_responses,
     read_body,
+    serve_directly,
     unsupported_media_type,
     validate_body,
 )
@@ -323,6 +324,14 @@ def create_app(
             lambda appends: runtime.append("appends", appends), raw_items, body_bytes=size
         )
         return JSONBytes(encode_items(items))
+
+    # The hot write routes read and check their bodies themselves: no parameter resolution.
+    async def append_direct(request: Request) -> Response:
+        return await append(request.path_params["stream"], request)
+
+    serve_directly(app, "POST", "/streams/{stream}", append_direct)
+    serve_directly(app, "POST", "/batches", append_batch)
+    serve_directly(app, "POST", "/appends", append_many)
 
     # -- reading ----------------------------------------------------------------------------
 
