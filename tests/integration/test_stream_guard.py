@@ -4,6 +4,7 @@ store is exactly as it was; valid appends go through, on facts kept between appe
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from eventledger.bootstrap import build_upcasters
+from eventledger.eventstore.errors import WrongExpectedVersion
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.records import NewEvent, RecordedEvent, StreamAppend, StreamState
 from eventledger.eventstore.store import EventStore
@@ -433,3 +435,50 @@ def new_event(event: dict[str, Any]) -> NewEvent:
     return NewEvent(
         uuid.uuid4(), event["type"], event["data"], schema_version=event.get("schema_version", 1)
     )
+
+
+async def test_a_batch_over_streams_the_guard_has_not_seen_reads_them_together() -> None:
+    """A cold guard reads the facts of every stream of a batch at once, not one after the
+    other: each read here waits until all of them have started."""
+    accounts = [f"cold{n}" for n in range(5)]
+    for_reads = ReadCountingStore()
+    for account in accounts:
+        await for_reads.append(
+            f"account-{account}", expected_version=0, events=[new_event(opened(account))]
+        )
+    started = asyncio.Event()
+    original = for_reads._read_stream
+
+    async def read_when_all_started(
+        stream: str, from_version: int, limit: int | None
+    ) -> list[RecordedEvent]:
+        if len(for_reads.stream_reads) + 1 == len(accounts):
+            started.set()
+        events = await original(stream, from_version, limit)
+        await started.wait()
+        return events
+
+    for_reads._read_stream = read_when_all_started  # type: ignore[method-assign]
+    guard = AccountGuard()
+    appends = [StreamAppend(f"account-{a}", 1, [new_event(deposited(a))]) for a in accounts]
+    checked = await asyncio.wait_for(guard.check(for_reads, appends), 10)
+    assert checked is not None
+    assert sorted(for_reads.stream_reads) == [(f"account-{a}", 1) for a in accounts]
+    assert {f.version for f in checked.facts.values()} == {2}
+
+
+async def test_a_cold_batch_fails_on_the_first_stream_in_order_like_a_sequential_check() -> None:
+    store = ReadCountingStore()
+    for account in ("p", "q"):
+        await store.append(
+            f"account-{account}", expected_version=0, events=[new_event(opened(account))]
+        )
+    await store.append("account-q", expected_version=1, events=[new_event(deposited("q"))])
+    appends = [
+        StreamAppend("account-p", 3, [new_event(deposited("p"))]),  # behind: a 409
+        StreamAppend("account-q", 1, [new_event(deposited("q"))]),  # past: nothing to check
+    ]
+    with pytest.raises(WrongExpectedVersion) as raised:
+        await AccountGuard().check(store, appends)
+    assert raised.value.stream == "account-p"
+    assert await AccountGuard().check(store, appends[::-1]) is None

@@ -21,6 +21,7 @@ and nothing new is written. For the same reason a stream already past N needs no
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,13 +63,21 @@ class AccountGuard:
                 parts.append((append, _expected(append), _decoded(append)))
         if not parts:
             return None
+        # The facts of every stream at once: a batch over many streams the guard has not seen
+        # costs one read's wait, not one per stream (cached streams read nothing).
+        # Outcomes are taken in the order of the appends, as if read one after the other.
+        found = await asyncio.gather(
+            *(self._facts_at(store, append.stream, expected) for append, expected, _ in parts),
+            return_exceptions=True,
+        )
         facts: dict[str, AccountFacts] = {}
-        for append, expected, _ in parts:
-            found = await self._facts_at(store, append.stream, expected)
-            if found is None:
+        for stream_facts in found:
+            if isinstance(stream_facts, BaseException):
+                raise stream_facts
+            if stream_facts is None:
                 # The stream is past `expected`: the store writes nothing new for this batch.
                 return None
-            facts[found.account_id] = found
+            facts[stream_facts.account_id] = stream_facts
         try:
             after = check_batch(facts, [(_account_id(a.stream), events) for a, _, events in parts])
         except InvalidAccountEvent as exc:
