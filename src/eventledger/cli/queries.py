@@ -19,7 +19,7 @@ from rich.text import Text
 from eventledger.cli.client import ledger
 from eventledger.cli.options import AccountingUrlOpt, JsonOpt, StatisticsUrlOpt, service_urls
 from eventledger.cli.output import UsageProblem, amount_and_money, console, money, print_json
-from eventledger.cli.times import format_instant, format_time, parse_at
+from eventledger.cli.times import format_api, format_instant, format_time, parse_at
 from eventledger.client import (
     Account,
     Client,
@@ -43,12 +43,12 @@ def account_json(account: Account) -> dict[str, Any]:
     body = asdict(account)
     for key in ("opened_at", "updated_at"):
         moment = getattr(account, key)
-        body[key] = None if moment is None else format_instant(moment)
+        body[key] = None if moment is None else format_api(moment)
     return body
 
 
 def item_json(item: HistoryItem) -> dict[str, Any]:
-    return asdict(item) | {"recorded_at": format_instant(item.recorded_at)}
+    return asdict(item) | {"recorded_at": format_api(item.recorded_at)}
 
 
 def balance(

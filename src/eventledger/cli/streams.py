@@ -20,7 +20,7 @@ from eventledger.cli.client import endpoints, ledger
 from eventledger.cli.operator import TYPE_STYLES
 from eventledger.cli.output import console, print_json
 from eventledger.cli.serve import StreamUrlOpt
-from eventledger.cli.times import format_instant, format_time
+from eventledger.cli.times import format_api, format_time
 from eventledger.client import RecordedEvent
 
 MAX_LIMIT = 10_000  # the stream service's own bound
@@ -30,7 +30,7 @@ def event_json(event: RecordedEvent) -> dict[str, Any]:
     """An event as the API writes it."""
     return asdict(event) | {
         "id": str(event.id),
-        "recorded_at": format_instant(event.recorded_at),
+        "recorded_at": format_api(event.recorded_at),
     }
 
 

@@ -41,6 +41,11 @@ def format_instant(moment: datetime) -> str:
     return text + "Z"
 
 
+def format_api(moment: datetime) -> str:
+    """As the API writes times: `2026-11-27T11:12:30.388898Z` (for `--json`)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_at(text: str, option: str = "--at") -> datetime:
     """The instant `text` means for `--at` (see the module docstring); `UsageProblem` with
     what is accepted when it is not one of those."""
