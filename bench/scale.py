@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", default="1,2,4")
     parser.add_argument("--accounts", default="30,1000")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--streams", type=int, default=STREAM_INSTANCES, help="stream instances")
     parser.add_argument("--src", action="append", help="run the services from this tree")
     args = parser.parse_args(argv)
     seconds = args.seconds or (QUICK_SECONDS if args.quick else SECONDS)
@@ -306,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                 order = sources if repeat % 2 == 0 else sources[::-1]
                 for src in order:
                     result = measure(
-                        instances=instances, accounts=accounts, seconds=seconds, src=src
+                        instances=instances,
+                        accounts=accounts,
+                        seconds=seconds,
+                        src=src,
+                        stream_instances=args.streams,
                     )
                     rows.setdefault((src, accounts, instances), []).append(result)
                     print(_line(src, accounts, instances, result), flush=True)
