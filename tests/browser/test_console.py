@@ -169,6 +169,7 @@ def test_a_rebuild_started_with_an_admin_token_shows_its_progress_until_caught_u
     expect(page.locator("#admin-ok")).to_contain_text("rebuild of accounting accepted")
     progress = page.locator("#rm-accounting progress.rebuild-progress")
     expect(progress).to_be_visible()
+    expect(card.locator("dd.state")).to_have_text("rebuilding")
     assert int(progress.get_attribute("max") or 0) >= head
     assert int(progress.get_attribute("value") or 0) < head
     expect(card.locator("dd.state")).to_have_text("ok", timeout=120_000)

@@ -248,7 +248,11 @@ def state_of(name: str, answer: Answer) -> dict[str, Any]:
     return {
         "name": name,
         "reachable": True,
-        "state": body.get("status") or body.get("state") or f"HTTP {answer.status}",
+        # a 200 says `status`; a 503 is a problem document, whose `status` is the HTTP code
+        "state": next(
+            (v for v in (body.get("state"), body.get("status")) if isinstance(v, str)),
+            f"HTTP {answer.status}",
+        ),
         "position": body.get("position"),
         "head_position": body.get("head_position"),
         "lag": body.get("lag"),

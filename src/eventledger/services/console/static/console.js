@@ -449,6 +449,7 @@ async function operate(m, action) {
   }
   try {
     const answer = await post(`/api/readmodels/${m.name}/${action}`, body, { Authorization: `Bearer ${token}` });
+    actions += 1;
     out.replaceChildren(el("p", { class: "ok", id: "admin-ok" }, `${action} of ${m.name} accepted`));
     // A rebuild answers with the read model's state as it starts: show its progress at once.
     if (action === "rebuild") document.getElementById(`rm-${m.name}`).replaceWith(readModelCard(answer));
@@ -457,10 +458,15 @@ async function operate(m, action) {
   }
 }
 
+// Bumped by each accepted button: a refresh asked before it would show the state before it.
+let actions = 0;
+
 async function refreshReadModels() {
   const target = document.getElementById("readmodels");
+  const asked = actions;
   try {
     const body = await api("/api/readmodels");
+    if (asked !== actions) return;
     target.replaceChildren(...body.items.map(readModelCard));
     setConnection("", true);
   } catch (error) {
