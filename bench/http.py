@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -93,11 +94,12 @@ class RunResult:
 System = Ours | Peer
 
 
-def urls(system: System) -> tuple[str, str]:
-    """(commands URL, reads URL)."""
+def urls(system: System) -> tuple[str, str, str]:
+    """(commands URL, reads URL, stream URL)."""
     if isinstance(system, Ours):
-        return system.readers["transaction"].url, system.readers["accounting"].url
-    return system.process.url, system.process.url
+        readers = system.readers
+        return readers["transaction"].url, readers["accounting"].url, system.stream.url
+    return system.process.url, system.process.url, ""
 
 
 def run_phase(
@@ -109,9 +111,10 @@ def run_phase(
     plan: Plan,
     clients: int = CLIENTS,
     accounts: int = ACCOUNTS,
+    extra: Sequence[str] = (),
 ) -> Phase:
     """One generator process for `phase`; CPU and RSS of every service around it."""
-    commands_url, reads_url = urls(system)
+    commands_url, reads_url, stream_url = urls(system)
     argv = [
         sys.executable,
         "-m",
@@ -121,6 +124,8 @@ def run_phase(
         commands_url,
         "--reads-url",
         reads_url,
+        "--stream-url",
+        stream_url,
         "--state",
         str(state),
         "--token-file",
@@ -135,8 +140,9 @@ def run_phase(
         str(plan.seconds),
         "--warmup",
         str(plan.warmup),
+        *extra,
     ]
-    processes: Sequence[Process] = system.services
+    processes = running_processes(system)
     before = {p.name: p.cpu_seconds() for p in processes}
     children_before = _children_cpu()
     start = time.perf_counter()
@@ -150,6 +156,10 @@ def run_phase(
         raise RuntimeError(f"load generator {phase} failed: {done.stderr.decode()[-2000:]}")
     result = json.loads(done.stdout)
     return Phase(result, cpu, {p.name: p.rss_bytes() for p in processes}, wall)
+
+
+def running_processes(system: System) -> list[Process]:
+    return [p for p in system.services if p.process is not None and p.process.poll() is None]
 
 
 def _children_cpu() -> float:
@@ -208,10 +218,11 @@ def brief(result: RunResult) -> str:
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest rank: the smallest value with at least p % of the values at or below it."""
     if not sorted_values:
         return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[index]
+    rank = math.ceil(p / 100 * len(sorted_values))
+    return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 
 
 def median_rate(results: Sequence[RunResult], phase: str) -> float | None:

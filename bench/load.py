@@ -16,6 +16,11 @@ Phases; the state file carries the run's accounts and what was accepted between 
               the latency is from the deposit's answer to the read's 200
     verify    the correctness gates: every account's balance is the sum of its accepted
               deposits and its version counts them (every acknowledged command visible)
+    bulk      `--clients` clients append `--batch` valid account events per request straight
+              to the stream service (`--stream-url`), each to its own new `account-` streams
+              (an AccountOpened, then deposits), `--events` in all; timed as a whole
+    subscribers  open `--clients` idle SSE subscriptions at the head, print `ready` and hold
+              them until stdin closes (the bench reads the stream's memory meanwhile)
 
 Each timed phase runs `--warmup` seconds untimed first, then `--seconds` timed; `ops` counts
 the timed section, `all_ops` everything (for CPU per command). A request that fails is an
@@ -30,6 +35,7 @@ import json
 import random
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,9 @@ from typing import Any
 import aiohttp
 
 CURRENCY = "EUR"
+BULK_DEPOSIT = 100  # cents per bulk deposit: the catch-up gate knows every balance
 REQUEST_SECONDS = 30.0
+_NO_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_SECONDS)
 VISIBLE_RETRY_SECONDS = 0.001  # a 503 on X-Min-Position (its wait ended) is asked again
 
 
@@ -51,9 +59,10 @@ class State:
 
     @classmethod
     def load(cls, path: Path) -> State:
-        if not path.exists():
+        text = path.read_text() if path.is_file() else ""
+        if not text:
             return cls()
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
         return cls(raw["accounts"], raw["accepted"], raw["max_position"])
 
     def save(self, path: Path) -> None:
@@ -180,6 +189,98 @@ class Load:
             "passed": not wrong and not counter.errors and total_expected == total_seen,
         }
 
+    async def bulk(self) -> dict[str, Any]:
+        """`events` valid account events in requests of `batch`, by `clients` writers.
+
+        Each request fills one new account stream: AccountOpened then deposits of
+        BULK_DEPOSIT, so every stream holds `batch` events and its balance is known."""
+        batch, clients = self.args.batch, self.args.clients
+        requests = self.args.events // batch
+        queue = list(range(requests))
+        errors: list[str] = []
+        positions = 0
+
+        async def writer() -> None:
+            nonlocal positions
+            while queue and not errors:
+                account = f"{self.args.prefix}-{queue.pop():06d}"
+                events: list[dict[str, Any]] = [
+                    {
+                        "type": "AccountOpened",
+                        "schema_version": 2,
+                        "data": {
+                            "account_id": account,
+                            "currency": CURRENCY,
+                            "overdraft_limit": 0,
+                            "owner": None,
+                        },
+                    }
+                ]
+                events += [
+                    {
+                        "type": "MoneyDeposited",
+                        "data": {
+                            "account_id": account,
+                            "transaction_id": str(uuid.uuid4()),
+                            "amount": BULK_DEPOSIT,
+                            "reference": None,
+                        },
+                    }
+                    for _ in range(batch - 1)
+                ]
+                body = {"expected_version": "no_stream", "events": events}
+                async with self.session.post(
+                    f"{self.args.stream_url}/streams/account-{account}",
+                    json=body,
+                    headers=self.headers,
+                ) as response:
+                    answer = await response.read()
+                    if response.status != 201:
+                        errors.append(f"bulk {account}: {response.status} {answer[:300]!r}")
+                        return
+                    positions += len(json.loads(answer)["positions"])
+                self.state.accounts.append(account)
+                self.state.accepted[account] = [BULK_DEPOSIT * (batch - 1), batch - 1]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(writer() for _ in range(clients)))
+        seconds = time.perf_counter() - start
+        return {"ops": positions, "all_ops": positions, "seconds": seconds, "errors": errors}
+
+    async def subscribers(self) -> dict[str, Any]:
+        """Idle SSE subscriptions at the head, held until stdin closes."""
+        responses: list[aiohttp.ClientResponse] = []
+        errors: list[str] = []
+        url = f"{self.args.stream_url}/events/subscribe"
+        headers = {**self.headers, "Accept": "text/event-stream"}
+        after = str(self.args.after)
+
+        async def subscribe() -> None:
+            try:
+                response = await self.session.get(
+                    url, params={"after": after}, headers=headers, timeout=_NO_READ_TIMEOUT
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            if response.status != 200:
+                errors.append(f"subscribe: {response.status} {(await response.read())[:200]!r}")
+                response.release()
+                return
+            responses.append(response)
+
+        start = time.perf_counter()
+        pending = list(range(self.args.clients))
+        while pending:  # in waves: a burst of 1,000 connects is not what is measured
+            wave, pending = pending[:100], pending[100:]
+            await asyncio.gather(*(subscribe() for _ in wave))
+        seconds = time.perf_counter() - start
+        print(json.dumps({"ready": len(responses), "errors": errors[:5]}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        for response in responses:
+            response.close()
+        return {"ops": len(responses), "seconds": seconds, "errors": errors[:20]}
+
     # -- pieces ------------------------------------------------------------------------------
 
     async def _deposit(self, counter: Counter, rng: random.Random) -> tuple[str, int] | None:
@@ -261,9 +362,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.load")
-    p.add_argument("phase", choices=("open", "commands", "reads", "latency", "verify"))
-    p.add_argument("--commands-url", required=True)
-    p.add_argument("--reads-url", required=True)
+    phases = ("open", "commands", "reads", "latency", "verify", "bulk", "subscribers")
+    p.add_argument("phase", choices=phases)
+    p.add_argument("--commands-url", default="")
+    p.add_argument("--reads-url", default="")
+    p.add_argument("--stream-url", default="")
+    p.add_argument("--events", type=int, default=0, help="bulk: events in all")
+    p.add_argument("--batch", type=int, default=1000, help="bulk: events per request")
+    p.add_argument("--after", type=int, default=0, help="subscribers: position to follow from")
     p.add_argument("--state", type=Path, required=True, help="the run's JSON state file")
     p.add_argument("--token-file", type=Path, help="the bench user's bearer token")
     p.add_argument("--prefix", default="bench")

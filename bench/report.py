@@ -140,17 +140,24 @@ def markdown(env: Environment, sections: Sequence[Section]) -> str:
         "absolute ops/s are only meaningful beside each other.",
         "",
         *(f"- {line}" for line in env.lines()),
+        *markdown_sections(sections),
     ]
+    return "\n".join(out)
+
+
+def markdown_sections(sections: Sequence[Section], level: str = "##") -> list[str]:
+    """The store sections' tables, failures and caveats (headings at `level`)."""
+    out: list[str] = []
     for section in sections:
         headers, rows = _cells(section)
-        out += ["", f"## {section.title}", "", _md_row(headers)]
+        out += ["", f"{level} {section.title}", "", _md_row(headers)]
         out.append("|" + "|".join(["---", *("---:" for _ in headers[1:])]) + "|")
         out += [_md_row(row) for row in rows]
     errors = _errors(sections)
     if errors:
-        out += ["", "## Failures", "", *errors[2:]]
-    out += ["", "## Not equal in the comparison", "", *(f"- {c}" for c in CAVEATS), ""]
-    return "\n".join(out)
+        out += ["", f"{level} Failures", "", *errors[2:]]
+    out += ["", f"{level} Not equal in the comparison", "", *(f"- {c}" for c in CAVEATS), ""]
+    return out
 
 
 def _cells(section: Section) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:

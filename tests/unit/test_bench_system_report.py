@@ -1,0 +1,71 @@
+"""The whole-system bench's arithmetic and its README block (bench/http.py,
+bench/system_report.py): ratios per run, percentiles, CPU per operation, the markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.http import Phase, RunResult, percentile
+from bench.system_report import BEGIN, END, cpu_budget, goals, replace_readme_block
+from bench.whole import BackendResult
+
+
+def _run(system: str, commands: float, reads: float, passed: bool = True) -> RunResult:
+    run = RunResult(system)
+    for phase, rate in (("commands", commands), ("reads", reads)):
+        result = {"ops": int(rate * 10), "all_ops": int(rate * 12), "seconds": 10.0}
+        run.phases[phase] = Phase(result, {"stream": rate * 12 * 400e-6}, {}, 10.0)
+    run.gate = {"passed": passed}
+    return run
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(n) for n in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_cpu_per_operation_counts_the_warmup_operations_too() -> None:
+    phase = _run("eventledger", 100.0, 1.0).phases["commands"]
+    assert round(phase.cpu_us_per_op()["stream"]) == 400
+    assert phase.rate == 100.0
+
+
+def test_goals_use_the_median_of_the_ratios_of_each_run() -> None:
+    backend = BackendResult("SQLite")
+    backend.runs = {
+        "eventledger": [_run("eventledger", 900, 3000), _run("eventledger", 1000, 3000)],
+        "peer": [_run("peer", 300, 1000), _run("peer", 400, 1000)],
+    }
+    table = "\n".join(goals([backend]))
+    commands = next(line for line in table.splitlines() if line.startswith("| commands/s"))
+    # per run 3.00 and 2.50: the median 2.75 misses the goal of 3x
+    assert "2.75× (3.00 2.50)" in commands
+    assert commands.endswith("| **no** |")
+    reads = next(line for line in table.splitlines() if line.startswith("| reads/s"))
+    assert "3.00×" in reads and reads.endswith("| yes |")
+
+
+def test_a_failed_run_gives_no_rate() -> None:
+    run = _run("eventledger", 900, 3000)
+    run.phases["commands"].result["errors"] = ["deposit: 500"]
+    assert run.rate("commands") is None
+    assert any("deposit: 500" in f for f in run.failures())
+    assert "per command, eventledger, SQLite" in "\n".join(
+        cpu_budget([BackendResult("SQLite", runs={"eventledger": [run]})])
+    )
+
+
+def test_the_readme_block_is_replaced_between_the_markers_only(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{BEGIN}\nold table\n{END}\nafter\n")
+    assert replace_readme_block(["new table"], readme)
+    assert readme.read_text() == f"before\n{BEGIN}\nnew table\n{END}\nafter\n"
+
+
+def test_a_readme_without_markers_is_left_alone(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    assert not replace_readme_block(["new table"], readme)
+    assert readme.read_text() == "no markers here\n"
