@@ -2,20 +2,39 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+DATA := eventledger-data
+# What is installed into the venv, redone when pyproject.toml changes: `run` needs only the
+# package and its dependencies; `test` (and `bench`) add the development tools.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration e2e bench clean
+.PHONY: run test lint typecheck unit integration e2e bench clean clean-data
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "eventledger needs Python >= 3.11: run 'make PYTHON=python3.12 …'"; exit 1; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) \
+	@echo "Creating the virtualenv $(VENV)/ with $$($(PYTHON) --version)"
+	@$(PYTHON) -m venv $(VENV) \
 		|| { echo "could not create $(VENV): install your Python's venv module (Debian: python3-venv)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@echo "Installing eventledger into $(VENV)/ with what it needs to run: FastAPI, pydantic and"
+	@echo "uvicorn (the HTTP services), aiohttp and httpx (calls between services and from the"
+	@echo "command line), psycopg (PostgreSQL), prometheus-client (metrics), typer and rich (the"
+	@echo "command line). A minute or so the first time; no test tools (make test adds those)."
+	$(BIN)/python -m pip install -e .
+	@touch $@
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "Installing eventledger into $(VENV)/ with its development tools: pytest, hypothesis,"
+	@echo "ruff, mypy, the OpenAPI validator and client generator, Playwright."
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
+
+run: $(RUN_STAMP)
+	@echo "Starting eventledger; Ctrl-C stops it. In another terminal, '. $(BIN)/activate' puts"
+	@echo "the eventledger command on your PATH (then: eventledger --help, docs/tutorial.md)."
 	$(BIN)/eventledger up
 
 lint: $(STAMP)
@@ -49,5 +68,18 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
+# Caches and the virtualenv only: the ledger's data ($(DATA)/) is never deleted here.
 clean:
-	rm -rf $(VENV) eventledger-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	find src tests bench -name __pycache__ -type d -prune -exec rm -rf {} +
+	@if [ -d $(DATA) ]; then echo "kept $(DATA)/ (the ledger): 'make clean-data' deletes it"; fi
+
+# Deletes the ledger: every event, read model, token and the idempotency secret in $(DATA)/.
+# Asks first; `make clean-data CONFIRM=yes` for scripts.
+clean-data:
+	@if [ ! -e $(DATA) ]; then echo "no $(DATA)/ here: nothing to delete"; exit 0; fi; \
+	if [ "$(CONFIRM)" != yes ]; then \
+		printf 'Delete %s/ (all events, read models and tokens of this ledger)? Type yes: ' "$(DATA)"; \
+		read answer; [ "$$answer" = yes ] || { echo "kept $(DATA)/"; exit 1; }; \
+	fi; \
+	rm -rf $(DATA) && echo "deleted $(DATA)/"

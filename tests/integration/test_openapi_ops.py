@@ -1,10 +1,13 @@
 """ops/: the Grafana dashboard queries only metrics the services export, and the Prometheus
-scrape config scrapes every service on its default port with the metrics token."""
+scrape config scrapes every service on its default port with the metrics token; the Makefile:
+`make clean` keeps the ledger's data, `make run` installs only what running needs."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +94,68 @@ def test_the_scrape_config_scrapes_every_service_with_the_metrics_token() -> Non
         job = jobs[f"eventledger-{service}"]
         assert job["static_configs"][0]["targets"] == [f"127.0.0.1:{port}"]
         assert job["authorization"]["credentials_file"].endswith("eventledger-metrics.token")
+
+
+# -- the Makefile ---------------------------------------------------------------------------
+
+MAKEFILE = OPS.parent / "Makefile"
+
+
+def make(folder: Path, *args: str, answer: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "-f", str(MAKEFILE), *args],
+        cwd=folder,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def a_checkout(tmp_path: Path) -> Path:
+    """A folder as `make` sees a clone that has run: a venv, caches and the ledger's data."""
+    for folder in (".venv/bin", ".pytest_cache", "src/pkg/__pycache__", "tests", "bench"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "eventledger-data" / "tokens").mkdir(parents=True)
+    (tmp_path / "eventledger-data" / "events.db").write_text("the ledger")
+    return tmp_path
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_clean_deletes_caches_and_the_venv_but_never_the_data(tmp_path: Path) -> None:
+    checkout = a_checkout(tmp_path)
+    result = make(checkout, "clean")
+    assert result.returncode == 0, result.stderr
+    assert not (checkout / ".venv").exists() and not (checkout / ".pytest_cache").exists()
+    assert not (checkout / "src/pkg/__pycache__").exists()
+    assert (checkout / "eventledger-data" / "events.db").read_text() == "the ledger"
+    assert "make clean-data" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_clean_data_asks_first_and_deletes_only_on_yes(tmp_path: Path) -> None:
+    checkout = a_checkout(tmp_path)
+    refused = make(checkout, "clean-data", answer="no\n")
+    assert refused.returncode != 0 and (checkout / "eventledger-data").exists()
+    assert "Type yes" in refused.stdout
+    confirmed = make(checkout, "clean-data", answer="yes\n")
+    assert confirmed.returncode == 0 and not (checkout / "eventledger-data").exists()
+    assert (checkout / ".venv").exists()
+    (checkout / "eventledger-data").mkdir()
+    assert make(checkout, "clean-data", "CONFIRM=yes").returncode == 0
+    assert not (checkout / "eventledger-data").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_installs_what_running_needs_and_says_so_and_make_test_the_dev_tools(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pyproject.toml").write_text("")
+    run = make(tmp_path, "-n", "run")  # -n: print the commands, run none
+    assert run.returncode == 0, run.stderr
+    installs = [line for line in run.stdout.splitlines() if "pip install" in line]
+    assert any(line.rstrip().endswith("pip install -e .") for line in installs), installs
+    assert not any("[dev]" in line or "--quiet -e" in line for line in installs), installs
+    assert "what it needs to run" in run.stdout and "eventledger up" in run.stdout
+    test = make(tmp_path, "-n", "test")
+    assert "pip install -e '.[dev]'" in test.stdout
