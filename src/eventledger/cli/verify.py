@@ -9,16 +9,16 @@ service), so it sees exactly what is stored.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from eventledger.bootstrap import open_event_store
 from eventledger.cli.output import CliError, console
 from eventledger.cli.serve import DataDirOpt, StoreOpt, settings_from_flags
-from eventledger.eventstore.errors import EventStoreError
-from eventledger.eventstore.hashing import ChainReport, verify_chain
+
+if TYPE_CHECKING:
+    from eventledger.eventstore.hashing import ChainReport
 
 
 class ChainBroken(CliError):
@@ -56,6 +56,12 @@ def verify(
 
 
 async def _verify(url: str, *, allow_unsafe: bool) -> ChainReport:
+    # Imported here: the store adapters (and FastAPI through bootstrap) cost every other
+    # command of the CLI about a third of a second at start-up.
+    from eventledger.bootstrap import open_event_store
+    from eventledger.eventstore.errors import EventStoreError
+    from eventledger.eventstore.hashing import verify_chain
+
     try:
         store = await open_event_store(url, allow_unsafe_durability=allow_unsafe)
     except (EventStoreError, ValueError) as exc:
