@@ -11,8 +11,8 @@ from uuid import UUID
 
 from eventledger.eventstore.codec import format_time, parse_time
 from eventledger.eventstore.errors import StreamNotFound
-from eventledger.eventstore.group_commit import encode
 from eventledger.eventstore.hashing import GENESIS, chain, event_content
+from eventledger.eventstore.planning import encode
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import (
     EventStore,

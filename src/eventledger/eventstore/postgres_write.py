@@ -31,7 +31,8 @@ from eventledger.eventstore.errors import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
-from eventledger.eventstore.group_commit import InsertRefused, Row, Snapshot, StoredPlace
+from eventledger.eventstore.group_commit import InsertRefused
+from eventledger.eventstore.planning import Row, Snapshot, StoredPlace
 from eventledger.eventstore.postgres_listener import send_notify
 from eventledger.eventstore.postgres_schema import Connection
 

@@ -17,8 +17,9 @@ from typing import Protocol
 from uuid import UUID
 
 from eventledger.eventstore.errors import InvalidAppend, StoreOutcomeUnknown, StoreUnavailable
-from eventledger.eventstore.group_commit import COLUMNS, InsertRefused, Row, Snapshot, StoredPlace
+from eventledger.eventstore.group_commit import InsertRefused
 from eventledger.eventstore.hashing import GENESIS
+from eventledger.eventstore.planning import COLUMNS, Row, Snapshot, StoredPlace
 
 # The group's stored ids and stream versions, each in one statement whatever the group's size:
 # the values travel as one JSON array (no bound-parameter limit). Each value is one index
