@@ -106,7 +106,7 @@ def polish(document: dict[str, Any], routes: Iterable[BaseRoute] = ()) -> dict[s
     extensions = dict(schemas.get(PROBLEM, {}).get("properties", {}))
     names = _function_names(routes)
     used: set[str] = set()
-    tags: set[str] = set()
+    tags: dict[str, None] = {}  # in order of first use: /docs shows them in that order
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
             if not isinstance(operation, dict):
@@ -120,7 +120,7 @@ def polish(document: dict[str, Any], routes: Iterable[BaseRoute] = ()) -> dict[s
             operation["operationId"] = _unique(camel_case(function), method, used)
             if not operation.get("tags"):
                 operation["tags"] = [_tag_of(path)]
-            tags.update(operation["tags"])
+            tags.update(dict.fromkeys(operation["tags"]))
     for name in _FASTAPI_ERROR_SCHEMAS:
         schemas.pop(name, None)
     schemas[FIELD_PROBLEM] = copy.deepcopy(_FIELD_PROBLEM_SCHEMA)
@@ -128,7 +128,8 @@ def polish(document: dict[str, Any], routes: Iterable[BaseRoute] = ()) -> dict[s
     known = {tag["name"] for tag in document.get("tags", [])}
     document.setdefault("tags", []).extend(
         {"name": tag, "description": _TAG_DESCRIPTIONS.get(tag, tag.capitalize())}
-        for tag in sorted(tags - known)
+        for tag in tags
+        if tag not in known
     )
     return document
 
