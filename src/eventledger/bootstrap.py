@@ -142,12 +142,17 @@ def _build_service(service: str, settings: Settings) -> FastAPI:
     if service == "transaction":
         from eventledger.credentials import idempotency_secret
         from eventledger.services.transaction.app import create_app as create_transaction
+        from eventledger.services.transaction.snapshots import open_snapshot_store
 
         return create_transaction(
             stream_url=settings.url("stream"),
             stream_token=stream_token(service, settings),
             idempotency_secret=idempotency_secret(settings),
             follow_log=True,  # several instances decide on current state (issue 12)
+            snapshot_store=(
+                open_snapshot_store(settings.snapshot_url()) if settings.snapshot_every else None
+            ),
+            snapshot_every=settings.snapshot_every,
         )
     if service in ("accounting", "statistics"):
         from eventledger.services.readside.db import ReadModelDB, open_readmodel_db

@@ -53,6 +53,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     idempotency_secret: str | None = field(default=None, repr=False)
     limits: Limits = field(default_factory=lambda: Limits())  # against abuse (`Limits`)
+    # The transaction service's account snapshots (services/transaction/snapshots.py).
+    snapshot_store: str | None = None  # None: SQLite under data_dir
+    snapshot_every: int = 1000  # events of an account between two snapshots; 0: none
     log_format: str = "text"  # or "json": one JSON object per line (eventledger/logging.py)
     log_requests: bool = False  # a log line per request (services/requestlog.py)
 
@@ -69,6 +72,10 @@ class Settings:
 
     def store_url(self) -> str:
         return self.store or f"sqlite:///{(self.data_dir / 'events.db').resolve()}"
+
+    def snapshot_url(self) -> str:
+        path = self.data_dir / "transaction-snapshots.db"
+        return self.snapshot_store or f"sqlite:///{path.resolve()}"
 
     def readmodel_url(self, service: str) -> str:
         return self.readmodel_store or f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
@@ -207,9 +214,25 @@ def load_settings(
         cors_origins=_origins(flags.get("cors_origin"), env.get("EVENTLEDGER_CORS_ORIGINS")),
         idempotency_secret=secret,
         limits=load_limits(flags, env),
+        snapshot_store=_snapshot_store(*pick("snapshot_store", "EVENTLEDGER_SNAPSHOT_STORE")),
+        snapshot_every=_count(*pick("snapshot_every", "EVENTLEDGER_SNAPSHOT_EVERY"), 1000),
         log_format=log_format or "text",
         log_requests=_truthy(log_requests),
     )
+
+
+def _snapshot_store(url: str | None, key: str) -> str | None:
+    if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(f"{key} must be sqlite:///path/file.db or postgresql://…, not {url!r}")
+    return url or None
+
+
+def _count(value: str | None, key: str, default: int) -> int:
+    if not value:
+        return default
+    if not value.isdigit() or int(value) > 10**9:
+        raise ConfigError(f"{key} must be a whole number 0..1000000000, not {value!r}")
+    return int(value)
 
 
 def _truthy(value: str | None) -> bool:

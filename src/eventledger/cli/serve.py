@@ -58,6 +58,24 @@ StoreOpt = Annotated[
         "\\[env: EVENTLEDGER_STORE]",
     ),
 ]
+SnapshotStoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--snapshot-store",
+        help="transaction: where account snapshots are kept, sqlite:///path or "
+        "postgresql://… shared by instances (default SQLite under the data dir) "
+        "\\[env: EVENTLEDGER_SNAPSHOT_STORE]",
+    ),
+]
+SnapshotEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--snapshot-every",
+        min=0,
+        help="transaction: events of an account between two snapshots, 0: none (1000) "
+        "\\[env: EVENTLEDGER_SNAPSHOT_EVERY]",
+    ),
+]
 ReadModelStoreOpt = Annotated[
     str | None,
     typer.Option(
@@ -256,6 +274,8 @@ def serve(
     readmodel_store: ReadModelStoreOpt = None,
     stream_url: StreamUrlOpt = None,
     allow_unsafe_durability: UnsafeOpt = False,
+    snapshot_store: SnapshotStoreOpt = None,
+    snapshot_every: SnapshotEveryOpt = None,
     rate_limit: RateLimitOpt = None,
     max_subscribers: MaxSubscribersOpt = None,
     max_subscribers_per_caller: MaxSubscribersPerCallerOpt = None,
@@ -360,6 +380,8 @@ def serve(
         readmodel_store=readmodel_store,
         stream_url=stream_url,
         allow_unsafe_durability=allow_unsafe_durability,
+        snapshot_store=snapshot_store,
+        snapshot_every=snapshot_every,
         rate_limit=rate_limit,
         max_subscribers=max_subscribers,
         max_subscribers_per_caller=max_subscribers_per_caller,

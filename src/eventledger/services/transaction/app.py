@@ -68,6 +68,7 @@ from eventledger.services.transaction.schemas import (
     TransferBody,
     TransferOut,
 )
+from eventledger.services.transaction.snapshots import DEFAULT_EVERY, Snapshots, SnapshotStore
 from eventledger.services.transaction.stream_client import StreamClient, StreamClientError
 
 B = TypeVar("B", bound=BaseModel)
@@ -180,6 +181,8 @@ def create_app(
     stream_token: str | None = None,
     idempotency_secret: bytes | None = None,
     follow_log: bool = False,
+    snapshot_store: SnapshotStore | None = None,
+    snapshot_every: int = DEFAULT_EVERY,
 ) -> FastAPI:
     """The transaction service, talking to the stream service at `stream_url`.
 
@@ -191,7 +194,8 @@ def create_app(
     one for this app alone, so replays work only within it). `follow_log`: keep the cached
     states fresh from the stream service's live feed (`follower`; `bootstrap` turns it on,
     so that several instances decide on current state; off, a test decides when a cached
-    state is stale).
+    state is stale). `snapshot_store`: where account snapshots are kept, written every
+    `snapshot_every` events (`snapshots`; None: accounts are folded from their whole stream).
     """
     client = StreamClient(stream_url, token=stream_token)
     secret = idempotency_secret if idempotency_secret else secrets.token_bytes(32)
@@ -201,14 +205,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await client.open()
-        following = None if follower is None else asyncio.create_task(follower.run())
+        tasks = [
+            asyncio.create_task(work.run()) for work in (follower, snapshots) if work is not None
+        ]
         try:
             yield
         finally:
-            if following is not None:
-                following.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await following
+                    await task
+            if snapshots is not None:
+                await snapshots.store.close()
             await client.close()
 
     app, metrics = create_service_app(
@@ -250,10 +258,25 @@ def create_app(
             "1 while the account cache follows the stream service's live feed",
             registry=metrics.registry,
         ).set_function(lambda: 1.0 if follower is not None and follower.connected else 0.0)
+    snapshots: Snapshots | None = None
+    if snapshot_store is not None:
+        snapshot_outcomes = Counter(
+            "eventledger_transaction_snapshots",
+            "Account snapshots: used, discarded (another log at that version), stale (other "
+            "code), unavailable (store away), written, failed",
+            ["outcome"],
+            registry=metrics.registry,
+        )
+        snapshots = Snapshots(
+            snapshot_store,
+            every=snapshot_every,
+            on_outcome=lambda o: snapshot_outcomes.labels(o).inc(),
+        )
     handler = CommandHandler(
         client,
         max_retries=max_retries,
         cache=cache,
+        snapshots=snapshots,
         on_retry=lambda name: retries.labels(name).inc(),
     )
     app.state.handler = handler

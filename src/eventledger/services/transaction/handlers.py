@@ -33,6 +33,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+from uuid import UUID
 
 from eventledger.domain.account import Account, decide, decide_transfer, evolve
 from eventledger.domain.commands import CloseAccount, Deposit, OpenAccount, Transfer, Withdraw
@@ -55,6 +56,7 @@ from eventledger.services.transaction.results import (
     TransferResult,
     result_of,
 )
+from eventledger.services.transaction.snapshots import Snapshots
 from eventledger.services.transaction.stream_client import (
     DuplicateEventId,
     StreamClient,
@@ -112,6 +114,7 @@ class CommandHandler:
         locks: AccountLocks | None = None,
         on_retry: Callable[[str], None] | None = None,
         backoff: Callable[[int], Awaitable[None]] = jittered_backoff,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.client = client
         self.max_retries = max_retries
@@ -119,6 +122,7 @@ class CommandHandler:
         self.locks = locks if locks is not None else AccountLocks()
         self._on_retry = on_retry
         self._backoff = backoff
+        self.snapshots = snapshots
 
     # -- the commands -----------------------------------------------------------------------
 
@@ -180,8 +184,12 @@ class CommandHandler:
                 if any(r.replayed for r in results):
                     self._forget(source.account_id, target.account_id)
                     return _expect(await answer_bound_key(self.client, ids), TransferResult, ids)
-                source_after = self._remember(_apply(source, [sent]), results[0])
-                target_after = self._remember(_apply(target, [received]), results[1])
+                source_after = self._remember(
+                    source, _apply(source, [sent]), results[0], ids.event_id(0)
+                )
+                target_after = self._remember(
+                    target, _apply(target, [received]), results[1], ids.event_id(1)
+                )
                 return TransferResult(
                     transaction_id=command.transaction_id,
                     from_account=command.from_account,
@@ -240,7 +248,9 @@ class CommandHandler:
                 if result.replayed:
                     self._forget(account_id)
                     return await answer_bound_key(self.client, ids)
-                after = self._remember(_apply(state, events), result)
+                after = self._remember(
+                    state, _apply(state, events), result, ids.event_id(len(events) - 1)
+                )
                 return result_of(events[-1], after, result.positions[-1])
         raise TooMuchContention(
             f"account {account_id!r} kept changing during {self.max_retries + 1} attempts; "
@@ -259,7 +269,7 @@ class CommandHandler:
         states = list(
             await asyncio.gather(
                 *(
-                    _ready(c) if c is not None else load_account(self.client, a)
+                    _ready(c) if c is not None else self._load(a)
                     for a, c in zip(account_ids, cached, strict=True)
                 )
             )
@@ -309,9 +319,19 @@ class CommandHandler:
         if attempt >= BACKOFF_FROM_ATTEMPT:
             await self._backoff(attempt)
 
-    def _remember(self, state: Account, result: AppendResult) -> Account:
+    async def _load(self, account_id: str) -> Account:
+        """An account not cached: from its latest trusted snapshot, or its whole stream."""
+        if self.snapshots is not None:
+            return await self.snapshots.load(self.client, account_id)
+        return await load_account(self.client, account_id)
+
+    def _remember(
+        self, before: Account, state: Account, result: AppendResult, last_event_id: UUID
+    ) -> Account:
         if state.version == result.last_version:
             self.cache.put(state)
+            if self.snapshots is not None:  # kept off the hot path, every N events
+                self.snapshots.note(state, last_event_id, before.version)
         else:  # cannot happen with a sound stream service; do not trust the guess then
             self.cache.drop(state.account_id)
         return state
