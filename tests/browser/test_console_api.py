@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
+from eventledger.services.console.api import MAX_LIVE_FEEDS
 from tests.e2e.harness import (
     Credentials,
     ServiceProcess,
@@ -19,6 +21,7 @@ from tests.e2e.harness import (
     free_port,
     new_id,
     problem_type,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -168,3 +171,26 @@ def test_the_console_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "refusing to listen on 0.0.0.0" in done.stderr + done.stdout
+
+
+def test_live_logs_are_capped_and_a_closed_one_frees_its_place(
+    console_system: tuple[System, ServiceProcess],
+) -> None:
+    _, console = console_system
+    url = f"{console.url}/api/events/live"
+    timeout = httpx.Timeout(10.0, read=None)
+    with httpx.Client(timeout=timeout) as http, ExitStack() as feeds:
+        opened = [feeds.enter_context(http.stream("GET", url)) for _ in range(MAX_LIVE_FEEDS)]
+        assert {feed.status_code for feed in opened} == {200}
+        assert opened[0].headers["content-type"].startswith("text/event-stream")
+        refused = http.get(url)
+        assert refused.status_code == 503 and "Retry-After" in refused.headers
+        assert refused.json()["type"] == "too-many-subscribers"
+    # Every tab closed: the console notices each disconnection and frees its place.
+    with httpx.Client(timeout=timeout) as http:
+
+        def one_more() -> bool:
+            with http.stream("GET", url) as feed:
+                return feed.status_code == 200
+
+        wait_for(one_more, timeout=10.0, what="a place for a new live log")

@@ -131,8 +131,8 @@ def add_event_routes(app: FastAPI, upstream: Upstream) -> None:
         if live["feeds"] >= MAX_LIVE_FEEDS:
             raise ProblemError(
                 503,
-                "too-many-feeds",
-                "Too many live feeds",
+                "too-many-subscribers",  # as the stream service says it
+                "Too many live logs",
                 f"the console relays at most {MAX_LIVE_FEEDS} live logs at once: close a tab",
                 headers={"Retry-After": "5"},
             )
