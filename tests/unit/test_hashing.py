@@ -13,7 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventledger.eventstore.codec import format_time, json_text, to_envelope
-from eventledger.eventstore.hashing import GENESIS, canonical_json, chain, event_hash
+from eventledger.eventstore.hashing import (
+    GENESIS,
+    HashChain,
+    canonical_json,
+    chain,
+    event_content,
+    event_hash,
+    flat_json,
+    is_flat,
+)
 from eventledger.eventstore.records import RecordedEvent
 
 json_values = st.recursive(
@@ -71,3 +80,58 @@ def test_the_hash_is_sha256_of_the_previous_hash_bytes_and_the_envelope_without_
     assert event_hash(GENESIS, event) == expected
     assert envelope["recorded_at"] == format_time(event.recorded_at)
     assert chain(expected, b"x") != chain(GENESIS, b"x")
+
+
+flat_values = (
+    st.none() | st.booleans() | st.integers() | st.text(st.characters(blacklist_categories=["Cs"]))
+)
+
+
+@given(st.dictionaries(st.text(max_size=8), flat_values, max_size=6))
+def test_a_flat_object_is_written_as_the_plain_sorted_json_encoder_writes_it(
+    data: dict[str, Any],
+) -> None:
+    # The fast path (one C encoder built once) writes what the documented encoder writes.
+    assert is_flat(data)
+    expected = json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    assert flat_json(data) == canonical_json(data) == expected
+
+
+def test_objects_with_floats_nested_values_or_other_keys_are_not_flat() -> None:
+    for value in ({"a": 1.0}, {"a": [1]}, {"a": {}}, {1: "a"}, [("a", 1)], "a"):
+        assert not is_flat(value)
+    assert canonical_json({"a": 1.0, "b": {"c": 2.0}}) == '{"a":1,"b":{"c":2}}'
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.text(max_size=5), flat_values, max_size=3),
+            st.sampled_from(["account-a", 'we"ird\\stream', "ünïcode"]),
+            st.sampled_from(["MoneyDeposited", "T"]),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_a_hash_chain_gives_each_event_the_hash_of_the_documented_formula(
+    events: list[tuple[dict[str, Any], str, str]],
+) -> None:
+    at = format_time(datetime(2026, 12, 3, 8, 0, tzinfo=UTC))
+    hashes = HashChain(GENESIS, at)
+    previous = GENESIS
+    for n, (data, stream, type_) in enumerate(events, start=7):
+        event_id = UUID(int=n)
+        got = hashes.add(
+            99, canonical_json(data), str(event_id), "{}", n, 1,
+            hashes.string(stream), n - 6, hashes.string(type_),
+        )  # fmt: skip
+        content = event_content(
+            id=event_id, stream=stream, type=type_, schema_version=1,
+            data=canonical_json(data), metadata="{}", stream_version=n - 6, position=n,
+            recorded_at=at, batch_end=99,
+        )  # fmt: skip
+        previous = chain(previous, content)
+        assert got == previous
