@@ -162,6 +162,22 @@ def test_a_connection_refused_was_not_sent_and_says_so() -> None:
     assert str(raised.value) == "cannot reach the transaction service at http://127.0.0.1:9"
 
 
+def test_a_command_refused_a_connection_after_a_503_may_still_have_been_applied() -> None:
+    tries = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            return problem(503, "stream-unavailable", retry_after=0)  # written or not?
+        raise httpx.ConnectError("refused", request=request)
+
+    with client(handler, retries=2) as ledger, pytest.raises(TransportError) as raised:
+        ledger.deposit("alice", 5, idempotency_key="d-1")
+    assert str(raised.value).startswith("cannot reach the transaction service")
+    assert raised.value.maybe_applied and raised.value.idempotency_key == "d-1"
+
+
 def test_a_call_unsafe_to_repeat_is_not_sent_twice_after_it_may_have_arrived() -> None:
     tries = 0
 

@@ -155,12 +155,13 @@ class Attempts:
 def transport_error(
     service: str, url: str, exc: httpx.TransportError, maybe_sent: bool, key: str | None
 ) -> TransportError:
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-        message = f"the {service} service at {url} did not answer in time"
-    elif maybe_sent:
-        message = f"lost the connection to the {service} service at {url}"
-    else:
+    """What the last failure was; `maybe_sent`: whether any attempt may have arrived."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         message = f"cannot reach the {service} service at {url}"
+    elif isinstance(exc, httpx.TimeoutException):
+        message = f"the {service} service at {url} did not answer in time"
+    else:
+        message = f"lost the connection to the {service} service at {url}"
     return TransportError(
         message,
         service=service,
