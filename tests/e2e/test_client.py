@@ -76,12 +76,19 @@ def test_the_client_moves_money_and_reads_its_own_writes(ledger: Client) -> None
     today = datetime.now(UTC).date()
     daily = ledger.daily_stats(first=today, last=today, min_position=moved.position)
     assert daily.days[today]["EUR"].transfers.volume >= 2_550
-    listed = fresh.accounts(limit=1000)
-    assert alice in {a.account_id for a in listed.items}
+    listed = fresh.accounts(limit=1, after=alice[:-1])  # ids sort: alice's is next or near
+    assert listed.items and listed.next == listed.items[0].account_id
+    assert alice in {a.account_id for a in fresh.iter_accounts(page_size=100)}
+    assert [i.balance_after for i in fresh.iter_history(alice, page_size=1)] == [
+        6_450,
+        9_000,
+        10_000,
+    ]
 
     stream = ledger.read_stream(f"account-{alice}")
     assert [e.stream_version for e in stream.events] == [1, 2, 3, 4] and stream.version == 4
     assert stream.events[-1].batch_end == moved.position  # a transfer: one atomic batch
+    assert list(ledger.iter_stream(f"account-{alice}", from_version=3)) == list(stream.events[2:])
     log = ledger.read_log(after=opened.position - 1, limit=1)
     assert log.events[0].type == "AccountOpened" and log.last_position == opened.position
 

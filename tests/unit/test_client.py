@@ -390,3 +390,64 @@ async def test_the_async_client_runs_the_same_calls_and_subscribes_the_same_way(
                 break
     assert moved.balance == 1500 and len(keys) == 2 and len(set(keys)) == 1
     assert seen == [1, 2, 3] and afters == ["0", "2", "2"]
+
+
+def item(position: int) -> dict[str, object]:
+    return {
+        "transaction_id": f"t-{position}",
+        "kind": "deposit",
+        "amount": 1,
+        "balance_after": position,
+        "counterparty": None,
+        "reference": None,
+        "recorded_at": "2026-11-27T11:12:30.388898Z",
+        "position": position,
+    }
+
+
+def envelope(version: int) -> dict[str, object]:
+    return {
+        "id": f"00000000-0000-4000-8000-{version:012d}",
+        "stream": "s-1",
+        "type": "Noted",
+        "schema_version": 1,
+        "data": {},
+        "metadata": {},
+        "stream_version": version,
+        "position": version * 10,
+        "recorded_at": "2026-11-27T11:12:30Z",
+    }
+
+
+def paging(request: httpx.Request) -> httpx.Response:
+    """Three history items in pages of two; a stream of three versions and a log of three
+    events, both in pages of two."""
+    params = request.url.params
+    if request.url.path.endswith("/transactions"):
+        if "before" not in params:
+            return httpx.Response(200, json={"items": [item(3), item(2)], "next": "c2"})
+        assert params["before"] == "c2"
+        return httpx.Response(200, json={"items": [item(1)], "next": None})
+    if request.url.path.startswith("/streams/"):
+        first = int(params["from_version"])
+        events = [envelope(v) for v in range(first, min(first + 2, 4))]
+        return httpx.Response(200, json={"stream": "s-1", "version": 3, "events": events})
+    after = int(params["after"])
+    events = [envelope(v) for v in range(after // 10 + 1, 4)][:2]
+    last = events[-1]["position"] if events else 30
+    return httpx.Response(200, json={"events": events, "last_position": last})
+
+
+def test_the_iterators_follow_every_page_and_stop_at_the_end() -> None:
+    with client(paging) as ledger:
+        assert [i.position for i in ledger.iter_history("alice", page_size=2)] == [3, 2, 1]
+        assert [e.stream_version for e in ledger.iter_stream("s-1")] == [1, 2, 3]
+        assert [e.position for e in ledger.iter_log(after=0)] == [10, 20, 30]
+        assert [e.position for e in ledger.iter_log(after=30)] == []
+
+
+async def test_the_async_iterators_do_the_same() -> None:
+    async with AsyncClient(transport=httpx.MockTransport(paging)) as ledger:
+        assert [i.position async for i in ledger.iter_history("alice", page_size=2)] == [3, 2, 1]
+        assert [e.stream_version async for e in ledger.iter_stream("s-1")] == [1, 2, 3]
+        assert [e.position async for e in ledger.iter_log(after=0)] == [10, 20, 30]

@@ -227,6 +227,67 @@ class AsyncClient(core.Shared):
     async def decisions(self, service: m.ReadModel) -> tuple[m.Decision, ...]:
         return await self._run(calls.decisions(service))
 
+    # -- every page -----------------------------------------------------------------------------
+
+    async def iter_history(
+        self, account_id: str, *, page_size: int = 200, min_position: int | None = None
+    ) -> AsyncIterator[m.HistoryItem]:
+        """Every movement of the account, newest first, a page at a time."""
+        before: str | None = None
+        while True:
+            page = await self.history(
+                account_id, limit=page_size, before=before, min_position=min_position
+            )
+            for item in page.items:
+                yield item
+            if page.next is None:
+                return
+            before = page.next
+
+    async def iter_accounts(
+        self, *, page_size: int = 200, min_position: int | None = None
+    ) -> AsyncIterator[m.Account]:
+        """Every account, by id, a page at a time."""
+        after: str | None = None
+        while True:
+            page = await self.accounts(limit=page_size, after=after, min_position=min_position)
+            for item in page.items:
+                yield item
+            if page.next is None:
+                return
+            after = page.next
+
+    async def iter_stream(
+        self, stream: str, *, from_version: int = 1
+    ) -> AsyncIterator[ev.RecordedEvent]:
+        """Every event of a stream from `from_version` to its version when read."""
+        while True:
+            page = await self.read_stream(stream, from_version=from_version)
+            for event in page.events:
+                yield event
+            if not page.events or page.events[-1].stream_version >= page.version:
+                return
+            from_version = page.events[-1].stream_version + 1
+
+    async def iter_log(
+        self,
+        *,
+        after: int = 0,
+        event_type: str | None = None,
+        stream_prefix: str | None = None,
+    ) -> AsyncIterator[ev.RecordedEvent]:
+        """Every event of the global log after `after`, up to the head when reached (for
+        what comes later, `subscribe`)."""
+        while True:
+            page = await self.read_log(
+                after=after, event_type=event_type, stream_prefix=stream_prefix
+            )
+            for event in page.events:
+                yield event
+            if not page.events or page.last_position <= after:
+                return
+            after = page.last_position
+
     # -- the event store (stream service) -----------------------------------------------------
 
     async def read_stream(

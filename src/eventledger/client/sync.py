@@ -225,6 +225,59 @@ class Client(core.Shared):
     def decisions(self, service: m.ReadModel) -> tuple[m.Decision, ...]:
         return self._run(calls.decisions(service))
 
+    # -- every page -----------------------------------------------------------------------------
+
+    def iter_history(
+        self, account_id: str, *, page_size: int = 200, min_position: int | None = None
+    ) -> Iterator[m.HistoryItem]:
+        """Every movement of the account, newest first, a page at a time."""
+        before: str | None = None
+        while True:
+            page = self.history(
+                account_id, limit=page_size, before=before, min_position=min_position
+            )
+            yield from page.items
+            if page.next is None:
+                return
+            before = page.next
+
+    def iter_accounts(
+        self, *, page_size: int = 200, min_position: int | None = None
+    ) -> Iterator[m.Account]:
+        """Every account, by id, a page at a time."""
+        after: str | None = None
+        while True:
+            page = self.accounts(limit=page_size, after=after, min_position=min_position)
+            yield from page.items
+            if page.next is None:
+                return
+            after = page.next
+
+    def iter_stream(self, stream: str, *, from_version: int = 1) -> Iterator[ev.RecordedEvent]:
+        """Every event of a stream from `from_version` to its version when read."""
+        while True:
+            page = self.read_stream(stream, from_version=from_version)
+            yield from page.events
+            if not page.events or page.events[-1].stream_version >= page.version:
+                return
+            from_version = page.events[-1].stream_version + 1
+
+    def iter_log(
+        self,
+        *,
+        after: int = 0,
+        event_type: str | None = None,
+        stream_prefix: str | None = None,
+    ) -> Iterator[ev.RecordedEvent]:
+        """Every event of the global log after `after`, up to the head when reached (for
+        what comes later, `subscribe`)."""
+        while True:
+            page = self.read_log(after=after, event_type=event_type, stream_prefix=stream_prefix)
+            yield from page.events
+            if not page.events or page.last_position <= after:
+                return
+            after = page.last_position
+
     # -- the event store (stream service) -----------------------------------------------------
 
     def read_stream(
