@@ -64,9 +64,11 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
 
+# Everything of issue 9 in one run (PostgreSQL parts need EVENTLEDGER_BENCH_POSTGRES_URL or
+# EVENTLEDGER_TEST_POSTGRES_URL); `make bench BENCH_ARGS=--quick` fits in about four minutes.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Caches and the virtualenv only: the ledger's data ($(DATA)/) is never deleted here.
 clean:
