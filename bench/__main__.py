@@ -227,12 +227,10 @@ def _snapshots(*, quick: bool) -> list[str] | None:
     except ModuleNotFoundError:
         return ["not run: bench/snapshots.py does not exist yet"]
     measure: Callable[..., Any] = module.measure
-    try:
-        result = measure(quick=quick)
-    except TypeError:  # a measure without a quick mode
-        result = measure()
+    quick_sizes = getattr(module, "QUICK_SIZES", None)
+    result = measure(sizes=quick_sizes) if quick and quick_sizes else measure()
     doc = (module.__doc__ or "").strip().splitlines()
-    return [*(doc[:1]), "", *system_report.generic(result)]
+    return [f"`bench/snapshots.py`: {doc[0]}" if doc else "", "", *system_report.generic(result)]
 
 
 def _store_size(root: Path, *, quick: bool, events: int | None) -> list[str]:

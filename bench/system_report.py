@@ -210,7 +210,9 @@ def gates(backends: Sequence[BackendResult]) -> list[str]:
 
 def generic(result: Any) -> list[str]:
     """A table for whatever a helper's `measure` returned: a mapping, or a list of them."""
-    if isinstance(result, Mapping):
+    if isinstance(result, Mapping) and all(isinstance(v, Mapping) for v in result.values()):
+        result = [{"": key, **value} for key, value in result.items()]  # one row per key
+    elif isinstance(result, Mapping):
         result = [result]
     if isinstance(result, list) and result and all(isinstance(r, Mapping) for r in result):
         headers = list(dict.fromkeys(k for r in result for k in r))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.http import Phase, RunResult, percentile
-from bench.system_report import BEGIN, END, cpu_budget, goals, replace_readme_block
+from bench.system_report import BEGIN, END, cpu_budget, generic, goals, replace_readme_block
 from bench.whole import BackendResult
 
 
@@ -69,3 +69,10 @@ def test_a_readme_without_markers_is_left_alone(tmp_path: Path) -> None:
     readme.write_text("no markers here\n")
     assert not replace_readme_block(["new table"], readme)
     assert readme.read_text() == "no markers here\n"
+
+
+def test_a_helpers_result_keyed_by_size_is_one_row_per_size() -> None:
+    table = generic({1_000: {"without_ms": 3.0, "with_ms": 2.5}, 100_000: {"without_ms": 300.0}})
+    assert table[0] == "|  | without_ms | with_ms |"
+    assert table[2] == "| 1,000 | 3.00 | 2.50 |"
+    assert table[3] == "| 100,000 | 300 | — |"
