@@ -17,13 +17,13 @@ from eventledger.eventstore.records import AppendResult, NewEvent, StreamState
 from eventledger.services.transaction.accounts import AccountCache, fold_recorded
 from eventledger.services.transaction.follower import LogFollower
 from eventledger.services.transaction.handlers import CommandHandler
-from eventledger.services.transaction.idempotency import CommandIds
+from eventledger.services.transaction.idempotency import CommandIds, fingerprint
 from eventledger.services.transaction.stream_client import (
     StreamClient,
     StreamSlice,
     WrongExpectedVersion,
 )
-from tests.integration.test_transaction_api import running_ledger
+from tests.integration.test_transaction_api import IDEMPOTENCY_SECRET, running_ledger
 from tests.integration.test_transaction_concurrency import retries
 from tests.unit.test_transaction_follower import deposit, opened, sse_data
 
@@ -191,3 +191,54 @@ async def test_only_repeated_conflicts_back_off_and_contention_refuses_nothing()
         assert result.balance == 7
         assert counted == ["deposit"] * 4
         assert waits == [2, 3, 4]  # the first retry at once, then jittered waits
+
+
+class LookupCountingClient(CountingClient):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.lookups = 0
+
+    async def get_event(self, event_id: uuid.UUID) -> Any:
+        self.lookups += 1
+        return await super().get_event(event_id)
+
+
+def keyed(key: str, account_id: str, amount: int) -> CommandIds:
+    path = f"/accounts/{account_id}/deposits"
+    return CommandIds(
+        key=key,
+        secret=IDEMPOTENCY_SECRET,
+        request_fingerprint=fingerprint("POST", path, {"amount": amount, "reference": None}),
+        command="deposit",
+    )
+
+
+async def test_a_keyed_conflict_learns_from_the_caught_up_events_without_a_lookup() -> None:
+    async with running_ledger() as ledger:
+        account_id = await ledger.open()
+        other = await ledger.another_instance()
+        async with LookupCountingClient(ledger.stream.url) as client:
+            handler = CommandHandler(client)
+            await handler.deposit(Deposit(account_id, str(uuid.uuid4()), 1, None), ids())
+            await other.post(f"/accounts/{account_id}/deposits", json={"amount": 100})
+            key = uuid.uuid4().hex
+            result = await handler.deposit(
+                Deposit(account_id, keyed(key, account_id, 5).transaction_id, 5, None),
+                keyed(key, account_id, 5),
+            )
+            assert (result.balance, result.replayed, client.lookups) == (106, False, 0)
+
+            # The same key written meanwhile by the other instance: its answer is ours.
+            key = uuid.uuid4().hex
+            first = await other.post(
+                f"/accounts/{account_id}/deposits",
+                json={"amount": 7},
+                headers={"Idempotency-Key": key},
+            )
+            assert first.status_code == 201, first.text
+            again = await handler.deposit(
+                Deposit(account_id, keyed(key, account_id, 7).transaction_id, 7, None),
+                keyed(key, account_id, 7),
+            )
+        assert again.replayed and again.balance == first.json()["balance"] == 113
+        assert await ledger.balance(account_id) == 113

@@ -71,13 +71,21 @@ async def load_account(
 
 async def catch_up(client: StreamClient, state: Account) -> Account:
     """`state` brought up to date by reading only the events after its version."""
-    if state.version == 0:
-        return await load_account(client, state.account_id)
-    page = await client.read_stream(stream_name(state.account_id), from_version=state.version + 1)
-    if page.version < state.version:
+    return (await read_after(client, state))[0]
+
+
+async def read_after(
+    client: StreamClient, state: Account
+) -> tuple[Account, tuple[RecordedEvent, ...]]:
+    """`catch_up`, and the events it folded (the whole stream when it had to start over)."""
+    stream = stream_name(state.account_id)
+    if state.version > 0:
+        page = await client.read_stream(stream, from_version=state.version + 1)
+        if page.version >= state.version:
+            return fold_recorded(state, page.events), page.events
         # The stream is shorter than what we folded (a store that was reset): start over.
-        return await load_account(client, state.account_id)
-    return fold_recorded(state, page.events)
+    page = await client.read_stream(stream)
+    return fold_recorded(initial_state(state.account_id), page.events), page.events
 
 
 class AccountCache:

@@ -20,8 +20,9 @@ key, so the store itself tells whether the key is bound: an append whose ids are
 stored (replayed, or `duplicate-event-id`) answers the original result, rebuilt from the log
 (or 422 when the key was bound by another request). The log is looked up by id only when
 that is the only way to know: before answering a refusal (the first request may have been
-accepted when the account allowed it) and after a version conflict. So a fresh keyed command
-costs one append, like a command without a key.
+accepted when the account allowed it). After a version conflict the events read to catch up
+show whether a request with the same key wrote meanwhile. So a fresh keyed command costs one
+append, like a command without a key.
 
     TooMuchContention     the append still conflicted after every retry (answer 503)
     IdempotencyKeyReused  the key is bound to another request (answer 422)
@@ -45,6 +46,7 @@ from eventledger.services.transaction.accounts import (
     AccountLocks,
     catch_up,
     load_account,
+    read_after,
 )
 from eventledger.services.transaction.idempotency import CommandIds, IdempotencyKeyReused
 from eventledger.services.transaction.replays import answer_bound_key, find_replay
@@ -171,9 +173,10 @@ class CommandHandler:
                 try:
                     results = await self.client.append_batch(appends)
                 except WrongExpectedVersion:
-                    if (replay := await self._written_meanwhile(ids)) is not None:
-                        return _expect(replay, TransferResult, ids)
-                    await self._catch_up(source, target)
+                    if await self._catch_up(ids, source, target):
+                        return _expect(
+                            await answer_bound_key(self.client, ids), TransferResult, ids
+                        )
                     continue
                 except DuplicateEventId:
                     self._forget(source.account_id, target.account_id)
@@ -235,9 +238,8 @@ class CommandHandler:
                         events=_new_events(events, ids),
                     )
                 except WrongExpectedVersion:
-                    if (replay := await self._written_meanwhile(ids)) is not None:
-                        return replay
-                    await self._catch_up(state)
+                    if await self._catch_up(ids, state):
+                        return await answer_bound_key(self.client, ids)
                     continue
                 except DuplicateEventId:
                     self._forget(account_id)
@@ -299,19 +301,26 @@ class CommandHandler:
         says."""
         return None if ids.key is None else await find_replay(self.client, ids)
 
-    async def _catch_up(self, *states: Account) -> None:
+    async def _catch_up(self, ids: CommandIds, *states: Account) -> bool:
         """After a conflict: the states we decided on, brought up to date by reading only the
-        events that follow them, are what the next attempt decides on."""
+        events that follow them, are what the next attempt decides on. True when those
+        events include this command's own (a request with the same key wrote meanwhile,
+        maybe on another instance): its answer is ours then. So a conflict needs no lookup
+        by id; a key bound before the version held meets `duplicate-event-id` instead."""
         try:
-            fresh = await asyncio.gather(*(catch_up(self.client, s) for s in states))
+            caught_up = await asyncio.gather(*(read_after(self.client, s) for s in states))
         except BaseException:
             self._forget(*(s.account_id for s in states))
             raise
-        for state in fresh:
+        own = {ids.event_id(i) for i in range(2)} if ids.key is not None else set()
+        written = False
+        for state, events in caught_up:
+            written = written or any(e.id in own for e in events)
             cached = self.cache.peek(state.account_id)
             # The log follower may have brought the entry further meanwhile: keep the newer.
             if cached is None or cached.version <= state.version:
                 self.cache.put(state)
+        return written
 
     async def _retry(self, command: str, attempt: int) -> None:
         if self._on_retry is not None:
