@@ -134,8 +134,9 @@ def test_up_refuses_two_services_on_one_port(cleanup: Path, tmp_path: Path) -> N
     assert processes_using(str(cleanup)) == []
 
 
-def test_up_serves_the_console_at_the_port_base_and_its_children_die_with_it_on_kill_9(
-    cleanup: Path, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["kill-9", "hangup"])
+def test_up_serves_the_console_at_the_port_base_and_its_children_die_with_it(
+    cleanup: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     base = free_base()
     log = tmp_path / "up.log"
@@ -164,7 +165,7 @@ def test_up_serves_the_console_at_the_port_base_and_its_children_die_with_it_on_
         children.remove(process.pid)
         assert len(children) == 5, children
 
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(sig)  # neither leaves `up` a chance to stop them itself
         process.wait(timeout=5.0)
         wait_for(
             lambda: not any(alive(pid) for pid in children),
