@@ -451,3 +451,35 @@ async def test_the_async_iterators_do_the_same() -> None:
         assert [i.position async for i in ledger.iter_history("alice", page_size=2)] == [3, 2, 1]
         assert [e.stream_version async for e in ledger.iter_stream("s-1")] == [1, 2, 3]
         assert [e.position async for e in ledger.iter_log(after=0)] == [10, 20, 30]
+
+
+def test_events_split_anywhere_across_chunks_are_read_whole() -> None:
+    first = sse(1).replace(b'{"amount": 1}', '{"note": "€ – Ä"}'.encode())
+    second = sse(2).replace(b"\n", b"\r\n")  # CRLF line ends too
+    body = first + second
+    chunks = [body[i : i + 1] for i in range(len(body))]  # cuts inside UTF-8 characters
+    assert any(
+        c.decode("utf-8", errors="replace") != c.decode("utf-8", errors="ignore") for c in chunks
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=iter(chunks))
+
+    with client(handler) as ledger:
+        events = ledger.subscribe(after=0)
+        got = [next(events), next(events)]
+        events.close()
+    assert [(e.position, dict(e.data)) for e in got] == [
+        (1, {"note": "€ – Ä"}),
+        (2, {"amount": 2}),
+    ]
+
+
+def test_a_line_longer_than_the_bound_is_refused_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "MAX_SSE_EVENT_BYTES", 1000)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=iter([b"data: " + b"x" * 600] * 3))
+
+    with client(handler) as ledger, pytest.raises(UnexpectedResponse, match="longer than"):
+        next(ledger.subscribe(after=0))

@@ -338,13 +338,11 @@ class AsyncClient(core.Shared):
                         await response.aread()
                         call.result(response)  # raises the problem
                     parser = core.SseParser()
-                    async for line in response.aiter_lines():
-                        done = parser.feed(line)
-                        if done is None:
-                            continue
-                        event = core.sse_event(done[2])
-                        failures, after = 0, event.position
-                        yield event
+                    async for chunk in response.aiter_bytes():
+                        for _, _, data in parser.feed_bytes(chunk):
+                            event = core.sse_event(data)
+                            failures, after = 0, event.position
+                            yield event
             except httpx.TransportError as exc:
                 if failures >= len(core.RECONNECT_DELAYS):
                     raise core.transport_error("stream", url, exc, False, None) from exc

@@ -176,17 +176,44 @@ def _retry_after(response: httpx.Response) -> float | None:
     return float(value) if value.isdigit() else None  # the HTTP-date form is not used by us
 
 
+# One event's data and metadata are at most 64 KiB; an event, or a line, past this is not
+# from our stream service, and is refused rather than held in memory.
+MAX_SSE_EVENT_BYTES = 4 * 1024 * 1024
+SseEvent = tuple[str | None, str | None, str]
+
+
 class SseParser:
-    """Lines of a text/event-stream (WHATWG HTML) in, events out; comments skipped."""
+    """A text/event-stream (WHATWG HTML) in, `(id, event, data)` out; comments skipped.
+    Lines end in LF or CRLF (what our stream service writes)."""
 
     def __init__(self) -> None:
         self.event_id: str | None = None
         self.event_type: str | None = None
         self.data: list[str] = []
+        self._size = 0
+        self._pending = bytearray()
 
-    def feed(self, line: str) -> tuple[str | None, str | None, str] | None:
+    def feed_bytes(self, chunk: bytes) -> list[SseEvent]:
+        """The events that `chunk` completes; bounded: a line or an event over
+        `MAX_SSE_EVENT_BYTES` is `UnexpectedResponse`."""
+        self._pending += chunk
+        events: list[SseEvent] = []
+        start = 0
+        while (end := self._pending.find(b"\n", start)) >= 0:
+            line = bytes(self._pending[start:end]).removesuffix(b"\r")
+            start = end + 1
+            done = self.feed(line.decode("utf-8", errors="replace"))
+            if done is not None:
+                events.append(done)
+        del self._pending[:start]
+        if len(self._pending) > MAX_SSE_EVENT_BYTES:
+            raise UnexpectedResponse("the event stream sent a line longer than 4 MiB")
+        return events
+
+    def feed(self, line: str) -> SseEvent | None:
         """The `(id, event, data)` that `line` completes, if it completes one."""
         if line == "":
+            self._size = 0
             done = (self.event_id, self.event_type, "\n".join(self.data)) if self.data else None
             self.event_type, self.data = None, []
             return done
@@ -195,6 +222,9 @@ class SseParser:
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "data":
+            self._size += len(value) + 1
+            if self._size > MAX_SSE_EVENT_BYTES:
+                raise UnexpectedResponse("the event stream sent an event larger than 4 MiB")
             self.data.append(value)
         elif name == "event":
             self.event_type = value
@@ -203,7 +233,7 @@ class SseParser:
         return None
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str | None, str]]:
+def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
     """`(id, event, data)` per event of a text/event-stream."""
     parser = SseParser()
     for line in lines:

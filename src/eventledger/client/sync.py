@@ -327,10 +327,12 @@ class Client(core.Shared):
                     if response.status_code != 200:
                         response.read()
                         call.result(response)  # raises the problem
-                    for _, _, data in core.parse_sse(response.iter_lines()):
-                        event = core.sse_event(data)
-                        failures, after = 0, event.position
-                        yield event
+                    parser = core.SseParser()
+                    for chunk in response.iter_bytes():
+                        for _, _, data in parser.feed_bytes(chunk):
+                            event = core.sse_event(data)
+                            failures, after = 0, event.position
+                            yield event
             except httpx.TransportError as exc:
                 if failures >= len(core.RECONNECT_DELAYS):
                     raise core.transport_error("stream", url, exc, False, None) from exc
