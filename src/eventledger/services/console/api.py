@@ -149,10 +149,14 @@ def add_event_routes(app: FastAPI, upstream: Upstream) -> None:
                     elif line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))
                     elif not line and data:
-                        envelope = json.loads(b"\n".join(data))
+                        try:
+                            envelope = json.loads(b"\n".join(data))
+                            position = int(envelope["position"])
+                        except (ValueError, KeyError, TypeError):
+                            return  # not an event: end, and let the browser reconnect
                         data = []
                         body = json.dumps(summary(envelope), separators=(",", ":"))
-                        yield f"id: {envelope['position']}\ndata: {body}\n\n".encode()
+                        yield f"id: {position}\ndata: {body}\n\n".encode()
             finally:
                 live["feeds"] -= 1
 
