@@ -74,6 +74,7 @@ from eventledger.services.transaction.stream_client import StreamClient, StreamC
 B = TypeVar("B", bound=BaseModel)
 C = TypeVar("C", OpenAccount, Deposit, Withdraw, Transfer, CloseAccount)
 
+REQUEST_ID_HEADER = "X-Request-ID"
 HEALTH_TIMEOUT = 0.8  # /health answers within a second even when the stream service hangs
 
 DESCRIPTION = """\
@@ -304,7 +305,12 @@ def create_app(
                 request_fingerprint=None
                 if key is None
                 else fingerprint(request.method, request.url.path, body.model_dump(mode="json")),
-                correlation_id=check_correlation_id(request.headers.get(CORRELATION_ID_HEADER)),
+                # A caller's correlation id, else its request id: one id follows the
+                # request from the access log into the events it wrote.
+                correlation_id=check_correlation_id(
+                    request.headers.get(CORRELATION_ID_HEADER)
+                    or request.headers.get(REQUEST_ID_HEADER)
+                ),
                 command=name,
                 new_id=new_id,
             )
