@@ -8,9 +8,10 @@ reuse them. The command line finds its token there. `--insecure-no-auth` runs al
 Ports: API.md's defaults 8001-8005, `--port-base N` (N+1..N+5) or one `--<name>-port` each
 (EVENTLEDGER_PORT_BASE, EVENTLEDGER_<NAME>_PORT). `up` never lies about them: before starting
 anything it checks that every port is free, and fails naming the port, the service and the
-flag that moves it; it trusts a `/health` answer only from its own live child (the instance id
-it gave the child comes back in a header, cli/child.py). Its children exit when it dies,
-whatever the signal, kill -9 included (PR_SET_PDEATHSIG, and a stdin pipe they watch).
+flag that moves it (cli/ports.py); it trusts a `/health` answer only from its own live child
+(the instance id it gave the child comes back in a header, cli/child.py). Its children exit
+when it dies, whatever the signal, kill -9 included (PR_SET_PDEATHSIG, and a stdin pipe they
+watch).
 
 The stream service starts first and must answer `/health` before the others start: they
 subscribe to it; the console starts last. Every line a service logs is shown prefixed with its
@@ -21,10 +22,8 @@ others are stopped and `up` exits non-zero.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from rich.text import Text
 
 from eventledger.cli.child import INSTANCE_HEADER
 from eventledger.cli.output import CliError, UsageProblem, console
+from eventledger.cli.ports import check_ports, port_hint
 from eventledger.cli.serve import (
     AuthFileOpt,
     CorsOriginOpt,
@@ -168,55 +168,6 @@ def _client_url(settings: Settings, name: str) -> str:
     return url
 
 
-def _port_hint(name: str) -> str:
-    return (
-        f"--{name}-port P (or EVENTLEDGER_{name.upper()}_PORT), or every port at once with "
-        "--port-base N (services at N+1..N+5; EVENTLEDGER_PORT_BASE)"
-    )
-
-
-def _port_taken(host: str, port: int) -> OSError | None:
-    """Whether `port` on `host` cannot be bound now (as uvicorn binds: SO_REUSEADDR, so a
-    socket in TIME_WAIT does not count); the error, or None when it is free."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        return exc
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                return exc
-    return None
-
-
-def check_ports(settings: Settings, names: list[str]) -> None:
-    """Fail before anything starts when two services share a port or one is taken, naming
-    the port, the service and how to choose another."""
-    seen: dict[int, str] = {}
-    for name in names:
-        port = settings.port(name)
-        if port in seen:
-            raise UsageProblem(
-                f"the {seen[port]} and {name} services are both given port {port}: choose "
-                f"another with {_port_hint(name)}"
-            )
-        seen[port] = name
-        taken = _port_taken(settings.host, port)
-        if taken is None:
-            continue
-        if taken.errno == errno.EADDRINUSE:
-            why = "is already in use (another eventledger still running? `ss -ltnp` shows who)"
-        else:
-            why = f"cannot be used ({taken.strerror or taken})"
-        raise CliError(
-            f"port {port} on {settings.host}, for the {name} service, {why}; nothing was "
-            f"started. Choose another with {_port_hint(name)}"
-        )
-
-
 class Supervisor:
     def __init__(self, settings: Settings, installation: Installation | None) -> None:
         self.settings = settings
@@ -282,7 +233,7 @@ class Supervisor:
                         raise CliError(
                             f"something else answers on port {child.port}, where the "
                             f"{child.name} service should be; choose another port with "
-                            f"{_port_hint(child.name)}"
+                            f"{port_hint(child.name)}"
                         )
                     if response.status_code == 200:
                         pending.remove(child)
