@@ -56,3 +56,14 @@ def test_the_console_finds_the_services_at_the_urls_given() -> None:
     assert settings.url("transaction") == "http://127.0.0.1:4321"
     assert settings.url("statistics") == "http://127.0.0.1:1234"
     assert settings.url("accounting") == "http://127.0.0.1:8003"
+
+
+def test_up_keeps_the_console_on_loopback_when_the_services_listen_wider() -> None:
+    from eventledger.cli.ports import host_of
+
+    wide = load_settings({"host": "0.0.0.0"}, env={})
+    assert host_of(wide, "transaction") == "0.0.0.0"
+    assert host_of(wide, "console") == "127.0.0.1"
+    assert host_of(load_settings({"host": "::1"}, env={}), "console") == "::1"
+    open_wide = load_settings({"host": "0.0.0.0", "insecure_no_auth": True}, env={})
+    assert host_of(open_wide, "console") == "0.0.0.0"

@@ -11,7 +11,17 @@ import errno
 import socket
 
 from eventledger.cli.output import CliError, UsageProblem
-from eventledger.config import Settings
+from eventledger.config import CONSOLE, Settings
+
+
+def host_of(settings: Settings, name: str) -> str:
+    """Where `name` listens: `--host`, except that the console stays on loopback unless
+    `--insecure-no-auth` (it asks the browser for no token: bootstrap refuses it elsewhere)."""
+    from eventledger.services.browser import is_loopback  # only `up` needs it: lazily
+
+    if name == CONSOLE and not is_loopback(settings.host) and not settings.insecure_no_auth:
+        return "127.0.0.1"
+    return settings.host
 
 
 def port_hint(name: str) -> str:
@@ -50,7 +60,8 @@ def check_ports(settings: Settings, names: list[str]) -> None:
                 f"another with {port_hint(name)}"
             )
         seen[port] = name
-        taken = _port_taken(settings.host, port)
+        host = host_of(settings, name)
+        taken = _port_taken(host, port)
         if taken is None:
             continue
         if taken.errno == errno.EADDRINUSE:
@@ -58,6 +69,6 @@ def check_ports(settings: Settings, names: list[str]) -> None:
         else:
             why = f"cannot be used ({taken.strerror or taken})"
         raise CliError(
-            f"port {port} on {settings.host}, for the {name} service, {why}; nothing was "
+            f"port {port} on {host}, for the {name} service, {why}; nothing was "
             f"started. Choose another with {port_hint(name)}"
         )

@@ -40,7 +40,7 @@ from rich.text import Text
 
 from eventledger.cli.child import INSTANCE_HEADER
 from eventledger.cli.output import CliError, UsageProblem, console
-from eventledger.cli.ports import check_ports, port_hint
+from eventledger.cli.ports import check_ports, host_of, port_hint
 from eventledger.cli.serve import (
     AuthFileOpt,
     CorsOriginOpt,
@@ -114,7 +114,7 @@ def _child_argv(
 ) -> list[str]:
     argv = [sys.executable, "-m", "eventledger", "serve", name, "--no-log-prefix"]
     argv += ["--supervised-by", str(os.getpid()), "--instance-id", instance_id]
-    argv += ["--host", settings.host, "--port", str(settings.port(name))]
+    argv += ["--host", host_of(settings, name), "--port", str(settings.port(name))]
     argv += ["--data-dir", str(settings.data_dir)]
     if name == "stream" and settings.store:
         argv += ["--store", settings.store]
@@ -162,6 +162,8 @@ def _secure(settings: Settings) -> Installation | None:
 def _client_url(settings: Settings, name: str) -> str:
     """The URL to reach a service on: a wildcard listen address is reached on loopback."""
     url = settings.url(name)
+    if name == CONSOLE:
+        url = f"http://{host_of(settings, name)}:{settings.port(name)}"
     if name != "stream" or not settings.stream_url:
         for wildcard in ("0.0.0.0", "[::]", "::"):
             url = url.replace(f"//{wildcard}:", "//127.0.0.1:")
