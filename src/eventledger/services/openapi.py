@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -125,6 +125,7 @@ def polish(document: dict[str, Any], routes: Iterable[BaseRoute] = ()) -> dict[s
         schemas.pop(name, None)
     schemas[FIELD_PROBLEM] = copy.deepcopy(_FIELD_PROBLEM_SCHEMA)
     schemas[PROBLEM] = _problem_schema(extensions)
+    _drop_unreferenced(document, schemas)
     known = {tag["name"] for tag in document.get("tags", [])}
     document.setdefault("tags", []).extend(
         {"name": tag, "description": _TAG_DESCRIPTIONS.get(tag, tag.capitalize())}
@@ -132,6 +133,37 @@ def polish(document: dict[str, Any], routes: Iterable[BaseRoute] = ()) -> dict[s
         if tag not in known
     )
     return document
+
+
+def _drop_unreferenced(document: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Remove the schemas nothing refers to any more (the per-route problem models and what
+    only they used): a generator would still make a class of each."""
+    prefix = "#/components/schemas/"
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(prefix):
+                yield ref.removeprefix(prefix)
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    outside = {key: value for key, value in document.items() if key != "components"}
+    outside["other-components"] = {
+        key: value for key, value in document["components"].items() if key != "schemas"
+    }
+    reachable: set[str] = set()
+    todo = list(refs(outside))
+    while todo:
+        name = todo.pop()
+        if name not in reachable and name in schemas:
+            reachable.add(name)
+            todo.extend(refs(schemas[name]))
+    for name in [name for name in schemas if name not in reachable]:
+        del schemas[name]
 
 
 def _problem_schema(extensions: dict[str, Any]) -> dict[str, Any]:
