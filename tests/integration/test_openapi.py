@@ -104,6 +104,7 @@ async def test_every_document_is_valid_openapi_with_one_problem_schema(
         assert problem["required"] == ["type", "title", "status", "detail"]
         errors = problem["properties"]["errors"]
         assert errors["items"] == {"$ref": "#/components/schemas/FieldProblem"}
+        assert problem["properties"]["actual_version"]["type"] == "integer"  # an extension
     else:
         assert service == "console"
     assert {tag["name"] for tag in document["tags"]} == {

@@ -64,6 +64,31 @@ _STANDARD_MEMBERS: dict[str, Any] = {
         "items": {"$ref": f"#/components/schemas/{FIELD_PROBLEM}"},
     },
 }
+# Extension members the services send with some problem types (services/*/problems.py), so a
+# generated client has a typed attribute for each; a route may document more.
+_KNOWN_EXTENSIONS: dict[str, Any] = {
+    "account_id": {"type": "string", "description": "The account concerned."},
+    "balance": {"type": "integer", "description": "Its balance, minor units (409s)."},
+    "amount": {"type": "integer", "description": "The amount asked for, minor units."},
+    "overdraft_limit": {"type": "integer", "description": "The account's overdraft limit."},
+    "from_account": {"type": "string", "description": "A transfer's source account."},
+    "to_account": {"type": "string", "description": "A transfer's destination account."},
+    "from_currency": {"type": "string", "description": "The source account's currency."},
+    "to_currency": {"type": "string", "description": "The destination account's currency."},
+    "stream": {"type": "string", "description": "The stream concerned."},
+    "expected_version": {
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "description": "The expected version sent (`wrong-expected-version`).",
+    },
+    "actual_version": {
+        "type": "integer",
+        "description": "The stream's version now (`wrong-expected-version`): reload and retry.",
+    },
+    "index": {"type": "integer", "description": "Which event of the append (0-based)."},
+    "rule": {"type": "string", "description": "Which validity rule refused it."},
+    "position": {"type": "integer", "description": "The position the read model has applied."},
+    "min_position": {"type": "integer", "description": "The `X-Min-Position` asked for."},
+}
 _FIELD_PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": FIELD_PROBLEM,
@@ -168,6 +193,7 @@ def _drop_unreferenced(document: dict[str, Any], schemas: dict[str, Any]) -> Non
 
 def _problem_schema(extensions: dict[str, Any]) -> dict[str, Any]:
     properties = copy.deepcopy(_STANDARD_MEMBERS)
+    extensions = {**copy.deepcopy(_KNOWN_EXTENSIONS), **extensions}
     for name in sorted(extensions):
         if name not in properties:
             properties[name] = extensions[name]
