@@ -1065,3 +1065,23 @@ class EventStoreContract(ABC):
         assert len(set(positions)) == 3000
         with pytest.raises(StreamNotFound):
             await store.read_stream(streams[2])
+
+    async def test_pages_of_several_types_come_in_position_order_each_event_once(
+        self, store: EventStore
+    ) -> None:
+        head = await store.head_position()
+        a, b, c = new_type(), new_type(), new_type()
+        stream = new_stream()
+        kinds = [a, b, c, a, a, b, c, c, b, a] * 3
+        await store.append(
+            stream, expected_version=NO_STREAM, events=[new_event(k, {"n": n}) for n, k in
+                                                        enumerate(kinds)]
+        )  # fmt: skip
+        expected = [n for n, k in enumerate(kinds) if k in (a, b)]
+        seen: list[int] = []
+        after = head
+        while page := await store.read_all(after=after, limit=4, types=[b, a, b]):
+            assert len(page) <= 4
+            seen.extend(e.data["n"] for e in page)
+            after = page[-1].position
+        assert seen == expected
