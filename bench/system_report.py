@@ -79,6 +79,21 @@ def goals(backends: Sequence[BackendResult]) -> list[str]:
     vs_peer("SQLite", "reads", "reads/s `GET /accounts/{id}`", 3)
     vs_peer("PostgreSQL", "reads", "reads/s `GET /accounts/{id}`", 3)
     for b in backends:
+        for phase, unit in (("commands", "command"), ("reads", "read")):
+            ours_us = _service_cpu(b.runs.get("eventledger", []), phase)
+            peer_us = _service_cpu(b.runs.get("peer", []), phase)
+            if ours_us and peer_us:
+                rows.append(
+                    [
+                        f"server CPU µs per {unit}, {b.backend} (load-independent)",
+                        f"{peer_us:,.0f}",
+                        f"{ours_us:,.0f}",
+                        f"{peer_us / ours_us:.2f}× less",
+                        "—",
+                        "—",
+                    ]
+                )
+    for b in backends:
         latencies = b.latencies()
         if latencies:
             p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3
@@ -119,6 +134,17 @@ def goals(backends: Sequence[BackendResult]) -> list[str]:
                 ]
             )
     return _table(("measure", "peer", "eventledger", "ratio (per run)", "goal", "met"), rows)
+
+
+def _service_cpu(runs: Sequence[RunResult], phase: str) -> float | None:
+    """Median over runs of the CPU µs per operation of all server processes together (the
+    load generator left out): what a busy machine changes least."""
+    totals = [
+        sum(us for name, us in run.phases[phase].cpu_us_per_op().items() if name != "load")
+        for run in runs
+        if phase in run.phases and not run.phases[phase].errors()
+    ]
+    return _median(totals)
 
 
 def _met(ok: bool) -> str:

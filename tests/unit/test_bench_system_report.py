@@ -76,3 +76,13 @@ def test_a_helpers_result_keyed_by_size_is_one_row_per_size() -> None:
     assert table[0] == "|  | without_ms | with_ms |"
     assert table[2] == "| 1,000 | 3.00 | 2.50 |"
     assert table[3] == "| 100,000 | 300 | — |"
+
+
+def test_server_cpu_per_command_is_compared_without_the_load_generator() -> None:
+    ours, peer = _run("eventledger", 100, 100), _run("peer", 100, 100)
+    ours.phases["commands"].cpu["load"] = 1.0  # the generator's CPU never counts
+    peer.phases["commands"].cpu = {"peer": 100 * 12 * 1200e-6}
+    backend = BackendResult("SQLite", runs={"eventledger": [ours], "peer": [peer]})
+    row = next(r for r in goals([backend]) if r.startswith("| server CPU µs per command"))
+    assert row.startswith("| server CPU µs per command, SQLite (load-independent) | 1,200 | 400 |")
+    assert "3.00× less" in row
