@@ -40,8 +40,14 @@ def test_an_account_opened_and_funded_from_the_form_shows_in_the_log_and_the_bal
 ) -> None:
     _, console = console_system
     account = new_id("web")
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     page.goto(console.url + "/")
     expect(page.locator("#log-state")).to_have_text("live")
+    # Offline-ready: the page asks nothing of any origin but the console's (no CDN).
+    assert requested and all(
+        url.startswith(console.url + "/") or url.startswith("data:") for url in requested
+    ), requested
 
     send(page, "open", account_id=account, currency="EUR")
     expect(page.locator("#result-summary")).to_contain_text(f"open: {account}")
