@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from eventledger.domain import events as ev
@@ -20,6 +21,7 @@ from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
 from eventledger.domain.validity import AccountFacts, check_event, decode_event
 from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readside import commits
 from eventledger.services.readside.commits import evolve_append
 from eventledger.services.readside.projection import EventRejected
 
@@ -115,8 +117,18 @@ def evolve_commit(
     )
 
 
+def evolve_page(
+    accounts: dict[str, Account], events: Sequence[RecordedEvent]
+) -> tuple[list[Change], EventRejected | None]:
+    """`evolve_commit` over a page of the log cut into atomic appends, updating `accounts`
+    (`readside.commits.evolve_page`): the changes before the first refused event, and why."""
+    return commits.evolve_page(
+        accounts, events, account_id_of=account_id_of, evolve=_evolve, facts_of=facts_of
+    )
+
+
 def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.Event]:
-    account_id = account_id_of(event.stream) or ""
+    account_id = account.account_id if account is not None else account_id_of(event.stream) or ""
     domain_event = decode(event)
     try:
         check_event(
@@ -124,7 +136,7 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         )
     except InvalidAccountEvent as exc:
         raise EventRejected(event, exc.reason) from None
-    at = format_time(event.recorded_at)
+    at = _time_text(event.recorded_at)
     if isinstance(domain_event, ev.AccountOpened):
         opened = Account(
             account_id=domain_event.account_id,
@@ -170,6 +182,20 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         recorded_at=at,
     )
     return Change(_next(account, event, at, balance, account.status), item), domain_event
+
+
+_last_time: list[tuple[datetime, str]] = [(datetime.min, "")]
+
+
+def _time_text(moment: datetime) -> str:
+    """`format_time`, remembering the last answer: the events of one commit share their time,
+    and strftime is a good part of an event's cost (a pure memo: the same answer, faster)."""
+    last = _last_time[0]
+    if last[0] == moment and last[1]:
+        return last[1]
+    text = format_time(moment)
+    _last_time[0] = (moment, text)
+    return text
 
 
 def _next(account: Account, event: RecordedEvent, at: str, balance: int, status: Status) -> Account:

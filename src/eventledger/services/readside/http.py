@@ -38,7 +38,7 @@ from eventledger.services.readside.db import (
     Session,
 )
 from eventledger.services.readside.projection import Projection
-from eventledger.services.readside.runner import ProjectionRunner
+from eventledger.services.readside.runner import BATCH_SIZE, ProjectionRunner
 
 T = TypeVar("T")
 MAX_POS = 2**63 - 1
@@ -103,7 +103,7 @@ class ReadModelService:
         stream_url: str,
         open_db: Callable[[], ReadModelDB],
         min_position_wait: float = 5.0,
-        batch_size: int = 500,
+        batch_size: int = BATCH_SIZE,
         head_poll_interval: float = 1.0,
         stream_token: str | None = None,
     ) -> FastAPI:

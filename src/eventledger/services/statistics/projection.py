@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Literal
 
 from eventledger.domain import events as ev
@@ -19,6 +20,7 @@ from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
 from eventledger.domain.validity import AccountFacts, check_event, decode_event
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readside import commits
 from eventledger.services.readside.commits import evolve_append
 from eventledger.services.readside.projection import EventRejected
 
@@ -117,8 +119,47 @@ def evolve_commit(
     )
 
 
+def evolve_page(
+    accounts: dict[str, StatsAccount], events: Sequence[RecordedEvent]
+) -> tuple[list[StatsChange], EventRejected | None]:
+    """`evolve_commit` over a page of the log cut into atomic appends, updating `accounts`
+    (`readside.commits.evolve_page`): the changes before the first refused event, and why."""
+    return commits.evolve_page(
+        accounts, events, account_id_of=account_id_of, evolve=_evolve, facts_of=facts_of
+    )
+
+
+def total(deltas: Sequence[Tally]) -> Tally:
+    """The sum of `deltas`, field by field (one Tally built, not one per addition)."""
+    return Tally(
+        sum(d.opened for d in deltas),
+        sum(d.closed for d in deltas),
+        sum(d.balance for d in deltas),
+        sum(d.deposits_count for d in deltas),
+        sum(d.deposits_volume for d in deltas),
+        sum(d.withdrawals_count for d in deltas),
+        sum(d.withdrawals_volume for d in deltas),
+        sum(d.transfers_count for d in deltas),
+        sum(d.transfers_volume for d in deltas),
+    )
+
+
+_last_day: list[tuple[datetime, str]] = [(datetime.min, "")]
+
+
+def _day_of(moment: datetime) -> str:
+    """The UTC day of `moment`, remembering the last answer: the events of one commit share
+    their time (a pure memo: the same answer, faster)."""
+    last = _last_day[0]
+    if last[0] == moment and last[1]:
+        return last[1]
+    day = moment.date().isoformat()
+    _last_day[0] = (moment, day)
+    return day
+
+
 def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsChange, ev.Event]:
-    account_id = account_id_of(event.stream) or ""
+    account_id = account.account_id if account is not None else account_id_of(event.stream) or ""
     try:
         domain_event = decode_event(event.type, event.data, schema_version=event.schema_version)
         facts = check_event(
@@ -126,7 +167,7 @@ def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsCh
         )
     except InvalidAccountEvent as exc:
         raise EventRejected(event, exc.reason) from None
-    day = event.recorded_at.date().isoformat()
+    day = _day_of(event.recorded_at)
     after = StatsAccount(
         account_id,
         facts.currency,
