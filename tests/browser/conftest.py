@@ -86,7 +86,8 @@ def browser(chromium_path: Path) -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=str(chromium_path), args=["--no-sandbox", "--disable-gpu"]
+            executable_path=str(chromium_path),
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
         try:
             yield chromium
