@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.harness import Credentials, ServiceProcess, System, new_id, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("chromium_path")]  # skip before starting
 
 SEED_ACCOUNTS = 10
 SEED_DEPOSITS = 400  # per account: 4,010 events, so a rebuild's progress can be seen

@@ -23,7 +23,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.test_halts import halted_at, write_behind_the_stream_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("chromium_path")]  # skip before starting
 
 
 @pytest.fixture
