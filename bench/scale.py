@@ -81,8 +81,15 @@ def _fresh_database(server_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def _service(name: str, args: Sequence[str], root: Path, env: dict[str, str]) -> Iterator[str]:
-    """One `eventledger serve` process; its URL once /health answers 200."""
+def _service(
+    name: str,
+    args: Sequence[str],
+    root: Path,
+    env: dict[str, str],
+    pids: list[int] | None = None,
+) -> Iterator[str]:
+    """One `eventledger serve` process; its URL once /health answers 200 (its pid added to
+    `pids`)."""
     port = _free_port()
     data = root / f"{name}-{port}"
     data.mkdir(parents=True)
@@ -91,6 +98,8 @@ def _service(name: str, args: Sequence[str], root: Path, env: dict[str, str]) ->
     with (root / f"{name}-{port}.log").open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://{HOST}:{port}"
+    if pids is not None:
+        pids.append(process.pid)
     try:
         _wait_healthy(url, process)
         yield url
@@ -147,21 +156,39 @@ def measure(
         store = stack.enter_context(_fresh_database(server))
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-")))
         env = _env(src)
+        pids: list[int] = []
         streams = [
-            stack.enter_context(_service("stream", ["--store", store], root, env))
+            stack.enter_context(_service("stream", ["--store", store], root, env, pids))
             for _ in range(stream_instances)
         ]
         transactions = [
             stack.enter_context(
-                _service("transaction", ["--stream-url", streams[i % len(streams)]], root, env)
+                _service(
+                    "transaction", ["--stream-url", streams[i % len(streams)]], root, env, pids
+                )
             )
             for i in range(instances)
         ]
-        return asyncio.run(_run(transactions, streams[0], accounts, seconds, clients))
+        return asyncio.run(_run(transactions, streams[0], accounts, seconds, clients, pids))
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time the processes used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def _run(
-    transactions: list[str], stream: str, accounts: int, seconds: float, clients: int
+    transactions: list[str],
+    stream: str,
+    accounts: int,
+    seconds: float,
+    clients: int,
+    pids: Sequence[int] = (),
 ) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=clients * 2)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -172,9 +199,11 @@ async def _run(
         await load.run(clients, WARMUP_SECONDS)
         retries_before = await _retries(session, transactions)
         load.latencies.clear()
+        cpu_before = cpu_seconds(pids)
         started = time.perf_counter()
         commands = await load.run(clients, seconds)
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pids) - cpu_before
         retries = await _retries(session, transactions) - retries_before
         await _check_money(session, stream, load)
     latencies = sorted(load.latencies)
@@ -183,6 +212,9 @@ async def _run(
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "retries_per_command": retries / commands,
+        # CPU of the eventledger processes per command: steadier than commands/s on a
+        # machine others load too (PostgreSQL and the load generator not counted).
+        "cpu_ms_per_command": 1000 * cpu / commands,
         "commands": float(commands),
         "resent": float(load.resent),
     }
@@ -327,6 +359,7 @@ def _line(src: str | None, accounts: int, instances: int, r: dict[str, float]) -
         f"{src or 'this tree'} | {accounts} accounts | {instances} tx | "
         f"{r['commands_per_s']:.0f} cmd/s | p50 {r['p50_ms']:.1f} ms | p99 {r['p99_ms']:.1f} ms"
         f" | retries/cmd {r['retries_per_command']:.4f} | resent {r['resent']:.0f}"
+        f" | CPU {r['cpu_ms_per_command']:.2f} ms/cmd"
     )
 
 
