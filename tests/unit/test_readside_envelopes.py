@@ -96,3 +96,9 @@ def test_the_usual_message_and_any_other_shape_parse_alike() -> None:
     assert parser.feed(b"id: 4\n\nid: 5\x00\nevent: \ndata: x\n\n") == [
         SSEMessage("4", "message", "x")
     ]
+
+
+def test_a_message_with_more_fields_than_the_usual_three_is_read_line_by_line() -> None:
+    parser = SSEParser()
+    block = b"id: 6\nevent: T\ndata: one\ndata: two\nretry: 5\n\n"
+    assert parser.feed(block) == [SSEMessage("6", "T", "one\ntwo")]

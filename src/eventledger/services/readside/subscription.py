@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.envelopes import EnvelopeDecoder
 
 log = logging.getLogger(__name__)
+
+
+# The message the stream service sends, `id: P` `event: T` `data: {...}`: read in one match.
+# (An id with NUL is ignored by the specification: such a block goes line by line.)
+_USUAL = re.compile(rb"id: ([^\n\x00]*)\nevent: ([^\n]*)\ndata: ([^\n]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +76,18 @@ class SSEParser:
         for block in blocks:
             # The usual message, `id: P` `event: T` `data: {...}`, in a few slices; any other
             # block line by line, as the specification reads it.
-            if block[:4] == b"id: " and not self._data and not self._event:
-                lines = block.split(b"\n")
-                if (
-                    len(lines) == 3
-                    and lines[1][:7] == b"event: "
-                    and lines[2][:6] == b"data: "
-                    and b"\x00" not in lines[0]
-                ):
-                    self._last_id = lines[0][4:].decode("utf-8", "replace")
-                    messages.append(
-                        SSEMessage(
-                            self._last_id,
-                            lines[1][7:].decode("utf-8", "replace") or "message",
-                            lines[2][6:].decode("utf-8", "replace"),
-                        )
+            usual = _USUAL.fullmatch(block) if not self._data and not self._event else None
+            if usual is not None:
+                ident, event, data = usual.groups()
+                self._last_id = ident.decode("utf-8", "replace")
+                messages.append(
+                    SSEMessage(
+                        self._last_id,
+                        event.decode("utf-8", "replace") or "message",
+                        data.decode("utf-8", "replace"),
                     )
-                    continue
+                )
+                continue
             for line in block.split(b"\n"):
                 self._line(line, messages)
             self._line(b"", messages)
