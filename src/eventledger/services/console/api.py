@@ -4,8 +4,9 @@
 * `GET /api/accounts`, `/api/accounts/{id}` (`min_position` → `X-Min-Position`),
   `/api/accounts/{id}/history` (the balance after each transaction, oldest first);
 * `GET /api/stats`, `/api/stats/daily`; `GET /api/readmodels` (position, lag, state, rebuild);
-* `POST /api/readmodels/{name}/rebuild|skip|park` with the operator's admin token in
-  `Authorization`, passed through to the read model and never kept or logged;
+* `POST /api/readmodels/{name}/rebuild|skip|park`: the read model's admin call, made with
+  the signed-in operator's token (kept server-side in the session; `signin.py` checked that
+  it has `admin`), never the console's own;
 * `POST /api/commands/open|deposit|withdraw|transfer`: the command, then the events it wrote.
 
 Every input is validated here before anything is sent on (ids by the API's pattern, bodies by
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from eventledger.services.console.signin import operator_authorization
 from eventledger.services.console.upstream import Answer, Upstream
 from eventledger.services.http import ProblemError, StrictModel, problem_response, read_model
 from eventledger.services.readside.admin import DecisionBody
@@ -44,7 +46,6 @@ MAX_LIVE_FEEDS = 32  # browser tabs following the log at once, each one upstream
 EVENTS_WINDOW = 8  # a command writes at most this many events, ending at its position
 _ACCOUNT_ID = re.compile(ACCOUNT_ID_PATTERN)
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_BEARER = re.compile(r"Bearer [A-Za-z0-9\-._~+/]{16,512}=*")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -274,24 +275,11 @@ def add_readmodel_routes(app: FastAPI, upstream: Upstream) -> None:
         return JSONResponse({"items": [await readmodel_state(upstream, n) for n in READ_MODELS]})
 
     @app.post("/api/readmodels/{name}/{action}", include_in_schema=False)
-    async def operate(
-        name: str,
-        action: str,
-        request: Request,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Response:
+    async def operate(name: str, action: str, request: Request) -> Response:
         if name not in READ_MODELS:
             raise invalid_param("name", f"must be one of {', '.join(READ_MODELS)}")
         if action not in ACTIONS:
             raise invalid_param("action", f"must be one of {', '.join(ACTIONS)}")
-        if authorization is None or _BEARER.fullmatch(authorization.strip()) is None:
-            raise ProblemError(
-                401,
-                "admin-token-required",
-                "Admin token required",
-                "paste a token with the admin scope into the page (eventledger token create "
-                "--name NAME --scope admin); the console has none of its own",
-            )
         body: RebuildBody | DecisionBody = await read_model(
             request, RebuildBody if action == "rebuild" else DecisionBody
         )
@@ -300,7 +288,8 @@ def add_readmodel_routes(app: FastAPI, upstream: Upstream) -> None:
             name,
             f"/admin/{action}",
             body=body.model_dump(exclude_defaults=True),
-            authorization=authorization.strip(),
+            # the operator's token (None on an open console, whose services need none)
+            authorization=operator_authorization(request),
         )
         if answer.ok and action == "rebuild":  # its 202 is the health: the progress from 0
             return JSONResponse(state_of(name, answer), status_code=answer.status)

@@ -1,12 +1,15 @@
 """The console service: pages, assets and its JSON API over the four services' public APIs.
 
 It holds a token of its own (`<data-dir>/tokens/console.token`, made by `eventledger up`) and
-asks the browser for none: the browser talks only to the console, same origin, and the
-console calls the services server-side. So it must be reachable by its operator only: it binds
-loopback (bootstrap refuses another address without `--insecure-no-auth`), no other origin may
-call it (`services/browser.py`, with no CORS origin ever), and a state-changing request must
-be JSON (`JsonBodyGuard`), which a foreign page cannot send without asking first. The admin
-buttons need the operator's own admin token, pasted into the page, passed through per request.
+calls the services server-side with it: the browser talks only to the console, same origin.
+With an auth file the operator signs in first (`signin.py`: an eventledger token with
+`ledger:read`, checked as the services check it, gives a session cookie) and each route needs
+the session's scope: the command form `ledger:write`, the read models' buttons `admin` (for
+which the console presents the operator's own token, kept server-side in the session). No
+other origin may call it (`services/browser.py`, with no CORS origin ever), the cookie is
+`SameSite=Strict`, and a state-changing request must be JSON (`JsonBodyGuard`), which a foreign
+page cannot send without asking first. It binds loopback (bootstrap refuses another address
+without `--insecure-no-auth`). Without an auth file it is open, and its pages say so.
 
 `/health` answers 200 while the console runs, with whether each service answered within half
 a second; `/metrics` needs the `metrics` scope when the installation has an auth file.
@@ -26,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from eventledger.services.auth import Authenticator, AuthFileAuthenticator
 from eventledger.services.console.api import add_api_routes
 from eventledger.services.console.pages import add_page_routes
+from eventledger.services.console.signin import install as install_signin
 from eventledger.services.console.upstream import Upstream
 from eventledger.services.http import create_service_app, problem_response
 
@@ -107,8 +111,10 @@ def create_app(
             {"status": "ok", "service": SERVICE, "services": dict(zip(names, states, strict=True))}
         )
 
+    authenticator = AuthFileAuthenticator(auth_file) if auth_file is not None else None
+    install_signin(app, authenticator)  # the session routes and, with an auth file, the guard
     add_api_routes(app, upstream)
     add_page_routes(app)
-    if auth_file is not None:
-        app.add_middleware(MetricsGuard, authenticator=AuthFileAuthenticator(auth_file))
+    if authenticator is not None:
+        app.add_middleware(MetricsGuard, authenticator=authenticator)
     return app

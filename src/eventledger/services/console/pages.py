@@ -1,8 +1,11 @@
 """The console's pages, rendered here, and its assets, served from the package.
 
-Each page is one HTML document with the same header; its data comes from the console's own
-`/api/…` routes, fetched and drawn by `static/console.js` (plain JavaScript, no build step, no
-CDN: the console works offline). Every page is sent with a Content-Security-Policy that allows
+Each page is one HTML document with the same header (who is signed in and a Sign out button,
+or the banner of an open console); its data comes from the console's own `/api/…` routes,
+fetched and drawn by `static/console.js` (plain JavaScript, no build step, no CDN: the console
+works offline). A control the viewer's scopes do not allow is not rendered (the command form
+without `ledger:write`) or not drawn (the read models' buttons without `admin`); the routes
+refuse them anyway (`signin.py`). Every page is sent with a Content-Security-Policy that allows
 scripts, styles and connections from the console's own origin only, and no framing.
 """
 
@@ -11,10 +14,11 @@ from __future__ import annotations
 from html import escape
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from eventledger.services.console.api import account_id
+from eventledger.services.console.signin import Viewer, viewer
 
 ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
 SECURITY_HEADERS = {
@@ -32,11 +36,29 @@ NAV = (
 )
 
 
-def layout(page: str, title: str, body: str, **data: str) -> HTMLResponse:
+OPEN_BANNER = """<p id="open-banner" class="banner" role="note">This console is <strong>open
+</strong>: the installation has no auth file, so anyone who can reach this address can read the
+ledger and send commands through it. Keep it on 127.0.0.1.</p>"""
+
+
+def who(seen: Viewer) -> str:
+    """The header's right end: the signed-in principal and Sign out, or nothing."""
+    if seen.name is None:
+        return ""
+    return (
+        f'<span id="principal" class="muted">signed in as <strong>{escape(seen.name)}</strong>'
+        '</span> <button id="signout" type="button">Sign out</button>'
+    )
+
+
+def layout(
+    page: str, title: str, body: str, seen: Viewer, *, nav_shown: bool = True, **data: str
+) -> HTMLResponse:
     nav = "".join(
         f'<a href="{href}"{" aria-current=page" if key == page else ""}>{label}</a>'
-        for href, key, label in NAV
+        for href, key, label in (NAV if nav_shown else ())
     )
+    data["scopes"] = " ".join(sorted(seen.scopes))
     attributes = "".join(f' data-{k.replace("_", "-")}="{escape(v)}"' for k, v in data.items())
     html = f"""<!doctype html>
 <html lang="en">
@@ -50,8 +72,8 @@ def layout(page: str, title: str, body: str, **data: str) -> HTMLResponse:
 </head>
 <body data-page="{page}"{attributes}>
 <header><strong>eventledger</strong> console <nav>{nav}</nav>
-<span id="connection" class="muted">connecting…</span></header>
-<main>
+<span id="connection" class="muted">connecting…</span> {who(seen)}</header>
+{OPEN_BANNER if seen.open else ""}<main>
 {body}
 </main>
 </body>
@@ -100,6 +122,8 @@ LIVE = """
 </section>
 """
 
+_FORM = LIVE[: LIVE.index('<section class="card">\n<h2>Accounts')]
+
 ACCOUNT = """
 <section class="card wide">
 <h2>Account <span id="account-name"></span></h2>
@@ -127,37 +151,73 @@ STATISTICS = """
 READMODELS = """
 <section class="card wide">
 <h2>Read models</h2>
-<form id="token-form" autocomplete="off">
-<label>Admin token <input id="admin-token" type="password" autocomplete="off"
- placeholder="a token with the admin scope"></label>
-<button type="submit">Keep for this tab</button>
-<button id="forget-token" type="button">Forget</button>
-<span id="token-state" class="muted"></span>
-</form>
-<p class="muted">The token stays in this tab (sessionStorage) and is sent to the console
-with each button's request only; the console passes it on and never keeps it.</p>
+<p id="admin-note" class="muted">Rebuild, skip and park are made with your own token, which
+needs the <code>admin</code> scope.</p>
 <div id="readmodels"></div>
 <div id="admin-result" aria-live="polite"></div>
 </section>
 """
 
 
+SIGNIN = """
+<section class="card">
+<h2>Sign in</h2>
+<form id="signin-form" autocomplete="off">
+<label>Token <input id="signin-token" type="password" autocomplete="off" maxlength="1024"
+ placeholder="an eventledger token with ledger:read"></label>
+<button id="signin-submit" type="submit">Sign in</button>
+</form>
+<div id="signin-result" aria-live="polite"></div>
+<p class="muted">Under <code>eventledger up</code>, the CLI's token is in
+<code>eventledger-data/tokens/cli.token</code>; any token of the auth file with
+<code>ledger:read</code> will do (<code>eventledger token create --name NAME --scope
+ledger:read --auth-file eventledger-data/auth.json</code>). The console checks it, keeps it on
+the server for this session only and gives your browser a session cookie, never the token.</p>
+</section>
+"""
+
+SIGNIN_OPEN = """
+<section class="card">
+<h2>No sign-in here</h2>
+<p>This console has no auth file: there is nothing to sign in to. <a href="/">Go to the
+console</a>.</p>
+</section>
+"""
+
+READ_ONLY = """
+<section id="commands" class="card">
+<h2>Command</h2>
+<p id="read-only" class="muted">You may read only: the command form needs the
+<code>ledger:write</code> scope.</p>
+</section>
+"""
+
+
 def add_page_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
-    async def live() -> HTMLResponse:
-        return layout("live", "Live", LIVE)
+    async def live(request: Request) -> HTMLResponse:
+        seen = viewer(request)
+        body = LIVE if "ledger:write" in seen.scopes else LIVE.replace(_FORM, READ_ONLY, 1)
+        return layout("live", "Live", body, seen)
 
     @app.get("/accounts/{account}", include_in_schema=False)
-    async def account(account: str) -> HTMLResponse:
-        return layout("account", f"Account {account_id(account)}", ACCOUNT, account=account)
+    async def account(request: Request, account: str) -> HTMLResponse:
+        name = account_id(account)
+        return layout("account", f"Account {name}", ACCOUNT, viewer(request), account=account)
 
     @app.get("/statistics", include_in_schema=False)
-    async def statistics() -> HTMLResponse:
-        return layout("statistics", "Statistics", STATISTICS)
+    async def statistics(request: Request) -> HTMLResponse:
+        return layout("statistics", "Statistics", STATISTICS, viewer(request))
 
     @app.get("/readmodels", include_in_schema=False)
-    async def readmodels() -> HTMLResponse:
-        return layout("readmodels", "Read models", READMODELS)
+    async def readmodels(request: Request) -> HTMLResponse:
+        return layout("readmodels", "Read models", READMODELS, viewer(request))
+
+    @app.get("/signin", include_in_schema=False)
+    async def signin(request: Request) -> HTMLResponse:
+        seen = viewer(request)
+        body = SIGNIN_OPEN if seen.open else SIGNIN
+        return layout("signin", "Sign in", body, seen, nav_shown=False)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:

@@ -2,8 +2,9 @@
 
 Every call goes server-side, so no token ever reaches the browser. An answer of the service is
 given back as it came (status and JSON body: a problem document keeps its `type`, `title` and
-`detail`); a service that does not answer becomes a 502 `upstream-unavailable` naming it. The
-operator's admin token is only ever passed through (`authorization=`), never kept or logged.
+`detail`); a service that does not answer becomes a 502 `upstream-unavailable` naming it. For
+the admin buttons the signed-in operator's token (from its server-side session) is presented
+instead (`authorization=`), never logged.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Upstream:
     ) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if authorization is not None:
-            headers["Authorization"] = authorization  # the operator's, passed through
+            headers["Authorization"] = authorization  # the operator's, for this call only
         elif self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
         headers.update(extra or {})

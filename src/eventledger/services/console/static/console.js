@@ -38,6 +38,12 @@ class Problem extends Error {
   }
 }
 
+// The session ended (signed out in another tab, idle, token revoked): sign in again, then
+// come back here.
+function toSignIn() {
+  location.assign(`/signin?next=${encodeURIComponent(location.pathname)}`);
+}
+
 async function api(path, options) {
   const response = await fetch(path, options);
   let body = null;
@@ -46,8 +52,15 @@ async function api(path, options) {
   } catch (_) {
     body = null;
   }
+  if (response.status === 401 && document.body.dataset.page !== "signin") toSignIn();
   if (!response.ok) throw new Problem(response.status, body);
   return body;
+}
+
+// What the signed-in principal may do (all of it on an open console): controls it may not
+// use are not shown (the console refuses them anyway).
+function may(scope) {
+  return (document.body.dataset.scopes || "").split(" ").includes(scope);
 }
 
 function post(path, body, headers) {
@@ -116,6 +129,8 @@ async function followLog() {
   source.onerror = () => {
     setConnection("reconnecting…", false);
     state.textContent = "reconnecting…";
+    // Refused (not merely cut): the browser gives up; ask why (a 401 leads to the sign-in).
+    if (source.readyState === EventSource.CLOSED) api("/api/session").catch(() => {});
   };
 }
 
@@ -254,13 +269,16 @@ async function catchUp(account, position) {
 
 function initLive() {
   const form = document.getElementById("command-form");
-  const select = form.elements.command;
-  showFields(select.value);
-  select.addEventListener("change", () => showFields(select.value));
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    sendCommand(form);
-  });
+  if (form) {
+    // absent without ledger:write
+    const select = form.elements.command;
+    showFields(select.value);
+    select.addEventListener("change", () => showFields(select.value));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      sendCommand(form);
+    });
+  }
   loadAccounts();
   followLog();
 }
@@ -393,12 +411,6 @@ async function initStatistics() {
 
 // -- read models: state, the operator's buttons, a rebuild's progress ----------------------
 
-const TOKEN_KEY = "eventledger.adminToken";
-
-function adminToken() {
-  return sessionStorage.getItem(TOKEN_KEY);
-}
-
 function readModelCard(m) {
   const card = el("div", { class: "card readmodel", id: `rm-${m.name}`, "data-state": m.state });
   const rows = [
@@ -420,6 +432,7 @@ function readModelCard(m) {
       el("label", {}, `rebuilding: ${number(done)} of ${number(until)} `, el("progress", { class: "rebuild-progress", max: Math.max(until, 1), value: done })),
     );
   }
+  if (!may("admin")) return card; // the buttons need the admin scope
   const buttons = el("div", { class: "buttons" });
   for (const action of ["rebuild", "skip", "park"]) {
     const disabled = action === "rebuild" ? m.rebuilding || !m.reachable : !m.halted;
@@ -434,11 +447,6 @@ function readModelCard(m) {
 
 async function operate(m, action) {
   const out = document.getElementById("admin-result");
-  const token = adminToken();
-  if (!token) {
-    out.replaceChildren(el("p", { class: "error", role: "alert" }, "paste an admin token first"));
-    return;
-  }
   let body = {};
   if (action !== "rebuild") {
     const reason = prompt(`Why ${action} the event at position ${m.halted.position}? (kept in the audit)`, "");
@@ -448,7 +456,8 @@ async function operate(m, action) {
     return;
   }
   try {
-    const answer = await post(`/api/readmodels/${m.name}/${action}`, body, { Authorization: `Bearer ${token}` });
+    // made with the signed-in operator's own token, which the console keeps server-side
+    const answer = await post(`/api/readmodels/${m.name}/${action}`, body);
     actions += 1;
     out.replaceChildren(el("p", { class: "ok", id: "admin-ok" }, `${action} of ${m.name} accepted`));
     // A rebuild answers with the read model's state as it starts: show its progress at once.
@@ -475,24 +484,7 @@ async function refreshReadModels() {
 }
 
 function initReadModels() {
-  const form = document.getElementById("token-form");
-  const input = document.getElementById("admin-token");
-  const state = document.getElementById("token-state");
-  const show = () => {
-    state.textContent = adminToken() ? "an admin token is kept for this tab" : "no admin token";
-  };
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const token = input.value.trim();
-    if (token) sessionStorage.setItem(TOKEN_KEY, token);
-    input.value = "";
-    show();
-  });
-  document.getElementById("forget-token").addEventListener("click", () => {
-    sessionStorage.removeItem(TOKEN_KEY);
-    show();
-  });
-  show();
+  if (may("admin")) document.getElementById("admin-note").hidden = true;
   // One refresh at a time, every 300 ms: a rebuild's progress moves visibly.
   const loop = async () => {
     await refreshReadModels();
@@ -501,9 +493,61 @@ function initReadModels() {
   loop();
 }
 
+// -- signing in and out ------------------------------------------------------------------------
+
+// Where to go once signed in: a path of this console only (never another site).
+function nextPath() {
+  const next = new URLSearchParams(location.search).get("next") || "/";
+  return /^\/(?![\/\\])/.test(next) ? next : "/";
+}
+
+async function signIn(token) {
+  const out = document.getElementById("signin-result");
+  out.replaceChildren(el("p", { class: "muted" }, "signing in…"));
+  try {
+    await post("/api/session", { token });
+  } catch (error) {
+    showError(out, error);
+    return;
+  }
+  location.assign(nextPath());
+}
+
+function initSignIn() {
+  setConnection("", true);
+  const form = document.getElementById("signin-form");
+  if (!form) return; // an open console: nothing to sign in to
+  const input = document.getElementById("signin-token");
+  // A sign-in link (/signin#token=...): the fragment never reaches the server or its logs;
+  // it is taken out of the address bar and history at once, then posted like the form.
+  const fragment = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = input.value.trim();
+    input.value = "";
+    if (token) signIn(token);
+  });
+  if (fragment) signIn(fragment);
+}
+
+function initSignOut() {
+  const button = document.getElementById("signout");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    try {
+      await api("/api/session", { method: "DELETE", headers: { "Content-Type": "application/json" } });
+    } finally {
+      location.assign("/signin");
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page;
-  if (page === "live") initLive();
+  initSignOut();
+  if (page === "signin") initSignIn();
+  else if (page === "live") initLive();
   else if (page === "account") initAccount();
   else if (page === "statistics") initStatistics();
   else if (page === "readmodels") initReadModels();
