@@ -193,3 +193,20 @@ async def test_without_coalescing_each_call_is_its_own_request(url: str) -> None
         )
         assert all(r.last_version == 1 for r in results)
         assert client.requests_sent == 0  # no POST /appends at all
+
+
+async def test_a_call_cancelled_while_its_request_is_out_leaves_the_client_usable(
+    url: str, store: GatedStore
+) -> None:
+    async with StreamClient(url) as client:
+        store.gate.clear()
+        alone = asyncio.create_task(client.append(sid(), expected_version=0, events=events()))
+        await until(lambda: store.waiting == 1)
+        alone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await alone
+        store.gate.set()
+        results = await asyncio.gather(
+            *(client.append(sid(), expected_version=0, events=events()) for _ in range(5))
+        )
+        assert [r.last_version for r in results] == [1] * 5

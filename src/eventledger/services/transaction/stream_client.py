@@ -310,16 +310,28 @@ class StreamClient:
         if self._session is None:
             raise RuntimeError("the stream client is not open")
         queued = _Queued(_encode({"appends": [_append_body(a) for a in appends]}).encode())
-        self._queue.append(queued)
-        self._pump()
-        try:
-            status, answer = await queued.outcome
-        except asyncio.CancelledError:
-            # Cancelled while queued: leave the queue, unsent. (Once sent, the item's outcome
-            # is the stream service's; nobody waits for it any more.)
-            if queued in self._queue:
-                self._queue.remove(queued)
-            raise
+        if not self._queue and self._in_flight < self.max_in_flight:
+            # Room, and nobody waiting: send it from this task, alone. No hand-over to a
+            # sender task (27 µs a command at concurrency 1); cancelled, the request is.
+            self._in_flight += 1
+            try:
+                await self._send([queued])
+            except asyncio.CancelledError:
+                if queued.outcome.done() and not queued.outcome.cancelled():
+                    queued.outcome.exception()  # retrieved: nobody else will
+                raise
+            status, answer = queued.outcome.result()
+        else:
+            self._queue.append(queued)
+            self._pump()
+            try:
+                status, answer = await queued.outcome
+            except asyncio.CancelledError:
+                # Cancelled while queued: leave the queue, unsent. (Once sent, the item's
+                # outcome is the stream service's; nobody waits for it any more.)
+                if queued in self._queue:
+                    self._queue.remove(queued)
+                raise
         if status in (200, 201):
             results = answer.get("results") if isinstance(answer, dict) else None
             if not isinstance(results, list) or len(results) != len(appends):
