@@ -96,6 +96,10 @@ class PostgresReadModelDB(ReadModelDB):
 
         def configure(conn: psycopg.Connection[Any]) -> None:
             conn.execute(set_path)
+            # As on SQLite (db.py): the read model is derived from the durable log, and rows
+            # and checkpoint commit together, so a commit need not wait for its WAL flush; a
+            # server crash takes back the last commits whole, and they are applied again.
+            conn.execute("SET synchronous_commit TO off")
             conn.commit()
 
         self._timeout = timeout
