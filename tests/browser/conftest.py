@@ -1,5 +1,6 @@
 """Fixtures of the browser suite: the four services and the console as real processes, with
-tokens as under `eventledger up`, and Playwright driving Debian's Chromium.
+tokens as under `eventledger up`, and Playwright driving Debian's Chromium. The console asks
+who you are: `sign_in` (a page) and `signed_in_client` (httpx) sign in with a token first.
 
 Without /usr/bin/chromium or the `playwright` package the suite is skipped with the reason
 shown; in CI (`CI=true`, where `.ci/run` installs Chromium) either one missing is a failure.
@@ -9,16 +10,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.harness import Credentials, ServiceProcess, System, make_credentials, start_system
 
 CHROMIUM = Path(os.environ.get("EVENTLEDGER_CHROMIUM", "/usr/bin/chromium"))
-ADMIN = "operator"
+ADMIN = "operator"  # may read, command and rebuild: what `up`'s CLI token may, but metrics
+READER = "reader"  # may only read
 
 
 def _missing() -> str | None:
@@ -43,7 +46,29 @@ def chromium_path() -> Path:
 
 @pytest.fixture(scope="session")
 def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("auth"), users={ADMIN: ["admin"]})
+    return make_credentials(
+        tmp_path_factory.mktemp("auth"),
+        users={ADMIN: ["ledger:read", "ledger:write", "admin"], READER: ["ledger:read"]},
+    )
+
+
+def sign_in(page: Any, console_url: str, token: str, then: str = "/") -> None:
+    """Sign `page` in at the console through its sign-in form, landing on `then`."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{console_url}/signin?next={then}")
+    page.fill("#signin-token", token)
+    page.click("#signin-submit")
+    expect(page).to_have_url(console_url + then)
+
+
+@contextmanager
+def signed_in_client(console_url: str, token: str, **kwargs: Any) -> Iterator[httpx.Client]:
+    """An httpx client holding a session of the console's (its cookie)."""
+    with httpx.Client(base_url=console_url, **kwargs) as http:
+        answer = http.post("/api/session", json={"token": token})
+        assert answer.status_code == 200, answer.text
+        yield http
 
 
 def start_console(

@@ -1,5 +1,6 @@
-"""The console in a real browser (Playwright driving Debian's Chromium): the command form,
-the live log, the balances, the balance chart, the statistics, and a rebuild's progress.
+"""The console in a real browser (Playwright driving Debian's Chromium): signing in and out,
+the command form, the live log, the balances, the balance chart, the statistics, and a
+rebuild's progress.
 
 Set EVENTLEDGER_CONSOLE_SCREENSHOT=path to save a screenshot of the live page (docs/console.png
 is made that way)."""
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser.conftest import ADMIN, READER, sign_in
 from tests.e2e.harness import Credentials, ServiceProcess, System, new_id, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("chromium_path")]  # skip before starting
@@ -36,13 +38,13 @@ def send(page: Any, command: str, **fields: str) -> None:
 
 
 def test_an_account_opened_and_funded_from_the_form_shows_in_the_log_and_the_balances(
-    console_system: tuple[System, ServiceProcess], page: Any
+    console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
 ) -> None:
     _, console = console_system
     account = new_id("web")
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
-    page.goto(console.url + "/")
+    sign_in(page, console.url, credentials.tokens[ADMIN])
     expect(page.locator("#log-state")).to_have_text("live")
     # Offline-ready: the page asks nothing of any origin but the console's (no CDN).
     assert requested and all(
@@ -80,11 +82,11 @@ def test_an_account_opened_and_funded_from_the_form_shows_in_the_log_and_the_bal
 
 
 def test_a_refused_command_shows_the_problem_title_and_detail_and_writes_nothing(
-    console_system: tuple[System, ServiceProcess], page: Any
+    console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
 ) -> None:
     system, console = console_system
     account = new_id("web")
-    page.goto(console.url + "/")
+    sign_in(page, console.url, credentials.tokens[ADMIN])
     send(page, "open", account_id=account, currency="EUR")
     expect(page.locator("#result-summary")).to_contain_text(account)
     head = system.head_position()
@@ -96,18 +98,20 @@ def test_a_refused_command_shows_the_problem_title_and_detail_and_writes_nothing
 
 
 def test_the_statistics_page_draws_a_chart_per_currency(
-    console_system: tuple[System, ServiceProcess], page: Any
+    console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
 ) -> None:
     _, console = console_system
-    page.goto(console.url + "/")
+    sign_in(page, console.url, credentials.tokens[ADMIN])
     account = new_id("web")
     send(page, "open", account_id=account, currency="NOK")
     expect(page.locator("#result-summary")).to_contain_text(account)
     send(page, "deposit", account_id=account, amount="700")
     expect(page.locator("#catchup")).to_contain_text("has applied position")
     statistics = console.url + "/statistics"
-    wait_for(
-        lambda: "NOK" in httpx.get(f"{console.url}/api/stats").text, timeout=10.0, what="stats"
+    wait_for(  # asked with the page's session
+        lambda: "NOK" in page.request.get(f"{console.url}/api/stats").text(),
+        timeout=10.0,
+        what="stats",
     )
     page.goto(statistics)
     figure = page.locator('#stats figure[data-currency="NOK"]')
@@ -152,25 +156,18 @@ def seed(system: System, credentials: Credentials) -> int:
     return system.head_position()
 
 
-def test_a_rebuild_started_with_an_admin_token_shows_its_progress_until_caught_up(
+def test_a_rebuild_started_by_an_admin_shows_its_progress_until_caught_up(
     console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
 ) -> None:
     system, console = console_system
     head = seed(system, credentials)
-    page.goto(console.url + "/readmodels")
+    sign_in(page, console.url, credentials.tokens[ADMIN], then="/readmodels")
     card = page.locator("#rm-accounting")
     expect(card.locator("dd.position")).to_have_text(f"{head:,}", timeout=60_000)
+    expect(page.locator("#admin-note")).to_be_hidden()  # an admin: nothing to explain
 
-    # Without a token the console refuses, and says how to get one.
+    # Made with the signed-in operator's own token, which the console keeps server-side.
     page.on("dialog", lambda dialog: dialog.accept())
-    card.locator("button[data-action=rebuild]").click()
-    expect(page.locator("#admin-result")).to_contain_text("paste an admin token")
-
-    page.fill("#admin-token", credentials.tokens["operator"])
-    page.click("#token-form button[type=submit]")
-    expect(page.locator("#token-state")).to_contain_text("kept for this tab")
-    assert page.locator("#admin-token").input_value() == ""
-
     card.locator("button[data-action=rebuild]").click()
     expect(page.locator("#admin-ok")).to_contain_text("rebuild of accounting accepted")
     progress = page.locator("#rm-accounting progress.rebuild-progress")
@@ -182,5 +179,56 @@ def test_a_rebuild_started_with_an_admin_token_shows_its_progress_until_caught_u
     expect(card.locator("dd.position")).to_have_text(re.compile(r"^[0-9,]+$"))
     assert int(card.locator("dd.position").inner_text().replace(",", "")) >= head
     expect(progress).to_have_count(0)
-    # The token never left the tab for anywhere but the console: not in the console's log.
-    assert credentials.tokens["operator"] not in console.log_text()
+    # The token is nowhere in the console's log.
+    assert credentials.tokens[ADMIN] not in console.log_text()
+
+
+def test_the_console_asks_who_you_are_and_a_reader_sees_no_controls(
+    console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
+) -> None:
+    _, console = console_system
+    page.goto(console.url + "/statistics")
+    expect(page).to_have_url(console.url + "/signin?next=/statistics")
+    page.fill("#signin-token", "not-the-token-" + "x" * 40)
+    page.click("#signin-submit")
+    expect(page.locator("#signin-result [role=alert]")).to_contain_text("Not a valid token")
+    assert page.locator("#signin-token").input_value() == ""  # no token left in the page
+
+    page.fill("#signin-token", credentials.tokens[READER])
+    page.click("#signin-submit")
+    expect(page).to_have_url(console.url + "/statistics")
+    expect(page.locator("#principal")).to_contain_text(f"signed in as {READER}")
+    # The session is a cookie scripts cannot read, sent to this site only; never the token.
+    (cookie,) = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert credentials.tokens[READER] not in cookie["value"]
+    assert page.evaluate("document.cookie") == ""
+    # Read-only: no command form, no read model buttons.
+    page.goto(console.url + "/")
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("#command-form")).to_have_count(0)
+    expect(page.locator("#log-state")).to_have_text("live")
+    page.goto(console.url + "/readmodels")
+    expect(page.locator("#rm-accounting")).to_be_visible()
+    expect(page.locator("#admin-note")).to_be_visible()
+    expect(page.locator("#readmodels button")).to_have_count(0)
+
+    page.click("#signout")
+    expect(page).to_have_url(console.url + "/signin")
+    page.goto(console.url + "/")
+    expect(page).to_have_url(console.url + "/signin?next=/")
+
+
+def test_a_sign_in_link_signs_in_and_leaves_no_token_in_the_address(
+    console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
+) -> None:
+    _, console = console_system
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{console.url}/signin?next=/readmodels#token={credentials.tokens[ADMIN]}")
+    expect(page).to_have_url(console.url + "/readmodels")
+    expect(page.locator("#principal")).to_contain_text(f"signed in as {ADMIN}")
+    # The fragment never went to the server in a URL, and is out of the history.
+    assert not any(credentials.tokens[ADMIN] in url for url in requested), requested
+    page.go_back()
+    assert credentials.tokens[ADMIN] not in page.url

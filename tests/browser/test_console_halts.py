@@ -1,5 +1,6 @@
-"""A halted read model in the console: its halt shown, skip and park enabled, and an operator's
-click with an admin token gets each read model past the event, audited with the reason."""
+"""A halted read model in the console: its halt shown, skip and park enabled, and a click of
+an operator signed in with the admin scope gets each read model past the event, audited with
+the reason."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import start_console
+from tests.browser.conftest import ADMIN, sign_in, start_console
 from tests.e2e.harness import (
     HTTP,
     Credentials,
@@ -57,9 +58,7 @@ def test_skip_and_park_from_the_console_get_the_read_models_past_a_halt(
     from playwright.sync_api import expect
 
     system, console, bad = halted
-    page.goto(console.url + "/readmodels")
-    page.fill("#admin-token", credentials.tokens["operator"])
-    page.click("#token-form button[type=submit]")
+    sign_in(page, console.url, credentials.tokens[ADMIN], then="/readmodels")
     page.on("dialog", lambda dialog: dialog.accept("a deposit to an account never opened"))
     for name, action in (("accounting", "skip"), ("statistics", "park")):
         card = page.locator(f"#rm-{name}")
