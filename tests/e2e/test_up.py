@@ -1,5 +1,6 @@
 """`eventledger up` never lies: ports checked before anything starts, `/health` trusted only from
-its own children, children gone when `up` is killed (kill -9 included), the console served."""
+its own children, children gone when `up` is killed (kill -9 included), the console served
+behind a sign-in with the CLI's token."""
 
 from __future__ import annotations
 
@@ -156,8 +157,16 @@ def test_up_serves_the_console_at_the_port_base_and_its_children_die_with_it(
             assert len(health.headers["X-Eventledger-Instance"]) == 32  # one of up's children
             assert f"http://{HOST}:{base + offset}" in output
         console = f"http://{HOST}:{base + 5}"
-        page = httpx.get(f"{console}/", timeout=5.0)
-        assert page.status_code == 200 and "eventledger" in page.text
+        # The console asks who you are, and `up` said with which token.
+        assert httpx.get(f"{console}/", timeout=5.0).headers["location"] == "/signin?next=/"
+        cli_token = cleanup / "tokens" / "cli.token"
+        said = f"{console}/ (sign in with the token in {cli_token})"
+        assert "".join(said.split()) in "".join(output.split())  # the terminal wraps lines
+        with httpx.Client(base_url=console, timeout=5.0) as browser:
+            signed = browser.post("/api/session", json={"token": cli_token.read_text().strip()})
+            assert signed.status_code == 200 and signed.json()["name"] == "cli", signed.text
+            page = browser.get("/")
+        assert page.status_code == 200 and "signed in as <strong>cli</strong>" in page.text
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert set(httpx.get(f"{console}/health").json()["services"].values()) == {"up"}
         assert (cleanup / "tokens" / "console.token").exists()

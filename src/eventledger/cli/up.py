@@ -360,7 +360,14 @@ def up(
         supervisor.wait_healthy(others)
         supervisor.wait_healthy([supervisor.start(CONSOLE)])
         console.print(supervisor.addresses())
-        say(f"the console: {_client_url(settings, CONSOLE)}/ — press Ctrl-C to stop")
+        # The console asks who you are (services/console/signin.py): say with what. The
+        # token itself is not printed: terminals and their logs keep what they show.
+        signin = (
+            f"sign in with the token in {installation.token_files['cli']}"
+            if installation is not None
+            else "open: no auth file, no sign-in"
+        )
+        say(f"the console: {_client_url(settings, CONSOLE)}/ ({signin}) — press Ctrl-C to stop")
         while not supervisor.stop_requested.wait(0.2):
             supervisor.check_alive()
     except KeyboardInterrupt:
