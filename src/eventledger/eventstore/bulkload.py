@@ -18,6 +18,7 @@ versions never depend on each other. Memory stays bounded by `concurrency` batch
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import time
@@ -123,33 +124,39 @@ async def bulkload(
     )
 
 
-# Random version-4 UUIDs from a seeded generator: uuid.uuid4 asks the kernel for 16 bytes each
-# time (11 us a call on a busy machine, more than storing the event). Random, not sequential,
-# so that the id index grows as it does with real clients' ids.
+# Event and transaction ids are time-ordered UUIDs (version 7, RFC 9562: 48 bits of Unix
+# milliseconds, a counter, random bits), from a seeded generator: uuid.uuid4 asks the kernel
+# for 16 bytes each time (11 us a call on a busy machine, more than storing the event). Time
+# order matters at scale: a random id lands on a random page of the id index, so with 10M
+# events every insert dirties a page of its own (57 vs 20 CPU us an event for 1,000-event
+# appends into a 10M-event SQLite store, random v4 vs v7 ids, same run).
 _random = random.Random(os.urandom(32))
-_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_V4_SET = (0x4000 << 64) | (0x8000 << 48)
+_sequence = itertools.count()
 
 
-def _uuid4() -> uuid.UUID:
-    return uuid.UUID(int=(_random.getrandbits(128) & _V4_CLEAR) | _V4_SET)
+def _uuid7() -> uuid.UUID:
+    millis = time.time_ns() // 1_000_000
+    counter = next(_sequence) & 0xFFF
+    return uuid.UUID(
+        int=(millis << 80) | (0x7 << 76) | (counter << 64) | (0x2 << 62) | _random.getrandbits(62)
+    )
 
 
 def _events(account_id: str, version: int, count: int) -> list[NewEvent]:
     """`count` events of the account after `version`: the opening first, then deposits."""
     events: list[NewEvent] = []
-    uuid4 = _uuid4
+    new_id = _uuid7
     if version == 0 and count > 0:
         opened = AccountOpened(account_id, "EUR", 0, None)
         events.append(
-            NewEvent(uuid4(), opened.TYPE, opened.to_data(), schema_version=opened.SCHEMA_VERSION)
+            NewEvent(new_id(), opened.TYPE, opened.to_data(), schema_version=opened.SCHEMA_VERSION)
         )
     for n in range(len(events), count):
         deposit = {
             "account_id": account_id,
             "amount": (version + n) % 1000 + 1,
             "reference": None,
-            "transaction_id": str(uuid4()),
+            "transaction_id": str(new_id()),
         }
-        events.append(NewEvent(uuid4(), MoneyDeposited.TYPE, deposit))
+        events.append(NewEvent(new_id(), MoneyDeposited.TYPE, deposit))
     return events
