@@ -36,9 +36,9 @@ NAV = (
 )
 
 
-OPEN_BANNER = """<p id="open-banner" class="banner" role="note">This console is <strong>open
-</strong>: the installation has no auth file, so anyone who can reach this address can read the
-ledger and send commands through it. Keep it on 127.0.0.1.</p>"""
+OPEN_BANNER = """<p id="open-banner" class="banner" role="note">This console is
+<strong>open</strong>: the installation has no auth file, so anyone who can reach this address
+can read the ledger and send commands through it. Keep it on 127.0.0.1.</p>"""
 
 
 def who(seen: Viewer) -> str:

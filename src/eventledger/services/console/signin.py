@@ -218,7 +218,7 @@ def add_signin_routes(
                 401,
                 "unauthenticated",
                 "Not a valid token",
-                "the token is not valid (unknown, revoked or mistyped); under `eventledger up` "
+                "the token is not valid (unknown, revoked or mistyped); under eventledger up, "
                 "the CLI's is in <data-dir>/tokens/cli.token",
             )
         if SIGN_IN_SCOPE not in entry.scopes:
