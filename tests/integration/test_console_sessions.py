@@ -1,9 +1,12 @@
 """The console's session table and sign-in limiter (pure logic, a fixed clock): bounded in
-number, idle sessions end, failures age out of their window."""
+number, idle sessions end, failures age out of their window; and its scope table."""
 
 from __future__ import annotations
 
+import pytest
+
 from eventledger.services.console.sessions import Sessions, SignInLimiter
+from eventledger.services.console.signin import ANY_SESSION, required_scope
 
 
 class Clock:
@@ -69,3 +72,29 @@ def test_the_limiter_tracks_a_bounded_number_of_addresses() -> None:
     assert len(limiter._failures) == 100
     assert limiter.retry_after("10.0.3.231") is not None  # the newest is still counted
     assert limiter.retry_after("10.0.0.0") is None  # the oldest was forgotten
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "needed"),
+    [
+        ("GET", "/health", None),
+        ("GET", "/static/console.js", None),
+        ("GET", "/signin", None),
+        ("GET", "/metrics", None),  # a bearer token with `metrics`, checked by its own guard
+        ("POST", "/api/session", None),
+        ("GET", "/api/session", ANY_SESSION),
+        ("DELETE", "/api/session", ANY_SESSION),
+        ("GET", "/", "ledger:read"),
+        ("HEAD", "/readmodels", "ledger:read"),
+        ("GET", "/api/events/live", "ledger:read"),
+        ("POST", "/api/commands/transfer", "ledger:write"),
+        ("POST", "/api/readmodels/accounting/rebuild", "admin"),
+        ("PUT", "/api/accounts/a", "admin"),  # no such route: the strictest, by default
+        ("POST", "//api/commands/open", "admin"),
+        ("GET", "/unknown", "ledger:read"),
+    ],
+)
+def test_each_request_needs_the_scope_of_the_table(
+    method: str, path: str, needed: str | None
+) -> None:
+    assert required_scope(method, path) == needed

@@ -12,9 +12,10 @@ and the sign-in itself:
 * `GET /api/session`: who is signed in; `DELETE /api/session`: sign out (the session ends).
 
 What a session may do is `required_scope(method, path)`: reads need `ledger:read`, the command
-form `ledger:write`, the read models' buttons `admin` (the console then presents the operator's
-own token, kept server-side in the session). Without a session an `/api` route answers 401
-`unauthenticated` and a page redirects to `/signin`; a missing scope is 403 `forbidden`.
+form `ledger:write`, the read models' buttons (and any other change) `admin` (the console then
+presents the operator's own token, kept server-side in the session). Without a session an
+`/api` route answers 401 `unauthenticated` and a page redirects to `/signin`; a missing scope
+is 403 `forbidden`.
 
 Without an auth file (a loopback-only open installation) there is no guard and no sign-in:
 the pages say so in a banner.
@@ -59,9 +60,10 @@ def required_scope(method: str, path: str) -> str | None:
         return None if method == "POST" else ANY_SESSION
     if method == "POST" and path.startswith("/api/commands/"):
         return "ledger:write"
-    if method == "POST" and path.startswith("/api/readmodels/"):
-        return "admin"  # rebuild, skip, park
-    return SIGN_IN_SCOPE
+    if method in ("GET", "HEAD"):
+        return SIGN_IN_SCOPE
+    # rebuild, skip, park; and any other change (there is none): the strictest by default
+    return "admin"
 
 
 def session_id(scope: Scope) -> str | None:
