@@ -168,9 +168,15 @@ async def _min_position(
         str | None, Query(description="Same as the X-Min-Position header.")
     ] = None,
 ) -> int:
+    return min_position_of(x_min_position, min_position)
+
+
+def min_position_of(header: str | None, query: str | None) -> int:
+    """The position a read must reflect, from `X-Min-Position` and `?min_position=` (the
+    higher); a 422 naming the first that is not a plain integer in range."""
     return max(
-        int_param("X-Min-Position", x_min_position, default=0, minimum=0, maximum=MAX_POS),
-        int_param("min_position", min_position, default=0, minimum=0, maximum=MAX_POS),
+        int_param("X-Min-Position", header, default=0, minimum=0, maximum=MAX_POS),
+        int_param("min_position", query, default=0, minimum=0, maximum=MAX_POS),
     )
 
 

@@ -1,0 +1,93 @@
+"""`GET /accounts/{id}` is served by a lean route in front of the documented FastAPI route:
+every request gets exactly the answer the documented route gives (status, headers, body),
+and the OpenAPI document still shows the documented route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from eventledger.services.accounting.app import create_app
+from tests.integration import readmodel_support as support
+from tests.integration.readmodel_support import Ledger, OpenDB, StreamServer, caught_up
+
+clock, stream, log = support.clock, support.stream, support.log
+open_db = support.open_db_fixture("accounting")
+
+REQUESTS: list[tuple[str, str, dict[str, str]]] = [
+    ("GET", "/accounts/acc-1", {}),
+    ("GET", "/accounts/acc-1?min_position=1", {}),
+    ("GET", "/accounts/acc-1", {"X-Min-Position": "2"}),
+    ("GET", "/accounts/acc-1?min_position=99", {}),  # not caught up: 503
+    ("GET", "/accounts/acc-1?min_position=1&min_position=99", {}),  # the last one counts
+    ("GET", "/accounts/acc-1?min_position=", {}),
+    ("GET", "/accounts/acc-1?min_position=1.0", {}),
+    ("GET", "/accounts/acc-1", {"X-Min-Position": "+1"}),
+    ("GET", "/accounts/acc-1", {"X-Min-Position": "x"}),
+    ("GET", "/accounts/acc-1?min_position=-1", {"X-Min-Position": "x"}),  # header first
+    ("GET", "/accounts/acc-1?min_position=99999999999999999999", {}),
+    ("GET", "/accounts/nobody", {}),
+    ("GET", "/accounts/-bad", {}),
+    ("GET", "/accounts/-bad?min_position=x", {}),  # the position is checked first
+    ("GET", "/accounts/" + "a" * 65, {}),
+    ("GET", "/accounts/acc%2F1", {}),
+    ("GET", "/accounts/acc-1/", {}),
+    ("GET", "/accounts/acc-1?unknown=1", {}),
+    ("HEAD", "/accounts/acc-1", {}),
+    ("POST", "/accounts/acc-1", {}),
+    ("DELETE", "/accounts/acc-1", {}),
+]
+
+
+def documented_only(app: FastAPI) -> FastAPI:
+    """The same app without the lean route: what the documented route answers alone."""
+    app.router.routes[:] = [
+        r
+        for r in app.router.routes
+        if isinstance(r, APIRoute) or r.path != "/accounts/{account_id}"
+    ]
+    return app
+
+
+@pytest.fixture
+async def apps(
+    stream: StreamServer, open_db: OpenDB, log: Ledger
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    await log.open("acc-1")
+    head = await log.deposit("acc-1", 70)
+    lean = create_app(stream_url=stream.url, open_db=open_db, min_position_wait=0.2)
+    plain = documented_only(
+        create_app(stream_url=stream.url, open_db=open_db, min_position_wait=0.2)
+    )
+    async with support.serving(lean) as a, support.serving(plain) as b:
+        await caught_up(lean, head)
+        await caught_up(plain, head)
+        yield a, b
+
+
+async def test_the_lean_route_answers_every_request_as_the_documented_route(
+    apps: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    lean, plain = apps
+    for method, path, headers in REQUESTS:
+        ours = await lean.request(method, path, headers=headers)
+        theirs = await plain.request(method, path, headers=headers)
+        assert ours.status_code == theirs.status_code, (method, path, headers)
+        assert ours.content == theirs.content, (method, path, headers)
+        assert ours.headers.get("content-type") == theirs.headers.get("content-type")
+        assert ours.headers.get("allow") == theirs.headers.get("allow")
+        assert ours.headers.get("retry-after") == theirs.headers.get("retry-after")
+
+
+async def test_the_openapi_document_still_shows_the_documented_route(
+    apps: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    lean, plain = apps
+    ours = (await lean.get("/openapi.json")).json()
+    assert ours == (await plain.get("/openapi.json")).json()
+    parameters = ours["paths"]["/accounts/{account_id}"]["get"]["parameters"]
+    assert {p["name"] for p in parameters} == {"account_id", "x-min-position", "min_position"}
