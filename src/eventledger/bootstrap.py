@@ -104,8 +104,8 @@ def secure(app: FastAPI, service: str, settings: Settings) -> None:
     from eventledger.services.http import Metrics
 
     auth_file = auth_file_of(settings)
-    # The console asks the browser for no token (it holds its own, server-side; see
-    # services/console): only its /metrics needs one, which it checks itself.
+    # The console checks sessions itself (services/console/signin.py: a sign-in with a token
+    # of this auth file); its /metrics takes a bearer token, checked there too.
     if auth_file is not None and service != CONSOLE:
         secure_app(app, service=service, authenticator=AuthFileAuthenticator(auth_file))
     port = settings.port(service)
@@ -187,11 +187,12 @@ def _build_console(settings: Settings) -> FastAPI:
     from eventledger.services.browser import is_loopback
     from eventledger.services.console.app import create_app as create_console
 
-    # Its pages read and write with its token and ask the browser for none: on an address
-    # others can reach, anyone there could use it. Loopback only, unless the operator says.
+    # Its operators sign in, but it acts with its own token and is not yet meant to be
+    # exposed: loopback only, unless the operator says.
     if not is_loopback(settings.host) and not settings.insecure_no_auth:
         raise ConfigError(
-            f"the console acts with its own token and asks the browser for none: refusing to "
+            f"the console acts with its own token (its operators sign in, but it is not yet meant "
+            f"to be exposed): refusing to "
             f"listen on {settings.host}; keep it on 127.0.0.1 (reach it through an SSH tunnel "
             "or a reverse proxy that authenticates), or give --insecure-no-auth"
         )

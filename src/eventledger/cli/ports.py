@@ -16,7 +16,7 @@ from eventledger.config import CONSOLE, Settings
 
 def host_of(settings: Settings, name: str) -> str:
     """Where `name` listens: `--host`, except that the console stays on loopback unless
-    `--insecure-no-auth` (it asks the browser for no token: bootstrap refuses it elsewhere)."""
+    `--insecure-no-auth` (loopback only: bootstrap refuses it elsewhere)."""
     from eventledger.services.browser import is_loopback  # only `up` needs it: lazily
 
     if name == CONSOLE and not is_loopback(settings.host) and not settings.insecure_no_auth:
