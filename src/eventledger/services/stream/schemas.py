@@ -167,7 +167,19 @@ class AppendsIn(StrictModel):
                                 {
                                     "stream": "account-acc-1",
                                     "expected_version": 3,
-                                    "events": [{"type": "MoneyDeposited", "data": {"amount": 500}}],
+                                    "events": [
+                                        {
+                                            "type": "MoneyDeposited",
+                                            "data": {
+                                                "account_id": "acc-1",
+                                                "transaction_id": (
+                                                    "9f0c8c1e-5b7a-4d2e-8f3a-2b6c1d4e5f60"
+                                                ),
+                                                "amount": 500,
+                                                "reference": None,
+                                            },
+                                        }
+                                    ],
                                 }
                             ]
                         },
