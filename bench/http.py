@@ -210,9 +210,8 @@ def brief(result: RunResult) -> str:
         parts.append(f"{phase} {p.rate:,.0f}/s (CPU µs/op: {cpu})")
         if p.result.get("latencies"):
             lat = sorted(p.result["latencies"])
-            parts.append(
-                f"p50 {percentile(lat, 50) * 1e3:.1f} ms p99 {percentile(lat, 99) * 1e3:.1f} ms"
-            )
+            p50, p99 = percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3
+            parts.append(f"{phase} p50 {p50:.1f} ms p99 {p99:.1f} ms")
     gate = "gates passed" if result.gate.get("passed") else f"GATES FAILED {result.failures()[:3]}"
     return "; ".join([*parts, gate])
 

@@ -10,7 +10,7 @@ service, reads from the accounting service) and the peer (both URLs the same).
 Phases; the state file carries the run's accounts and what was accepted between them:
 
     open      open `--accounts` accounts `<prefix>-NNNN` (currency EUR)
-    commands  `--clients` clients post deposits of 1..1000 to random accounts
+    commands  `--clients` clients post deposits of 1..1000 to random accounts (latency each)
     reads     `--clients` clients `GET /accounts/{id}` on random accounts
     latency   each client: a deposit, then the read with `X-Min-Position` until it answers;
               the latency is from the deposit's answer to the read's 200
@@ -126,8 +126,10 @@ class Load:
         return {"ops": len(self.state.accounts), "seconds": seconds, "errors": errors}
 
     async def commands(self) -> dict[str, Any]:
-        async def one(counter: Counter, rng: random.Random) -> None:
-            await self._deposit(counter, rng)
+        async def one(counter: Counter, rng: random.Random) -> tuple[float, ...]:
+            start = time.perf_counter()
+            deposited = await self._deposit(counter, rng)
+            return (time.perf_counter() - start,) if deposited else ()
 
         return await self._closed_loop(one)
 

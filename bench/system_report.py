@@ -94,6 +94,20 @@ def goals(backends: Sequence[BackendResult]) -> list[str]:
                     ]
                 )
     for b in backends:
+        ours_ms = [x * 1e3 for x in b.latencies("eventledger", "commands")]
+        peer_ms = [x * 1e3 for x in b.latencies("peer", "commands")]
+        if ours_ms and peer_ms:
+            rows.append(
+                [
+                    f"command latency at 32 clients, {b.backend} (p50 / p99)",
+                    f"{percentile(peer_ms, 50):.1f} / {percentile(peer_ms, 99):.1f} ms",
+                    f"{percentile(ours_ms, 50):.1f} / {percentile(ours_ms, 99):.1f} ms",
+                    "—",
+                    "—",
+                    "—",
+                ]
+            )
+    for b in backends:
         latencies = b.latencies()
         if latencies:
             p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3

@@ -83,12 +83,13 @@ class BackendResult:
     subscribers: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
-    def latencies(self) -> list[float]:
+    def latencies(self, system: str = "eventledger", phase: str = "latency") -> list[float]:
+        """Every latency of `phase` over the runs of `system`, sorted (seconds)."""
         return sorted(
             latency
-            for run in self.runs.get("eventledger", [])
-            if "latency" in run.phases
-            for latency in run.phases["latency"].result["latencies"]
+            for run in self.runs.get(system, [])
+            if phase in run.phases
+            for latency in run.phases[phase].result.get("latencies", [])
         )
 
 

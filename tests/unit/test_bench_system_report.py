@@ -86,3 +86,12 @@ def test_server_cpu_per_command_is_compared_without_the_load_generator() -> None
     row = next(r for r in goals([backend]) if r.startswith("| server CPU µs per command"))
     assert row.startswith("| server CPU µs per command, SQLite (load-independent) | 1,200 | 400 |")
     assert "3.00× less" in row
+
+
+def test_command_latency_percentiles_of_both_systems_are_reported() -> None:
+    ours, peer = _run("eventledger", 100, 100), _run("peer", 100, 100)
+    ours.phases["commands"].result["latencies"] = [0.001 * n for n in range(1, 101)]
+    peer.phases["commands"].result["latencies"] = [0.002 * n for n in range(1, 101)]
+    backend = BackendResult("SQLite", runs={"eventledger": [ours], "peer": [peer]})
+    row = next(r for r in goals([backend]) if r.startswith("| command latency"))
+    assert "| 100.0 / 198.0 ms | 50.0 / 99.0 ms |" in row
