@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -146,6 +147,7 @@ def measure(
     stream_instances: int = STREAM_INSTANCES,
     server_url: str | None = None,
     src: str | None = None,
+    route: str = "round-robin",
 ) -> dict[str, float]:
     """One run; plain numbers: commands_per_s, p50_ms, p99_ms, retries_per_command,
     commands, resent (503s sent again)."""
@@ -169,7 +171,7 @@ def measure(
             )
             for i in range(instances)
         ]
-        return asyncio.run(_run(transactions, streams[0], accounts, seconds, clients, pids))
+        return asyncio.run(_run(transactions, streams[0], accounts, seconds, clients, pids, route))
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -189,12 +191,13 @@ async def _run(
     seconds: float,
     clients: int,
     pids: Sequence[int] = (),
+    route: str = "round-robin",
 ) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=clients * 2)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         ids = [f"scale-{uuid4().hex[:12]}" for _ in range(accounts)]
-        load = _Load(session, transactions, ids)
+        load = _Load(session, transactions, ids, by_account=route == "account")
         await load.open_accounts(clients)
         await load.run(clients, WARMUP_SECONDS)
         retries_before = await _retries(session, transactions)
@@ -223,8 +226,17 @@ async def _run(
 class _Load:
     """Closed-loop clients: each sends its next deposit when the last one is answered."""
 
-    def __init__(self, session: aiohttp.ClientSession, targets: list[str], ids: list[str]):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        targets: list[str],
+        ids: list[str],
+        *,
+        by_account: bool = False,
+    ):
         self.session = session
+        # Like a load balancer hashing the account id of the path: one instance per account.
+        self.by_account = by_account
         self.targets = targets
         self.ids = ids
         self.accepted: dict[str, int] = dict.fromkeys(ids, 0)
@@ -233,8 +245,11 @@ class _Load:
         self.resent = 0
         self._turn = 0
 
-    def _target(self) -> str:
+    def _target(self, path: str) -> str:
         self._turn += 1
+        if self.by_account and path.startswith("/accounts/"):
+            owner = zlib.crc32(path.split("/")[2].encode())
+            return self.targets[owner % len(self.targets)]
         return self.targets[self._turn % len(self.targets)]
 
     async def open_accounts(self, clients: int) -> None:
@@ -269,7 +284,7 @@ class _Load:
 
     async def _post(self, path: str, body: dict[str, Any], key: str, expect: int = 201) -> None:
         for _ in range(50):
-            url = self._target() + path
+            url = self._target(path) + path
             async with self.session.post(url, json=body, headers={"Idempotency-Key": key}) as r:
                 text = await r.text()
                 if r.status in (expect, 200):
@@ -327,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", default="30,1000")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--streams", type=int, default=STREAM_INSTANCES, help="stream instances")
+    parser.add_argument(
+        "--route",
+        choices=("round-robin", "account"),
+        default="round-robin",
+        help="which transaction instance a command goes to: the next one, or the account's",
+    )
     parser.add_argument("--src", action="append", help="run the services from this tree")
     args = parser.parse_args(argv)
     seconds = args.seconds or (QUICK_SECONDS if args.quick else SECONDS)
@@ -344,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                         seconds=seconds,
                         src=src,
                         stream_instances=args.streams,
+                        route=args.route,
                     )
                     rows.setdefault((src, accounts, instances), []).append(result)
                     print(_line(src, accounts, instances, result), flush=True)
