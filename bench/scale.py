@@ -5,8 +5,11 @@
 database (EVENTLEDGER_BENCH_POSTGRES_URL or EVENTLEDGER_TEST_POSTGRES_URL), opens the
 accounts, and runs 16 closed-loop aiohttp clients posting keyed deposits round-robin over
 the transaction instances (a 503 is sent again with the same key) for 20 s (`--quick`: 5 s)
-after an untimed warm-up. Reported per run: commands/s, p50/p99 latency, retries per command
-(the instances' `eventledger_transaction_retries_total`). Money is checked after every run:
+after an untimed warm-up (`--route account`: each account's commands to one instance, as a
+load balancer hashing the account id; `--streams N`: stream instances). Reported per run:
+commands/s, p50/p99 latency, retries per command (the instances'
+`eventledger_transaction_retries_total`), CPU ms per command of the eventledger processes
+(steadier than commands/s when others load the machine). Money is checked after every run:
 each account's deposits in the log sum to the amounts acknowledged, one event per key, every
 201 in the log; a run that fails the check raises.
 
