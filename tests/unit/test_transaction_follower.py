@@ -106,3 +106,18 @@ def test_following_does_not_count_as_use_in_the_lru_order() -> None:
     cache.put(fold_recorded(initial_state("c"), [opened("c")]))
     # "a" was advanced by the feed, not used by a command: it is still the oldest.
     assert cache.peek("a") is None and cache.peek("b") is not None
+
+
+def test_an_answer_arriving_after_the_feed_went_further_does_not_set_the_entry_back() -> None:
+    # This instance wrote version 3; another wrote 4; the feed carried both before the answer
+    # to this instance's append came back.
+    cache, follower, _ = cached(opened(), deposit(2, 50))
+    follower.apply_data(sse_data(deposit(3, 25)))
+    follower.apply_data(sse_data(deposit(4, 5)))
+    answered = fold_recorded(initial_state("a"), [opened(), deposit(2, 50), deposit(3, 25)])
+    cache.offer(answered)
+    state = cache.peek("a")
+    assert state is not None and (state.version, state.balance) == (4, 80)
+    cache.offer(fold_recorded(answered, [deposit(4, 5), deposit(5, 1)]))
+    state = cache.peek("a")
+    assert state is not None and state.version == 5

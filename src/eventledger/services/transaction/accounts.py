@@ -111,6 +111,15 @@ class AccountCache:
         while len(self._states) > self._max_size:
             self._states.popitem(last=False)
 
+    def offer(self, state: Account) -> None:
+        """`put`, unless the entry is already further (the log follower advanced it while a
+        command of this instance waited for its answer)."""
+        cached = self._states.get(state.account_id)
+        if cached is not None and cached.version > state.version:
+            self._states.move_to_end(state.account_id)
+            return
+        self.put(state)
+
     def peek(self, account_id: str) -> Account | None:
         """The cached state, without counting as a use (the log follower's look)."""
         return self._states.get(account_id)

@@ -316,10 +316,7 @@ class CommandHandler:
         written = False
         for state, events in caught_up:
             written = written or any(e.id in own for e in events)
-            cached = self.cache.peek(state.account_id)
-            # The log follower may have brought the entry further meanwhile: keep the newer.
-            if cached is None or cached.version <= state.version:
-                self.cache.put(state)
+            self.cache.offer(state)  # the follower may have brought the entry further
         return written
 
     async def _retry(self, command: str, attempt: int) -> None:
@@ -338,7 +335,7 @@ class CommandHandler:
         self, before: Account, state: Account, result: AppendResult, last_event_id: UUID
     ) -> Account:
         if state.version == result.last_version:
-            self.cache.put(state)
+            self.cache.offer(state)
             if self.snapshots is not None:  # kept off the hot path, every N events
                 self.snapshots.note(state, last_event_id, before.version)
         else:  # cannot happen with a sound stream service; do not trust the guess then
