@@ -105,7 +105,10 @@ def console_system(
         yield system, start_console(system, credentials, root, stack)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in this
+# thread while it lives, and every asyncio test after it would fail ("Runner.run() cannot be
+# called from a running event loop"). It must stop before the next package's tests start.
+@pytest.fixture(scope="package")
 def browser(chromium_path: Path) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
