@@ -18,9 +18,6 @@ versions never depend on each other. Memory stays bounded by `concurrency` batch
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import random
 import time
 import uuid
 from collections import deque
@@ -28,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from eventledger.domain.events import AccountOpened, MoneyDeposited, stream_name
+from eventledger.eventstore.ids import uuid7
 from eventledger.eventstore.records import NewEvent, StreamAppend, StreamState
 from eventledger.eventstore.store import EventStore
 
@@ -124,28 +122,10 @@ async def bulkload(
     )
 
 
-# Event and transaction ids are time-ordered UUIDs (version 7, RFC 9562: 48 bits of Unix
-# milliseconds, a counter, random bits), from a seeded generator: uuid.uuid4 asks the kernel
-# for 16 bytes each time (11 us a call on a busy machine, more than storing the event). Time
-# order matters at scale: a random id lands on a random page of the id index, so with 10M
-# events every insert dirties a page of its own (57 vs 20 CPU us an event for 1,000-event
-# appends into a 10M-event SQLite store, random v4 vs v7 ids, same run).
-_random = random.Random(os.urandom(32))
-_sequence = itertools.count()
-
-
-def _uuid7() -> uuid.UUID:
-    millis = time.time_ns() // 1_000_000
-    counter = next(_sequence) & 0xFFF
-    return uuid.UUID(
-        int=(millis << 80) | (0x7 << 76) | (counter << 64) | (0x2 << 62) | _random.getrandbits(62)
-    )
-
-
 def _events(account_id: str, version: int, count: int) -> list[NewEvent]:
     """`count` events of the account after `version`: the opening first, then deposits."""
     events: list[NewEvent] = []
-    new_id = _uuid7
+    new_id = uuid7
     if version == 0 and count > 0:
         opened = AccountOpened(account_id, "EUR", 0, None)
         events.append(

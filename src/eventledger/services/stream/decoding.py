@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from uuid import UUID, uuid4
+from uuid import UUID
 
+from eventledger.eventstore.ids import uuid7
 from eventledger.eventstore.records import (
     EVENT_TYPE,
     STREAM_NAME,
@@ -79,7 +80,7 @@ def _event(raw: object) -> NewEvent | None:
         return None
     given = raw.get("id")
     if given is None:
-        event_id = uuid4()  # the service, not the store, gives ids to events without one
+        event_id = uuid7()  # the service, not the store, gives ids to events without one
     elif type(given) is str and UUID_RE.fullmatch(given) is not None:
         event_id = UUID(given)
     else:
@@ -172,7 +173,7 @@ def new_events(events: Sequence[s.EventIn]) -> list[NewEvent]:
     # The service, not the store, gives ids to events that come without one.
     return [
         NewEvent(
-            id=uuid4() if e.id is None else UUID(e.id),
+            id=uuid7() if e.id is None else UUID(e.id),
             type=e.type,
             data=e.data,
             metadata=e.metadata,

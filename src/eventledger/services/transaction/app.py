@@ -15,7 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -31,6 +31,7 @@ from eventledger.domain.commands import (
     validate,
 )
 from eventledger.domain.money import check_account_id
+from eventledger.eventstore.ids import uuid7
 from eventledger.services.http import (
     PROBLEM_JSON,
     ProblemError,
@@ -179,7 +180,7 @@ def create_app(
     stream_url: str,
     max_retries: int = DEFAULT_MAX_RETRIES,
     cache_size: int = DEFAULT_CACHE_SIZE,
-    new_id: Callable[[], UUID] = uuid4,
+    new_id: Callable[[], UUID] = uuid7,
     stream_token: str | None = None,
     idempotency_secret: bytes | None = None,
     follow_log: bool = False,
