@@ -174,7 +174,9 @@ def measure(
             )
             for i in range(instances)
         ]
-        return asyncio.run(_run(transactions, streams[0], accounts, seconds, clients, pids, route))
+        return asyncio.run(
+            _run(transactions, streams[0], accounts, seconds, clients, pids, route, len(streams))
+        )
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -195,6 +197,7 @@ async def _run(
     clients: int,
     pids: Sequence[int] = (),
     route: str = "round-robin",
+    stream_count: int = 0,
 ) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=clients * 2)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -205,11 +208,14 @@ async def _run(
         await load.run(clients, WARMUP_SECONDS)
         retries_before = await _retries(session, transactions)
         load.latencies.clear()
-        cpu_before = cpu_seconds(pids)
+        # The stream instances' pids come first.
+        stream_pids, transaction_pids = pids[:stream_count], pids[stream_count:]
+        stream_before, transaction_before = cpu_seconds(stream_pids), cpu_seconds(transaction_pids)
         started = time.perf_counter()
         commands = await load.run(clients, seconds)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(pids) - cpu_before
+        stream_cpu = cpu_seconds(stream_pids) - stream_before
+        transaction_cpu = cpu_seconds(transaction_pids) - transaction_before
         retries = await _retries(session, transactions) - retries_before
         await _check_money(session, stream, load)
     latencies = sorted(load.latencies)
@@ -220,7 +226,9 @@ async def _run(
         "retries_per_command": retries / commands,
         # CPU of the eventledger processes per command: steadier than commands/s on a
         # machine others load too (PostgreSQL and the load generator not counted).
-        "cpu_ms_per_command": 1000 * cpu / commands,
+        "cpu_ms_per_command": 1000 * (stream_cpu + transaction_cpu) / commands,
+        "stream_cpu_ms_per_command": 1000 * stream_cpu / commands,
+        "transaction_cpu_ms_per_command": 1000 * transaction_cpu / commands,
         "commands": float(commands),
         "resent": float(load.resent),
     }
@@ -384,7 +392,9 @@ def _line(src: str | None, accounts: int, instances: int, r: dict[str, float]) -
         f"{src or 'this tree'} | {accounts} accounts | {instances} tx | "
         f"{r['commands_per_s']:.0f} cmd/s | p50 {r['p50_ms']:.1f} ms | p99 {r['p99_ms']:.1f} ms"
         f" | retries/cmd {r['retries_per_command']:.4f} | resent {r['resent']:.0f}"
-        f" | CPU {r['cpu_ms_per_command']:.2f} ms/cmd"
+        f" | CPU {r['cpu_ms_per_command']:.2f} ms/cmd (stream"
+        f" {r['stream_cpu_ms_per_command']:.2f}, transaction"
+        f" {r['transaction_cpu_ms_per_command']:.2f})"
     )
 
 
