@@ -17,6 +17,7 @@ from eventledger.services.statistics.projection import (
     Tally,
     account_id_of,
     evolve,
+    total,
 )
 from tests.unit.test_accounting_projection import Log
 
@@ -210,3 +211,13 @@ def test_the_total_balance_is_the_sum_of_the_accounting_balances(
     assert eur.deposits_volume - eur.withdrawals_volume == eur.balance
     assert eur.transfers_count == sum(1 for k, s, t, _ in moves if k == "transfer" and s != t)
     assert sum(days.values(), Tally()) == eur
+
+
+def test_the_total_of_a_page_is_the_sum_of_its_deltas() -> None:
+    deltas = [
+        Tally(opened=1),
+        Tally(balance=5, deposits_count=1, deposits_volume=5),
+        Tally(balance=-2, transfers_count=1, transfers_volume=2),
+    ]
+    assert total(deltas) == deltas[0] + deltas[1] + deltas[2]
+    assert total([]) == Tally()

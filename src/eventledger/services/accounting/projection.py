@@ -21,7 +21,6 @@ from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
 from eventledger.domain.validity import AccountFacts, check_event, decode_event
 from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.readside import commits
 from eventledger.services.readside.commits import evolve_append
 from eventledger.services.readside.projection import EventRejected
 
@@ -114,16 +113,6 @@ def evolve_commit(
         evolve=_evolve,
         facts_of=facts_of,
         whole=whole,
-    )
-
-
-def evolve_page(
-    accounts: dict[str, Account], events: Sequence[RecordedEvent]
-) -> tuple[list[Change], EventRejected | None]:
-    """`evolve_commit` over a page of the log cut into atomic appends, updating `accounts`
-    (`readside.commits.evolve_page`): the changes before the first refused event, and why."""
-    return commits.evolve_page(
-        accounts, events, account_id_of=account_id_of, evolve=_evolve, facts_of=facts_of
     )
 
 

@@ -14,8 +14,9 @@ from eventledger.services.accounting.projection import (
     HistoryItem,
     Kind,
     account_id_of,
-    evolve_page,
+    evolve_commit,
 )
+from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
 from eventledger.services.readside.projection import EventRejected
 
@@ -127,14 +128,19 @@ class AccountingProjection:
         accounts = load_accounts(
             session, (a for a in (account_id_of(e.stream) for e in events) if a is not None)
         )
-        # One atomic append at a time: some rules (transfers come in pairs) span an append.
-        changes, rejected = evolve_page(accounts, events)
         changed: dict[str, Account] = {}
         items: list[HistoryItem] = []
-        for change in changes:
-            changed[change.account.account_id] = change.account  # each account written once
-            if change.item is not None:
-                items.append(change.item)
+        rejected: EventRejected | None = None
+        # One atomic append at a time: some rules (transfers come in pairs) span an append.
+        for group, whole in commit_groups(events):
+            changes, rejected = evolve_commit(accounts, group, whole=whole)
+            for change in changes:
+                account = change.account
+                accounts[account.account_id] = changed[account.account_id] = account
+                if change.item is not None:
+                    items.append(change.item)
+            if rejected is not None:
+                break
         if changed:
             session.executemany(
                 _UPSERT_ACCOUNT,

@@ -20,7 +20,6 @@ from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
 from eventledger.domain.validity import AccountFacts, check_event, decode_event
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.readside import commits
 from eventledger.services.readside.commits import evolve_append
 from eventledger.services.readside.projection import EventRejected
 
@@ -116,16 +115,6 @@ def evolve_commit(
         evolve=_evolve,
         facts_of=facts_of,
         whole=whole,
-    )
-
-
-def evolve_page(
-    accounts: dict[str, StatsAccount], events: Sequence[RecordedEvent]
-) -> tuple[list[StatsChange], EventRejected | None]:
-    """`evolve_commit` over a page of the log cut into atomic appends, updating `accounts`
-    (`readside.commits.evolve_page`): the changes before the first refused event, and why."""
-    return commits.evolve_page(
-        accounts, events, account_id_of=account_id_of, evolve=_evolve, facts_of=facts_of
     )
 
 

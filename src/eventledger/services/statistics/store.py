@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
 from eventledger.services.readside.projection import EventRejected
 from eventledger.services.statistics.projection import (
@@ -17,7 +18,7 @@ from eventledger.services.statistics.projection import (
     StatsAccount,
     Tally,
     account_id_of,
-    evolve_page,
+    evolve_commit,
     total,
 )
 
@@ -102,15 +103,21 @@ class StatisticsProjection:
         accounts = self._load_accounts(
             session, {a for e in events if (a := account_id_of(e.stream)) is not None}
         )
-        # One atomic append at a time: some rules (transfers come in pairs) span an append.
-        changes, rejected = evolve_page(accounts, events)
         changed: dict[str, StatsAccount] = {}
+        # A page's deltas per currency and day, summed once (not a Tally per event and key).
         by_currency: dict[str, list[Tally]] = {}
         by_day: dict[tuple[str, str], list[Tally]] = {}
-        for change in changes:
-            changed[change.account.account_id] = change.account  # each account written once
-            by_currency.setdefault(change.currency, []).append(change.delta)
-            by_day.setdefault((change.day, change.currency), []).append(change.delta)
+        rejected: EventRejected | None = None
+        # One atomic append at a time: some rules (transfers come in pairs) span an append.
+        for group, whole in commit_groups(events):
+            changes, rejected = evolve_commit(accounts, group, whole=whole)
+            for change in changes:
+                account = change.account
+                accounts[account.account_id] = changed[account.account_id] = account
+                by_currency.setdefault(change.currency, []).append(change.delta)
+                by_day.setdefault((change.day, change.currency), []).append(change.delta)
+            if rejected is not None:
+                break
         currencies = {key: total(deltas) for key, deltas in by_currency.items()}
         days = {key: total(deltas) for key, deltas in by_day.items()}
         if changed:
