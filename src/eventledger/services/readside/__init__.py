@@ -7,7 +7,8 @@
   the operator's decisions (skip, park) with the parked events;
 * `apply` — one checkpointed transaction: a batch at commit boundaries, halts, decisions,
   resets; testable without HTTP;
-* `subscription` — following the stream service's SSE feed;
+* `subscription` — following the stream service's SSE feed; `envelopes` — decoding its
+  events (orjson, with the standard library's answer wherever the two would differ);
 * `runner` — the loop that applies the log to a read model; `status` — what it shows
   (health, the database probe, consistent read snapshots);
 * `http` — what every read-model service has over HTTP (health, read-your-writes, rebuilding);
