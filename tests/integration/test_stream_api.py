@@ -110,7 +110,7 @@ async def test_events_without_an_id_get_a_generated_uuid_and_given_ids_are_kept(
     await append(client, stream, event(), {**event(), "id": given})
     r = await client.get(f"/streams/{stream}")
     first, second = r.json()["events"]
-    assert uuid.UUID(first["id"]).version == 4
+    assert uuid.UUID(first["id"]).version == 7  # eventstore/ids.py: time-ordered UUIDv7
     assert second["id"] == given
 
 

@@ -18,6 +18,7 @@ from eventledger.eventstore.errors import WrongExpectedVersion
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.records import NewEvent, RecordedEvent, StreamAppend, StreamState
 from eventledger.eventstore.store import EventStore
+from eventledger.services.http import ProblemError
 from eventledger.services.stream.app import create_app
 from eventledger.services.stream.guards import AccountGuard
 
@@ -482,3 +483,27 @@ async def test_a_cold_batch_fails_on_the_first_stream_in_order_like_a_sequential
         await AccountGuard().check(store, appends)
     assert raised.value.stream == "account-p"
     assert await AccountGuard().check(store, appends[::-1]) is None
+
+
+async def test_a_warm_guard_checks_a_batch_without_waiting_on_anything() -> None:
+    """Facts cached at the expected versions: the check finishes in its first step (no store
+    read, no task per stream), and still refuses what the rule refuses."""
+    store = ReadCountingStore()
+    guard = AccountGuard()
+    for account in ("w1", "w2"):
+        appends = [StreamAppend(f"account-{account}", 0, [new_event(opened(account))])]
+        guard.remember(await guard.check(store, appends), await store.append_batch(appends))
+    appends = [StreamAppend(f"account-{a}", 1, [new_event(deposited(a))]) for a in ("w1", "w2")]
+    step = guard.check(store, appends)
+    with pytest.raises(StopIteration) as finished:
+        step.send(None)
+    checked = finished.value.value
+    assert checked is not None
+    assert {s: f.version for s, f in checked.facts.items()} == {"account-w1": 2, "account-w2": 2}
+    assert store.stream_reads == []
+    # The same warm path refuses what the rule refuses: closing w2 at a balance of 100.
+    w2 = StreamAppend("account-w2", 1, [new_event(deposited("w2")), new_event(closed("w2"))])
+    with pytest.raises(ProblemError) as refused:
+        await guard.check(store, [appends[0], w2])
+    assert (refused.value.status, refused.value.extra["rule"]) == (422, "balance-not-zero")
+    assert store.stream_reads == []

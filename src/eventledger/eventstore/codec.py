@@ -20,6 +20,10 @@ from eventledger.eventstore.records import RecordedEvent
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds and a `Z`: `2026-11-27T10:00:00.123456Z`."""
+    if moment.tzinfo is UTC and moment.year >= 1000:
+        # Every stored time: isoformat is ~4x cheaper than strftime and gives the same text
+        # (strftime's %Y does not pad years below 1000, isoformat does: those take the slow path).
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -131,6 +131,9 @@ class MemoryEventStore(EventStore):
     async def head_position(self) -> int:
         return len(self._log)
 
+    def known_head(self) -> int:
+        return len(self._log)
+
     async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
         async with self._changed:
             with contextlib.suppress(TimeoutError):

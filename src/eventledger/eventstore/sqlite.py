@@ -239,6 +239,9 @@ class SqliteEventStore(EventStore):
         self._known_head = max(self._known_head, head)
         return head
 
+    def known_head(self) -> int:
+        return self._known_head  # raised by the writer only after its COMMIT returned
+
     async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
         if self._closed:
             raise StoreUnavailable("the event store is closed")

@@ -129,6 +129,11 @@ class EventStore(ABC):
     async def head_position(self) -> int:
         """The position of the newest visible event; 0 when the store is empty."""
 
+    def known_head(self) -> int:
+        """A position known to be committed and visible, without I/O (a lower bound of
+        `head_position`, e.g. this instance's last COMMIT); 0 when none is known."""
+        return 0
+
     @abstractmethod
     async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait, without busy polling, until an event with position > `after` is visible or

@@ -63,13 +63,13 @@ class AccountGuard:
                 parts.append((append, _expected(append), _decoded(append)))
         if not parts:
             return None
-        # The facts of every stream at once: a batch over many streams the guard has not seen
-        # costs one read's wait, not one per stream (cached streams read nothing).
-        # Outcomes are taken in the order of the appends, as if read one after the other.
-        found = await asyncio.gather(
-            *(self._facts_at(store, append.stream, expected) for append, expected, _ in parts),
-            return_exceptions=True,
-        )
+        hot = [self._hot(append.stream, expected) for append, expected, _ in parts]
+        if all(f is not None for f in hot):
+            # Every stream's facts are cached at its expected version (a command's usual
+            # case): no read, hence no task per stream and no gather.
+            found: list[AccountFacts | BaseException | None] = list(hot)
+        else:
+            found = await self._read_facts(store, parts)
         facts: dict[str, AccountFacts] = {}
         for stream_facts in found:
             if isinstance(stream_facts, BaseException):
@@ -85,6 +85,17 @@ class AccountGuard:
             raise invalid_event(stream, exc.index, exc) from None
         return Checked({ACCOUNT_STREAM_PREFIX + a: f for a, f in after.items()})
 
+    async def _read_facts(
+        self, store: EventStore, parts: Sequence[tuple[StreamAppend, int, list[Event]]]
+    ) -> list[AccountFacts | BaseException | None]:
+        # The facts of every stream at once: a batch over many streams the guard has not seen
+        # costs one read's wait, not one per stream (cached streams read nothing).
+        # Outcomes are taken in the order of the appends, as if read one after the other.
+        return await asyncio.gather(
+            *(self._facts_at(store, append.stream, expected) for append, expected, _ in parts),
+            return_exceptions=True,
+        )
+
     def remember(self, checked: Checked | None, results: Sequence[AppendResult]) -> None:
         """Keep the facts of a checked batch the store has written (not of a replay: a
         re-sent id only says the original was written, not that its data was the same)."""
@@ -98,17 +109,26 @@ class AccountGuard:
     def __len__(self) -> int:
         return len(self._facts)
 
+    def _hot(self, stream: str, expected: int) -> AccountFacts | None:
+        """The facts of `stream` at `expected` when they are known without a read, else None."""
+        cached = self._facts.get(stream)
+        if cached is None:
+            # A stream at version 0 has no events: nothing to read (the store checks the 0).
+            return AccountFacts(_account_id(stream)) if expected == 0 else None
+        if cached.version == expected:
+            self._facts.move_to_end(stream)
+            return cached  # the hot path: no read at all
+        return None
+
     async def _facts_at(self, store: EventStore, stream: str, expected: int) -> AccountFacts | None:
         """The facts of `stream` at version `expected`; None when the stream is already past
         it; WrongExpectedVersion when it has not reached it."""
+        hot = self._hot(stream, expected)
+        if hot is not None:
+            return hot
         cached = self._facts.get(stream)
-        if cached is None and expected == 0:
-            # A stream at version 0 has no events: nothing to read (the store checks the 0).
-            return AccountFacts(_account_id(stream))
         if cached is not None:
             self._facts.move_to_end(stream)
-            if cached.version == expected:
-                return cached  # the hot path: no read at all
             if cached.version > expected:
                 actual = await store.stream_version(stream)
                 if actual > expected:

@@ -184,7 +184,11 @@ class LogFeed:
         while self._waiters:
             try:
                 if await self.store.wait_for_events(self.head, WATCH_SECONDS):
-                    head = await self.store.head_position()
+                    # Our own commits are known without a query (one read and one thread
+                    # hop saved per commit); another writer's are found by asking the store.
+                    head = self.store.known_head()
+                    if head <= self.head:
+                        head = await self.store.head_position()
                     if head > self.head:
                         self.head = head
                         self._announce(None)
