@@ -5,8 +5,9 @@
 database (EVENTLEDGER_BENCH_POSTGRES_URL or EVENTLEDGER_TEST_POSTGRES_URL), opens the
 accounts, and runs 16 closed-loop aiohttp clients posting keyed deposits round-robin over
 the transaction instances (a 503 is sent again with the same key) for 20 s (`--quick`: 5 s)
-after an untimed warm-up (`--route account`: each account's commands to one instance, as a
-load balancer hashing the account id; `--streams N`: stream instances). Reported per run:
+after an untimed warm-up that primes every instance's cache with every account
+(`--route account`: each account's commands to one instance, as a load balancer hashing the
+account id; `--streams N`: stream instances). Reported per run:
 commands/s, p50/p99 latency, retries per command (the instances'
 `eventledger_transaction_retries_total`), CPU ms per command of the eventledger processes
 (steadier than commands/s when others load the machine). Money is checked after every run:
@@ -205,6 +206,7 @@ async def _run(
         ids = [f"scale-{uuid4().hex[:12]}" for _ in range(accounts)]
         load = _Load(session, transactions, ids, by_account=route == "account")
         await load.open_accounts(clients)
+        await load.prime(clients)
         await load.run(clients, WARMUP_SECONDS)
         retries_before = await _retries(session, transactions)
         load.latencies.clear()
@@ -254,6 +256,7 @@ class _Load:
         self.keys: dict[str, int] = {}  # idempotency key -> amount, for every 201
         self.latencies: list[float] = []
         self.resent = 0
+        self.primed = 0  # deposits without a key entry (priming), counted in `accepted`
         self._turn = 0
 
     def _target(self, path: str) -> str:
@@ -274,6 +277,22 @@ class _Load:
 
         await asyncio.gather(*(opener() for _ in range(clients)))
 
+    async def prime(self, clients: int) -> None:
+        """One deposit of 1 on every account through every instance: each instance's cache
+        then holds every account, as in a deployment that has run for a while. (Without it,
+        N instances load each account N times during the run, a cost of starting up.)"""
+        queue = [(t, a) for t in self.targets for a in self.ids]
+
+        async def primer() -> None:
+            while queue:
+                target, account = queue.pop()
+                path = f"/accounts/{account}/deposits"
+                await self._post(path, {"amount": 1}, uuid4().hex, target=target)
+                self.accepted[account] += 1
+
+        await asyncio.gather(*(primer() for _ in range(clients)))
+        self.primed = len(self.targets) * len(self.ids)
+
     async def run(self, clients: int, seconds: float) -> int:
         deadline = time.perf_counter() + seconds
         done = 0
@@ -293,9 +312,16 @@ class _Load:
         await asyncio.gather(*(client() for _ in range(clients)))
         return done
 
-    async def _post(self, path: str, body: dict[str, Any], key: str, expect: int = 201) -> None:
+    async def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        key: str,
+        expect: int = 201,
+        target: str | None = None,
+    ) -> None:
         for _ in range(50):
-            url = self._target(path) + path
+            url = (target or self._target(path)) + path
             async with self.session.post(url, json=body, headers={"Idempotency-Key": key}) as r:
                 text = await r.text()
                 if r.status in (expect, 200):
@@ -338,7 +364,7 @@ async def _check_money(session: aiohttp.ClientSession, stream: str, load: _Load)
                 "were acknowledged"
             )
         transactions += [str(e["data"]["transaction_id"]) for e in deposits]
-    if not len(transactions) == len(set(transactions)) == len(load.keys):
+    if not len(transactions) == len(set(transactions)) == len(load.keys) + load.primed:
         raise ScaleBenchError(
             f"{len(transactions)} deposits in the log ({len(set(transactions))} transaction "
             f"ids), {len(load.keys)} keys acknowledged"
