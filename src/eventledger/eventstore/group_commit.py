@@ -183,8 +183,8 @@ class Backend(Protocol):
         """A connection to write with, for as long as the engine keeps it. Raises
         StoreUnavailable when none can be had."""
 
-    def committed(self, head: int) -> None:
-        """Called after every COMMIT that wrote events, with the new head."""
+    def committed(self, head: int, rows: Sequence[Row]) -> None:
+        """Called after every COMMIT that wrote events, with the new head and the rows."""
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class GroupCommit:
         if writes:
             self.commits += 1
             self.appends_written += len(writes)
-            self._backend.committed(writes[-1].rows[-1].position)
+            self._backend.committed(writes[-1].rows[-1].position, _rows(writes))
         for write in writes:
             outcomes[write.request] = write.results
         answer_all([(request, outcomes[request]) for request in group])

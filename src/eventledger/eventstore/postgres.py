@@ -68,6 +68,7 @@ from eventledger.eventstore.group_commit import (
     GroupCommit,
     Request,
 )
+from eventledger.eventstore.planning import Row
 from eventledger.eventstore.postgres_listener import HeadWatch, listen
 from eventledger.eventstore.postgres_schema import (
     MIGRATIONS,
@@ -227,7 +228,7 @@ class PostgresEventStore(EventStore):
         except psycopg.Error as exc:  # no connection within the pool timeout
             raise translate(exc) from exc
 
-    def committed(self, head: int) -> None:
+    def committed(self, head: int, rows: Sequence[Row]) -> None:
         self._watch.advance(head)
 
     # -- reading ---------------------------------------------------------------------------

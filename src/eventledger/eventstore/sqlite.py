@@ -42,6 +42,8 @@ from eventledger.eventstore.group_commit import (
     Request,
 )
 from eventledger.eventstore.memory import Clock, utc_now
+from eventledger.eventstore.planning import Row
+from eventledger.eventstore.recent import RecentLog, RecentPage
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.sqlite_schema import SCHEMA_VERSION, connect, enable_wal, migrate
 from eventledger.eventstore.sqlite_write import WriteSide, unavailable
@@ -106,6 +108,7 @@ class SqliteEventStore(EventStore):
         # The highest position this instance has committed: a lower bound of the head that
         # spares `wait_for_events` a query. Other processes' commits are found by querying.
         self._known_head = 0
+        self._recent = RecentLog(self._upcasters)
 
     @property
     def commits(self) -> int:
@@ -152,8 +155,10 @@ class SqliteEventStore(EventStore):
             self._engine.submit(request)
         return await request.future
 
-    def committed(self, head: int) -> None:
-        """After every COMMIT of the writer: wake the waiters."""
+    def committed(self, head: int, rows: Sequence[Row]) -> None:
+        """After every COMMIT of the writer: keep the rows for live readers, wake the waiters
+        (in that order: a woken reader finds them)."""
+        self._recent.add(rows)
         self._known_head = max(self._known_head, head)
         self._wake_waiters()
 
@@ -238,6 +243,21 @@ class SqliteEventStore(EventStore):
         head = await self._read(lambda conn: _scalar(conn, _HEAD))
         self._known_head = max(self._known_head, head)
         return head
+
+    def recent_page(
+        self,
+        after: int,
+        *,
+        limit: int,
+        max_bytes: int,
+        types: tuple[str, ...] = (),
+        stream_prefix: str | None = None,
+    ) -> RecentPage | None:
+        if self._closed:
+            return None
+        return self._recent.page(
+            after, limit=limit, max_bytes=max_bytes, types=types, stream_prefix=stream_prefix
+        )
 
     def known_head(self) -> int:
         return self._known_head  # raised by the writer only after its COMMIT returned

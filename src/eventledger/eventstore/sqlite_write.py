@@ -55,7 +55,7 @@ class WriterHost(Protocol):
 
     write_fault: str | None
 
-    def committed(self, head: int) -> None: ...
+    def committed(self, head: int, rows: Sequence[Row]) -> None: ...
     def set_fault(self, fault: str | None) -> None: ...
     def clock(self) -> datetime: ...
     def connect(self) -> sqlite3.Connection: ...
@@ -77,8 +77,8 @@ class WriteSide:
             self._reconnect()
         yield self
 
-    def committed(self, head: int) -> None:
-        self._store.committed(head)
+    def committed(self, head: int, rows: Sequence[Row]) -> None:
+        self._store.committed(head, rows)
 
     # -- Database
 

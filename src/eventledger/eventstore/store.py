@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from eventledger.eventstore.errors import DuplicateEventId, InvalidAppend, WrongExpectedVersion
@@ -33,6 +33,9 @@ from eventledger.eventstore.records import (
     StreamState,
 )
 from eventledger.eventstore.upcasting import UpcasterRegistry
+
+if TYPE_CHECKING:  # recent.py builds on planning.py, which builds on this module
+    from eventledger.eventstore.recent import RecentPage
 
 MAX_PAGE = 10_000
 
@@ -128,6 +131,19 @@ class EventStore(ABC):
     @abstractmethod
     async def head_position(self) -> int:
         """The position of the newest visible event; 0 when the store is empty."""
+
+    def recent_page(
+        self,
+        after: int,
+        *,
+        limit: int,
+        max_bytes: int,
+        types: tuple[str, ...] = (),
+        stream_prefix: str | None = None,
+    ) -> RecentPage | None:
+        """The log page after `after` from the events this instance committed last, without
+        I/O (recent.py), or None when the store must be read for it."""
+        return None
 
     def known_head(self) -> int:
         """A position known to be committed and visible, without I/O (a lower bound of

@@ -28,6 +28,10 @@ class UpcasterRegistry:
             raise ValueError(f"an upcaster for {event_type} v{from_version} is already registered")
         self._upcasters[key] = upcaster
 
+    def applies(self, event_type: str, schema_version: int) -> bool:
+        """Whether an event of this type and schema version is changed by `upcast`."""
+        return (event_type, schema_version) in self._upcasters
+
     def upcast(self, event: RecordedEvent) -> RecordedEvent:
         """Return the event in its newest known shape (the same object when nothing applies)."""
         version = event.schema_version

@@ -20,6 +20,8 @@ Many subscribers cost the store and the event loop about what one does (`LogFeed
   all wake together at the same position when an event is committed), and pages that are
   complete are kept in a small cache bounded in bytes, so subscribers catching up from the
   same place share the work;
+* what this service just committed is served from memory (`EventStore.recent_page`,
+  eventstore/recent.py): a live subscriber's page costs no query, thread hop or decode;
 * at most `READ_CONCURRENCY` page reads run at once: the store's threads and connections stay
   free for appends, reads and `/health` however many subscribers catch up;
 * every page is bounded in bytes (`SSE_PAGE_BYTES`) as well as in count (`PAGE_SIZE`);
@@ -230,6 +232,16 @@ class LogFeed:
 
     async def _read(self, key: PageKey) -> FramesPage:
         after, types, prefix = key
+        # What this service just committed is served from memory: no thread hop, no query,
+        # no decode (eventstore/recent.py says when that is exact; None: read the store).
+        recent = self.store.recent_page(
+            after, limit=PAGE_SIZE, max_bytes=SSE_PAGE_BYTES, types=types, stream_prefix=prefix
+        )
+        if recent is not None:
+            frames = "".join(
+                f"id: {e.position}\nevent: {e.type}\ndata: {e.text}\n\n" for e in recent.events
+            ).encode("ascii")
+            return FramesPage(frames, recent.last, len(recent.events), recent.cut)
         async with self._reads:
             # With filters, read the head first: see the module docstring for why it is safe.
             head = await self.store.head_position() if types or prefix else 0
