@@ -41,6 +41,7 @@ from eventledger.eventstore.upcasting import UpcasterRegistry
 
 MAX_EVENTS = 4096
 MAX_BYTES = 8 * 1024 * 1024
+_UNKNOWN: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,9 @@ class RecentLog:
         self._lock = threading.Lock()
         self._rows: deque[Row] = deque()
         self._bytes = 0
+        # Envelopes made so far, by position (None: only a read can say): the subscriptions
+        # with different filters ask for the same events.
+        self._texts: dict[int, str | None] = {}
 
     def add(self, rows: Sequence[Row]) -> None:
         """The rows of one COMMIT, in position order."""
@@ -85,8 +89,7 @@ class RecentLog:
         size = sum(len(r.data) + len(r.metadata) for r in rows)
         with self._lock:
             if self._rows and self._rows[-1].position + 1 != rows[0].position:
-                self._rows.clear()  # a gap: start the run over
-                self._bytes = 0
+                self._clear()  # a gap: start the run over
             self._rows.extend(rows)
             self._bytes += size
             while self._rows and (
@@ -94,11 +97,16 @@ class RecentLog:
             ):
                 old = self._rows.popleft()
                 self._bytes -= len(old.data) + len(old.metadata)
+                self._texts.pop(old.position, None)
 
     def clear(self) -> None:
         with self._lock:
-            self._rows.clear()
-            self._bytes = 0
+            self._clear()
+
+    def _clear(self) -> None:
+        self._rows.clear()
+        self._texts.clear()
+        self._bytes = 0
 
     def page(
         self,
@@ -122,21 +130,39 @@ class RecentLog:
         events: list[RecentEvent] = []
         size = 0
         wanted = set(types)
+        texts = self._texts
+        made: dict[int, str | None] = {}
         for row in rows:
             if wanted and row.type not in wanted:
                 continue
             if stream_prefix and not row.stream.startswith(stream_prefix):
                 continue
-            text = self._envelope(row)
+            text = texts.get(row.position, _UNKNOWN)
+            if text is _UNKNOWN:
+                text = made[row.position] = self._envelope(row)
             if text is None:
+                self._keep(made)
                 return None
             if events and size + len(text) > max_bytes:
+                self._keep(made)
                 return RecentPage(events, events[-1].position, cut=True)
             events.append(RecentEvent(row.position, row.type, text))
             size += len(text)
             if len(events) >= limit or size >= max_bytes:
+                self._keep(made)
                 return RecentPage(events, row.position, cut=True)
+        self._keep(made)
         return RecentPage(events, end, cut=False)
+
+    def _keep(self, made: dict[int, str | None]) -> None:
+        if not made:
+            return
+        with self._lock:
+            if self._rows:  # only for rows still held: a concurrent add may have dropped some
+                first, end = self._rows[0].position, self._rows[-1].position
+                for position, text in made.items():
+                    if first <= position <= end:
+                        self._texts[position] = text
 
     def _envelope(self, row: Row) -> str | None:
         """The envelope of a committed row as a read would serve it, or None when only a
@@ -169,12 +195,14 @@ def _plain(text: str) -> bool:
     return type(value) is dict and not _has_float(value)
 
 
-def _has_float(value: Any) -> bool:
-    kind = type(value)
-    if kind is float:
-        return True
-    if kind is dict:
-        return any(_has_float(v) for v in value.values())
-    if kind is list:
-        return any(_has_float(v) for v in value)
+def _has_float(value: dict[str, Any]) -> bool:
+    todo: list[Any] = [value]
+    while todo:
+        item = todo.pop()
+        for v in item.values() if type(item) is dict else item:
+            kind = type(v)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                todo.append(v)
     return False
