@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA := eventledger-data
-# What is installed into the venv, redone when pyproject.toml changes: `run` needs only the
-# package and its dependencies; `test` (and `bench`) add the development tools.
+# What is installed into the venv, redone when pyproject.toml or constraints.txt changes: `run`
+# needs only the package and its dependencies; `test` (and `bench`) add the development tools.
+# Both at the exact versions of constraints.txt (the package itself asks only for ranges).
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
+PIP_INSTALL := $(BIN)/python -m pip install -c constraints.txt
 
 .PHONY: run test lint typecheck unit integration e2e bench clean clean-data
 
@@ -18,18 +20,20 @@ $(BIN)/python:
 		|| { echo "could not create $(VENV): install your Python's venv module (Debian: python3-venv)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(RUN_STAMP): pyproject.toml | $(BIN)/python
+$(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	@echo "Installing eventledger into $(VENV)/ with what it needs to run: FastAPI, pydantic and"
 	@echo "uvicorn (the HTTP services), aiohttp and httpx (calls between services and from the"
 	@echo "command line), psycopg (PostgreSQL), prometheus-client (metrics), typer and rich (the"
 	@echo "command line). A minute or so the first time; no test tools (make test adds those)."
-	$(BIN)/python -m pip install -e .
+	$(PIP_INSTALL) -e .
 	@touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	@echo "Installing eventledger into $(VENV)/ with its development tools: pytest, hypothesis,"
 	@echo "ruff, mypy, the OpenAPI validator and client generator, Playwright."
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
+	@# Without its dependencies: its metadata caps typer below ours (see pyproject's dev extra).
+	$(PIP_INSTALL) --no-deps openapi-python-client
 	@touch $@ $(RUN_STAMP)
 
 run: $(RUN_STAMP)

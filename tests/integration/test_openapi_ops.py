@@ -151,11 +151,43 @@ def test_make_run_installs_what_running_needs_and_says_so_and_make_test_the_dev_
     tmp_path: Path,
 ) -> None:
     (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "constraints.txt").write_text("")
     run = make(tmp_path, "-n", "run")  # -n: print the commands, run none
     assert run.returncode == 0, run.stderr
     installs = [line for line in run.stdout.splitlines() if "pip install" in line]
-    assert any(line.rstrip().endswith("pip install -e .") for line in installs), installs
+    package = [line for line in installs if line.rstrip().endswith(" -e .")]
+    assert len(package) == 1 and "-c constraints.txt" in package[0], installs
     assert not any("[dev]" in line or "--quiet -e" in line for line in installs), installs
     assert "what it needs to run" in run.stdout and "eventledger up" in run.stdout
     test = make(tmp_path, "-n", "test")
-    assert "pip install -e '.[dev]'" in test.stdout
+    assert "pip install -c constraints.txt -e '.[dev]'" in test.stdout
+    assert "pip install -c constraints.txt --no-deps openapi-python-client" in test.stdout
+
+
+# -- dependency pins -------------------------------------------------------------------------
+
+CONSTRAINTS = OPS.parent / "constraints.txt"
+
+
+def test_the_package_asks_for_ranges_and_constraints_pin_each_inside_them() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((OPS.parent / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(text) for text in project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        wanted += [Requirement(text) for text in extra]
+    pins: dict[str, str] = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    for requirement in wanted:
+        specifiers = {spec.operator for spec in requirement.specifier}
+        assert specifiers == {">=", "<"}, f"{requirement}: a range, not a pin, in the package"
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned is not None, f"{requirement.name} has no exact pin in constraints.txt"
+        assert requirement.specifier.contains(pinned), f"{requirement.name}=={pinned}"
+    assert "openapi-python-client" in pins  # installed by make with --no-deps
