@@ -138,7 +138,17 @@ def _build_service(service: str, settings: Settings) -> FastAPI:
         async def open_store() -> EventStore:
             return await open_event_store(store_url, allow_unsafe_durability=unsafe)
 
-        return create_stream(open_store=open_store)
+        from eventledger.services.stream.guard_snapshots import GuardSnapshotStore
+
+        # The guard's facts every `snapshot_every` events, in a file of this instance's own.
+        guard_snapshots = settings.data_dir / "guard-snapshots.db"
+        return create_stream(
+            open_store=open_store,
+            guard_snapshot_store=(
+                GuardSnapshotStore(guard_snapshots) if settings.snapshot_every else None
+            ),
+            guard_snapshot_every=settings.snapshot_every,
+        )
     if service == "transaction":
         from eventledger.credentials import idempotency_secret
         from eventledger.services.transaction.app import create_app as create_transaction

@@ -12,6 +12,8 @@ when it is asked to exit (every open stream then ends cleanly at once).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -53,6 +55,7 @@ from eventledger.services.stream.encoding import (
     envelopes,
     json_response,
 )
+from eventledger.services.stream.guard_snapshots import GuardSnapshots, GuardSnapshotStore
 from eventledger.services.stream.guards import AccountGuard
 from eventledger.services.stream.metrics import StreamMetrics
 from eventledger.services.stream.pages import (
@@ -159,21 +162,37 @@ class _Runtime:
     """What the lifespan opens and the routes use."""
 
     def __init__(
-        self, heartbeat: float, metrics: StreamMetrics, subscriptions: Subscriptions
+        self,
+        heartbeat: float,
+        metrics: StreamMetrics,
+        subscriptions: Subscriptions,
+        snapshots: GuardSnapshots | None = None,
     ) -> None:
         self.heartbeat = heartbeat
         self.metrics = metrics
         self.subscriptions = subscriptions
         self.estimate = SizeEstimate()  # the encoded size of an event, to size store reads
-        self.guard = AccountGuard()  # the validity rule of account streams, on cached facts
+        # The validity rule of account streams, on cached facts (and snapshots of them).
+        self.guard = AccountGuard(snapshots=snapshots)
+        self.snapshots = snapshots
+        self._snapshot_writer: asyncio.Task[None] | None = None
         self._store: EventStore | None = None
 
     async def start(self, store: EventStore) -> None:
         self._store = store
         self.subscriptions.open(store)
+        if self.snapshots is not None:
+            self._snapshot_writer = asyncio.create_task(self.snapshots.run())
 
     async def stop(self) -> None:
         await self.subscriptions.aclose()
+        writer, self._snapshot_writer = self._snapshot_writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        if self.snapshots is not None:
+            await self.snapshots.store.close()
         store, self._store = self._store, None
         if store is not None:
             await store.close()
@@ -206,11 +225,15 @@ def create_app(
     heartbeat_seconds: float = 15.0,
     max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS,
     max_subscribers_per_principal: int = DEFAULT_MAX_SUBSCRIBERS_PER_PRINCIPAL,
+    guard_snapshot_store: GuardSnapshotStore | None = None,
+    guard_snapshot_every: int = 1000,
 ) -> FastAPI:
     """The stream service app. Its lifespan opens the store with `open_store` and closes it;
     `heartbeat_seconds` is how long a subscription stays silent before a heartbeat comment;
     past `max_subscribers` open subscriptions, or `max_subscribers_per_principal` of one
-    caller, a new one is refused (503 `too-many-subscribers`)."""
+    caller, a new one is refused (503 `too-many-subscribers`). `guard_snapshot_store`: where
+    the guard keeps account facts every `guard_snapshot_every` events, so a cold service does
+    not fold whole account streams (`guard_snapshots`; None: it does)."""
     if not 0 < heartbeat_seconds <= 3600:
         raise ValueError(f"heartbeat_seconds must be in (0, 3600], not {heartbeat_seconds!r}")
     runtime: _Runtime
@@ -235,7 +258,12 @@ def create_app(
         max_total=max_subscribers,
         max_per_principal=max_subscribers_per_principal,
     )
-    runtime = _Runtime(heartbeat_seconds, metrics, subscriptions)
+    snapshots = (
+        GuardSnapshots(guard_snapshot_store, every=guard_snapshot_every)
+        if guard_snapshot_store is not None
+        else None
+    )
+    runtime = _Runtime(heartbeat_seconds, metrics, subscriptions, snapshots)
     app.state.subscriptions = runtime.subscriptions
     app.state.begin_shutdown = runtime.subscriptions.close
     app.add_exception_handler(EventStoreError, handle_store_error)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from uuid import UUID
 
 from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX, Event
@@ -33,6 +34,7 @@ from eventledger.eventstore.errors import StreamNotFound, WrongExpectedVersion
 from eventledger.eventstore.records import AppendResult, StreamAppend, StreamState
 from eventledger.eventstore.store import EventStore
 from eventledger.services.http import ProblemError
+from eventledger.services.stream.guard_snapshots import GuardSnapshots
 
 DEFAULT_CACHE_SIZE = 10_000
 _PAGE = 1000
@@ -44,13 +46,18 @@ class Checked:
     """What a checked batch will leave: the facts of each account stream it appends to."""
 
     facts: Mapping[str, AccountFacts]  # by stream
+    last_ids: Mapping[str, UUID] = field(default_factory=dict)  # the id of each's last event
 
 
 class AccountGuard:
     """Checks appends to `account-*` streams with the validity rule, on cached facts."""
 
-    def __init__(self, max_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self, max_size: int = DEFAULT_CACHE_SIZE, *, snapshots: GuardSnapshots | None = None
+    ) -> None:
         self._max_size = max_size
+        self._snapshots = snapshots  # facts at some version, so a cold stream is not folded
+        self.events_read = 0  # stored events folded into facts (a measure for tests/benches)
         self._facts: OrderedDict[str, AccountFacts] = OrderedDict()
 
     async def check(self, store: EventStore, appends: Sequence[StreamAppend]) -> Checked | None:
@@ -83,7 +90,8 @@ class AccountGuard:
         except InvalidAccountEvent as exc:
             stream = ACCOUNT_STREAM_PREFIX + (exc.account_id or "")
             raise invalid_event(stream, exc.index, exc) from None
-        return Checked({ACCOUNT_STREAM_PREFIX + a: f for a, f in after.items()})
+        last_ids = {a.stream: a.events[-1].id for a, _, _ in parts if a.events}
+        return Checked({ACCOUNT_STREAM_PREFIX + a: f for a, f in after.items()}, last_ids)
 
     async def _read_facts(
         self, store: EventStore, parts: Sequence[tuple[StreamAppend, int, list[Event]]]
@@ -105,6 +113,9 @@ class AccountGuard:
             facts = checked.facts.get(result.stream)
             if facts is not None and not result.replayed and facts.version == result.last_version:
                 self._put(result.stream, facts)
+                event_id = checked.last_ids.get(result.stream)
+                if self._snapshots is not None and event_id is not None:
+                    self._snapshots.note(facts, event_id, result.first_version - 1)
 
     def __len__(self) -> int:
         return len(self._facts)
@@ -144,14 +155,38 @@ class AccountGuard:
             return None
         raise WrongExpectedVersion(stream, expected, facts.version)
 
-    @staticmethod
-    async def _catch_up(store: EventStore, stream: str, facts: AccountFacts) -> AccountFacts:
-        """`facts` after the stored events that follow them, read page by page."""
+    async def _catch_up(self, store: EventStore, stream: str, facts: AccountFacts) -> AccountFacts:
+        """`facts` after the stored events that follow them, read page by page (from a
+        trusted snapshot when the guard knows nothing of the stream yet)."""
+        since = facts.version
+        last_id: UUID | None = None
+        start = facts.version + 1
+        snapshot = None
+        if facts.version == 0 and self._snapshots is not None:
+            snapshot = await self._snapshots.trusted(facts.account_id)
+            if snapshot is not None:
+                # Read from the snapshot's own version: only if the event there has the
+                # recorded id is it of this log (else fold the whole stream).
+                start = snapshot.facts.version
         while True:
             try:
-                page = await store.read_stream(stream, from_version=facts.version + 1, limit=_PAGE)
+                page = await store.read_stream(stream, from_version=start, limit=_PAGE)
             except StreamNotFound:
                 return AccountFacts(facts.account_id)
+            full = len(page)
+            if snapshot is not None:
+                first = page[0] if page else None
+                verified = (
+                    first is not None
+                    and first.stream_version == start
+                    and first.id == snapshot.event_id
+                )
+                if not verified:
+                    snapshot, start = None, 1  # another log at that version: fold it all
+                    continue
+                facts, since, snapshot = snapshot.facts, snapshot.facts.version, None
+                page = page[1:]
+            self.events_read += len(page)
             for recorded in page:
                 try:
                     event = decode_event(
@@ -160,8 +195,12 @@ class AccountGuard:
                     facts = check_event(facts, event, stream_version=recorded.stream_version)
                 except InvalidAccountEvent as exc:
                     raise invalid_history(stream, recorded.stream_version, exc) from None
-            if len(page) < _PAGE:
+                last_id = recorded.id
+            if full < _PAGE:
+                if self._snapshots is not None and last_id is not None:
+                    self._snapshots.note(facts, last_id, since)
                 return facts
+            start = facts.version + 1
 
     def _put(self, stream: str, facts: AccountFacts) -> None:
         # Empty streams are not kept: appends to made-up names would only evict real facts.

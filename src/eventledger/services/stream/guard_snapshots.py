@@ -1,0 +1,225 @@
+"""Snapshots of the guard's account facts, so that a cold guard does not fold whole streams.
+
+The guard needs an account's `AccountFacts` before the first append to it; folded from the
+whole stream that costs ~39 s at 1M events. A snapshot is the facts at some version, kept
+in a SQLite file (`<data-dir>/guard-snapshots.db`), with what it takes to trust it again
+(the design of `services.transaction.snapshots`):
+
+* `version` and `event_id`: the stream version it holds and the id of the event there. The
+  guard reads the stream *from* that version: the first event read must be at that version
+  with that id, or the snapshot is of another log and is discarded (`AccountGuard`).
+* `fingerprint`: of the code that folded it (`GUARD_CODE_VERSION`, bumped when the validity
+  rule or an upcaster changes, plus every event type's schema version). Other code's
+  snapshots are never used.
+* A row that does not decode into sound facts (corrupt, foreign) is ignored.
+
+Writing is off the hot path: `note` records that a stream crossed a multiple of `every`
+events; one background task (`run`) writes the latest noted facts of each stream, at most
+`MAX_PENDING` waiting (more are dropped: the log is the truth). Past `max_rows` streams the
+least recently written snapshots are deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventledger.domain.events import EVENT_TYPES
+from eventledger.domain.upcasters import UPCASTERS
+from eventledger.domain.validity import AccountFacts
+
+log = logging.getLogger(__name__)
+
+# Bump when `domain.validity` or an upcaster changes what a history folds into.
+GUARD_CODE_VERSION = 1
+DEFAULT_EVERY = 1000
+DEFAULT_MAX_ROWS = 100_000
+MAX_PENDING = 10_000
+MAX_FACTS_BYTES = 1024  # facts are ~120 bytes; anything larger is not ours
+
+
+def guard_fingerprint() -> str:
+    """The code that folds facts: its version, the event schemas and the upcasters."""
+    schemas = ",".join(f"{t}:{c.SCHEMA_VERSION}" for t, c in sorted(EVENT_TYPES.items()))
+    upcasters = ",".join(f"{t}:{v}" for t, v, _ in UPCASTERS)
+    return f"guard-facts-{GUARD_CODE_VERSION};{schemas};{upcasters}"
+
+
+@dataclass(frozen=True, slots=True)
+class FactsSnapshot:
+    facts: AccountFacts  # its `version` is the stream version the snapshot holds
+    event_id: UUID  # the id of the event at that version
+    fingerprint: str
+
+
+def encode_facts(facts: AccountFacts) -> str:
+    return json.dumps(
+        [facts.account_id, facts.exists, facts.closed, facts.version, facts.currency,
+         facts.balance],
+        separators=(",", ":"),
+    )  # fmt: skip
+
+
+def decode_row(
+    account_id: str, version: object, event_id: object, fingerprint: object, text: object
+) -> FactsSnapshot | None:
+    """A snapshot from a stored row, or None when any part of it is not sound."""
+    try:
+        if not isinstance(text, str) or len(text) > MAX_FACTS_BYTES:
+            return None
+        data = json.loads(text)
+        if not isinstance(data, list) or len(data) != 6:
+            return None
+        facts = AccountFacts(*data)
+        sound = (
+            facts.account_id == account_id
+            and facts.exists is True
+            and type(facts.closed) is bool
+            and type(facts.version) is int
+            and facts.version == version
+            and facts.version >= 1
+            and isinstance(facts.currency, str)
+            and type(facts.balance) is int
+            and isinstance(fingerprint, str)
+        )
+        if not sound:
+            return None
+        return FactsSnapshot(facts, UUID(str(event_id)), str(fingerprint))
+    except (ValueError, TypeError):
+        return None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS guard_snapshots (
+    account_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    written_at REAL NOT NULL
+)
+"""
+
+
+class GuardSnapshotStore:
+    """Facts snapshots in a SQLite file; calls run in a worker thread, one at a time."""
+
+    def __init__(self, path: Path, *, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        self._path = path
+        self._max_rows = max_rows
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def _call(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(lambda: work(self._connection()))
+
+    async def get(self, account_id: str) -> FactsSnapshot | None:
+        row = await self._call(
+            lambda c: c.execute(
+                "SELECT version, event_id, fingerprint, facts FROM guard_snapshots"
+                " WHERE account_id = ?",
+                (account_id,),
+            ).fetchone()
+        )
+        return None if row is None else decode_row(account_id, *row)
+
+    async def put(self, snapshot: FactsSnapshot) -> None:
+        facts = snapshot.facts
+        row = (
+            facts.account_id,
+            facts.version,
+            str(snapshot.event_id),
+            snapshot.fingerprint,
+            encode_facts(facts),
+            time.time(),
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO guard_snapshots VALUES (?, ?, ?, ?, ?, ?)", row)
+            # Bounded: past max_rows streams, the least recently written go.
+            conn.execute(
+                "DELETE FROM guard_snapshots WHERE account_id IN (SELECT account_id FROM"
+                " guard_snapshots ORDER BY written_at DESC LIMIT -1 OFFSET ?)",
+                (self._max_rows,),
+            )
+
+        await self._call(write)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class GuardSnapshots:
+    """The guard's trusted snapshots (`trusted`) and their background writer (`note`, `run`)."""
+
+    def __init__(self, store: GuardSnapshotStore, *, every: int = DEFAULT_EVERY) -> None:
+        self.store = store
+        self.every = every
+        self.fingerprint = guard_fingerprint()
+        self._pending: dict[str, FactsSnapshot] = {}
+        self._wake = asyncio.Event()
+
+    async def trusted(self, account_id: str) -> FactsSnapshot | None:
+        """The stored snapshot of the account when it is of this code (still to be checked
+        against the log by the caller); None when there is none or the store fails."""
+        try:
+            snapshot = await self.store.get(account_id)
+        except Exception as exc:  # an optimisation: never fail an append for it
+            log.warning("guard snapshot store unavailable (%s): folding whole streams", exc)
+            return None
+        if snapshot is None or snapshot.fingerprint != self.fingerprint:
+            return None
+        return snapshot
+
+    def note(self, facts: AccountFacts, event_id: UUID, since_version: int) -> None:
+        """`facts` (whose last event has `event_id`) were reached from `since_version`: keep
+        them when that crossed a multiple of `every` events. Never waits."""
+        if self.every <= 0 or not facts.exists:
+            return
+        if facts.version // self.every == since_version // self.every:
+            return
+        if facts.account_id not in self._pending and len(self._pending) >= MAX_PENDING:
+            return
+        self._pending[facts.account_id] = FactsSnapshot(facts, event_id, self.fingerprint)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write what `note` kept, for ever (until cancelled)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                account_id = next(iter(self._pending))
+                snapshot = self._pending.pop(account_id)
+                try:
+                    await self.store.put(snapshot)
+                except Exception as exc:
+                    log.warning("could not write a guard snapshot of %s: %s", account_id, exc)
+
+    async def flush(self) -> None:
+        """Write what is pending now (tests, shutdown)."""
+        while self._pending:
+            account_id = next(iter(self._pending))
+            await self.store.put(self._pending.pop(account_id))
