@@ -8,13 +8,17 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from eventledger.bootstrap import build_upcasters
 from eventledger.domain.validity import AccountFacts
 from eventledger.eventstore.memory import MemoryEventStore
-from eventledger.eventstore.records import NewEvent, StreamAppend
+from eventledger.eventstore.records import NewEvent, RecordedEvent, StreamAppend
+from eventledger.eventstore.store import EventStore
+from eventledger.services.stream.app import create_app
 from eventledger.services.stream.guard_snapshots import (
     FactsSnapshot,
     GuardSnapshots,
@@ -180,3 +184,56 @@ async def test_an_unavailable_snapshot_store_folds_the_whole_stream(
     guard = AccountGuard(snapshots=broken)
     assert (await one_deposit(guard, store, account)).balance == 1500
     assert guard.events_read == 1500
+
+
+class ReadCountingStore(MemoryEventStore):
+    """A memory store that records every stream read's start version."""
+
+    def __init__(self) -> None:
+        super().__init__(upcasters=build_upcasters())
+        self.reads_from: list[int] = []
+
+    async def _read_stream(
+        self, stream: str, from_version: int, limit: int | None
+    ) -> list[RecordedEvent]:
+        self.reads_from.append(from_version)
+        return await super()._read_stream(stream, from_version, limit)
+
+
+async def test_the_stream_service_snapshots_facts_and_a_cold_one_starts_from_them(
+    tmp_path: Path,
+) -> None:
+    store = ReadCountingStore()
+    account = f"gs-{uuid.uuid4().hex[:10]}"
+    stream = f"account-{account}"
+
+    async def open_store() -> EventStore:
+        return store
+
+    async def post(events: list[dict[str, Any]]) -> None:
+        app = create_app(
+            open_store=open_store,
+            guard_snapshot_store=GuardSnapshotStore(tmp_path / "guard-snapshots.db"),
+            guard_snapshot_every=1000,
+        )
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s") as c,
+        ):
+            body = {"expected_version": await store.stream_version(stream), "events": events}
+            r = await c.post(f"/streams/{stream}", json=body)
+            assert r.status_code == 201, r.text
+
+    opened = {"account_id": account, "currency": "EUR", "overdraft_limit": 0, "owner": None}
+    money = {"account_id": account, "amount": 1, "reference": None}
+    await post([{"type": "AccountOpened", "schema_version": 2, "data": opened}])
+    deposits = [
+        {"type": "MoneyDeposited", "data": {**money, "transaction_id": str(uuid.uuid4())}}
+        for _ in range(1000)
+    ]
+    await post(deposits[:999])  # a cold service: folds 1, appends up to 1000
+    await fill(store, account, 1005)  # behind the service's back
+    store.reads_from.clear()
+    await post(deposits[999:])  # cold again: reads from the snapshot at 1000 only
+    assert store.reads_from == [1000]
+    assert await store.stream_version(stream) == 1006

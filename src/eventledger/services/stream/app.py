@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -192,6 +193,10 @@ class _Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         if self.snapshots is not None:
+            try:
+                await self.snapshots.flush()  # what was noted, not lost to the stop
+            except Exception as exc:
+                logging.getLogger(__name__).warning("guard snapshots not written: %s", exc)
             await self.snapshots.store.close()
         store, self._store = self._store, None
         if store is not None:
