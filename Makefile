@@ -30,8 +30,9 @@ $(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	@echo "Installing eventledger into $(VENV)/ with its development tools: pytest, hypothesis,"
-	@echo "ruff, mypy, the OpenAPI validator and client generator, Playwright."
-	$(PIP_INSTALL) -e '.[dev]'
+	@echo "ruff, mypy, the OpenAPI validator and client generator, Playwright, and the peer that"
+	@echo "make bench compares with (eventsourcing; its harness is tested too)."
+	$(PIP_INSTALL) -e '.[dev,bench]'
 	@# Without its dependencies: its metadata caps typer below ours (see pyproject's dev extra).
 	$(PIP_INSTALL) --no-deps openapi-python-client
 	@touch $@ $(RUN_STAMP)
@@ -71,7 +72,6 @@ e2e: $(STAMP)
 # Everything of issue 9 in one run (PostgreSQL parts need EVENTLEDGER_BENCH_POSTGRES_URL or
 # EVENTLEDGER_TEST_POSTGRES_URL); `make bench BENCH_ARGS=--quick` fits in about four minutes.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Caches and the virtualenv only: the ledger's data ($(DATA)/) is never deleted here.

@@ -292,6 +292,7 @@ async def test_health_reports_position_hash_head_and_lag(
         "hash": applied.hash or None,
         "head_position": head,
         "lag": 0,
+        "lag_seconds": 0.0,
         "halted": None,
         "stream_connected": True,
         "rebuilding": False,

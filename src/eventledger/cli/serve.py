@@ -194,33 +194,6 @@ def settings_from_flags(**flags: object) -> Settings:
         raise UsageProblem(str(exc)) from exc
 
 
-def log_config(prefix: str) -> dict[str, Any]:
-    """uvicorn's logging, every line prefixed with `prefix`; no access log."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {
-            "default": {
-                "()": "uvicorn.logging.DefaultFormatter",
-                "fmt": f"{prefix}%(levelprefix)s %(message)s",
-            },
-        },
-        "handlers": {
-            "default": {
-                "formatter": "default",
-                "class": "logging.StreamHandler",
-                "stream": "ext://sys.stderr",
-            },
-        },
-        "loggers": {
-            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
-            "uvicorn.error": {"level": "INFO"},
-            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-        },
-        "root": {"handlers": ["default"], "level": "INFO"},
-    }
-
-
 def _server(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
     """A uvicorn server that tells the app it is shutting down *before* waiting for open
     connections: a service with live subscriptions (`app.state.begin_shutdown`) ends them

@@ -27,9 +27,10 @@ from eventledger.services.http import Metrics, problem_response
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 ALLOWED_METHODS = "GET, HEAD, POST"
 ALLOWED_HEADERS = (
-    "Authorization, Content-Type, Idempotency-Key, X-Correlation-ID, X-Min-Position, Last-Event-ID"
+    "Authorization, Content-Type, Idempotency-Key, X-Correlation-ID, X-Min-Position, "
+    "Last-Event-ID, X-Request-ID"
 )
-EXPOSED_HEADERS = "Idempotent-Replayed, Retry-After, Location"
+EXPOSED_HEADERS = "Idempotent-Replayed, Retry-After, Location, X-Request-ID"
 PREFLIGHT_MAX_AGE = "600"
 
 

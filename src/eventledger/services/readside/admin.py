@@ -162,6 +162,11 @@ def add_runner_metrics(runner: ProjectionRunner, metrics: Metrics) -> None:
         ),
         ("eventledger_projection_lag", "Events not applied yet", lambda: runner.lag or 0),
         (
+            "eventledger_projection_lag_seconds",
+            "Seconds since the projection last had every event of the head applied",
+            lambda: runner.lag_seconds or 0.0,
+        ),
+        (
             "eventledger_projection_halted",
             "1 when the projection is halted",
             lambda: int(runner.halted is not None),

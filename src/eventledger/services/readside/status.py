@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -100,6 +101,9 @@ class RunnerStatus:
         self._probe: Future[tuple[Checkpoint, DecisionSummary]] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # When it was last seen with everything applied that the stream service had (the
+        # start counts: a read model starting behind has been behind since then).
+        self._caught_up_at = time.monotonic()
 
     # -- what it knows -----------------------------------------------------------------------
 
@@ -125,6 +129,21 @@ class RunnerStatus:
     def lag(self) -> int | None:
         head = self.head_position
         return None if head is None else max(0, head - self.position)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """How long this read model has been behind: seconds since it was last seen with
+        every event of the stream service's head applied; 0 while it is caught up, None while
+        the head is unknown. (Cheap by design: no event's time is looked up; a read model
+        that falls behind is noticed when its position or this value is next looked at.)"""
+        lag = self.lag
+        if lag is None:
+            return None
+        now = time.monotonic()
+        if lag == 0:
+            self._caught_up_at = now
+            return 0.0
+        return round(now - self._caught_up_at, 3)
 
     @property
     def rebuilding(self) -> bool:
@@ -162,6 +181,7 @@ class RunnerStatus:
             "hash": self.checkpoint.hash,
             "head_position": self.head_position,
             "lag": self.lag,
+            "lag_seconds": self.lag_seconds,
             "halted": None if self.halted is None else self.halted.to_json(),
             "stream_connected": self.connected,
             "rebuilding": self.rebuilding,
@@ -291,6 +311,8 @@ class RunnerStatus:
 
     async def _set_position(self, position: int) -> None:
         self.position = position
+        if self.lag == 0:
+            self._caught_up_at = time.monotonic()
         await self._notify()
 
     async def _notify(self) -> None:
