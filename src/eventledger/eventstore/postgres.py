@@ -54,6 +54,7 @@ from datetime import UTC
 from typing import Any, LiteralString
 from uuid import UUID
 
+import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
@@ -79,6 +80,7 @@ from eventledger.eventstore.postgres_schema import (
     migrate,
 )
 from eventledger.eventstore.postgres_write import Session, translate, translating
+from eventledger.eventstore.recent import RecentLog, RecentPage
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
@@ -126,6 +128,11 @@ class PostgresEventStore(EventStore):
         self._schema = schema
         self._idle_check = idle_check or _IdleCheck()
         self._watch = HeadWatch()
+        # What this instance committed last, served to its live subscribers without a query
+        # (recent.py), and the highest position known committed: a lower bound of the head
+        # that spares the feed a query per commit. Other instances' commits are read.
+        self._recent = RecentLog(self._upcasters)
+        self._known_head = 0
         self._closed = False
         self._engine = GroupCommit(self, asyncio.get_running_loop())
         self._writer = asyncio.create_task(self._engine.run(), name=f"eventledger-writer-{schema}")
@@ -229,7 +236,28 @@ class PostgresEventStore(EventStore):
             raise translate(exc) from exc
 
     def committed(self, head: int, rows: Sequence[Row]) -> None:
+        # Called after COMMIT returned, before the waiters are woken: a woken reader finds them.
+        self._recent.add([_as_read(r) for r in rows])
+        self._known_head = max(self._known_head, head)
         self._watch.advance(head)
+
+    def recent_page(
+        self,
+        after: int,
+        *,
+        limit: int,
+        max_bytes: int,
+        types: tuple[str, ...] = (),
+        stream_prefix: str | None = None,
+    ) -> RecentPage | None:
+        if self._closed:
+            return None
+        return self._recent.page(
+            after, limit=limit, max_bytes=max_bytes, types=types, stream_prefix=stream_prefix
+        )
+
+    def known_head(self) -> int:
+        return self._known_head
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -289,11 +317,16 @@ class PostgresEventStore(EventStore):
     async def head_position(self) -> int:
         # The committed counter is the newest visible position (appends commit in its order).
         rows = await self._fetch("SELECT last FROM event_position WHERE id = 1", [])
-        return int(rows[0][0])
+        head = int(rows[0][0])
+        if head > self._known_head:
+            self._known_head = head
+        return head
 
     # -- waiting ---------------------------------------------------------------------------
 
     async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
+        if self._known_head > after:  # committed and visible: no query
+            return True
         return await self._watch.wait_for_events(after, timeout, read_head=self.head_position)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -341,6 +374,31 @@ def _record(row: Sequence[Any]) -> RecordedEvent:
         hash=row[9],
         batch_end=row[10],
     )
+
+
+def _as_read(row: Row) -> Row:
+    """The row with its data and metadata as a read gives them back: `jsonb` keeps the last
+    of each key and orders keys by length, then bytes. recent.py serves the text only where
+    it is its own re-encoding (ASCII, no float), and then this is the text a read serves."""
+    return row._replace(data=_jsonb_text(row.data), metadata=_jsonb_text(row.metadata))
+
+
+def _jsonb_text(text: str) -> str:
+    if text == "{}":
+        return text
+    try:
+        return orjson.dumps(_jsonb_sorted(orjson.loads(text))).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return text  # recent.py's own check leaves it to a read
+
+
+def _jsonb_sorted(value: Any) -> Any:
+    if type(value) is dict:
+        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+        return {k: _jsonb_sorted(value[k]) for k in keys}
+    if type(value) is list:
+        return [_jsonb_sorted(v) for v in value]
+    return value
 
 
 def _like_prefix(prefix: str) -> str:
