@@ -27,15 +27,18 @@ What keeps it exact:
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import orjson
 
+from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
@@ -206,3 +209,65 @@ def _has_float(value: dict[str, Any]) -> bool:
             if kind is dict or kind is list:
                 todo.append(v)
     return False
+
+
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class StoredEnvelopes:
+    """Envelopes of rows read back from the store, assembled from their stored texts where
+    that is exactly `pages.encoded_envelope`'s text for the decoded (and upcast) event; None
+    where it may not be, and the caller decodes that row. Why: a catch-up page decoded every
+    row into a `RecordedEvent` (UUID, datetime, json.loads) only to encode it again.
+
+    Stored rows, unlike the writer's, may come from older code, so each text is checked to be
+    its own re-encoding: the id is a canonical UUID, the time is `format_time`'s text of
+    itself (checked once per distinct time: an append's events share theirs), and data and
+    metadata are ASCII JSON objects without floats that orjson writes back byte for byte."""
+
+    def __init__(self, upcasters: UpcasterRegistry) -> None:
+        self._upcasters = upcasters
+        self._times: dict[str, bool] = {}
+
+    def text(self, row: tuple[Any, ...]) -> str | None:
+        position, event_id, stream, version, type_, schema, data, meta, at, hash_, end = row
+        if self._upcasters.applies(type_, schema):
+            return None
+        if not (type(event_id) is str and _UUID_TEXT.fullmatch(event_id)):
+            return None
+        if not (type(hash_) is str and type(at) is str and self._canonical_time(at)):
+            return None
+        if not (_canonical(data) and (meta == "{}" or _canonical(meta))):
+            return None
+        return (
+            f'{{"id":"{event_id}","stream":{encode_basestring_ascii(stream)},'
+            f'"type":{encode_basestring_ascii(type_)},"schema_version":{schema},'
+            f'"data":{data},"metadata":{meta},"stream_version":{version},'
+            f'"position":{position},"recorded_at":"{at}","hash":{encode_basestring_ascii(hash_)},'
+            f'"batch_end":{end}}}'
+        )
+
+    def _canonical_time(self, at: str) -> bool:
+        known = self._times.get(at)
+        if known is None:
+            if len(self._times) > 4096:  # bounded: a page holds at most a few thousand
+                self._times.clear()
+            try:
+                # What a decode then an encode makes of it (sqlite._decode_rows, to_envelope).
+                known = format_time(datetime.fromisoformat(at)) == at
+            except (ValueError, OverflowError):
+                known = False
+            self._times[at] = known
+        return known
+
+
+def _canonical(text: object) -> bool:
+    """Whether a stored JSON text is the object orjson writes back for it, byte for byte,
+    ASCII and without floats (then the stdlib writes it the same: pages.encoded_envelope)."""
+    if type(text) is not str or not text.isascii():
+        return False
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return type(value) is dict and not _has_float(value) and orjson.dumps(value) == text.encode()

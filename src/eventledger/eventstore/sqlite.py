@@ -43,11 +43,11 @@ from eventledger.eventstore.group_commit import (
 )
 from eventledger.eventstore.memory import Clock, utc_now
 from eventledger.eventstore.planning import Row
-from eventledger.eventstore.recent import RecentLog, RecentPage
+from eventledger.eventstore.recent import RecentEvent, RecentLog, RecentPage, StoredEnvelopes
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.sqlite_schema import SCHEMA_VERSION, connect, enable_wal, migrate
 from eventledger.eventstore.sqlite_write import WriteSide, unavailable
-from eventledger.eventstore.store import EventStore
+from eventledger.eventstore.store import MAX_PAGE, EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; SCHEMA_VERSION is re-exported for them.
@@ -109,6 +109,7 @@ class SqliteEventStore(EventStore):
         # spares `wait_for_events` a query. Other processes' commits are found by querying.
         self._known_head = 0
         self._recent = RecentLog(self._upcasters)
+        self._stored = StoredEnvelopes(self._upcasters)
 
     @property
     def commits(self) -> int:
@@ -194,36 +195,36 @@ class SqliteEventStore(EventStore):
     async def _read_all(
         self, after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
     ) -> list[RecordedEvent]:
-        after = min(after, _MAX_INT)
-        # substr, not LIKE: '_' is a legal stream name character and a LIKE wildcard.
-        prefix = " AND substr(stream, 1, ?) = ?" if stream_prefix else ""
-        prefix_params = (len(stream_prefix), stream_prefix) if stream_prefix else ()
-        params: list[object]
-        types = tuple(dict.fromkeys(types))  # a type named twice selects its events once
-        if len(types) > 1:
-            # One index range per type (events_by_type), each cut at `limit`, merged: a page
-            # costs at most `limit` rows per type. (`type IN (...) ORDER BY position` sorts
-            # every matching event after `after` first: the whole log for a new subscriber.)
-            part = (
-                f"SELECT * FROM (SELECT {_COLUMNS} FROM events WHERE type = ? AND position > ?"
-                f"{prefix} ORDER BY position LIMIT ?)"
-            )
-            sql = " UNION ALL ".join([part] * len(types)) + " ORDER BY position LIMIT ?"
-            params = []
-            for event_type in types:
-                params.extend((event_type, after, *prefix_params, limit))
-            params.append(limit)
-        else:
-            sql = f"SELECT {_COLUMNS} FROM events WHERE position > ?"
-            params = [after]
-            if types:
-                sql += " AND type = ?"
-                params.append(types[0])
-            sql += f"{prefix} ORDER BY position LIMIT ?"
-            params.extend((*prefix_params, limit))
+        sql, params = _log_query(after, limit, types, stream_prefix)
 
         def query(conn: sqlite3.Connection) -> list[RecordedEvent]:
             return _decode_rows(conn.execute(sql, params).fetchall())
+
+        return await self._read(query)
+
+    async def read_log_entries(
+        self,
+        *,
+        after: int,
+        limit: int,
+        types: tuple[str, ...] = (),
+        stream_prefix: str | None = None,
+    ) -> list[RecentEvent | RecordedEvent]:
+        """`read_all`'s page, each event as its envelope text assembled from the stored
+        columns where that is exact (recent.StoredEnvelopes), else decoded and upcast as
+        `read_all` gives it. A catch-up page then costs no decode and no re-encode."""
+        sql, params = _log_query(max(after, 0), max(1, min(limit, MAX_PAGE)), types, stream_prefix)
+        stored, upcast = self._stored, self._upcasters.upcast
+
+        def query(conn: sqlite3.Connection) -> list[RecentEvent | RecordedEvent]:
+            entries: list[RecentEvent | RecordedEvent] = []
+            for row in conn.execute(sql, params).fetchall():
+                text = stored.text(row)
+                if text is None:
+                    entries.append(upcast(_decode_rows([row])[0]))
+                else:
+                    entries.append(RecentEvent(row[0], row[4], text))
+            return entries
 
         return await self._read(query)
 
@@ -495,3 +496,37 @@ def _decode_rows(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
             )
         )  # fmt: skip
     return events
+
+
+def _log_query(
+    after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
+) -> tuple[str, list[object]]:
+    """The SQL and parameters of a page of the global log (read_all's filters)."""
+    after = min(after, _MAX_INT)
+    # substr, not LIKE: '_' is a legal stream name character and a LIKE wildcard.
+    prefix = " AND substr(stream, 1, ?) = ?" if stream_prefix else ""
+    prefix_params = (len(stream_prefix), stream_prefix) if stream_prefix else ()
+    params: list[object]
+    types = tuple(dict.fromkeys(types))  # a type named twice selects its events once
+    if len(types) > 1:
+        # One index range per type (events_by_type), each cut at `limit`, merged: a page
+        # costs at most `limit` rows per type. (`type IN (...) ORDER BY position` sorts
+        # every matching event after `after` first: the whole log for a new subscriber.)
+        part = (
+            f"SELECT * FROM (SELECT {_COLUMNS} FROM events WHERE type = ? AND position > ?"
+            f"{prefix} ORDER BY position LIMIT ?)"
+        )
+        sql = " UNION ALL ".join([part] * len(types)) + " ORDER BY position LIMIT ?"
+        params = []
+        for event_type in types:
+            params.extend((event_type, after, *prefix_params, limit))
+        params.append(limit)
+    else:
+        sql = f"SELECT {_COLUMNS} FROM events WHERE position > ?"
+        params = [after]
+        if types:
+            sql += " AND type = ?"
+            params.append(types[0])
+        sql += f"{prefix} ORDER BY position LIMIT ?"
+        params.extend((*prefix_params, limit))
+    return sql, params

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
 from eventledger.eventstore.codec import to_envelope
+from eventledger.eventstore.recent import RecentEvent
 from eventledger.eventstore.records import RecordedEvent
+from eventledger.eventstore.sqlite import SqliteEventStore
 from eventledger.eventstore.store import EventStore
 
 LOG_PAGE_BYTES = 1024 * 1024  # `GET /events`, `GET /streams/…`: about 1 MiB of JSON at most
@@ -82,16 +84,28 @@ class SizeEstimate:
         return max(1, min(room_count, fits, MAX_CHUNK))
 
 
+class Entry(Protocol):
+    """What a log page keeps of an event besides its envelope."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+
+
+E = TypeVar("E", bound=Entry)
+
+
 @dataclass
-class Page:
+class Page(Generic[E]):
     """Events in order with their encoded envelopes; `cut` when more may follow at once."""
 
-    events: list[RecordedEvent] = field(default_factory=list)
+    events: list[E] = field(default_factory=list)
     encoded: list[str] = field(default_factory=list)
     size: int = 0
     cut: bool = False
 
-    def add(self, event: RecordedEvent, text: str) -> None:
+    def add(self, event: E, text: str) -> None:
         self.events.append(event)
         self.encoded.append(text)
         self.size += len(text)
@@ -109,15 +123,24 @@ async def read_log_page(
     max_bytes: int,
     types: tuple[str, ...] = (),
     stream_prefix: str | None = None,
-) -> Page:
+) -> Page[Entry]:
     """Events of the global log after `after`, at most `limit` and about `max_bytes`."""
-    page = Page()
+    page: Page[Entry] = Page()
     cursor = after
     while True:
         want = estimate.chunk(max_bytes - page.size, limit - len(page.events))
-        chunk = await store.read_all(
-            after=cursor, limit=want, types=types, stream_prefix=stream_prefix
-        )
+        chunk: list[RecentEvent | RecordedEvent]
+        if isinstance(store, SqliteEventStore):
+            # Envelopes straight from the stored texts where exact (catch-up: 2-3x cheaper).
+            chunk = await store.read_log_entries(
+                after=cursor, limit=want, types=types, stream_prefix=stream_prefix
+            )
+        else:
+            chunk = list(
+                await store.read_all(
+                    after=cursor, limit=want, types=types, stream_prefix=stream_prefix
+                )
+            )
         if _fill(page, chunk, estimate, limit=limit, max_bytes=max_bytes) or len(chunk) < want:
             return page
         cursor = chunk[-1].position
@@ -131,10 +154,10 @@ async def read_stream_page(
     from_version: int,
     limit: int,
     max_bytes: int,
-) -> Page:
+) -> Page[RecordedEvent]:
     """Events of one stream from `from_version` on, at most `limit` and about `max_bytes`.
     Raises the store's StreamNotFound when the stream has no events."""
-    page = Page()
+    page: Page[RecordedEvent] = Page()
     version = from_version
     while True:
         want = estimate.chunk(max_bytes - page.size, limit - len(page.events))
@@ -145,8 +168,8 @@ async def read_stream_page(
 
 
 def _fill(
-    page: Page,
-    chunk: list[RecordedEvent],
+    page: Page[Any],
+    chunk: list[RecentEvent] | list[RecordedEvent] | list[RecentEvent | RecordedEvent],
     estimate: SizeEstimate,
     *,
     limit: int,
@@ -157,7 +180,7 @@ def _fill(
     start = page.size
     try:
         for event in chunk:
-            text = encoded_envelope(event)
+            text = event.text if isinstance(event, RecentEvent) else encoded_envelope(event)
             if not page.fits(text, max_bytes):
                 page.cut = True
                 return True
@@ -171,14 +194,14 @@ def _fill(
         estimate.observe(page.size - start, added)
 
 
-def log_page_json(page: Page, last_position: int) -> bytes:
+def log_page_json(page: Page[Any], last_position: int) -> bytes:
     """`{"events": [...], "last_position": P}` from the already encoded envelopes."""
     return f'{{"events":[{",".join(page.encoded)}],"last_position":{last_position}}}'.encode(
         "ascii"
     )
 
 
-def stream_page_json(stream: str, version: int, page: Page) -> bytes:
+def stream_page_json(stream: str, version: int, page: Page[Any]) -> bytes:
     """`{"stream", "version", "events"}` from the already encoded envelopes."""
     head: dict[str, Any] = {"stream": stream, "version": version}
     return f'{encode_json(head)[:-1]},"events":[{",".join(page.encoded)}]}}'.encode("ascii")
