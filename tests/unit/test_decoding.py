@@ -171,6 +171,33 @@ def test_an_event_over_the_size_limit_in_a_large_body_is_left_to_the_model() -> 
     assert model_stream_append("s", body) is None
 
 
+_LIMIT = s.MAX_EVENT_BYTES
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"b": "é" * (_LIMIT // 6 - 10)},  # within once escaped (6 characters each)
+        {"b": "é" * (_LIMIT // 6 + 10)},  # over once escaped, a third of it in UTF-8
+        {"b": "😀" * (_LIMIT // 12 - 10)},  # a surrogate pair: 12 characters, 4 bytes
+        {"b": "😀" * (_LIMIT // 12 + 10)},
+        {"b": "\u0001" * (_LIMIT // 6 + 10)},  # control characters: \\u0001 either way
+        {"b": "x" * (_LIMIT - 40)},
+        {"b": "x" * (_LIMIT - 20)},
+        {"f": [1e-07] * (_LIMIT // 6 - 20)},  # "1e-07" in the model's text, "1e-7" in orjson's
+        {"f": [1e-07] * (_LIMIT // 6 + 20)},
+        {"n": 2**70, "b": "x" * (_LIMIT - 60)},  # past orjson's ints: measured exactly
+        {"n": 2**70, "b": "x" * _LIMIT},
+    ],
+    ids=lambda data: f"{sorted(data)}-{len(json.dumps(data))}",
+)
+def test_an_event_near_the_size_limit_in_a_large_body_is_decided_as_the_model_does(
+    data: dict[str, Any],
+) -> None:
+    padding = [{"type": "A", "data": {"n": i}} for i in range(300)]  # the body gets measured
+    check("s", {"expected_version": "any", "events": [*padding, {"type": "A", "data": data}]})
+
+
 @pytest.mark.parametrize(
     "payload",
     [

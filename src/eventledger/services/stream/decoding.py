@@ -18,6 +18,8 @@ import json
 from collections.abc import Sequence
 from uuid import UUID
 
+import orjson
+
 from eventledger.eventstore.ids import uuid7
 from eventledger.eventstore.records import (
     EVENT_TYPE,
@@ -48,7 +50,13 @@ _SYMBOLIC = {s.value: s for s in StreamState}
 # most 4.5x ("1e15" is written 1000000000000000.0). A body of up to MAX_EVENT_BYTES / 5 bytes
 # therefore holds no event over the size limit, and needs no measuring at all.
 _GROWTH = 5
-_SIZE_CHUNK = 100  # events measured in one encode: one call instead of a hundred
+_SIZE_CHUNK = 50  # events measured in one encode: one call instead of fifty
+# orjson writes non-ASCII as UTF-8 (2-4 bytes) where the model's encoder writes \\u escapes
+# (6, or 12 for a pair): at most 3x as long; everything else (escapes, ints, structure) is
+# the same text, floats within a character or two. So orjson's length times 3 bounds the
+# model's, at a tenth of its cost (0.06 vs 0.9 ms for 1,000 deposits); only a chunk this
+# bound does not clear is measured exactly. orjson refuses ints past 64 bits: measured too.
+_UTF8_GROWTH = 3
 
 
 def _expected(value: object) -> ExpectedVersion | None:
@@ -108,13 +116,24 @@ def _within_size(events: Sequence[NewEvent], body_bytes: int) -> bool:
         return True
     for start in range(0, len(events), _SIZE_CHUNK):
         chunk = events[start : start + _SIZE_CHUNK]
+        pairs = [(e.data, e.metadata) for e in chunk]
         # The chunk's encoding is longer than any one event's data and metadata in it.
-        if len(_encode([(e.data, e.metadata) for e in chunk])) <= MAX_EVENT_BYTES:
+        if _UTF8_GROWTH * _orjson_length(pairs) <= MAX_EVENT_BYTES:
+            continue
+        if len(_encode(pairs)) <= MAX_EVENT_BYTES:
             continue
         for e in chunk:
             if len(_encode(e.data)) + len(_encode(e.metadata)) > MAX_EVENT_BYTES:
                 return False
     return True
+
+
+def _orjson_length(value: object) -> int:
+    """Length of orjson's encoding; past the bound when orjson cannot encode the value."""
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        return MAX_EVENT_BYTES + 1
 
 
 def stream_append(stream: str, payload: object, body_bytes: int) -> StreamAppend | None:
