@@ -49,6 +49,7 @@ class HeadWatch:
     def __init__(self) -> None:
         self.head = 0
         self.waiters = 0
+        self.confirmed_at = -RECHECK_INTERVAL  # loop time the head was last read from the table
         self._advanced = asyncio.Event()
 
     def advance(self, head: int) -> None:
@@ -73,7 +74,18 @@ class HeadWatch:
         deadline = loop.time() + max(timeout, 0.0)
         while True:
             hint = self.head
+            fresh = self.confirmed_at + RECHECK_INTERVAL - loop.time()
+            remaining = deadline - loop.time()
+            if hint <= after and fresh > 0 and remaining > 0:
+                # Nothing new heard, and the table was read less than RECHECK_INTERVAL ago: a
+                # query would only say so again (it cost the feed one per commit of another
+                # instance). Wait for a NOTIFY, at most until that read is stale or the
+                # deadline, then read: the answer is always the table's, and a lost NOTIFY or
+                # a failing store is found as before, within a second.
+                await self.wait_past(after, min(remaining, fresh))
+                continue
             head = await read_head()  # the table is the truth; a wake-up is a hint
+            self.confirmed_at = loop.time()
             if head > after:
                 self.advance(head)
                 return True
@@ -118,7 +130,7 @@ async def listen(conninfo: str, schema: str, watch: HeadWatch) -> None:
             async with conn:
                 await conn.execute("LISTEN " + CHANNEL)
                 watch.advance(await _head(conn))
-                checked = loop.time()
+                checked = watch.confirmed_at = loop.time()
                 delay = 0.05
                 while True:
                     notes = conn.notifies(timeout=RECHECK_INTERVAL, stop_after=1)
@@ -127,7 +139,7 @@ async def listen(conninfo: str, schema: str, watch: HeadWatch) -> None:
                             _hear(note.payload, schema, watch)
                     if watch.waiters and loop.time() - checked >= RECHECK_INTERVAL:
                         watch.advance(await _head(conn))
-                        checked = loop.time()
+                        checked = watch.confirmed_at = loop.time()
         except psycopg.Error as exc:
             logger.info("event listener lost its connection, reconnecting: %s", exc)
         except Exception:
