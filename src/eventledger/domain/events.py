@@ -87,7 +87,10 @@ class _EventRecord:
 
     @classmethod
     def from_data(cls: type[_E], data: Mapping[str, Any]) -> _E:
-        return cls(**{name: read(cls.TYPE, data, name) for name, read in _readers(cls)})
+        # Positional, in the fields' order (that of __init__): half the cost of keywords
+        # (1.1 vs 1.5-2.0 us a deposit), and a read model decodes every event of the log.
+        event_type = cls.TYPE
+        return cls(*[read(event_type, data, name) for name, read in _readers(cls)])
 
 
 _FIELD_READERS: dict[type[Any], tuple[tuple[str, Callable[..., Any]], ...]] = {}
