@@ -63,3 +63,22 @@ async def test_sqlite_knows_its_own_commits_as_its_head(tmp_path: Path) -> None:
         assert store.known_head() == await store.head_position() == 3
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("knows_head", [True, False])
+async def test_a_filtered_page_asks_the_store_for_the_head_only_when_it_is_unknown(
+    knows_head: bool,
+) -> None:
+    store = CountingStore(knows_head=knows_head)
+    feed = LogFeed(store)
+    try:
+        await store.append("notes-1", expected_version=StreamState.NO_STREAM, events=one_event())
+        await store.append("other-1", expected_version=StreamState.NO_STREAM, events=one_event())
+        feed.head = 2  # what the watcher announced
+        page = await feed._read((0, (), "notes-"))
+        # The page's resume point is the head before the read: past the event that does not
+        # match, so the subscriber waits for news instead of reading again at once.
+        assert (page.count, page.last) == (1, 2)
+        assert store.head_reads == (0 if knows_head else 1)
+    finally:
+        await feed.close()

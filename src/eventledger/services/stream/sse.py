@@ -243,8 +243,16 @@ class LogFeed:
             ).encode("ascii")
             return FramesPage(frames, recent.last, len(recent.events), recent.cut)
         async with self._reads:
-            # With filters, read the head first: see the module docstring for why it is safe.
-            head = await self.store.head_position() if types or prefix else 0
+            # With filters, the head before the page: see the module docstring for why it is
+            # safe. Any position known committed and visible will do; the store's own lower
+            # bound saves a query per page when it has reached what the watcher announced
+            # (below that, a filtered subscriber would wake again at once; and with nothing
+            # announced yet there is nothing to compare with: ask the store).
+            head = 0
+            if types or prefix:
+                head = self.store.known_head()
+                if head < self.head or not self.head:
+                    head = await self.store.head_position()
             page = await read_log_page(
                 self.store,
                 self._estimate,
