@@ -36,7 +36,7 @@ def items_created(system: System) -> float:
     return stream_counter(system, "eventledger_stream_appends_total", labels)
 
 
-async def test_concurrent_commands_each_get_their_own_answer_over_shared_requests(
+async def test_concurrent_commands_each_get_their_own_answer_through_post_appends(
     system: System, client: httpx.AsyncClient
 ) -> None:
     tx = system.transaction.url
@@ -69,4 +69,6 @@ async def test_concurrent_commands_each_get_their_own_answer_over_shared_request
     assert {a.json()["type"] for a in answers[40:]} == {"insufficient-funds"}
 
     assert items_created(system) - items_before == 40  # every deposit went through /appends
-    assert appends_requests(system) - requests_before < 40  # in fewer requests
+    # How many requests they shared depends on timing (a call goes alone when nothing is in
+    # flight); that they share one when they meet is shown in tests/integration/test_coalescing.py.
+    assert appends_requests(system) - requests_before <= 40
