@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from eventledger.bootstrap import build_upcasters
+from eventledger.eventstore.errors import StreamNotFound
 from eventledger.eventstore.postgres import PostgresEventStore
 from eventledger.eventstore.recent import RecentPage
 from eventledger.eventstore.records import NewEvent, StreamAppend, StreamState
@@ -107,3 +108,32 @@ async def test_another_instances_events_are_read_and_ours_need_no_query(
     finally:
         await ours.close()
         await theirs.close()
+
+
+async def test_reading_past_a_streams_end_costs_one_query(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    try:
+        for n in range(3):
+            await store.append("notes-a", expected_version=n, events=[new(PLAIN, {})])
+        queries = 0
+        fetch = store._fetch
+
+        async def counted(*args: Any) -> Any:
+            nonlocal queries
+            queries += 1
+            return await fetch(*args)
+
+        monkeypatch.setattr(store, "_fetch", counted)
+        assert await store.read_stream("notes-a", from_version=4) == []
+        assert queries == 1  # the event before says the stream exists
+        versions = []
+        for start, limit in ((1, None), (2, 1), (2, None), (3, 5)):
+            page = await store.read_stream("notes-a", from_version=start, limit=limit)
+            versions.append([e.stream_version for e in page])
+        assert versions == [[1, 2, 3], [2], [2, 3], [3]]
+        with pytest.raises(StreamNotFound):
+            await store.read_stream("notes-b", from_version=2)
+    finally:
+        await store.close()

@@ -279,13 +279,22 @@ class PostgresEventStore(EventStore):
         self, stream: str, from_version: int, limit: int | None
     ) -> list[RecordedEvent]:
         rows = []
+        exists = False
         if limit is None or limit > 0:
+            # From the event before `from_version`, when there is one: a reader catching up
+            # (the stream guard, a follower) mostly finds nothing new, and that row says the
+            # stream exists without a second query.
+            start = max(from_version - 1, 1)
+            extra = 1 if start < from_version and limit is not None else 0
             rows = await self._fetch(
                 "SELECT " + _COLUMNS + " FROM events WHERE stream = %s AND stream_version >= %s"
                 " ORDER BY stream_version LIMIT %s",
-                [stream, from_version, limit],
+                [stream, start, None if limit is None else limit + extra],
             )
-        if not rows and await self.stream_version(stream) == 0:
+            if rows and rows[0][6] < from_version:
+                rows, exists = rows[1:], True
+            rows = rows[:limit]
+        if not rows and not exists and await self.stream_version(stream) == 0:
             raise StreamNotFound(stream)
         return [_record(row) for row in rows]
 
