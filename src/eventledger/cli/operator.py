@@ -36,7 +36,9 @@ POLL_SECONDS = 0.2
 def event_line(envelope: dict[str, Any]) -> Text:
     """One line per event: position, time, stream, type, data."""
     data = envelope.get("data") or {}
-    fields = " ".join(f"{key}={json.dumps(value)}" for key, value in data.items())
+    # Sorted: PostgreSQL's jsonb keeps keys in its own order; a line must read the same on
+    # every backend.
+    fields = " ".join(f"{key}={json.dumps(value)}" for key, value in sorted(data.items()))
     event_type = str(envelope.get("type", "?"))
     return Text.assemble(
         (f"{envelope.get('position', '?'):>8} ", "bold"),

@@ -64,7 +64,11 @@ def stream(
     table.add_column("type", no_wrap=True)
     table.add_column("data", overflow="fold")
     for event in page.events:
-        data = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in event.data.items())
+        # Sorted: the stores keep an object's keys in different orders (PostgreSQL's jsonb
+        # by length), and the same event must read the same on every backend.
+        data = " ".join(
+            f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(event.data.items())
+        )
         table.add_row(
             str(event.stream_version),
             str(event.position),
