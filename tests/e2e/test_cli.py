@@ -244,7 +244,10 @@ def test_stream_shows_each_events_version_beside_its_position(system: System) ->
 def test_version_and_shell_completion() -> None:
     env = cli_env()
     assert ok(eventledger("--version", env=env)).strip() == f"eventledger {__version__}"
-    script = ok(eventledger("--show-completion", env={**env, "SHELL": "/bin/bash"}))
+    # Typer finds the shell from the process tree (under make that is sh, which it refuses);
+    # its own switch turns the detection off so the shell can be named, as a user may.
+    detection_off = {**env, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    script = ok(eventledger("--show-completion", "bash", env=detection_off))
     assert "_EVENTLEDGER_COMPLETE=complete_bash" in script
     completing = {**env, "COMP_WORDS": "eventledger dep", "COMP_CWORD": "1"}
     completing["_EVENTLEDGER_COMPLETE"] = "complete_bash"
