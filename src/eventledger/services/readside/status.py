@@ -95,6 +95,7 @@ class RunnerStatus:
         self._db: ReadModelDB | None = None
         self._subscription: StreamSubscription | None = None
         self._polled_head: int | None = None
+        self._head_seen = 0
         self._changed = asyncio.Condition()
         self._probe_interval = probe_interval
         self._prober = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-probe")
@@ -123,7 +124,10 @@ class RunnerStatus:
         if self._polled_head is None and not self.connected:
             return None
         seen = self._subscription.last_seen if self._subscription and self.connected else 0
-        return max(self._polled_head or 0, seen)
+        # Never backwards: a subscription opened again (after a halt, a reconnect) has seen
+        # nothing yet, and the log's head does not shrink.
+        self._head_seen = max(self._head_seen, self._polled_head or 0, seen)
+        return self._head_seen
 
     @property
     def lag(self) -> int | None:
