@@ -24,17 +24,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 from eventledger.domain.events import EVENT_TYPES
 from eventledger.domain.upcasters import UPCASTERS
 from eventledger.domain.validity import AccountFacts
+from eventledger.services.snapshot_file import SnapshotFile
 
 log = logging.getLogger(__name__)
 
@@ -97,78 +94,25 @@ def decode_row(
         return None
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS guard_snapshots (
-    account_id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    facts TEXT NOT NULL,
-    written_at REAL NOT NULL
-)
-"""
-
-
 class GuardSnapshotStore:
-    """Facts snapshots in a SQLite file; calls run in a worker thread, one at a time."""
+    """Facts snapshots in a SQLite file (table `guard_snapshots`)."""
 
     def __init__(self, path: Path, *, max_rows: int = DEFAULT_MAX_ROWS) -> None:
-        self._path = path
-        self._max_rows = max_rows
-        self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(_SCHEMA)
-            self._conn = conn
-        return self._conn
-
-    async def _call(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(lambda: work(self._connection()))
+        self._file = SnapshotFile(path, table="guard_snapshots", payload="facts", max_rows=max_rows)
 
     async def get(self, account_id: str) -> FactsSnapshot | None:
-        row = await self._call(
-            lambda c: c.execute(
-                "SELECT version, event_id, fingerprint, facts FROM guard_snapshots"
-                " WHERE account_id = ?",
-                (account_id,),
-            ).fetchone()
-        )
+        row = await self._file.get(account_id)
         return None if row is None else decode_row(account_id, *row)
 
     async def put(self, snapshot: FactsSnapshot) -> None:
         facts = snapshot.facts
-        row = (
+        await self._file.put(
             facts.account_id,
-            facts.version,
-            str(snapshot.event_id),
-            snapshot.fingerprint,
-            encode_facts(facts),
-            time.time(),
+            (facts.version, str(snapshot.event_id), snapshot.fingerprint, encode_facts(facts)),
         )
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO guard_snapshots VALUES (?, ?, ?, ?, ?, ?)", row)
-            # Bounded: past max_rows streams, the least recently written go.
-            conn.execute(
-                "DELETE FROM guard_snapshots WHERE account_id IN (SELECT account_id FROM"
-                " guard_snapshots ORDER BY written_at DESC LIMIT -1 OFFSET ?)",
-                (self._max_rows,),
-            )
-
-        await self._call(write)
-
     async def close(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        await self._file.close()
 
 
 class GuardSnapshots:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from uuid import UUID
 from eventledger.domain.account import Account, initial_state
 from eventledger.domain.events import EVENT_TYPES, stream_name
 from eventledger.domain.upcasters import UPCASTERS
+from eventledger.services.snapshot_file import SnapshotFile
 from eventledger.services.transaction.accounts import fold_recorded
 from eventledger.services.transaction.stream_client import StreamClient
 
@@ -131,78 +131,27 @@ class SnapshotStore(Protocol):
     async def close(self) -> None: ...
 
 
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS account_snapshots (
-    account_id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    state TEXT NOT NULL,
-    written_at REAL NOT NULL
-)
-"""
-
-
 class SqliteSnapshotStore:
-    """Snapshots in a SQLite file; calls run in a worker thread, one at a time."""
+    """Snapshots in a SQLite file (table `account_snapshots`)."""
 
     def __init__(self, path: Path, *, max_rows: int = DEFAULT_MAX_ROWS) -> None:
-        self._path = path
-        self._max_rows = max_rows
-        self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(_SQLITE_SCHEMA)
-            self._conn = conn
-        return self._conn
-
-    async def _call(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(lambda: work(self._connection()))
+        self._file = SnapshotFile(
+            path, table="account_snapshots", payload="state", max_rows=max_rows
+        )
 
     async def get(self, account_id: str) -> Snapshot | None:
-        row = await self._call(
-            lambda c: c.execute(
-                "SELECT version, event_id, fingerprint, state FROM account_snapshots"
-                " WHERE account_id = ?",
-                (account_id,),
-            ).fetchone()
-        )
+        row = await self._file.get(account_id)
         return None if row is None else decode_snapshot(account_id, *row)
 
     async def put(self, snapshot: Snapshot) -> None:
         state = snapshot.state
-        row = (
+        await self._file.put(
             state.account_id,
-            state.version,
-            str(snapshot.event_id),
-            snapshot.fingerprint,
-            encode_state(state),
-            time.time(),
+            (state.version, str(snapshot.event_id), snapshot.fingerprint, encode_state(state)),
         )
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO account_snapshots VALUES (?, ?, ?, ?, ?, ?)", row)
-            # Bounded: past max_rows accounts, the least recently written go.
-            conn.execute(
-                "DELETE FROM account_snapshots WHERE account_id IN (SELECT account_id FROM"
-                " account_snapshots ORDER BY written_at DESC LIMIT -1 OFFSET ?)",
-                (self._max_rows,),
-            )
-
-        await self._call(write)
-
     async def close(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        await self._file.close()
 
 
 class PostgresSnapshotStore:
@@ -226,9 +175,9 @@ class PostgresSnapshotStore:
             conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema}")
             await conn.execute(
-                _SQLITE_SCHEMA.replace("account_snapshots", f"{self._schema}.accounts")
-                .replace("REAL", "DOUBLE PRECISION")
-                .replace("INTEGER", "BIGINT")
+                f"CREATE TABLE IF NOT EXISTS {self._schema}.accounts (account_id TEXT PRIMARY KEY,"
+                " version BIGINT NOT NULL, event_id TEXT NOT NULL, fingerprint TEXT NOT NULL,"
+                " state TEXT NOT NULL, written_at DOUBLE PRECISION NOT NULL)"
             )
             self._conn = conn
         return self._conn
