@@ -52,6 +52,7 @@ from eventledger.eventstore.records import (
 PAGE_SIZE = 1000
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 2.0
+KEEP_ALIVE_SECONDS = 3.0  # below the server's 5 s
 # Coalescing: two requests out keep the stream service's group commit fed (one commits while
 # the next is parsed) without one caller's wait growing past about two round trips.
 MAX_IN_FLIGHT = 2
@@ -185,7 +186,10 @@ class StreamClient:
 
     async def open(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=200, keepalive_timeout=30)
+            # Idle connections are dropped before the stream service drops them (uvicorn's
+            # keep-alive is 5 s, cli/serve.py): reusing one the server is closing fails the
+            # request, and an append that fails so answers 503 with an unknown outcome.
+            connector = aiohttp.TCPConnector(limit=200, keepalive_timeout=KEEP_ALIVE_SECONDS)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._timeout,
