@@ -283,7 +283,11 @@ async def test_health_reports_position_hash_head_and_lag(
 ) -> None:
     head = await log.open("a")
     await caught_up(app, head)
-    await until(lambda: runner_of(app).head_position == head)
+    # The checkpoint shown is the one last read back from the database (a moment after the
+    # position moved): wait for it too.
+    await until(
+        lambda: runner_of(app).head_position == head and runner_of(app).checkpoint.position == head
+    )
     applied = (await stream.store.read_all(after=head - 1, limit=1))[0]
     assert await get(client, "/health") == {
         "status": "ok",
