@@ -239,7 +239,7 @@ class RunnerStatus:
 
         result = await asyncio.to_thread(run)
         if result.checkpoint.rebuilding != self.rebuilding:
-            self.checkpoint = result.checkpoint  # learnt from the database: show it at once
+            self._learn(result.checkpoint)  # learnt from the database: show it at once
         return result
 
     # -- the database probe ----------------------------------------------------------------------
@@ -268,10 +268,18 @@ class RunnerStatus:
             problem = f"the read model database failed: {type(exc).__name__}: {exc}"
         else:
             await self._resume_if_moved(checkpoint)
-            self.checkpoint = checkpoint
+            self._learn(checkpoint)
             self.decisions = summary
         self._set_database_error(problem)
         return problem
+
+    def _learn(self, checkpoint: Checkpoint) -> None:
+        """Show a checkpoint read from the database, unless it is older than the one shown: a
+        probe that read before this runner's own commit answers after it (a new generation,
+        another instance's rebuild, always counts)."""
+        shown = self.checkpoint
+        if (checkpoint.generation, checkpoint.position) >= (shown.generation, shown.position):
+            self.checkpoint = checkpoint
 
     def _probe_sync(self) -> tuple[Checkpoint, DecisionSummary]:
         db = self.db
