@@ -12,6 +12,10 @@ map it to, `title` the short, constant problem title; the message (`detail`) is 
     ├── CurrencyMismatch           409 currency-mismatch
     ├── BalanceOutOfRange          409 balance-out-of-range
     ├── SameAccountTransfer        422 same-account-transfer
+    ├── TransferNotFound           404 transfer-not-found   (no such pending transfer)
+    ├── TransferNotPending         409 transfer-not-pending (posted, voided or expired)
+    ├── AmountExceedsHold          422 amount-exceeds-hold  (a post above the held amount)
+    ├── PendingTransfers           409 pending-transfers    (closing with holds open)
     └── InvalidCommand             422 invalid-command      (a bad value; `field` names it)
         ├── InvalidAmount              invalid-amount
         ├── InvalidCurrency            invalid-currency
@@ -19,7 +23,8 @@ map it to, `title` the short, constant problem title; the message (`detail`) is 
         ├── InvalidAccountId           invalid-account-id
         ├── InvalidTransactionId       invalid-transaction-id
         ├── InvalidReference           invalid-reference
-        └── InvalidOwner               invalid-owner
+        ├── InvalidOwner               invalid-owner
+        └── InvalidExpiry              invalid-expires-at
 
     InvalidAccountEvent            an event that is no valid next event of its account's
                                    stream (`validity`); not a refusal of a command: the
@@ -93,14 +98,26 @@ class InsufficientFunds(DomainError):
     status = 409
     title = "Insufficient funds"
 
-    def __init__(self, account_id: str, *, balance: int, amount: int, overdraft_limit: int) -> None:
+    def __init__(
+        self,
+        account_id: str,
+        *,
+        balance: int,
+        amount: int,
+        overdraft_limit: int,
+        pending_debits: int = 0,
+    ) -> None:
+        # The rule applies to what is available: the balance less the holds on it.
+        available = balance - pending_debits
+        held = f" ({pending_debits} of it on hold)" if pending_debits else ""
         super().__init__(
-            f"account {account_id!r} has a balance of {balance} and an overdraft limit of "
-            f"{overdraft_limit}: taking {amount} would leave {balance - amount}, "
-            f"below the lowest allowed balance of {-overdraft_limit}"
+            f"account {account_id!r} has a balance of {balance}{held} and an overdraft limit "
+            f"of {overdraft_limit}: taking {amount} would leave {available - amount} "
+            f"available, below the lowest allowed balance of {-overdraft_limit}"
         )
         self.account_id = account_id
         self.balance = balance
+        self.available = available
         self.amount = amount
         self.overdraft_limit = overdraft_limit
 
@@ -226,6 +243,74 @@ class InvalidOwner(InvalidCommand):
 
     code = "invalid-owner"
     title = "Invalid owner"
+
+
+class InvalidExpiry(InvalidCommand):
+    """Raised when a hold's `expires_at` is not an RFC 3339 UTC time (`...Z`), or is given
+    for a transfer that is not pending."""
+
+    code = "invalid-expires-at"
+    title = "Invalid expiry"
+
+
+class TransferNotFound(DomainError):
+    """Raised when posting or voiding a pending transfer that the ledger does not hold: no
+    two-phase transfer has this id (or its accounts do not hold it)."""
+
+    code = "transfer-not-found"
+    status = 404
+    title = "Pending transfer not found"
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(f"there is no pending transfer {transaction_id!r}")
+        self.transaction_id = transaction_id
+
+
+class TransferNotPending(DomainError):
+    """Raised when posting or voiding a pending transfer that is already posted, voided or
+    expired (`status`): a hold has exactly one outcome."""
+
+    code = "transfer-not-pending"
+    status = 409
+    title = "Transfer is not pending"
+
+    def __init__(self, transaction_id: str, *, status: str) -> None:
+        super().__init__(f"transfer {transaction_id!r} is no longer pending: it is {status}")
+        self.transaction_id = transaction_id
+        # Not `status`: that is the HTTP status of the class.
+        self.transfer_status = status
+
+
+class AmountExceedsHold(DomainError):
+    """Raised when posting more than a pending transfer holds."""
+
+    code = "amount-exceeds-hold"
+    status = 422
+    title = "Amount exceeds the hold"
+
+    def __init__(self, transaction_id: str, *, amount: int, held: int) -> None:
+        super().__init__(
+            f"transfer {transaction_id!r} holds {held}: {amount} cannot be posted from it"
+        )
+        self.transaction_id = transaction_id
+        self.amount = amount
+        self.held = held
+
+
+class PendingTransfers(DomainError):
+    """Raised when closing an account that is a party to pending transfers."""
+
+    code = "pending-transfers"
+    status = 409
+    title = "Account has pending transfers"
+
+    def __init__(self, account_id: str, *, pending: int) -> None:
+        super().__init__(
+            f"account {account_id!r} is a party to {pending} pending transfer(s): post or "
+            "void them before closing it"
+        )
+        self.account_id = account_id
+        self.pending = pending
 
 
 class InvalidAccountEvent(ValueError):
