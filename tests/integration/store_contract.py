@@ -1085,3 +1085,58 @@ class EventStoreContract(ABC):
             seen.extend(e.data["n"] for e in page)
             after = page[-1].position
         assert seen == expected
+
+    # -- the index of transaction ids (read_transaction) -----------------------------------
+
+    async def test_read_transaction_finds_the_account_events_of_one_transaction_in_order(
+        self, store: EventStore
+    ) -> None:
+        tx, other = str(uuid4()), str(uuid4())
+        alice, bob = new_stream("account"), new_stream("account")
+        marker = new_stream("reversal")
+        await store.append(alice, expected_version=NO_STREAM, events=[new_event("Opened")])
+        written = await store.append_batch(
+            [
+                StreamAppend(alice, 1, [new_event("Sent", {"transaction_id": tx, "amount": 5})]),
+                StreamAppend(bob, NO_STREAM, [new_event("Got", {"transaction_id": tx})]),
+                # Not an account stream: not in the answer, though its data says `tx`.
+                StreamAppend(marker, NO_STREAM, [new_event("Marked", {"transaction_id": tx})]),
+            ]
+        )
+        await store.append(alice, expected_version=2, events=[
+            new_event("Deposited", {"transaction_id": other}),
+            new_event("Noted", {"transaction_id": 7, "note": tx}),  # not a string id
+        ])  # fmt: skip
+        found = await store.read_transaction(tx)
+        assert [(e.stream, e.type, e.data) for e in found] == [
+            (alice, "Sent", {"transaction_id": tx, "amount": 5}),
+            (bob, "Got", {"transaction_id": tx}),
+        ]
+        assert [e.position for e in found] == [written[0].positions[0], written[1].positions[0]]
+        assert [e.type for e in await store.read_transaction(other)] == ["Deposited"]
+        assert await store.read_transaction(str(uuid4())) == []
+        assert len(await store.read_transaction(tx, limit=1)) == 1
+
+    async def test_read_transaction_sees_nothing_of_an_append_that_failed(
+        self, store: EventStore
+    ) -> None:
+        tx, stream = str(uuid4()), new_stream("account")
+        await store.append(stream, expected_version=NO_STREAM, events=new_events(1))
+        with pytest.raises(WrongExpectedVersion):
+            await store.append(
+                stream, expected_version=5, events=[new_event("X", {"transaction_id": tx})]
+            )
+        assert await store.read_transaction(tx) == []
+
+    async def test_read_transaction_upcasts_what_it_reads(self, tmp_path: Path) -> None:
+        upcasters = UpcasterRegistry()
+        upcasters.register("Old", 1, lambda data: {**data, "upcast": True})
+        store = await self.create_store(tmp_path, upcasters=upcasters)
+        try:
+            tx = str(uuid4())
+            event = new_event("Old", {"transaction_id": tx}, schema_version=1)
+            await store.append(new_stream("account"), expected_version=ANY, events=[event])
+            (found,) = await store.read_transaction(tx)
+            assert found.data == {"transaction_id": tx, "upcast": True}
+        finally:
+            await store.close()

@@ -149,7 +149,7 @@ async def test_opening_twice_migrates_once_and_keeps_the_events(
     rows = await table_rows(
         postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations ORDER BY version"
     )
-    assert rows == [(1,), (2,)]
+    assert rows == [(version,) for version, _ in postgres.MIGRATIONS]
 
 
 async def test_instances_starting_together_on_a_new_schema_migrate_it_once(
@@ -168,21 +168,22 @@ async def test_instances_starting_together_on_a_new_schema_migrate_it_once(
     rows = await table_rows(
         postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations ORDER BY version"
     )
-    assert rows == [(1,), (2,)]
+    assert rows == [(version,) for version, _ in postgres.MIGRATIONS]
 
 
 async def test_a_later_migration_is_applied_once_by_the_next_open(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await (await PostgresEventStore.open(postgres_url, schema=pg_schema)).close()
-    later = (*postgres.MIGRATIONS, (3, "CREATE TABLE migration_probe (x integer)"))
+    next_version = len(postgres.MIGRATIONS) + 1
+    later = (*postgres.MIGRATIONS, (next_version, "CREATE TABLE migration_probe (x integer)"))
     monkeypatch.setattr(postgres, "MIGRATIONS", later)
     for _ in range(2):
         await (await PostgresEventStore.open(postgres_url, schema=pg_schema)).close()
     versions = await table_rows(
         postgres_url, pg_schema, "SELECT version FROM {s}.schema_migrations ORDER BY version"
     )
-    assert versions == [(1,), (2,), (3,)]
+    assert versions == [(v,) for v in range(1, next_version + 1)]
     assert await table_rows(postgres_url, pg_schema, "SELECT x FROM {s}.migration_probe") == []
 
 

@@ -15,6 +15,7 @@ from eventledger.eventstore.hashing import GENESIS, chain, event_content
 from eventledger.eventstore.planning import encode
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import (
+    ACCOUNT_STREAMS,
     EventStore,
     check_expected_version,
     classify_batch_replay,
@@ -40,6 +41,7 @@ class MemoryEventStore(EventStore):
         self._log: list[RecordedEvent] = []
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._by_id: dict[UUID, RecordedEvent] = {}
+        self._by_transaction: dict[str, list[RecordedEvent]] = {}  # the SQL stores' index
         self._changed = asyncio.Condition()
 
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
@@ -92,6 +94,9 @@ class MemoryEventStore(EventStore):
                     stream_events.append(recorded)
                     self._log.append(recorded)
                     self._by_id[event.id] = recorded
+                    transaction_id = recorded.data.get("transaction_id")
+                    if isinstance(transaction_id, str) and _is_account_stream(append.stream):
+                        self._by_transaction.setdefault(transaction_id, []).append(recorded)
                     positions.append(recorded.position)
                 results.append(
                     AppendResult(append.stream, first, len(stream_events), tuple(positions))
@@ -125,6 +130,9 @@ class MemoryEventStore(EventStore):
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
         return self._by_id.get(event_id)
 
+    async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
+        return self._by_transaction.get(transaction_id, [])[:limit]
+
     async def stream_version(self, stream: str) -> int:
         return len(self._streams.get(stream, ()))
 
@@ -140,3 +148,7 @@ class MemoryEventStore(EventStore):
                 async with asyncio.timeout(max(timeout, 0.0)):
                     await self._changed.wait_for(lambda: len(self._log) > after)
             return len(self._log) > after
+
+
+def _is_account_stream(stream: str) -> bool:
+    return ACCOUNT_STREAMS[0] <= stream < ACCOUNT_STREAMS[1]

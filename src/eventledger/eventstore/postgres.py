@@ -82,7 +82,7 @@ from eventledger.eventstore.postgres_schema import (
 from eventledger.eventstore.postgres_write import Session, translate, translating
 from eventledger.eventstore.recent import RecentLog, RecentPage
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
-from eventledger.eventstore.store import EventStore
+from eventledger.eventstore.store import ACCOUNT_STREAMS, EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; the schema's names are re-exported for them.
@@ -316,6 +316,16 @@ class PostgresEventStore(EventStore):
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
         rows = await self._fetch("SELECT " + _COLUMNS + " FROM events WHERE id = %s", [event_id])
         return _record(rows[0]) if rows else None
+
+    async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
+        # The expression is the index's (migration 3). starts_with, not a range of names: a
+        # linguistic collation orders "account-x" and "account." by letters first.
+        rows = await self._fetch(
+            "SELECT " + _COLUMNS + " FROM events WHERE (data->>'transaction_id') = %s"
+            " AND starts_with(stream, %s) ORDER BY position LIMIT %s",
+            [transaction_id, ACCOUNT_STREAMS[0], limit],
+        )
+        return [_record(row) for row in rows]
 
     async def stream_version(self, stream: str) -> int:
         rows = await self._fetch(

@@ -122,6 +122,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             DEFAULT '0000000000000000000000000000000000000000000000000000000000000000';
         """,
     ),
+    (
+        3,
+        # The events of a transaction by their `data.transaction_id` (read_transaction), kept
+        # by PostgreSQL in every append's transaction: an index on the expression rather than
+        # a table the writer fills, so no write path changes, and creating it here indexes an
+        # existing log once (it holds the table's write lock while it builds: a one-time pause
+        # of appends on a large log). Partial: events without a transaction id take no entry.
+        """
+        CREATE INDEX events_by_transaction ON events ((data->>'transaction_id'), position)
+            WHERE (data->>'transaction_id') IS NOT NULL;
+        """,
+    ),
 )
 
 

@@ -45,9 +45,15 @@ from eventledger.eventstore.memory import Clock, utc_now
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.recent import RecentEvent, RecentLog, RecentPage, StoredEnvelopes
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
-from eventledger.eventstore.sqlite_schema import SCHEMA_VERSION, connect, enable_wal, migrate
+from eventledger.eventstore.sqlite_schema import (
+    SCHEMA_VERSION,
+    TRANSACTION_ID,
+    connect,
+    enable_wal,
+    migrate,
+)
 from eventledger.eventstore.sqlite_write import WriteSide, unavailable
-from eventledger.eventstore.store import MAX_PAGE, EventStore
+from eventledger.eventstore.store import ACCOUNT_STREAMS, MAX_PAGE, EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; SCHEMA_VERSION is re-exported for them.
@@ -65,6 +71,12 @@ _COLUMNS = (
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
 MIN_FREE_BYTES = 64 * 1024  # less free space than this on the file's disk: ping says full
 _STREAM_VERSION = "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream = ?"
+# The expression's text is the index's (sqlite_schema.TRANSACTION_INDEX), so SQLite uses it;
+# the stream range keeps to account streams (LIKE would be case-insensitive here).
+_BY_TRANSACTION = (
+    f"SELECT {_COLUMNS} FROM events WHERE {TRANSACTION_ID} = ? AND stream >= ? AND stream < ?"
+    " ORDER BY position LIMIT ?"
+)
 
 
 class SqliteEventStore(EventStore):
@@ -234,6 +246,13 @@ class SqliteEventStore(EventStore):
                 f"SELECT {_COLUMNS} FROM events WHERE id = ?", (str(event_id),)
             ).fetchone()
             return None if row is None else _decode_rows([row])[0]
+
+        return await self._read(query)
+
+    async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
+        def query(conn: sqlite3.Connection) -> list[RecordedEvent]:
+            rows = conn.execute(_BY_TRANSACTION, (transaction_id, *ACCOUNT_STREAMS, limit))
+            return _decode_rows(rows.fetchall())
 
         return await self._read(query)
 

@@ -18,6 +18,12 @@ from eventledger.eventstore.errors import StoreUnavailable
 from eventledger.eventstore.hashing import GENESIS, event_hash
 from eventledger.eventstore.records import RecordedEvent
 
+TRANSACTION_ID = "json_extract(data, '$.transaction_id')"  # read_transaction's WHERE: the same text
+TRANSACTION_INDEX = (
+    f"CREATE INDEX events_by_transaction ON events ({TRANSACTION_ID}, position)"
+    f" WHERE {TRANSACTION_ID} IS NOT NULL"
+)
+
 # Each entry moves the schema up one version; `PRAGMA user_version` records how many ran.
 # Add new migrations at the end; never edit one that has been released.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -44,6 +50,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The events of older versions get their chain once, here (`_chain_old_events`).
         "ALTER TABLE events ADD COLUMN hash TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE events ADD COLUMN batch_end INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        # The events of a transaction by their `data.transaction_id` (read_transaction), kept
+        # by SQLite itself in every append's transaction: an index on the expression rather
+        # than a table the writer fills, so no write path (group commit, bulk load) changes,
+        # and creating it here indexes an existing log once. Partial: events without a
+        # transaction id (AccountOpened, other streams' events) take no entry.
+        TRANSACTION_INDEX,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

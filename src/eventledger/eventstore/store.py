@@ -12,6 +12,9 @@ Semantics every backend guarantees (the contract suite in tests/integration chec
   An id stored anywhere else raises `DuplicateEventId`.
 * A failed expected-version check raises `WrongExpectedVersion` and writes nothing.
 * Events stored in an older schema version are upcast on every read.
+* `read_transaction` finds the events of account streams by their `data.transaction_id`
+  through an index the store keeps in the same transaction as the append (never by
+  scanning the log): the command side finds the events of a transaction it must reverse.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ if TYPE_CHECKING:  # recent.py builds on planning.py, which builds on this modul
     from eventledger.eventstore.recent import RecentPage
 
 MAX_PAGE = 10_000
+# At most this many events of one transaction are read at once (a transaction writes a few:
+# one per account it touches, per step of a two-phase transfer).
+MAX_TRANSACTION_EVENTS = 1000
+ACCOUNT_STREAMS = ("account-", "account.")  # the range of account stream names: [low, high)
 
 
 class Placed(Protocol):
@@ -110,6 +117,19 @@ class EventStore(ABC):
         """The stored event with this id, or None."""
         event = await self._get_event(event_id)
         return None if event is None else self._upcasters.upcast(event)
+
+    async def read_transaction(
+        self, transaction_id: str, *, limit: int = 100
+    ) -> list[RecordedEvent]:
+        """The events of `account-*` streams whose data's `transaction_id` is
+        `transaction_id`, oldest first, at most `limit` (1..MAX_TRANSACTION_EVENTS); found by
+        the store's index of transaction ids, whatever the length of the log."""
+        limit = max(1, min(limit, MAX_TRANSACTION_EVENTS))
+        events = await self._read_transaction(transaction_id, limit)
+        return [self._upcasters.upcast(e) for e in events]
+
+    @abstractmethod
+    async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]: ...
 
     @abstractmethod
     async def _read_stream(
