@@ -25,6 +25,7 @@ from eventledger.domain.commands import (
     Transfer,
     Withdraw,
 )
+from eventledger.domain import errors
 from eventledger.domain.errors import (
     AccountExists,
     AccountNotFound,
@@ -558,6 +559,11 @@ ERRORS: list[tuple[type[DomainError], str, int]] = [
     (InvalidTransactionId, "invalid-transaction-id", 422),
     (InvalidReference, "invalid-reference", 422),
     (InvalidOwner, "invalid-owner", 422),
+    (errors.InvalidExpiry, "invalid-expires-at", 422),
+    (errors.TransferNotFound, "transfer-not-found", 404),
+    (errors.TransferNotPending, "transfer-not-pending", 409),
+    (errors.AmountExceedsHold, "amount-exceeds-hold", 422),
+    (errors.PendingTransfers, "pending-transfers", 409),
 ]
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventledger.domain import events as ev
 from eventledger.domain.events import (
     ACCOUNT_STREAM_PREFIX,
     EVENT_TYPES,
@@ -36,6 +37,12 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(TransferSent, texts, texts, texts, ints, optional_texts),
     st.builds(TransferReceived, texts, texts, texts, ints, optional_texts),
     st.builds(AccountClosed, texts),
+    st.builds(ev.PendingTransferSent, texts, texts, texts, ints, optional_texts, optional_texts),
+    st.builds(
+        ev.PendingTransferReceived, texts, texts, texts, ints, optional_texts, optional_texts
+    ),
+    st.builds(ev.PendingTransferPosted, texts, texts, texts, texts, ints),
+    st.builds(ev.PendingTransferVoided, texts, texts, texts, texts, ints, texts),
 )
 
 SAMPLES: list[Event] = [
@@ -77,6 +84,10 @@ def test_the_event_types_and_their_schema_versions_are_fixed() -> None:
         "TransferSent": 1,
         "TransferReceived": 1,
         "AccountClosed": 1,
+        "PendingTransferSent": 1,
+        "PendingTransferReceived": 1,
+        "PendingTransferPosted": 1,
+        "PendingTransferVoided": 1,
     }
     assert all(name == cls.TYPE for name, cls in EVENT_TYPES.items())
 

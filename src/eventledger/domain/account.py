@@ -9,15 +9,20 @@ The rules, checked in this order so that the same input always gets the same ans
    (AccountExists); for a transfer, source before target;
 3. the account is open (AccountClosed);
 4. a transfer joins accounts of one currency (CurrencyMismatch);
-5. money: a withdrawal or transfer keeps the balance at or above -overdraft_limit
-   (InsufficientFunds); every balance stays within the signed 64-bit range
-   (BalanceOutOfRange); closing needs a balance of exactly 0 (BalanceNotZero).
+5. money: a withdrawal, transfer or new hold keeps what is *available* (the balance less
+   the holds on it) at or above -overdraft_limit (InsufficientFunds); every balance, with
+   the holds going out and coming in, stays within the signed 64-bit range
+   (BalanceOutOfRange); closing needs a balance of exactly 0 (BalanceNotZero) and no
+   pending transfer (PendingTransfers).
+
+Two-phase transfers: `decide_transfer` with `pending=True` places the hold; its outcome
+(post, void, expiry) is decided by `holds.decide_outcome` on both accounts' states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from eventledger.domain.commands import (
     CloseAccount,
@@ -34,6 +39,7 @@ from eventledger.domain.errors import (
     BalanceNotZero,
     CurrencyMismatch,
     InsufficientFunds,
+    PendingTransfers,
 )
 from eventledger.domain.events import (
     AccountClosed,
@@ -41,10 +47,22 @@ from eventledger.domain.events import (
     Event,
     MoneyDeposited,
     MoneyWithdrawn,
+    PendingTransferPosted,
+    PendingTransferReceived,
+    PendingTransferSent,
+    PendingTransferVoided,
     TransferReceived,
     TransferSent,
 )
 from eventledger.domain.money import check_balance
+from eventledger.domain.pending import (
+    CREDIT,
+    DEBIT,
+    PendingHold,
+    out_of_range,
+    with_hold,
+    without_hold,
+)
 from eventledger.domain.validity import AccountFacts
 
 
@@ -61,6 +79,15 @@ class Account:
     balance: int
     closed: bool
     version: int
+    # Two-phase transfers this account is party to, still pending: by transaction id.
+    pending: Mapping[str, PendingHold] = field(default_factory=dict)
+    pending_debits: int = 0  # held amounts going out: not available any more
+    pending_credits: int = 0  # held amounts coming in: not the balance yet
+
+    @property
+    def available(self) -> int:
+        """What the overdraft rule applies to: the balance less the holds on it."""
+        return self.balance - self.pending_debits
 
 
 def initial_state(account_id: str) -> Account:
@@ -96,15 +123,65 @@ def evolve(state: Account, event: Event) -> Account:
             return replace(state, balance=state.balance - event.amount, version=version)
         case AccountClosed():
             return replace(state, closed=True, version=version)
+        case PendingTransferSent() | PendingTransferReceived():
+            return _held(state, event, version)
+        case PendingTransferPosted() | PendingTransferVoided():
+            return _released(state, event, version)
         case _:
             # An event this code does not act on still takes its place in the stream.
             return replace(state, version=version)
 
 
+def _held(
+    state: Account, event: PendingTransferSent | PendingTransferReceived, version: int
+) -> Account:
+    if isinstance(event, PendingTransferSent):
+        hold = PendingHold(DEBIT, event.amount, event.to_account, event.expires_at)
+        debits, credits = state.pending_debits + event.amount, state.pending_credits
+    else:
+        hold = PendingHold(CREDIT, event.amount, event.from_account, event.expires_at)
+        debits, credits = state.pending_debits, state.pending_credits + event.amount
+    return replace(
+        state,
+        pending=with_hold(state.pending, event.transaction_id, hold),
+        pending_debits=debits,
+        pending_credits=credits,
+        version=version,
+    )
+
+
+def _released(
+    state: Account, event: PendingTransferPosted | PendingTransferVoided, version: int
+) -> Account:
+    # Total: an outcome this state holds no hold for changes nothing but the version (the
+    # validity rule refuses such an event before any evolve sees it).
+    hold = state.pending.get(event.transaction_id)
+    if hold is None:
+        return replace(state, version=version)
+    moved = event.amount if isinstance(event, PendingTransferPosted) else 0
+    debit = hold.side == DEBIT
+    return replace(
+        state,
+        pending=without_hold(state.pending, event.transaction_id),
+        pending_debits=state.pending_debits - (hold.amount if debit else 0),
+        pending_credits=state.pending_credits - (0 if debit else hold.amount),
+        balance=state.balance + (-moved if debit else moved),
+        version=version,
+    )
+
+
 def facts_of(state: Account) -> AccountFacts:
     """What the validity rule (`validity.check_event`) needs to know of an account."""
     return AccountFacts(
-        state.account_id, state.exists, state.closed, state.version, state.currency, state.balance
+        state.account_id,
+        state.exists,
+        state.closed,
+        state.version,
+        state.currency,
+        state.balance,
+        pending=state.pending,
+        pending_debits=state.pending_debits,
+        pending_credits=state.pending_credits,
     )
 
 
@@ -139,7 +216,7 @@ def decide(state: Account, command: OpenAccount | Deposit | Withdraw | CloseAcco
         case Deposit():
             _check_exists(state)
             _check_open(state)
-            _check_balance_in_range(state, state.balance + command.amount)
+            _check_in_range(state, balance=state.balance + command.amount)
             return [
                 MoneyDeposited(
                     account_id=command.account_id,
@@ -152,7 +229,7 @@ def decide(state: Account, command: OpenAccount | Deposit | Withdraw | CloseAcco
             _check_exists(state)
             _check_open(state)
             _check_sufficient_funds(state, command.amount)
-            _check_balance_in_range(state, state.balance - command.amount)
+            _check_in_range(state, balance=state.balance - command.amount)
             return [
                 MoneyWithdrawn(
                     account_id=command.account_id,
@@ -165,14 +242,15 @@ def decide(state: Account, command: OpenAccount | Deposit | Withdraw | CloseAcco
             _check_exists(state)
             _check_open(state)
             _check_balance_zero(state)
+            _check_no_pending(state)
             return [AccountClosed(account_id=command.account_id)]
 
 
 def decide_transfer(
     source: Account, target: Account, command: Transfer
-) -> tuple[TransferSent, TransferReceived]:
-    """The two events of a transfer, one for each account's stream, to append atomically;
-    or the DomainError refusing it."""
+) -> tuple[TransferSent, TransferReceived] | tuple[PendingTransferSent, PendingTransferReceived]:
+    """The two events of a transfer (or, `pending`, of its hold), one for each account's
+    stream, to append atomically; or the DomainError refusing it."""
     validate(command)
     _check_addressed(source, command.from_account)
     _check_addressed(target, command.to_account)
@@ -182,21 +260,43 @@ def decide_transfer(
     _check_open(target)
     _check_same_currency(source, target)
     _check_sufficient_funds(source, command.amount)
-    _check_balance_in_range(source, source.balance - command.amount)
-    _check_balance_in_range(target, target.balance + command.amount)
+    amount = command.amount
+    if command.pending:
+        _check_in_range(source, debits=source.pending_debits + amount)
+        _check_in_range(target, credits=target.pending_credits + amount)
+        return (
+            PendingTransferSent(
+                account_id=command.from_account,
+                transaction_id=command.transaction_id,
+                to_account=command.to_account,
+                amount=amount,
+                reference=command.reference,
+                expires_at=command.expires_at,
+            ),
+            PendingTransferReceived(
+                account_id=command.to_account,
+                transaction_id=command.transaction_id,
+                from_account=command.from_account,
+                amount=amount,
+                reference=command.reference,
+                expires_at=command.expires_at,
+            ),
+        )
+    _check_in_range(source, balance=source.balance - amount)
+    _check_in_range(target, balance=target.balance + amount)
     return (
         TransferSent(
             account_id=command.from_account,
             transaction_id=command.transaction_id,
             to_account=command.to_account,
-            amount=command.amount,
+            amount=amount,
             reference=command.reference,
         ),
         TransferReceived(
             account_id=command.to_account,
             transaction_id=command.transaction_id,
             from_account=command.from_account,
-            amount=command.amount,
+            amount=amount,
             reference=command.reference,
         ),
     )
@@ -234,17 +334,42 @@ def _check_same_currency(source: Account, target: Account) -> None:
 
 
 def _check_sufficient_funds(state: Account, amount: int) -> None:
-    if state.balance - amount < -state.overdraft_limit:
+    # On what is available: money on hold for a pending transfer is promised already.
+    if state.available - amount < -state.overdraft_limit:
         raise InsufficientFunds(
             state.account_id,
             balance=state.balance,
             amount=amount,
             overdraft_limit=state.overdraft_limit,
+            pending_debits=state.pending_debits,
         )
 
 
 def _check_balance_in_range(state: Account, balance: int) -> None:
     check_balance(balance, account_id=state.account_id)
+
+
+def _check_in_range(
+    state: Account,
+    *,
+    balance: int | None = None,
+    debits: int | None = None,
+    credits: int | None = None,
+) -> None:
+    """The balance, and it less the holds going out / plus those coming in, all within the
+    signed 64-bit range after a change (so that no later post or void can leave it)."""
+    bad = out_of_range(
+        state.balance if balance is None else balance,
+        state.pending_debits if debits is None else debits,
+        state.pending_credits if credits is None else credits,
+    )
+    if bad is not None:
+        check_balance(bad, account_id=state.account_id)
+
+
+def _check_no_pending(state: Account) -> None:
+    if state.pending:
+        raise PendingTransfers(state.account_id, pending=len(state.pending))
 
 
 def _check_balance_zero(state: Account) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from eventledger.domain.errors import SameAccountTransfer
+from eventledger.domain.errors import InvalidCommand, InvalidExpiry, SameAccountTransfer
 from eventledger.domain.money import (
     check_account_id,
     check_amount,
@@ -20,6 +20,7 @@ from eventledger.domain.money import (
     check_reference,
     check_transaction_id,
 )
+from eventledger.domain.pending import check_expires_at, parse_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +55,50 @@ class Withdraw:
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """Move money between two accounts of the same currency, atomically."""
+    """Move money between two accounts of the same currency, atomically. With `pending`,
+    only place a hold (phase one of a two-phase transfer), voided at `expires_at` (RFC 3339
+    UTC, computed by the service from its clock; None: no timeout) unless posted first."""
 
     transaction_id: str
     from_account: str
     to_account: str
     amount: int
     reference: str | None = None
+    pending: bool = False
+    expires_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PostPendingTransfer:
+    """Complete a pending transfer: move `amount` of the held amount (None: all of it) and
+    release the rest. `now` (the service's clock, RFC 3339 UTC) refuses a hold already due."""
+
+    transaction_id: str
+    from_account: str
+    to_account: str
+    amount: int | None = None
+    now: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VoidPendingTransfer:
+    """Release a pending transfer without moving money (reason "voided")."""
+
+    transaction_id: str
+    from_account: str
+    to_account: str
+    now: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpirePendingTransfer:
+    """Release a pending transfer whose `expires_at` is at or before `now` (reason
+    "expired"); decided only then."""
+
+    transaction_id: str
+    from_account: str
+    to_account: str
+    now: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +109,10 @@ class CloseAccount:
 
 
 Command: TypeAlias = OpenAccount | Deposit | Withdraw | Transfer | CloseAccount
+HoldOutcome: TypeAlias = PostPendingTransfer | VoidPendingTransfer | ExpirePendingTransfer
 
 
-def validate(command: Command) -> None:
+def validate(command: Command | HoldOutcome) -> None:
     """Check every value of a command, before any state is loaded; raise InvalidCommand
     (or SameAccountTransfer) for the first bad one, in field order."""
     match command:
@@ -96,7 +135,27 @@ def validate(command: Command) -> None:
             check_account_id(command.to_account, field="to_account")
             check_amount(command.amount)
             check_reference(command.reference)
+            if command.pending is not True and command.pending is not False:
+                raise InvalidCommand("pending must be true or false", field="pending")
+            check_expires_at(command.expires_at)
+            if command.expires_at is not None and not command.pending:
+                raise InvalidExpiry("only a pending transfer expires", field="expires_at")
+        case PostPendingTransfer() | VoidPendingTransfer() | ExpirePendingTransfer():
+            _validate_outcome(command)
         case CloseAccount():
             check_account_id(command.account_id)
         case _:
             raise TypeError(f"not a command: {command!r}")
+
+
+def _validate_outcome(command: HoldOutcome) -> None:
+    check_transaction_id(command.transaction_id)
+    check_account_id(command.from_account, field="from_account")
+    check_account_id(command.to_account, field="to_account")
+    if command.from_account == command.to_account:
+        raise SameAccountTransfer(command.from_account)
+    if isinstance(command, PostPendingTransfer) and command.amount is not None:
+        check_amount(command.amount)
+    # `now` is the service's clock, not a client's value: a bad one is a bug, said loudly.
+    if command.now is not None:
+        parse_time(command.now)

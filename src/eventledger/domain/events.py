@@ -6,6 +6,9 @@ sees the current shape. `to_data` gives JSON-ready plain values: money stays an 
 
 Transfers are two events with the same `transaction_id`, one on each account's stream:
 `TransferSent` on the sender's, `TransferReceived` on the receiver's, appended atomically.
+Two-phase transfers likewise: a hold is `PendingTransferSent` + `PendingTransferReceived`,
+its outcome `PendingTransferPosted` or `PendingTransferVoided` on both streams, each pair
+appended atomically (see `domain.holds`).
 """
 
 from __future__ import annotations
@@ -182,6 +185,70 @@ class AccountClosed(_EventRecord):
     account_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class PendingTransferSent(_EventRecord):
+    """A hold: `amount` of this account (`account_id`) is promised to `to_account` by a
+    two-phase transfer and no longer available, but not yet taken. `expires_at` (RFC 3339
+    UTC, or None: no timeout) is when it is voided unless posted first."""
+
+    TYPE: ClassVar[str] = "PendingTransferSent"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    to_account: str
+    amount: int
+    reference: str | None
+    expires_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTransferReceived(_EventRecord):
+    """The receiving side of a hold: `amount` is on its way from `from_account`, not yet
+    part of this account's balance."""
+
+    TYPE: ClassVar[str] = "PendingTransferReceived"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    from_account: str
+    amount: int
+    reference: str | None
+    expires_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTransferPosted(_EventRecord):
+    """A hold was completed (on both accounts' streams): `amount` (1..the held amount: a
+    partial post releases the rest) moved from `from_account` to `to_account`."""
+
+    TYPE: ClassVar[str] = "PendingTransferPosted"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    from_account: str
+    to_account: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTransferVoided(_EventRecord):
+    """A hold was released without moving money (on both accounts' streams): `amount` is the
+    held amount, `reason` "voided" (asked for) or "expired" (its timeout passed)."""
+
+    TYPE: ClassVar[str] = "PendingTransferVoided"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    from_account: str
+    to_account: str
+    amount: int
+    reason: str
+
+
 Event: TypeAlias = (
     AccountOpened
     | MoneyDeposited
@@ -189,6 +256,10 @@ Event: TypeAlias = (
     | TransferSent
     | TransferReceived
     | AccountClosed
+    | PendingTransferSent
+    | PendingTransferReceived
+    | PendingTransferPosted
+    | PendingTransferVoided
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -200,6 +271,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TransferSent,
         TransferReceived,
         AccountClosed,
+        PendingTransferSent,
+        PendingTransferReceived,
+        PendingTransferPosted,
+        PendingTransferVoided,
     )
 }
 

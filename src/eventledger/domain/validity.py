@@ -29,6 +29,10 @@ and for one atomic append (`check_transfers`): a `TransferSent` comes with its m
 counterparts, one currency), and the other way round, each transaction id at most once per
 side. Text is clean when `money.is_clean_text` says so: the same rule as the commands'.
 
+Two-phase transfers (holds and their outcomes) follow the rules of `hold_rules`: the facts
+keep each account's pending transfers, so that a post or void can only end a hold the
+account really has, on its side, with the same counterparty, for at most the held amount.
+
 Not a rule here: an overdraft. A withdrawal below -overdraft_limit is a *decision* the
 command side refuses; once written it is a fact every reader can apply.
 """
@@ -36,7 +40,7 @@ command side refuses; once written it is a fact every reader can apply.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eventledger.domain.errors import InvalidAccountEvent, InvalidCommand
@@ -51,9 +55,8 @@ from eventledger.domain.events import (
     UnknownEvent,
     decode,
 )
+from eventledger.domain.hold_rules import HOLD_EVENTS, check_hold_event, check_hold_pairs
 from eventledger.domain.money import (
-    INT64_MAX,
-    INT64_MIN,
     check_account_id,
     check_amount,
     check_currency,
@@ -62,6 +65,7 @@ from eventledger.domain.money import (
     check_reference,
     check_transaction_id,
 )
+from eventledger.domain.pending import PendingHold, out_of_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,15 @@ class AccountFacts:
     version: int = 0
     currency: str = ""
     balance: int = 0
+    # Pending two-phase transfers by transaction id, and the sums held out and in. A reader
+    # keeping facts must keep these too: an outcome is only valid for a hold it knows.
+    pending: Mapping[str, PendingHold] = field(default_factory=dict)
+    pending_debits: int = 0
+    pending_credits: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.pending_debits
 
 
 def decode_event(type: str, data: object, *, schema_version: int) -> Event:
@@ -131,7 +144,15 @@ def check_event(facts: AccountFacts, event: Event, *, stream_version: int) -> Ac
                 "balance-not-zero",
                 f"AccountClosed at balance {facts.balance}: an account closes at balance 0",
             )
-        return AccountFacts(facts.account_id, True, True, stream_version, facts.currency, 0)
+        if facts.pending:
+            raise InvalidAccountEvent(
+                "pending-transfers",
+                f"AccountClosed with {len(facts.pending)} pending transfer(s): an account "
+                "closes with none",
+            )
+        return replace(facts, closed=True, version=stream_version)
+    if isinstance(event, HOLD_EVENTS):
+        return check_hold_event(facts, event, stream_version)
     _value(check_transaction_id, event.transaction_id, name, "transaction_id")
     amount = _value(check_amount, event.amount, name, "amount")
     _value(check_reference, event.reference, name, "reference")
@@ -149,12 +170,13 @@ def check_event(facts: AccountFacts, event: Event, *, stream_version: int) -> Ac
     balance = facts.balance + (
         amount if isinstance(event, MoneyDeposited | TransferReceived) else -amount
     )
-    if not INT64_MIN <= balance <= INT64_MAX:
+    if out_of_range(balance, facts.pending_debits, facts.pending_credits) is not None:
         raise InvalidAccountEvent(
             "balance-out-of-range",
-            f"{name}: the balance would be {balance}, outside the signed 64-bit range",
+            f"{name}: the balance would be {balance} (with its holds outside the signed "
+            "64-bit range)",
         )
-    return AccountFacts(facts.account_id, True, False, stream_version, facts.currency, balance)
+    return replace(facts, version=stream_version, balance=balance)
 
 
 def check_append(facts: AccountFacts, events: Sequence[Event]) -> AccountFacts:
@@ -168,10 +190,18 @@ def check_append(facts: AccountFacts, events: Sequence[Event]) -> AccountFacts:
     return facts
 
 
+# The events that only come in pairs within one atomic append (`check_transfers`).
+PAIRED_EVENTS = (TransferSent, TransferReceived, *HOLD_EVENTS)
+
+
 def check_transfers(events: Sequence[Event], facts: Mapping[str, AccountFacts]) -> None:
     """Check the transfers of one atomic append: each `TransferSent` with its matching
-    `TransferReceived` and the other way round. `facts` gives the accounts' currencies
-    (accounts it does not hold are not compared). The error's `index` is into `events`."""
+    `TransferReceived` and the other way round, and likewise the two sides of each hold and
+    of each hold's outcome (`hold_rules.check_hold_pairs`). `facts` gives the accounts'
+    currencies (accounts it does not hold are not compared). The error's `index` is into
+    `events`."""
+    if any(isinstance(e, HOLD_EVENTS) for e in events):
+        check_hold_pairs(events, facts)
     sides: dict[str, list[int | None]] = {}  # transaction id -> [sent index, received index]
     for index, event in enumerate(events):
         if isinstance(event, TransferSent | TransferReceived):
@@ -241,7 +271,7 @@ def check_batch(
         after[account_id] = check_append(facts[account_id], events)
         flat.extend(events)
         places.extend((account_id, index) for index in range(len(events)))
-    if any(isinstance(e, TransferSent | TransferReceived) for e in flat):
+    if any(isinstance(e, PAIRED_EVENTS) for e in flat):
         try:
             check_transfers(flat, after)
         except InvalidAccountEvent as exc:

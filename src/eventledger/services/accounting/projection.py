@@ -158,6 +158,8 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         case ev.TransferSent():
             amount, kind = -domain_event.amount, "transfer_out"
             other = domain_event.to_account
+        case _:  # two-phase transfers: applied by the read side's own change
+            raise EventRejected(event, f"{event.type} is not applied by this read model")
     balance = account.balance + amount
     item = HistoryItem(
         account_id=account.account_id,
