@@ -138,6 +138,19 @@ def history(
     )
 
 
+def pending_transfers(
+    account_id: str, limit: int | None, after: str | None, min_position: int | None
+) -> Call[m.Page[m.PendingTransfer]]:
+    return Call(
+        "accounting",
+        "GET",
+        f"/accounts/{segment(account_id)}/pending",
+        _page(m.PendingTransfer.from_json, "pending transfers"),
+        params=_query(limit=limit, after=after),
+        headers=_floor(min_position),
+    )
+
+
 def balance_at(
     account_id: str, at: str | None, at_position: int | None, min_position: int | None
 ) -> Call[m.BalanceAt]:

@@ -186,15 +186,22 @@ class Account:
     opened_at: datetime | None
     updated_at: datetime
     position: int  # the last position this read model applied to the account
+    # Two-phase transfers: `available` = balance - pending_debits (the holds going out);
+    # pending_credits is held for the account, not yet its. A server without them: no holds.
+    available: int = 0
+    pending_debits: int = 0
+    pending_credits: int = 0
 
     @classmethod
     def from_json(cls, body: Any) -> Account:
         f = Fields(body, "account")
         opened = f.opt_text("opened_at")
+        balance = f.integer("balance")
+        available = f.opt_integer("available")
         return cls(
             f.text("account_id"),
             f.text("currency"),
-            f.integer("balance"),
+            balance,
             f.integer("overdraft_limit"),
             f.opt_text("owner"),
             f.text("status"),
@@ -202,32 +209,75 @@ class Account:
             None if opened is None else parse_rfc3339(opened, "account.opened_at"),
             f.time("updated_at"),
             f.integer("position"),
+            balance if available is None else available,
+            f.opt_integer("pending_debits") or 0,
+            f.opt_integer("pending_credits") or 0,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryItem:
-    """One movement of money on an account; `amount` is signed (negative: money out)."""
+    """One movement of money on an account; `amount` is signed (negative: money out): what
+    the balance changed, 0 for a hold or a void. `held` is a two-phase item's hold, signed
+    the same way (None on other items)."""
 
     transaction_id: str
-    kind: str  # deposit | withdrawal | transfer_in | transfer_out
+    # deposit | withdrawal | transfer_in | transfer_out | transfer_pending | transfer_posted
+    # | transfer_voided | transfer_expired
+    kind: str
     amount: int
     balance_after: int
     counterparty: str | None
     reference: str | None
     recorded_at: datetime
     position: int
+    available_after: int = 0
+    held: int | None = None
 
     @classmethod
     def from_json(cls, body: Any) -> HistoryItem:
         f = Fields(body, "history item")
+        balance_after = f.integer("balance_after")
+        available_after = f.opt_integer("available_after")
         return cls(
             f.text("transaction_id"),
             f.text("kind"),
             f.integer("amount"),
-            f.integer("balance_after"),
+            balance_after,
             f.opt_text("counterparty"),
             f.opt_text("reference"),
+            f.time("recorded_at"),
+            f.integer("position"),
+            balance_after if available_after is None else available_after,
+            f.opt_integer("held"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTransfer:
+    """A two-phase transfer pending on an account (`GET /accounts/{id}/pending`): `direction`
+    "out" (this account sends `amount`, held) or "in" (it is to receive it)."""
+
+    transaction_id: str
+    direction: str  # "out" | "in"
+    counterparty: str
+    amount: int
+    reference: str | None
+    expires_at: datetime | None
+    recorded_at: datetime
+    position: int
+
+    @classmethod
+    def from_json(cls, body: Any) -> PendingTransfer:
+        f = Fields(body, "pending transfer")
+        expires = f.opt_text("expires_at")
+        return cls(
+            f.text("transaction_id"),
+            f.text("direction"),
+            f.text("counterparty"),
+            f.integer("amount"),
+            f.opt_text("reference"),
+            None if expires is None else parse_rfc3339(expires, "pending transfer.expires_at"),
             f.time("recorded_at"),
             f.integer("position"),
         )
@@ -241,15 +291,19 @@ class BalanceAt:
     currency: str
     balance: int
     as_of_position: int
+    available: int = 0  # the balance less the holds going out, then
 
     @classmethod
     def from_json(cls, body: Any) -> BalanceAt:
         f = Fields(body, "balance")
+        balance = f.integer("balance")
+        available = f.opt_integer("available")
         return cls(
             f.text("account_id"),
             f.text("currency"),
-            f.integer("balance"),
+            balance,
             f.integer("as_of_position"),
+            balance if available is None else available,
         )
 
 
@@ -264,6 +318,33 @@ class Movements:
 
 
 @dataclass(frozen=True, slots=True)
+class TwoPhaseStats:
+    """Two-phase transfers of one currency: holds placed, pending now (overall only),
+    posted (the amount moved), voided and expired (the held amount)."""
+
+    placed: Movements
+    pending: Movements | None
+    posted: Movements
+    voided: Movements
+    expired: Movements
+
+    @classmethod
+    def from_json(cls, f: Fields) -> TwoPhaseStats:
+        none = Movements(0, 0)
+        if f.doc.get("two_phase") is None:  # a server from before two-phase transfers
+            return cls(none, none, none, none, none)
+        t = f.obj("two_phase")
+        pending = None if t.doc.get("pending") is None else Movements.from_json(t.obj("pending"))
+        return cls(
+            Movements.from_json(t.obj("placed")),
+            pending,
+            Movements.from_json(t.obj("posted")),
+            Movements.from_json(t.obj("voided")),
+            Movements.from_json(t.obj("expired")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CurrencyStats:
     open_accounts: int
     closed_accounts: int
@@ -271,6 +352,7 @@ class CurrencyStats:
     deposits: Movements
     withdrawals: Movements
     transfers: Movements
+    two_phase: TwoPhaseStats | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +375,7 @@ class Stats:
                 Movements.from_json(c.obj("deposits")),
                 Movements.from_json(c.obj("withdrawals")),
                 Movements.from_json(c.obj("transfers")),
+                TwoPhaseStats.from_json(c),
             )
         return cls(f.integer("position"), per)
 
@@ -305,6 +388,7 @@ class DayStats:
     deposits: Movements
     withdrawals: Movements
     transfers: Movements
+    two_phase: TwoPhaseStats | None = None  # `pending` is None: a state, not a day's flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +416,7 @@ class DailyStats:
                     Movements.from_json(c.obj("deposits")),
                     Movements.from_json(c.obj("withdrawals")),
                     Movements.from_json(c.obj("transfers")),
+                    TwoPhaseStats.from_json(c),
                 )
         first, last = date.fromisoformat(f.text("from")), date.fromisoformat(f.text("to"))
         return cls(first, last, f.integer("position"), days)

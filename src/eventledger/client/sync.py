@@ -169,6 +169,18 @@ class Client(core.Shared):
         """One page of the account's movements, newest first (`before=page.next` for more)."""
         return self._run(calls.history(account_id, limit, before, self._min(min_position)))
 
+    def pending_transfers(
+        self,
+        account_id: str,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        min_position: int | None = None,
+    ) -> m.Page[m.PendingTransfer]:
+        """One page of the two-phase transfers pending on the account, oldest first
+        (`after=page.next` for more)."""
+        return self._run(calls.pending_transfers(account_id, limit, after, self._min(min_position)))
+
     def balance_at(
         self,
         account_id: str,
