@@ -564,6 +564,10 @@ ERRORS: list[tuple[type[DomainError], str, int]] = [
     (errors.TransferNotPending, "transfer-not-pending", 409),
     (errors.AmountExceedsHold, "amount-exceeds-hold", 422),
     (errors.PendingTransfers, "pending-transfers", 409),
+    (errors.TransactionNotFound, "transaction-not-found", 404),
+    (errors.AlreadyReversed, "already-reversed", 409),
+    (errors.NotReversible, "not-reversible", 409),
+    (errors.TransferPending, "transfer-pending", 409),
 ]
 
 

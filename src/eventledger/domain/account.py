@@ -51,6 +51,7 @@ from eventledger.domain.events import (
     PendingTransferReceived,
     PendingTransferSent,
     PendingTransferVoided,
+    TransactionReversed,
     TransferReceived,
     TransferSent,
 )
@@ -121,6 +122,8 @@ def evolve(state: Account, event: Event) -> Account:
             return replace(state, balance=state.balance + event.amount, version=version)
         case MoneyWithdrawn() | TransferSent():
             return replace(state, balance=state.balance - event.amount, version=version)
+        case TransactionReversed():  # signed: the change it makes to the balance
+            return replace(state, balance=state.balance + event.amount, version=version)
         case AccountClosed():
             return replace(state, closed=True, version=version)
         case PendingTransferSent() | PendingTransferReceived():

@@ -12,6 +12,10 @@ map it to, `title` the short, constant problem title; the message (`detail`) is 
     ├── CurrencyMismatch           409 currency-mismatch
     ├── BalanceOutOfRange          409 balance-out-of-range
     ├── SameAccountTransfer        422 same-account-transfer
+    ├── TransactionNotFound        404 transaction-not-found
+    ├── AlreadyReversed            409 already-reversed      (`reversed_by` names the reversal)
+    ├── NotReversible              409 not-reversible        (a reversal; a voided hold)
+    ├── TransferPending            409 transfer-pending      (a hold not yet posted or voided)
     ├── TransferNotFound           404 transfer-not-found   (no such pending transfer)
     ├── TransferNotPending         409 transfer-not-pending (posted, voided or expired)
     ├── AmountExceedsHold          422 amount-exceeds-hold  (a post above the held amount)
@@ -179,6 +183,59 @@ class SameAccountTransfer(DomainError):
     def __init__(self, account_id: str) -> None:
         super().__init__(f"a transfer needs two different accounts, got {account_id!r} twice")
         self.account_id = account_id
+
+
+class TransactionNotFound(DomainError):
+    """Raised when reversing a transaction id that no account stream holds."""
+
+    code = "transaction-not-found"
+    status = 404
+    title = "Transaction not found"
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(f"no account holds a transaction {transaction_id}")
+        self.transaction_id = transaction_id
+
+
+class AlreadyReversed(DomainError):
+    """Raised when reversing a transaction that a reversal (`reversed_by`) already undid."""
+
+    code = "already-reversed"
+    status = 409
+    title = "Transaction already reversed"
+
+    def __init__(self, transaction_id: str, *, reversed_by: str) -> None:
+        super().__init__(f"transaction {transaction_id} was already reversed by {reversed_by}")
+        self.transaction_id = transaction_id
+        self.reversed_by = reversed_by
+
+
+class NotReversible(DomainError):
+    """Raised when reversing a transaction that cannot be undone: a reversal, or a two-phase
+    transfer that was voided (it moved nothing)."""
+
+    code = "not-reversible"
+    status = 409
+    title = "Transaction cannot be reversed"
+
+    def __init__(self, transaction_id: str, why: str) -> None:
+        super().__init__(f"transaction {transaction_id} cannot be reversed: {why}")
+        self.transaction_id = transaction_id
+
+
+class TransferPending(DomainError):
+    """Raised when reversing a two-phase transfer that is still pending: post or void it."""
+
+    code = "transfer-pending"
+    status = 409
+    title = "Transfer still pending"
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(
+            f"transaction {transaction_id} is a two-phase transfer still pending: void it "
+            "(or post it, then reverse it)"
+        )
+        self.transaction_id = transaction_id
 
 
 class InvalidCommand(DomainError):

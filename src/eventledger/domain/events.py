@@ -9,6 +9,8 @@ Transfers are two events with the same `transaction_id`, one on each account's s
 Two-phase transfers likewise: a hold is `PendingTransferSent` + `PendingTransferReceived`,
 its outcome `PendingTransferPosted` or `PendingTransferVoided` on both streams, each pair
 appended atomically (see `domain.holds`).
+A reversal is one `TransactionReversed` on every account the original touched, appended
+atomically; its `amount` is signed (the change it makes to that account's balance).
 """
 
 from __future__ import annotations
@@ -186,6 +188,22 @@ class AccountClosed(_EventRecord):
 
 
 @dataclass(frozen=True, slots=True)
+class TransactionReversed(_EventRecord):
+    """An earlier transaction (`reverses`) was undone on this account by a new one
+    (`transaction_id`): `amount` is SIGNED, the change this event makes to the balance (never
+    0); `reference` is the reason given."""
+
+    TYPE: ClassVar[str] = "TransactionReversed"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+    transaction_id: str
+    reverses: str
+    amount: int
+    reference: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingTransferSent(_EventRecord):
     """A hold: `amount` of this account (`account_id`) is promised to `to_account` by a
     two-phase transfer and no longer available, but not yet taken. `expires_at` (RFC 3339
@@ -256,6 +274,7 @@ Event: TypeAlias = (
     | TransferSent
     | TransferReceived
     | AccountClosed
+    | TransactionReversed
     | PendingTransferSent
     | PendingTransferReceived
     | PendingTransferPosted
@@ -271,6 +290,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TransferSent,
         TransferReceived,
         AccountClosed,
+        TransactionReversed,
         PendingTransferSent,
         PendingTransferReceived,
         PendingTransferPosted,

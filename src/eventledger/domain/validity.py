@@ -27,7 +27,10 @@ are checked for one event landing at `stream_version`:
 and for one atomic append (`check_transfers`): a `TransferSent` comes with its matching
 `TransferReceived` (same transaction id, amount and reference, the accounts each other's
 counterparts, one currency), and the other way round, each transaction id at most once per
-side. Text is clean when `money.is_clean_text` says so: the same rule as the commands'.
+side; and (`check_reversals`) the `TransactionReversed` events of one reversal each on another
+account, all reversing one transaction with one reason, their signed amounts summing to 0
+when they touch several accounts (a transfer's reversal), in one currency.
+Text is clean when `money.is_clean_text` says so: the same rule as the commands'.
 
 Two-phase transfers (holds and their outcomes) follow the rules of `hold_rules`: the facts
 keep each account's pending transfers, so that a post or void can only end a hold the
@@ -50,6 +53,7 @@ from eventledger.domain.events import (
     Event,
     MalformedEvent,
     MoneyDeposited,
+    TransactionReversed,
     TransferReceived,
     TransferSent,
     UnknownEvent,
@@ -57,6 +61,7 @@ from eventledger.domain.events import (
 )
 from eventledger.domain.hold_rules import HOLD_EVENTS, check_hold_event, check_hold_pairs
 from eventledger.domain.money import (
+    MAX_AMOUNT,
     check_account_id,
     check_amount,
     check_currency,
@@ -153,6 +158,8 @@ def check_event(facts: AccountFacts, event: Event, *, stream_version: int) -> Ac
         return replace(facts, closed=True, version=stream_version)
     if isinstance(event, HOLD_EVENTS):
         return check_hold_event(facts, event, stream_version)
+    if isinstance(event, TransactionReversed):
+        return _check_reversal(facts, event, stream_version)
     _value(check_transaction_id, event.transaction_id, name, "transaction_id")
     amount = _value(check_amount, event.amount, name, "amount")
     _value(check_reference, event.reference, name, "reference")
@@ -277,7 +284,93 @@ def check_batch(
         except InvalidAccountEvent as exc:
             assert exc.index is not None
             raise _at(exc, *places[exc.index]) from None
+    if any(isinstance(e, TransactionReversed) for e in flat):
+        try:
+            check_reversals(flat, after)
+        except InvalidAccountEvent as exc:
+            assert exc.index is not None
+            raise _at(exc, *places[exc.index]) from None
     return after
+
+
+def _check_reversal(
+    facts: AccountFacts, event: TransactionReversed, stream_version: int
+) -> AccountFacts:
+    name = event.TYPE
+    _value(check_transaction_id, event.transaction_id, name, "transaction_id")
+    _value(check_transaction_id, event.reverses, name, "reverses")
+    if event.reverses == event.transaction_id:
+        raise InvalidAccountEvent(
+            "reverses-itself", f"{name}: transaction {event.transaction_id} reverses itself"
+        )
+    # Signed: the change to this account's balance, never 0, at most an amount's size.
+    if not 1 <= abs(event.amount) <= MAX_AMOUNT:
+        raise InvalidAccountEvent(
+            "invalid-amount",
+            f"{name}: amount {event.amount} is not a signed amount of 1..{MAX_AMOUNT} "
+            "in either direction",
+        )
+    _value(check_reference, event.reference, name, "reference")
+    balance = facts.balance + event.amount
+    if out_of_range(balance, facts.pending_debits, facts.pending_credits) is not None:
+        raise InvalidAccountEvent(
+            "balance-out-of-range",
+            f"{name}: the balance would be {balance}, outside the signed 64-bit range",
+        )
+    return replace(facts, version=stream_version, balance=balance)
+
+
+def check_reversals(events: Sequence[Event], facts: Mapping[str, AccountFacts]) -> None:
+    """Check the reversals of one atomic append: the `TransactionReversed` events of one
+    reversal id each on another account, reversing one transaction with one reason, their
+    amounts summing to 0 when there are several (money moved between accounts goes back
+    between the same accounts), in one currency. `facts` gives the currencies. The error's
+    `index` is into `events`."""
+    groups: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        if isinstance(event, TransactionReversed):
+            groups.setdefault(event.transaction_id, []).append(index)
+    for transaction_id, indexes in groups.items():
+        parts = [events[i] for i in indexes]
+        first = parts[0]
+        assert isinstance(first, TransactionReversed)
+        accounts: set[str] = set()
+        for index, part in zip(indexes, parts, strict=True):
+            assert isinstance(part, TransactionReversed)
+            if part.account_id in accounts:
+                raise _at_event(
+                    "reversal-twice",
+                    f"reversal {transaction_id} appears twice on account {part.account_id!r}",
+                    events,
+                    index,
+                )
+            accounts.add(part.account_id)
+            if part.reverses != first.reverses or part.reference != first.reference:
+                raise _at_event(
+                    "reversal-mismatch",
+                    f"reversal {transaction_id}: its events differ in what they reverse or "
+                    "in their reason",
+                    events,
+                    index,
+                )
+        if len(parts) > 1:
+            total = sum(p.amount for p in parts if isinstance(p, TransactionReversed))
+            if total != 0:
+                raise _at_event(
+                    "reversal-unbalanced",
+                    f"reversal {transaction_id} touches {len(parts)} accounts and its amounts "
+                    f"sum to {total}, not 0",
+                    events,
+                    indexes[0],
+                )
+            currencies = {facts[a].currency for a in accounts if a in facts}
+            if len(currencies) > 1:
+                raise _at_event(
+                    "currency-mismatch",
+                    f"reversal {transaction_id} joins accounts in {sorted(currencies)}",
+                    events,
+                    indexes[0],
+                )
 
 
 def _value(check: Callable[..., Any], value: object, event_type: str, field: str) -> Any:

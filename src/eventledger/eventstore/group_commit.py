@@ -44,6 +44,7 @@ from eventledger.eventstore.errors import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
+from eventledger.eventstore.keys import KEY_WORK, NO_KEY_WORK, KeyConflict, KeyWork, conflicts
 from eventledger.eventstore.planning import (
     Encoded,
     Planner,
@@ -74,13 +75,14 @@ class Request:
     events: list[list[Encoded]]  # per append
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[AppendResult]]
+    keys: KeyWork = NO_KEY_WORK  # what it does to the key table (keys.py), in its transaction
 
     @classmethod
     def create(cls, appends: Sequence[StreamAppend]) -> Request:
         """Encode the events (InvalidAppend before anything is queued)."""
         events = [[encode(e) for e in a.events] for a in appends]
         loop = asyncio.get_running_loop()
-        return cls(appends, events, loop, loop.create_future())
+        return cls(appends, events, loop, loop.create_future(), KEY_WORK.get())
 
     @property
     def size(self) -> int:
@@ -176,6 +178,12 @@ class Database(Protocol):
     async def rollback(self) -> None:
         """End the transaction without writing; never raises (a connection that cannot roll
         back is the backend's to discard)."""
+
+    async def keyed_accounts(self, accounts: Sequence[str]) -> set[str]:
+        """Which of these accounts have a personal data key (keys.py)."""
+
+    async def apply_keys(self, work: KeyWork) -> None:
+        """INSERT the keys `work` creates, DELETE those it erases."""
 
 
 class Backend(Protocol):
@@ -320,19 +328,26 @@ class GroupCommit:
         ids = [e.id_text for r in group for events in r.events for e in events]
         streams = sorted({a.stream for r in group for a in r.appends})
         snapshot = await db.begin(ids, streams)
+        group = await _without_key_conflicts(db, group, outcomes)
         planner = Planner(snapshot)
         writes = [w for r in group if (w := _plan(planner, r, outcomes, accept=True))]
         if not writes:
             await db.rollback()  # nothing to write: release the lock
             return []
         try:
+            # Keys change only for what is written: a forget refused by its expected version
+            # deletes no key.
+            if work := [w.request.keys for w in writes if w.request.keys]:
+                for each in work:
+                    await db.apply_keys(each)
             await _committing(db.insert_and_commit(_rows(writes), planner.head, planner.head_hash))
             return writes
         except InsertRefused:
             await db.rollback_to("group")
         # One request's rows were refused: insert request by request, each planned again on
         # what is really written, so that the one at fault fails alone.
-        outcomes.clear()
+        for request in group:  # the key conflicts found above stay answered
+            outcomes.pop(request, None)
         planner = Planner(snapshot)
         writes = []
         for request in group:
@@ -341,6 +356,8 @@ class GroupCommit:
                 continue
             await db.savepoint("request")
             try:
+                if request.keys:
+                    await db.apply_keys(request.keys)
                 await db.insert(write.rows)
             except InsertRefused as refused:
                 await db.rollback_to("request")
@@ -388,6 +405,25 @@ def _as_store_error(exc: BaseException) -> BaseException:
     if isinstance(exc, EventStoreError):
         return exc
     return StoreUnavailable(f"unexpected error in the event store writer: {exc!r}")
+
+
+async def _without_key_conflicts(
+    db: Database, group: list[Request], outcomes: dict[Request, Outcome]
+) -> list[Request]:
+    """The group without the requests that would create a key another has (stored, or created
+    by a request before it in the group): those fail with KeyConflict, to be sealed again."""
+    creating = sorted({a for r in group for a in r.keys.create})
+    if not creating:
+        return group
+    taken = await db.keyed_accounts(creating)
+    kept: list[Request] = []
+    for request in group:
+        if conflicts(request.keys, taken):
+            outcomes[request] = KeyConflict()
+            continue
+        taken.update(request.keys.create)
+        kept.append(request)
+    return kept
 
 
 def _plan(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
 from eventledger.eventstore.codec import format_time, parse_time
 from eventledger.eventstore.errors import StreamNotFound
 from eventledger.eventstore.hashing import GENESIS, chain, event_content
+from eventledger.eventstore.keys import KEY_WORK, MemoryKeys
+from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import encode
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import (
@@ -43,18 +45,22 @@ class MemoryEventStore(EventStore):
         self._by_id: dict[UUID, RecordedEvent] = {}
         self._by_transaction: dict[str, list[RecordedEvent]] = {}  # the SQL stores' index
         self._changed = asyncio.Condition()
+        self._keys = MemoryKeys()
 
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
         # Stored as the SQL backends store it: through the same JSON encoding and text rules.
         stored = [[encode(e) for e in a.events] for a in appends]
+        keys = KEY_WORK.get()
         async with self._changed:
             # Decide everything before writing anything: the batch is all or nothing.
+            self._keys.check(keys)
             replayed = classify_batch_replay(appends, self._by_id)
             if replayed is not None:
                 return replayed
             for append in appends:
                 actual = len(self._streams.get(append.stream, ()))
                 check_expected_version(append.stream, append.expected_version, actual)
+            self._keys.apply(keys)
             now = self._clock()
             recorded_at = format_time(now if now.tzinfo else now.replace(tzinfo=UTC))
             batch_end = len(self._log) + sum(len(a.events) for a in appends)
@@ -129,6 +135,9 @@ class MemoryEventStore(EventStore):
 
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
         return self._by_id.get(event_id)
+
+    async def _load_keys(self, accounts: Collection[str]) -> dict[str, AccountKey]:
+        return self._keys.load(accounts)
 
     async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
         return self._by_transaction.get(transaction_id, [])[:limit]

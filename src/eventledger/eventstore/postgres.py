@@ -48,7 +48,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC
 from typing import Any, LiteralString
@@ -69,6 +69,8 @@ from eventledger.eventstore.group_commit import (
     GroupCommit,
     Request,
 )
+from eventledger.eventstore.keys import rows_to_keys
+from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.postgres_listener import HeadWatch, listen
 from eventledger.eventstore.postgres_schema import (
@@ -316,6 +318,14 @@ class PostgresEventStore(EventStore):
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
         rows = await self._fetch("SELECT " + _COLUMNS + " FROM events WHERE id = %s", [event_id])
         return _record(rows[0]) if rows else None
+
+    async def _load_keys(self, accounts: Collection[str]) -> dict[str, AccountKey]:
+        rows = await self._fetch(
+            "SELECT account_id, key_id, secret FROM personal_data_keys"
+            " WHERE account_id = ANY(%s::text[])",
+            [sorted(accounts)],
+        )
+        return rows_to_keys(rows)
 
     async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
         # The expression is the index's (migration 3). starts_with, not a range of names: a

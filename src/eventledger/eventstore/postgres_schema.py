@@ -29,6 +29,7 @@ from psycopg.rows import TupleRow
 
 from eventledger.eventstore.errors import IncompatibleSchema, UnsafeDurability
 from eventledger.eventstore.hashing import GENESIS, event_hash
+from eventledger.eventstore.keys import POSTGRES_KEYS_TABLE
 from eventledger.eventstore.records import RecordedEvent
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE (data->>'transaction_id') IS NOT NULL;
         """,
     ),
+    # The keys personal data is sealed under (keys.py, pii.py): beside the log, never in it.
+    (4, POSTGRES_KEYS_TABLE),
 )
 
 

@@ -32,6 +32,7 @@ from eventledger.eventstore.errors import (
     StoreUnavailable,
 )
 from eventledger.eventstore.group_commit import InsertRefused
+from eventledger.eventstore.keys import KeyWork
 from eventledger.eventstore.planning import Row, Snapshot, StoredPlace
 from eventledger.eventstore.postgres_listener import send_notify
 from eventledger.eventstore.postgres_schema import Connection
@@ -184,6 +185,29 @@ class Session:
             raise StoreOutcomeUnknown(
                 f"the commit failed, the append may or may not be stored: {exc}"
             ) from exc
+
+    async def keyed_accounts(self, accounts: Sequence[str]) -> set[str]:
+        async with translating():
+            cur = await self._conn.execute(
+                "SELECT account_id FROM personal_data_keys WHERE account_id = ANY(%s::text[])",
+                [list(accounts)],
+            )
+            return {account for (account,) in await cur.fetchall()}
+
+    async def apply_keys(self, work: KeyWork) -> None:
+        async with translating():
+            if work.create:
+                async with self._conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO personal_data_keys (account_id, key_id, secret)"
+                        " VALUES (%s, %s, %s)",
+                        [(a, k.key_id, k.secret) for a, k in work.create.items()],
+                    )
+            if work.erase:
+                await self._conn.execute(
+                    "DELETE FROM personal_data_keys WHERE account_id = ANY(%s::text[])",
+                    [list(work.erase)],
+                )
 
     async def savepoint(self, name: str) -> None:
         async with translating():

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from eventledger.eventstore.codec import format_time
+from eventledger.eventstore.pii import PREFIX
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
@@ -170,7 +171,7 @@ class RecentLog:
     def _envelope(self, row: Row) -> str | None:
         """The envelope of a committed row as a read would serve it, or None when only a
         read can say."""
-        if self._upcasters.applies(row.type, row.schema_version):
+        if self._upcasters.applies(row.type, row.schema_version) or _sealed(row.data):
             return None
         if not (_plain(row.data) and _plain(row.metadata)):
             return None
@@ -181,6 +182,16 @@ class RecentLog:
             f'"position":{row.position},"recorded_at":"{row.recorded_at}","hash":"{row.hash}",'
             f'"batch_end":{row.batch_end}}}'
         )
+
+
+def _sealed(data: object) -> bool:
+    """Whether stored data may hold sealed personal data (pii.py): only a read, which reads
+    the account's key, can say what a reader sees of it (opened, or erased since). Never
+    kept in memory as opened text, so a forget needs no cache here to be cleared."""
+    return type(data) is str and _SEALED in data
+
+
+_SEALED = f'"{PREFIX}'
 
 
 def _plain(text: str) -> bool:
@@ -231,7 +242,7 @@ class StoredEnvelopes:
 
     def text(self, row: tuple[Any, ...]) -> str | None:
         position, event_id, stream, version, type_, schema, data, meta, at, hash_, end = row
-        if self._upcasters.applies(type_, schema):
+        if self._upcasters.applies(type_, schema) or _sealed(data):
             return None
         if not (type(event_id) is str and _UUID_TEXT.fullmatch(event_id)):
             return None

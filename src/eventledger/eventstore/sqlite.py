@@ -26,7 +26,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +41,9 @@ from eventledger.eventstore.group_commit import (
     GroupCommit,
     Request,
 )
+from eventledger.eventstore.keys import rows_to_keys
 from eventledger.eventstore.memory import Clock, utc_now
+from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.recent import RecentEvent, RecentLog, RecentPage, StoredEnvelopes
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
@@ -233,12 +235,18 @@ class SqliteEventStore(EventStore):
             for row in conn.execute(sql, params).fetchall():
                 text = stored.text(row)
                 if text is None:
-                    entries.append(upcast(_decode_rows([row])[0]))
+                    entries.append(_decode_rows([row])[0])
                 else:
                     entries.append(RecentEvent(row[0], row[4], text))
             return entries
 
-        return await self._read(query)
+        entries = await self._read(query)
+        decoded = [e for e in entries if isinstance(e, RecordedEvent)]
+        if not decoded:
+            return entries
+        # Personal data opened (or erased) before upcasting, as read_all does.
+        opened = iter([upcast(e) for e in await self.reveal(decoded)])
+        return [next(opened) if isinstance(e, RecordedEvent) else e for e in entries]
 
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
         def query(conn: sqlite3.Connection) -> RecordedEvent | None:
@@ -246,6 +254,17 @@ class SqliteEventStore(EventStore):
                 f"SELECT {_COLUMNS} FROM events WHERE id = ?", (str(event_id),)
             ).fetchone()
             return None if row is None else _decode_rows([row])[0]
+
+        return await self._read(query)
+
+    async def _load_keys(self, accounts: Collection[str]) -> dict[str, AccountKey]:
+        def query(conn: sqlite3.Connection) -> dict[str, AccountKey]:
+            rows = conn.execute(
+                "SELECT account_id, key_id, secret FROM personal_data_keys WHERE account_id IN"
+                " (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(accounts)),),
+            )
+            return rows_to_keys(rows.fetchall())
 
         return await self._read(query)
 

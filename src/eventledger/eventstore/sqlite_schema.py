@@ -16,6 +16,7 @@ from uuid import UUID
 
 from eventledger.eventstore.errors import StoreUnavailable
 from eventledger.eventstore.hashing import GENESIS, event_hash
+from eventledger.eventstore.keys import SQLITE_KEYS_TABLE
 from eventledger.eventstore.records import RecordedEvent
 
 TRANSACTION_ID = "json_extract(data, '$.transaction_id')"  # read_transaction's WHERE: the same text
@@ -59,6 +60,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # transaction id (AccountOpened, other streams' events) take no entry.
         TRANSACTION_INDEX,
     ),
+    # The keys personal data is sealed under (keys.py, pii.py): beside the log, never in it.
+    (SQLITE_KEYS_TABLE,),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -20,6 +20,7 @@ from uuid import UUID
 from eventledger.eventstore.errors import InvalidAppend, StoreOutcomeUnknown, StoreUnavailable
 from eventledger.eventstore.group_commit import InsertRefused
 from eventledger.eventstore.hashing import GENESIS
+from eventledger.eventstore.keys import KeyWork
 from eventledger.eventstore.planning import COLUMNS, Row, Snapshot, StoredPlace
 
 # The group's stored ids and stream versions, each in one statement (a group holds at most
@@ -174,6 +175,32 @@ class WriteSide:
             # useless. Drop it; the next group (or ping's probe) opens a new one.
             self._store.set_fault(f"the write connection broke: {_describe(exc)}")
             self.close()
+
+    async def keyed_accounts(self, accounts: Sequence[str]) -> set[str]:
+        conn = self._connection()
+        with self._translated():
+            found = conn.execute(
+                "SELECT account_id FROM personal_data_keys WHERE account_id IN"
+                " (SELECT value FROM json_each(?))",
+                (json.dumps(list(accounts)),),
+            )
+            return {account for (account,) in found}
+
+    async def apply_keys(self, work: KeyWork) -> None:
+        conn = self._connection()
+        with self._translated():
+            conn.executemany(
+                "INSERT INTO personal_data_keys (account_id, key_id, secret) VALUES (?, ?, ?)",
+                [(a, k.key_id, k.secret) for a, k in work.create.items()],
+            )
+            if work.erase:
+                # Overwrite the deleted key's bytes in the file, not only unlink them (the WAL
+                # keeps the old page until a checkpoint rewrites it: docs/erasure.md).
+                conn.execute("PRAGMA secure_delete = ON")
+                conn.executemany(
+                    "DELETE FROM personal_data_keys WHERE account_id = ?",
+                    [(a,) for a in work.erase],
+                )
 
     # -- health
 

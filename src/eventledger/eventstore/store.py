@@ -20,11 +20,13 @@ Semantics every backend guarantees (the contract suite in tests/integration chec
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
+from eventledger.eventstore import pii
 from eventledger.eventstore.errors import DuplicateEventId, InvalidAppend, WrongExpectedVersion
+from eventledger.eventstore.keys import KEY_ATTEMPTS, KEY_WORK, KeyConflict, KeyWork
 from eventledger.eventstore.records import (
     EVENT_TYPE,
     STREAM_NAME,
@@ -76,9 +78,46 @@ class EventStore(ABC):
         return result
 
     async def append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
-        """Append to several streams atomically: all appends are written, or none."""
+        """Append to several streams atomically: all appends are written, or none.
+        Personal data (pii.py) is sealed under its account's key first."""
         validate_batch(appends)
-        return await self._append_batch(appends)
+        accounts = pii.accounts_to_seal(appends)
+        if not accounts:  # the common append: no key, no work
+            return await self._append_batch(appends)
+        for _ in range(KEY_ATTEMPTS):
+            # A new key is created in the transaction of the append it seals: a key that
+            # another append created meanwhile fails this one (KeyConflict), sealed again.
+            keys = await self._load_keys(accounts)
+            created = {a: pii.new_key() for a in accounts if a not in keys}
+            sealed = pii.seal_appends(appends, {**keys, **created})
+            try:
+                return await self._keyed_append(sealed, KeyWork(create=created))
+            except KeyConflict:
+                continue
+        raise KeyConflict()
+
+    async def forget(
+        self, account_id: str, event: NewEvent, *, expected_version: ExpectedVersion
+    ) -> AppendResult:
+        """Delete the key of `account_id` and append `event` (its PersonalDataErased) to its
+        stream, in one transaction: from the COMMIT on, every read shows its sealed personal
+        data erased. A replay of the same event (same id) writes and deletes nothing."""
+        appends = [StreamAppend(pii.ACCOUNT_STREAM + account_id, expected_version, [event])]
+        validate_batch(appends)
+        (result,) = await self._keyed_append(appends, KeyWork(erase=(account_id,)))
+        return result
+
+    async def _keyed_append(
+        self, appends: Sequence[StreamAppend], work: KeyWork
+    ) -> list[AppendResult]:
+        # The key work travels beside the batch (a context variable, read by the backend when
+        # it queues the request), so `_append_batch`'s signature, which wrappers override,
+        # stays the same.
+        token = KEY_WORK.set(work)
+        try:
+            return await self._append_batch(appends)
+        finally:
+            KEY_WORK.reset(token)
 
     @abstractmethod
     async def _append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
@@ -93,7 +132,7 @@ class EventStore(ABC):
         Raises StreamNotFound when the stream has no events."""
         limit = None if limit is None else max(limit, 0)
         events = await self._read_stream(stream, max(from_version, 1), limit)
-        return [self._upcasters.upcast(e) for e in events]
+        return [self._upcasters.upcast(e) for e in await self.reveal(events)]
 
     async def read_all(
         self,
@@ -106,7 +145,7 @@ class EventStore(ABC):
         """A page of the global log: events with position > `after`, oldest first."""
         limit = max(1, min(limit, MAX_PAGE))
         events = await self._read_all(max(after, 0), limit, tuple(types or ()), stream_prefix)
-        return [self._upcasters.upcast(e) for e in events]
+        return [self._upcasters.upcast(e) for e in await self.reveal(events)]
 
     async def read_stored(self, *, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         """A page of the global log exactly as stored, never upcast (what the hash chain
@@ -116,7 +155,19 @@ class EventStore(ABC):
     async def get_event(self, event_id: UUID) -> RecordedEvent | None:
         """The stored event with this id, or None."""
         event = await self._get_event(event_id)
-        return None if event is None else self._upcasters.upcast(event)
+        return None if event is None else self._upcasters.upcast((await self.reveal([event]))[0])
+
+    async def reveal(self, events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
+        """The stored events as readers see them: personal data opened, or erased where its
+        account's key was deleted (pii.py). Reads the keys only when something is sealed."""
+        accounts = pii.accounts_to_open(events)
+        if not accounts:
+            return list(events)
+        return pii.reveal(events, await self._load_keys(accounts))
+
+    async def _load_keys(self, accounts: Collection[str]) -> dict[str, pii.AccountKey]:
+        """The current keys of these accounts (absent: none, or deleted by a forget)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no personal data keys")
 
     async def read_transaction(
         self, transaction_id: str, *, limit: int = 100
@@ -126,7 +177,7 @@ class EventStore(ABC):
         the store's index of transaction ids, whatever the length of the log."""
         limit = max(1, min(limit, MAX_TRANSACTION_EVENTS))
         events = await self._read_transaction(transaction_id, limit)
-        return [self._upcasters.upcast(e) for e in events]
+        return [self._upcasters.upcast(e) for e in await self.reveal(events)]
 
     @abstractmethod
     async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]: ...

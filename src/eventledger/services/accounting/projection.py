@@ -25,7 +25,7 @@ from eventledger.services.readside.commits import evolve_append
 from eventledger.services.readside.projection import EventRejected
 
 Status = Literal["open", "closed"]
-Kind = Literal["deposit", "withdrawal", "transfer_in", "transfer_out"]
+Kind = Literal["deposit", "withdrawal", "transfer_in", "transfer_out", "reversal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +155,8 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         case ev.TransferReceived():
             amount, kind = domain_event.amount, "transfer_in"
             other = domain_event.from_account
+        case ev.TransactionReversed():  # signed: the change it makes to the balance
+            amount, kind, other = domain_event.amount, "reversal", None
         case ev.TransferSent():
             amount, kind = -domain_event.amount, "transfer_out"
             other = domain_event.to_account

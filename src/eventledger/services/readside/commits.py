@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar, cast
 
+from eventledger.domain import events as domain_events
+from eventledger.domain import validity
 from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import Event, TransferReceived, TransferSent
 from eventledger.domain.validity import AccountFacts, check_transfers
@@ -83,6 +85,12 @@ def evolve_append(
     if whole and any(isinstance(e, TransferSent | TransferReceived) for e in applied):
         try:
             check_transfers(applied, {a: facts_of(a, row) for a, row in rows.items()})
+        except InvalidAccountEvent as exc:
+            index = exc.index or 0
+            return changes[:index], EventRejected(recorded[index], exc.reason)
+    if whole and any(isinstance(e, domain_events.TransactionReversed) for e in applied):
+        try:
+            validity.check_reversals(applied, {a: facts_of(a, row) for a, row in rows.items()})
         except InvalidAccountEvent as exc:
             index = exc.index or 0
             return changes[:index], EventRejected(recorded[index], exc.reason)

@@ -178,4 +178,6 @@ def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsCh
             delta = Tally(balance=-amount, transfers_count=1, transfers_volume=amount)
         case ev.TransferReceived(amount=amount):
             delta = Tally(balance=amount)
+        case ev.TransactionReversed(amount=amount):
+            delta = Tally(balance=amount)
     return StatsChange(after, after.currency, day, delta), domain_event

@@ -24,6 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 
 from eventledger.eventstore.codec import to_envelope
+from eventledger.eventstore.pii import ACCOUNT_STREAM, ERASED
 from eventledger.eventstore.recent import RecentEvent
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.eventstore.sqlite import SqliteEventStore
@@ -104,14 +105,30 @@ class Page(Generic[E]):
     encoded: list[str] = field(default_factory=list)
     size: int = 0
     cut: bool = False
+    # It shows personal data (opened or erased: eventstore/pii.py): a forget changes what it
+    # shows, so it is never kept beyond its request (the SSE feed's page cache).
+    personal: bool = False
 
     def add(self, event: E, text: str) -> None:
         self.events.append(event)
         self.encoded.append(text)
         self.size += len(text)
+        if not self.personal and isinstance(event, RecordedEvent) and _personal(event):
+            self.personal = True
 
     def fits(self, text: str, max_bytes: int) -> bool:
         return not self.events or self.size + len(text) <= max_bytes
+
+
+def _personal(event: RecordedEvent) -> bool:
+    if not event.stream.startswith(ACCOUNT_STREAM):
+        return False
+    data = event.data
+    return (
+        data.get("owner") is not None
+        or data.get("reference") is not None
+        or ERASED in event.metadata
+    )
 
 
 async def read_log_page(

@@ -82,6 +82,7 @@ class FramesPage:
     last: int
     count: int
     cut: bool
+    personal: bool = False  # shows personal data: never cached (pages.Page.personal)
 
 
 PageKey = tuple[int, tuple[str, ...], str | None]
@@ -223,7 +224,9 @@ class LogFeed:
         if task.cancelled() or task.exception() is not None:
             return  # the exception is retrieved above: no "never retrieved" warning
         page = task.result()
-        if page.cut:  # its content is final: nothing newer can appear below its last event
+        # Cut: its content is final, nothing newer can appear below its last event. Not one
+        # showing personal data: a forget would change it (pages.Page.personal).
+        if page.cut and not page.personal:
             self._cache[key] = page
             self._cache_bytes += len(page.frames)
             while self._cache_bytes > CACHE_BYTES and self._cache:
@@ -269,7 +272,7 @@ class LogFeed:
         last = page.events[-1].position if page.events else after
         if not page.cut:
             last = max(last, head)
-        return FramesPage(frames, last, len(page.events), page.cut)
+        return FramesPage(frames, last, len(page.events), page.cut, page.personal)
 
     def forget(self) -> None:
         """Drop the cached pages (when nobody is subscribed, they serve no one)."""
