@@ -43,6 +43,7 @@ events: st.SearchStrategy[Event] = st.one_of(
     ),
     st.builds(ev.PendingTransferPosted, texts, texts, texts, texts, ints),
     st.builds(ev.PendingTransferVoided, texts, texts, texts, texts, ints, texts),
+    st.builds(ev.TransactionReversed, texts, texts, texts, ints, optional_texts),
 )
 
 SAMPLES: list[Event] = [
@@ -52,6 +53,13 @@ SAMPLES: list[Event] = [
     TransferSent("acc-1", "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab", "acc-2", 5, None),
     TransferReceived("acc-2", "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab", "acc-1", 5, None),
     AccountClosed("acc-1"),
+    ev.TransactionReversed(
+        "acc-1",
+        "11111111-1111-4111-8111-111111111111",
+        "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
+        -100,
+        "sent twice",
+    ),
 ]
 
 
@@ -88,6 +96,7 @@ def test_the_event_types_and_their_schema_versions_are_fixed() -> None:
         "PendingTransferReceived": 1,
         "PendingTransferPosted": 1,
         "PendingTransferVoided": 1,
+        "TransactionReversed": 1,
     }
     assert all(name == cls.TYPE for name, cls in EVENT_TYPES.items())
 
@@ -100,6 +109,7 @@ def test_the_fields_of_stored_events_are_fixed() -> None:
         "TransferSent": ["account_id", "transaction_id", "to_account", "amount", "reference"],
         "TransferReceived": ["account_id", "transaction_id", "from_account", "amount", "reference"],
         "AccountClosed": ["account_id"],
+        "TransactionReversed": ["account_id", "transaction_id", "reverses", "amount", "reference"],
     }
 
 

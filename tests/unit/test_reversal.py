@@ -178,7 +178,10 @@ def test_a_balance_stays_in_the_signed_64_bit_range() -> None:
     ("command", "error"),
     [
         (ReverseTransaction(REVERSAL, "not-a-uuid"), InvalidTransactionId),
-        (ReverseTransaction("ABCDEF00-0000-4000-8000-000000000000", ORIGINAL), InvalidTransactionId),
+        (
+            ReverseTransaction("ABCDEF00-0000-4000-8000-000000000000", ORIGINAL),
+            InvalidTransactionId,
+        ),
         (ReverseTransaction(ORIGINAL, ORIGINAL), InvalidTransactionId),
         (ReverseTransaction(REVERSAL, ORIGINAL, "a\u202eb"), InvalidReference),
         (ReverseTransaction(REVERSAL, ORIGINAL, "x" * 257), InvalidReference),
