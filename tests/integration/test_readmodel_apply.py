@@ -135,7 +135,9 @@ def test_a_database_refusal_halts_at_the_event_instead_of_retrying(db: ReadModel
     log.deposit("a", 7)
     with db.transaction() as tx:  # a row that should not be there: the third insert collides
         tx.execute(
-            "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO transactions (account_id, position, transaction_id, kind, amount, "
+            "balance_after, counterparty, reference, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             ("a", 3, "x", "deposit", 1, 1, None, None, "2026-01-01T00:00:00.000000Z"),
         )
     applied = run(db, log.events, 0)

@@ -55,6 +55,12 @@ async def two_days(log: Ledger, clock: Clock) -> int:
     return await log.transfer("b", "a", 100)
 
 
+# Two-phase transfers (tests/integration/test_two_phase_reads.py): none in this log.
+NONE_PENDING = {
+    what: {"count": 0, "volume": 0} for what in ("placed", "pending", "posted", "voided", "expired")
+}
+
+
 async def test_stats_count_accounts_balances_and_movements_per_currency(
     app: FastAPI, client: httpx.AsyncClient, log: Ledger, clock: Clock
 ) -> None:
@@ -69,6 +75,7 @@ async def test_stats_count_accounts_balances_and_movements_per_currency(
                 "deposits": {"count": 2, "volume": 1300},
                 "withdrawals": {"count": 1, "volume": 50},
                 "transfers": {"count": 2, "volume": 350},
+                "two_phase": NONE_PENDING,
             },
             "USD": {
                 "accounts": {"open": 1, "closed": 0},
@@ -76,6 +83,7 @@ async def test_stats_count_accounts_balances_and_movements_per_currency(
                 "deposits": {"count": 1, "volume": 7},
                 "withdrawals": {"count": 0, "volume": 0},
                 "transfers": {"count": 0, "volume": 0},
+                "two_phase": NONE_PENDING,
             },
         },
     }
@@ -103,6 +111,7 @@ async def test_daily_volumes_per_utc_day_list_every_day_of_the_range(
         "deposits": {"count": 1, "volume": 1000},
         "withdrawals": {"count": 1, "volume": 50},
         "transfers": {"count": 1, "volume": 250},
+        "two_phase": {k: v for k, v in NONE_PENDING.items() if k != "pending"},
     }
     assert first["USD"]["deposits"] == {"count": 1, "volume": 7}
     assert set(second) == {"EUR"}

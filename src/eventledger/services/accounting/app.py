@@ -18,7 +18,7 @@ from starlette.routing import Route
 from eventledger.domain.money import ACCOUNT_ID
 from eventledger.eventstore.codec import format_time, parse_time
 from eventledger.services.accounting import queries
-from eventledger.services.accounting.projection import Account, HistoryItem
+from eventledger.services.accounting.projection import Account, HistoryItem, Hold
 from eventledger.services.accounting.store import AccountingProjection
 from eventledger.services.http import ProblemError
 from eventledger.services.readside.db import Session
@@ -113,7 +113,8 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         at: Annotated[str | None, Query(description="An RFC 3339 time")] = None,
         at_position: Annotated[str | None, Query(description="A global position")] = None,
     ) -> JSONResponse:
-        """The balance as it was at a time or right after a global position (exactly one)."""
+        """The balance as it was at a time or right after a global position (exactly one),
+        with what was available then (the balance less the transfers pending out)."""
         if (at is None) == (at_position is None):
             raise invalid_param("at", "give exactly one of `at` (RFC 3339) or `at_position`")
         check_account_id(account_id)
@@ -127,30 +128,74 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
             assert at is not None
             moment = _time_key(at)
 
-        def query(session: Session) -> tuple[Account | None, int, int]:
+        def query(session: Session) -> tuple[Account | None, queries.BalanceThen | None]:
             found = queries.get_account(session, account_id)
             if found is None:
-                return None, 0, 0
+                return None, None
             if position is not None:
                 if found.opened_position > position:
-                    return None, 0, 0
-                return found, *queries.balance_at_position(session, found, position)
+                    return None, None
+                return found, queries.balance_at_position(session, found, position)
             assert moment is not None
             if found.opened_at > moment:
-                return None, 0, 0
-            return found, *queries.balance_at_time(session, found, moment)
+                return None, None
+            return found, queries.balance_at_time(session, found, moment)
 
-        account, balance, last = await reads.answer(query, min_position=floor)
-        if account is None:
+        account, then = await reads.answer(query, min_position=floor)
+        if account is None or then is None:
             raise _not_found(account_id, then=True)
         body: dict[str, Any] = {
             "account_id": account_id,
             "currency": account.currency,
-            "balance": balance,
-            "as_of_position": last,
+            "balance": then.balance,
+            "available": then.available,
+            "pending_debits": then.pending_debits,
+            "pending_credits": then.pending_credits,
+            "as_of_position": then.position,
         }
         body.update({"at": at} if at is not None else {"at_position": position})
         return JSONResponse(body)
+
+    @app.get(
+        "/accounts/{account_id}/pending",
+        tags=["accounts"],
+        responses=query_responses(not_found=NOT_FOUND),
+    )
+    async def get_pending_transfers(
+        account_id: AccountIdPath,
+        floor: MinPosition,
+        limit: Annotated[str | None, Query(description=f"1..{MAX_PAGE}, default 50")] = None,
+        after: Annotated[str | None, Query(description="The `next` cursor of a page")] = None,
+    ) -> JSONResponse:
+        """The two-phase transfers pending on the account (either side), oldest first, one page
+        at a time, with the account's pending sums. A transfer leaves the list once it is
+        posted, voided or expired; its history items stay in `/transactions`."""
+        size = int_param("limit", limit, default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+        since = None if after is None else _decode_cursor(after, name="after")
+        check_account_id(account_id)
+
+        def query(session: Session) -> tuple[Account | None, list[Hold]]:
+            found = queries.get_account(session, account_id)
+            if found is None:
+                return None, []
+            return found, queries.pending_transfers(
+                session, account_id, after=since, limit=size + 1
+            )
+
+        account, holds = await reads.answer(query, min_position=floor)
+        if account is None:
+            raise _not_found(account_id)
+        page = holds[:size]
+        more = len(holds) > size
+        return JSONResponse(
+            {
+                "account_id": account_id,
+                "pending_debits": account.pending_debits,
+                "pending_credits": account.pending_credits,
+                "items": [_hold_json(h) for h in page],
+                "next": _encode_cursor(page[-1].position) if more else None,
+            }
+        )
 
     @app.get("/accounts", tags=["accounts"], responses=query_responses())
     async def list_accounts(
@@ -233,14 +278,14 @@ def _encode_cursor(position: int) -> str:
     return base64.urlsafe_b64encode(f"p{position}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def _decode_cursor(cursor: str, *, name: str = "before") -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     digits = raw[1:]
     if raw[:1] != "p" or not digits.isdigit() or len(digits) > 19 or not cursor.isascii():
-        raise invalid_param("before", "is not a cursor given by this service (`next`)")
+        raise invalid_param(name, "is not a cursor given by this service (`next`)")
     return int(digits)
 
 
@@ -249,6 +294,9 @@ def _account_json(a: Account) -> dict[str, Any]:
         "account_id": a.account_id,
         "currency": a.currency,
         "balance": a.balance,
+        "available": a.available,
+        "pending_debits": a.pending_debits,
+        "pending_credits": a.pending_credits,
         "overdraft_limit": a.overdraft_limit,
         "owner": a.owner,
         "status": a.status,
@@ -265,8 +313,23 @@ def _item_json(i: HistoryItem) -> dict[str, Any]:
         "kind": i.kind,
         "amount": i.amount,
         "balance_after": i.balance_after,
+        "available_after": i.available_after,
+        "held": i.held,
         "counterparty": i.counterparty,
         "reference": i.reference,
         "recorded_at": i.recorded_at,
         "position": i.position,
+    }
+
+
+def _hold_json(h: Hold) -> dict[str, Any]:
+    return {
+        "transaction_id": h.transaction_id,
+        "direction": h.direction,
+        "counterparty": h.counterparty,
+        "amount": h.amount,
+        "reference": h.reference,
+        "expires_at": h.expires_at,
+        "recorded_at": h.recorded_at,
+        "position": h.position,
     }

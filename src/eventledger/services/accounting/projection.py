@@ -11,13 +11,14 @@ than skip it. Fix the code or the data, then restart or rebuild.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 from eventledger.domain import events as ev
 from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
+from eventledger.domain.pending import CREDIT, DEBIT, EXPIRED, PendingHold
 from eventledger.domain.validity import AccountFacts, check_event, decode_event
 from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.records import RecordedEvent
@@ -25,7 +26,34 @@ from eventledger.services.readside.commits import evolve_append
 from eventledger.services.readside.projection import EventRejected
 
 Status = Literal["open", "closed"]
-Kind = Literal["deposit", "withdrawal", "transfer_in", "transfer_out", "reversal"]
+Kind = Literal[
+    "deposit",
+    "withdrawal",
+    "transfer_in",
+    "transfer_out",
+    "transfer_pending",
+    "transfer_posted",
+    "transfer_voided",
+    "transfer_expired",
+    "reversal",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold(PendingHold):
+    """A row of `pending_transfers`: a two-phase transfer pending on one of its accounts
+    (`side` debit on the sender's, credit on the receiver's) until it is posted, voided or
+    expires. What the validity rule knows of it (`PendingHold`), and what the listing shows."""
+
+    account_id: str
+    transaction_id: str
+    reference: str | None
+    recorded_at: str
+    position: int
+
+    @property
+    def direction(self) -> Literal["out", "in"]:
+        return "out" if self.side == DEBIT else "in"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +71,15 @@ class Account:
     opened_position: int
     updated_at: str
     position: int  # the global position of the last event applied
+    pending_debits: int = 0  # held on transfers out: `available` = balance - pending_debits
+    pending_credits: int = 0  # held on transfers in, not yet the account's
+    # The transfers pending on the account, by transaction id (never mutated: a change makes a
+    # new dict). Loaded only for accounts with pending sums, so an account without is cheap.
+    holds: Mapping[str, Hold] = field(default_factory=dict)
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.pending_debits
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +95,23 @@ class HistoryItem:
     counterparty: str | None
     reference: str | None
     recorded_at: str
+    # A two-phase item's hold, signed like a transfer's amount (negative on the sender's side);
+    # None on other items. `amount` stays what the balance changed: 0 for a hold or a void.
+    held: int | None = None
+    pending_debits_after: int = 0
+    pending_credits_after: int = 0
+
+    @property
+    def available_after(self) -> int:
+        return self.balance_after - self.pending_debits_after
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     account: Account
     item: HistoryItem | None
+    hold: Hold | None = None  # a transfer that became pending on the account
+    released: str | None = None  # the transaction id of a hold that left it
 
 
 def account_id_of(stream: str) -> str | None:
@@ -92,6 +140,9 @@ def facts_of(account_id: str, account: Account | None) -> AccountFacts:
         account.version,
         account.currency,
         account.balance,
+        account.holds,
+        account.pending_debits,
+        account.pending_credits,
     )
 
 
@@ -160,8 +211,13 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         case ev.TransferSent():
             amount, kind = -domain_event.amount, "transfer_out"
             other = domain_event.to_account
-        case _:  # two-phase transfers: applied by the read side's own change
-            raise EventRejected(event, f"{event.type} is not applied by this read model")
+        case (
+            ev.PendingTransferSent()
+            | ev.PendingTransferReceived()
+            | ev.PendingTransferPosted()
+            | ev.PendingTransferVoided()
+        ):
+            return _two_phase(account, event, at, domain_event), domain_event
     balance = account.balance + amount
     item = HistoryItem(
         account_id=account.account_id,
@@ -173,8 +229,80 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         counterparty=other,
         reference=domain_event.reference,
         recorded_at=at,
+        pending_debits_after=account.pending_debits,
+        pending_credits_after=account.pending_credits,
     )
     return Change(_next(account, event, at, balance, account.status), item), domain_event
+
+
+def _two_phase(
+    account: Account,
+    event: RecordedEvent,
+    at: str,
+    domain_event: ev.PendingTransferSent
+    | ev.PendingTransferReceived
+    | ev.PendingTransferPosted
+    | ev.PendingTransferVoided,
+) -> Change:
+    """A hold placed on the account, or its outcome (the validity rule has checked that an
+    outcome matches a transfer pending on this account, so the hold is there)."""
+    holds = dict(account.holds)
+    placed: Hold | None = None
+    released: str | None = None
+    kind: Kind
+    balance = account.balance
+    transaction_id = domain_event.transaction_id
+    match domain_event:
+        case ev.PendingTransferSent() | ev.PendingTransferReceived():
+            sent = isinstance(domain_event, ev.PendingTransferSent)
+            placed = Hold(
+                DEBIT if sent else CREDIT,
+                domain_event.amount,
+                (
+                    domain_event.to_account
+                    if isinstance(domain_event, ev.PendingTransferSent)
+                    else domain_event.from_account
+                ),
+                domain_event.expires_at,
+                account.account_id,
+                transaction_id,
+                domain_event.reference,
+                at,
+                event.position,
+            )
+            holds[transaction_id] = hold = placed
+            kind, moved = "transfer_pending", 0
+        case ev.PendingTransferPosted():
+            hold = holds.pop(transaction_id)
+            released = transaction_id
+            moved = domain_event.amount if hold.side == CREDIT else -domain_event.amount
+            kind = "transfer_posted"
+        case ev.PendingTransferVoided():
+            hold = holds.pop(transaction_id)
+            released = transaction_id
+            kind = "transfer_expired" if domain_event.reason == EXPIRED else "transfer_voided"
+            moved = 0
+    # What the hold adds to (placed) or takes from (released) the account's pending sums.
+    change = hold.amount if placed is not None else -hold.amount
+    debits = account.pending_debits + (change if hold.side == DEBIT else 0)
+    credits = account.pending_credits + (change if hold.side == CREDIT else 0)
+    balance += moved
+    item = HistoryItem(
+        account_id=account.account_id,
+        position=event.position,
+        transaction_id=transaction_id,
+        kind=kind,
+        amount=moved,
+        balance_after=balance,
+        counterparty=hold.counterparty,
+        reference=hold.reference,
+        recorded_at=at,
+        held=-hold.amount if hold.side == DEBIT else hold.amount,
+        pending_debits_after=debits,
+        pending_credits_after=credits,
+    )
+    after = _next(account, event, at, balance, account.status, debits, credits, holds)
+    return Change(after, item, placed, released)
 
 
 _last_time: list[tuple[datetime, str]] = [(datetime.min, "")]
@@ -191,7 +319,16 @@ def _time_text(moment: datetime) -> str:
     return text
 
 
-def _next(account: Account, event: RecordedEvent, at: str, balance: int, status: Status) -> Account:
+def _next(
+    account: Account,
+    event: RecordedEvent,
+    at: str,
+    balance: int,
+    status: Status,
+    pending_debits: int | None = None,
+    pending_credits: int | None = None,
+    holds: Mapping[str, Hold] | None = None,
+) -> Account:
     # Spelled out rather than dataclasses.replace: this runs once per event, replace is slow.
     return Account(
         account_id=account.account_id,
@@ -205,4 +342,7 @@ def _next(account: Account, event: RecordedEvent, at: str, balance: int, status:
         opened_position=account.opened_position,
         updated_at=at,
         position=event.position,
+        pending_debits=account.pending_debits if pending_debits is None else pending_debits,
+        pending_credits=account.pending_credits if pending_credits is None else pending_credits,
+        holds=account.holds if holds is None else holds,
     )

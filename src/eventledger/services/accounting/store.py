@@ -7,11 +7,14 @@ batch touches, folds the batch in memory and writes each changed account once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
+from eventledger.domain.pending import CREDIT, DEBIT
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.accounting.projection import (
     Account,
     HistoryItem,
+    Hold,
     Kind,
     account_id_of,
     evolve_commit,
@@ -53,24 +56,61 @@ MIGRATIONS: Sequence[Migration] = (
         )""",
         "CREATE INDEX transactions_by_time ON transactions (account_id, recorded_at, position)",
     ),
+    # 2: two-phase transfers. Columns with a constant default (no table rewrite on either
+    # database) and a new table: a model made by version 1 holds no pending transfer (the log
+    # it applied had none), so every existing row is already right and nothing is replayed.
+    # `held` is the amount a two-phase item concerns (NULL on other items); the pending sums
+    # after each item give `available_after` and the available balance at a time.
+    (
+        "ALTER TABLE accounts ADD COLUMN pending_debits BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE accounts ADD COLUMN pending_credits BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE transactions ADD COLUMN held BIGINT",
+        "ALTER TABLE transactions ADD COLUMN pending_debits_after BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE transactions ADD COLUMN pending_credits_after BIGINT NOT NULL DEFAULT 0",
+        # The transfers pending right now on each account (a row leaves when posted, voided
+        # or expired): the validity rule's facts and the `/pending` listing.
+        """CREATE TABLE pending_transfers (
+            account_id TEXT NOT NULL,
+            transaction_id TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            counterparty TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            reference TEXT,
+            expires_at TEXT,
+            recorded_at TEXT NOT NULL,
+            position BIGINT NOT NULL,
+            PRIMARY KEY (account_id, transaction_id)
+        )""",
+        "CREATE INDEX pending_by_position ON pending_transfers (account_id, position)",
+    ),
 )
 
 ACCOUNT_COLUMNS = (
     "account_id, currency, balance, overdraft_limit, owner, status, version, "
-    "opened_at, opened_position, updated_at, position"
+    "opened_at, opened_position, updated_at, position, pending_debits, pending_credits"
 )
 ITEM_COLUMNS = (
     "account_id, position, transaction_id, kind, amount, balance_after, counterparty, "
-    "reference, recorded_at"
+    "reference, recorded_at, held, pending_debits_after, pending_credits_after"
+)
+HOLD_COLUMNS = (
+    "account_id, transaction_id, direction, counterparty, amount, reference, expires_at, "
+    "recorded_at, position"
 )
 
 _UPSERT_ACCOUNT = (
-    f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance, "
     "status = excluded.status, version = excluded.version, "
-    "updated_at = excluded.updated_at, position = excluded.position"
+    "updated_at = excluded.updated_at, position = excluded.position, "
+    "pending_debits = excluded.pending_debits, pending_credits = excluded.pending_credits"
 )
-_INSERT_ITEM = f"INSERT INTO transactions ({ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ITEM = (
+    f"INSERT INTO transactions ({ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_HOLD = f"INSERT INTO pending_transfers ({HOLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE_HOLD = "DELETE FROM pending_transfers WHERE account_id = ? AND transaction_id = ?"
 
 
 def account_from_row(row: Row) -> Account:
@@ -86,6 +126,8 @@ def account_from_row(row: Row) -> Account:
         opened_position=int(row[8]),
         updated_at=row[9],
         position=int(row[10]),
+        pending_debits=int(row[11]),
+        pending_credits=int(row[12]),
     )
 
 
@@ -101,6 +143,23 @@ def item_from_row(row: Row) -> HistoryItem:
         counterparty=row[6],
         reference=row[7],
         recorded_at=row[8],
+        held=None if row[9] is None else int(row[9]),
+        pending_debits_after=int(row[10]),
+        pending_credits_after=int(row[11]),
+    )
+
+
+def hold_from_row(row: Row) -> Hold:
+    return Hold(
+        CREDIT if row[2] == "in" else DEBIT,
+        int(row[4]),
+        row[3],
+        row[6],
+        row[0],
+        row[1],
+        row[5],
+        row[7],
+        int(row[8]),
     )
 
 
@@ -115,6 +174,22 @@ def load_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Acc
         ):
             account = account_from_row(row)
             found[account.account_id] = account
+    # The validity rule needs the transfers pending on an account (an outcome must match
+    # one): loaded for the accounts that have some, which most accounts, most of the time, do
+    # not. One statement per 500 such accounts.
+    holding = sorted(a for a, row in found.items() if row.pending_debits or row.pending_credits)
+    holds: dict[str, dict[str, Hold]] = {}
+    for start in range(0, len(holding), 500):
+        chunk = holding[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for row in session.fetchall(
+            f"SELECT {HOLD_COLUMNS} FROM pending_transfers WHERE account_id IN ({marks})", chunk
+        ):
+            hold = hold_from_row(row)
+            holds.setdefault(hold.account_id, {})[hold.transaction_id] = hold
+    for account_id, held in holds.items():
+        account = found[account_id]
+        found[account_id] = replace(account, holds=held)
     return found
 
 
@@ -130,6 +205,10 @@ class AccountingProjection:
         )
         changed: dict[str, Account] = {}
         items: list[HistoryItem] = []
+        # The page's net effect on `pending_transfers`: deleted first, then inserted, so a
+        # hold placed and settled within the page is never written.
+        placed: dict[tuple[str, str], Hold] = {}
+        released: set[tuple[str, str]] = set()
         rejected: EventRejected | None = None
         # One atomic append at a time: some rules (transfers come in pairs) span an append.
         for group, whole in commit_groups(events):
@@ -139,6 +218,12 @@ class AccountingProjection:
                 accounts[account.account_id] = changed[account.account_id] = account
                 if change.item is not None:
                     items.append(change.item)
+                if change.hold is not None:
+                    placed[(account.account_id, change.hold.transaction_id)] = change.hold
+                if change.released is not None:
+                    key = (account.account_id, change.released)
+                    if placed.pop(key, None) is None:
+                        released.add(key)
             if rejected is not None:
                 break
         if changed:
@@ -157,8 +242,30 @@ class AccountingProjection:
                         a.opened_position,
                         a.updated_at,
                         a.position,
+                        a.pending_debits,
+                        a.pending_credits,
                     )
                     for a in changed.values()
+                ],
+            )
+        if released:
+            session.executemany(_DELETE_HOLD, sorted(released))
+        if placed:
+            session.executemany(
+                _INSERT_HOLD,
+                [
+                    (
+                        h.account_id,
+                        h.transaction_id,
+                        h.direction,
+                        h.counterparty,
+                        h.amount,
+                        h.reference,
+                        h.expires_at,
+                        h.recorded_at,
+                        h.position,
+                    )
+                    for h in placed.values()
                 ],
             )
         if items:
@@ -175,6 +282,9 @@ class AccountingProjection:
                         i.counterparty,
                         i.reference,
                         i.recorded_at,
+                        i.held,
+                        i.pending_debits_after,
+                        i.pending_credits_after,
                     )
                     for i in items
                 ],
@@ -182,5 +292,6 @@ class AccountingProjection:
         return rejected
 
     def reset(self, session: Session) -> None:
+        session.execute("DELETE FROM pending_transfers")
         session.execute("DELETE FROM transactions")
         session.execute("DELETE FROM accounts")

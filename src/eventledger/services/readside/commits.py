@@ -14,8 +14,8 @@ from typing import Protocol, TypeVar, cast
 from eventledger.domain import events as domain_events
 from eventledger.domain import validity
 from eventledger.domain.errors import InvalidAccountEvent
-from eventledger.domain.events import Event, TransferReceived, TransferSent
-from eventledger.domain.validity import AccountFacts, check_transfers
+from eventledger.domain.events import Event
+from eventledger.domain.validity import PAIRED_EVENTS, AccountFacts, check_transfers
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.projection import EventRejected
 
@@ -82,7 +82,7 @@ def evolve_append(
         changes.append(change)
         applied.append(domain_event)
         recorded.append(event)
-    if whole and any(isinstance(e, TransferSent | TransferReceived) for e in applied):
+    if whole and any(isinstance(e, PAIRED_EVENTS) for e in applied):
         try:
             check_transfers(applied, {a: facts_of(a, row) for a, row in rows.items()})
         except InvalidAccountEvent as exc:

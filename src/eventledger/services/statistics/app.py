@@ -39,7 +39,10 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
     @app.get("/stats", tags=["statistics"], responses=query_responses())
     async def stats(floor: MinPosition) -> JSONResponse:
         """Per currency: accounts open and closed, total balance, count and volume of
-        deposits, withdrawals and transfers (a transfer counts once)."""
+        deposits, withdrawals and transfers (a transfer counts once), and of two-phase
+        transfers: holds placed, pending now (their held amount), posted (the amount that
+        moved), voided and expired (the held amount). `transfers` counts immediate transfers
+        only; a posted two-phase transfer is counted under `two_phase.posted`."""
 
         def query(session: Session) -> tuple[int, dict[str, Tally]]:
             return queries.applied_position(session), queries.currency_totals(session)
@@ -53,6 +56,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
                         "accounts": {"open": t.opened - t.closed, "closed": t.closed},
                         "total_balance": t.balance,
                         **_movements(t),
+                        "two_phase": _two_phase(t, pending=True),
                     }
                     for currency, t in totals.items()
                 },
@@ -70,7 +74,8 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         ] = None,
     ) -> JSONResponse:
         """Per UTC day of `recorded_at` and per currency: accounts opened and closed, the net
-        flow of money and the count and volume of each kind of movement. Every day of the
+        flow of money and the count and volume of each kind of movement (two-phase: holds
+        placed, posted, voided and expired that day). Every day of the
         range is listed, at most 366 days; by default the last 30 days up to today."""
         last = _day("to", to) if to is not None else datetime.now(UTC).date()
         if from_ is not None:
@@ -99,6 +104,7 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
                             "accounts_closed": t.closed,
                             "net_flow": t.balance,
                             **_movements(t),
+                            "two_phase": _two_phase(t, pending=False),
                         }
                         for (d, currency), t in totals.items()
                         if d == day
@@ -126,6 +132,18 @@ def _movements(t: Tally) -> dict[str, Any]:
         "withdrawals": {"count": t.withdrawals_count, "volume": t.withdrawals_volume},
         "transfers": {"count": t.transfers_count, "volume": t.transfers_volume},
     }
+
+
+def _two_phase(t: Tally, *, pending: bool) -> dict[str, Any]:
+    """Two-phase transfers; `pending` (those not yet settled) only where it is a state, not
+    a day's flow."""
+    counters: dict[str, Any] = {"placed": {"count": t.holds_count, "volume": t.holds_volume}}
+    if pending:
+        counters["pending"] = {"count": t.pending_count, "volume": t.pending_volume}
+    counters["posted"] = {"count": t.posted_count, "volume": t.posted_volume}
+    counters["voided"] = {"count": t.voided_count, "volume": t.voided_volume}
+    counters["expired"] = {"count": t.expired_count, "volume": t.expired_volume}
+    return counters
 
 
 def _day(name: str, text: str) -> date:

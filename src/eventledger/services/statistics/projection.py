@@ -11,13 +11,14 @@ which the stream service checks before it writes) raises `EventRejected`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Literal
 
 from eventledger.domain import events as ev
 from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
+from eventledger.domain.pending import DEBIT, EXPIRED, PendingHold
 from eventledger.domain.validity import AccountFacts, check_event, decode_event
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.commits import evolve_append
@@ -34,6 +35,11 @@ class StatsAccount:
     status: Literal["open", "closed"]
     version: int
     balance: int = 0
+    pending_debits: int = 0
+    pending_credits: int = 0
+    # The transfers pending on the account by transaction id (never mutated; loaded only for
+    # accounts with pending sums): an outcome must match one, and it says the held amount.
+    holds: Mapping[str, PendingHold] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +56,22 @@ class Tally:
     withdrawals_volume: int = 0
     transfers_count: int = 0
     transfers_volume: int = 0
+    # Two-phase transfers, counted once (on the sender's side) like transfers: holds placed;
+    # pending = placed - (posted + voided + expired), the held amount; posted with the amount
+    # that moved (a partial post releases the rest); voided and expired with the held amount.
+    holds_count: int = 0
+    holds_volume: int = 0
+    pending_count: int = 0
+    pending_volume: int = 0
+    posted_count: int = 0
+    posted_volume: int = 0
+    voided_count: int = 0
+    voided_volume: int = 0
+    expired_count: int = 0
+    expired_volume: int = 0
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(
-            self.opened + other.opened,
-            self.closed + other.closed,
-            self.balance + other.balance,
-            self.deposits_count + other.deposits_count,
-            self.deposits_volume + other.deposits_volume,
-            self.withdrawals_count + other.withdrawals_count,
-            self.withdrawals_volume + other.withdrawals_volume,
-            self.transfers_count + other.transfers_count,
-            self.transfers_volume + other.transfers_volume,
-        )
+        return total((self, other))
 
 
 TALLY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Tally))
@@ -94,6 +103,9 @@ def facts_of(account_id: str, account: StatsAccount | None) -> AccountFacts:
         account.version,
         account.currency,
         account.balance,
+        account.holds,
+        account.pending_debits,
+        account.pending_credits,
     )
 
 
@@ -119,7 +131,10 @@ def evolve_commit(
 
 
 def total(deltas: Sequence[Tally]) -> Tally:
-    """The sum of `deltas`, field by field (one Tally built, not one per addition)."""
+    """The sum of `deltas`, field by field (one Tally built, not one per addition). Spelled
+    out: twice as fast as a loop over the fields, and this runs for every page."""
+    if len(deltas) == 1:
+        return deltas[0]
     return Tally(
         sum(d.opened for d in deltas),
         sum(d.closed for d in deltas),
@@ -130,6 +145,16 @@ def total(deltas: Sequence[Tally]) -> Tally:
         sum(d.withdrawals_volume for d in deltas),
         sum(d.transfers_count for d in deltas),
         sum(d.transfers_volume for d in deltas),
+        sum(d.holds_count for d in deltas),
+        sum(d.holds_volume for d in deltas),
+        sum(d.pending_count for d in deltas),
+        sum(d.pending_volume for d in deltas),
+        sum(d.posted_count for d in deltas),
+        sum(d.posted_volume for d in deltas),
+        sum(d.voided_count for d in deltas),
+        sum(d.voided_volume for d in deltas),
+        sum(d.expired_count for d in deltas),
+        sum(d.expired_volume for d in deltas),
     )
 
 
@@ -163,6 +188,9 @@ def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsCh
         "closed" if facts.closed else "open",
         facts.version,
         facts.balance,
+        facts.pending_debits,
+        facts.pending_credits,
+        facts.pending,
     )
     delta: Tally
     match domain_event:
@@ -180,4 +208,32 @@ def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsCh
             delta = Tally(balance=amount)
         case ev.TransactionReversed(amount=amount):
             delta = Tally(balance=amount)
+        case ev.PendingTransferSent(amount=amount):
+            delta = Tally(
+                holds_count=1, holds_volume=amount, pending_count=1, pending_volume=amount
+            )
+        case ev.PendingTransferReceived():
+            delta = Tally()
+        case ev.PendingTransferPosted(amount=amount):
+            delta = _settled(account, domain_event, posted_count=1, posted_volume=amount)
+        case ev.PendingTransferVoided(amount=amount, reason=reason) if reason == EXPIRED:
+            delta = _settled(account, domain_event, expired_count=1, expired_volume=amount)
+        case ev.PendingTransferVoided(amount=amount):
+            delta = _settled(account, domain_event, voided_count=1, voided_volume=amount)
     return StatsChange(after, after.currency, day, delta), domain_event
+
+
+def _settled(
+    account: StatsAccount | None,
+    event: ev.PendingTransferPosted | ev.PendingTransferVoided,
+    **outcome: int,
+) -> Tally:
+    """What the outcome of a hold adds, on one side. The sender's side counts it (`outcome`):
+    one transfer less pending, by its held amount, and a post takes the posted amount from
+    the balance; the receiver's side only gains what a post moved."""
+    assert account is not None  # the rule: an outcome ends a hold pending on this account
+    hold = account.holds[event.transaction_id]
+    posted = event.amount if isinstance(event, ev.PendingTransferPosted) else 0
+    if hold.side == DEBIT:
+        return Tally(balance=-posted, pending_count=-1, pending_volume=-hold.amount, **outcome)
+    return Tally(balance=posted)

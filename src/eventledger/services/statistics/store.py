@@ -8,7 +8,9 @@ exact unbounded integer type in common. The sums are done in Python, exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+from eventledger.domain.pending import CREDIT, DEBIT, PendingHold
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
@@ -25,9 +27,40 @@ from eventledger.services.statistics.projection import (
 NAME = "statistics"
 
 # Which counters are money (stored as TEXT) and which are counts (BIGINT).
-MONEY_FIELDS = frozenset({"balance", "deposits_volume", "withdrawals_volume", "transfers_volume"})
+MONEY_FIELDS = frozenset(
+    {
+        "balance",
+        "deposits_volume",
+        "withdrawals_volume",
+        "transfers_volume",
+        "holds_volume",
+        "pending_volume",
+        "posted_volume",
+        "voided_volume",
+        "expired_volume",
+    }
+)
+# The counters of two-phase transfers (schema version 3).
+TWO_PHASE_FIELDS = tuple(
+    f"{what}_{unit}"
+    for what in ("holds", "pending", "posted", "voided", "expired")
+    for unit in ("count", "volume")
+)
+# The counters of schema version 1, spelled out: a migration must create the same table
+# whatever counters later versions add (each adds its own columns).
+_V1_FIELDS = (
+    "opened",
+    "closed",
+    "balance",
+    "deposits_count",
+    "deposits_volume",
+    "withdrawals_count",
+    "withdrawals_volume",
+    "transfers_count",
+    "transfers_volume",
+)
 _COUNTER_DDL = ",\n".join(
-    f"{f} {'TEXT' if f in MONEY_FIELDS else 'BIGINT'} NOT NULL" for f in TALLY_FIELDS
+    f"{f} {'TEXT' if f in MONEY_FIELDS else 'BIGINT'} NOT NULL" for f in _V1_FIELDS
 )
 TALLY_COLUMNS = ", ".join(TALLY_FIELDS)
 
@@ -58,13 +91,42 @@ MIGRATIONS: Sequence[Migration] = (
         "DELETE FROM stats_accounts",
         f"DELETE FROM readmodel_checkpoints WHERE name = '{NAME}'",
     ),
+    # 3: two-phase transfers. The log a version-2 model applied held none, so its counters are
+    # right at 0 and nothing is replayed: columns with a constant default (no table rewrite on
+    # either database), and the holds pending on each account (the validity rule's facts).
+    (
+        "ALTER TABLE stats_accounts ADD COLUMN pending_debits BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE stats_accounts ADD COLUMN pending_credits BIGINT NOT NULL DEFAULT 0",
+        *(
+            f"ALTER TABLE {table} ADD COLUMN {f} "
+            + ("TEXT NOT NULL DEFAULT '0'" if f in MONEY_FIELDS else "BIGINT NOT NULL DEFAULT 0")
+            for table in ("stats_currencies", "stats_daily")
+            for f in TWO_PHASE_FIELDS
+        ),
+        """CREATE TABLE stats_pending (
+            account_id TEXT NOT NULL,
+            transaction_id TEXT NOT NULL,
+            side TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            counterparty TEXT NOT NULL,
+            expires_at TEXT,
+            PRIMARY KEY (account_id, transaction_id)
+        )""",
+    ),
 )
 
 _UPSERT_ACCOUNT = (
-    "INSERT INTO stats_accounts (account_id, currency, status, version, balance) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET status = excluded.status, "
-    "version = excluded.version, balance = excluded.balance"
+    "INSERT INTO stats_accounts "
+    "(account_id, currency, status, version, balance, pending_debits, pending_credits) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
+    "status = excluded.status, version = excluded.version, balance = excluded.balance, "
+    "pending_debits = excluded.pending_debits, pending_credits = excluded.pending_credits"
 )
+_INSERT_HOLD = (
+    "INSERT INTO stats_pending (account_id, transaction_id, side, amount, counterparty, "
+    "expires_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_DELETE_HOLD = "DELETE FROM stats_pending WHERE account_id = ? AND transaction_id = ?"
 _SET_TALLY = ", ".join(f"{f} = excluded.{f}" for f in TALLY_FIELDS)
 _MARKS = ", ".join("?" * len(TALLY_FIELDS))
 _UPSERT_CURRENCY = (
@@ -104,6 +166,7 @@ class StatisticsProjection:
             session, {a for e in events if (a := account_id_of(e.stream)) is not None}
         )
         changed: dict[str, StatsAccount] = {}
+        before = dict(accounts)  # the rows as loaded: whose holds the table has
         # A page's deltas per currency and day, summed once (not a Tally per event and key).
         by_currency: dict[str, list[Tally]] = {}
         by_day: dict[tuple[str, str], list[Tally]] = {}
@@ -124,10 +187,19 @@ class StatisticsProjection:
             session.executemany(
                 _UPSERT_ACCOUNT,
                 [
-                    (a.account_id, a.currency, a.status, a.version, a.balance)
+                    (
+                        a.account_id,
+                        a.currency,
+                        a.status,
+                        a.version,
+                        a.balance,
+                        a.pending_debits,
+                        a.pending_credits,
+                    )
                     for a in changed.values()
                 ],
             )
+            self._write_holds(session, before, changed)
         if currencies:
             self._add_currencies(session, currencies)
         if days:
@@ -135,7 +207,7 @@ class StatisticsProjection:
         return rejected
 
     def reset(self, session: Session) -> None:
-        for table in ("stats_daily", "stats_currencies", "stats_accounts"):
+        for table in ("stats_daily", "stats_currencies", "stats_pending", "stats_accounts"):
             session.execute(f"DELETE FROM {table}")
 
     @staticmethod
@@ -144,19 +216,62 @@ class StatisticsProjection:
         found: dict[str, StatsAccount] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            for account_id, currency, status, version, balance in session.fetchall(
-                "SELECT account_id, currency, status, version, balance FROM stats_accounts "
-                f"WHERE account_id IN ({_in(len(chunk))})",
+            rows = session.fetchall(
+                "SELECT account_id, currency, status, version, balance, pending_debits, "
+                f"pending_credits FROM stats_accounts WHERE account_id IN ({_in(len(chunk))})",
                 chunk,
-            ):
+            )
+            for account_id, currency, status, version, balance, debits, credits in rows:
                 found[account_id] = StatsAccount(
                     account_id,
                     currency,
                     "closed" if status == "closed" else "open",
                     int(version),
                     int(balance),
+                    int(debits),
+                    int(credits),
                 )
+        # The holds, only for accounts that have some (most have none, most of the time).
+        holding = sorted(a for a, row in found.items() if row.pending_debits or row.pending_credits)
+        holds: dict[str, dict[str, PendingHold]] = {}
+        for start in range(0, len(holding), 500):
+            chunk = holding[start : start + 500]
+            rows = session.fetchall(
+                "SELECT account_id, transaction_id, side, amount, counterparty, expires_at "
+                f"FROM stats_pending WHERE account_id IN ({_in(len(chunk))})",
+                chunk,
+            )
+            for account_id, transaction_id, side, amount, counterparty, expires_at in rows:
+                holds.setdefault(account_id, {})[transaction_id] = PendingHold(
+                    CREDIT if side == CREDIT else DEBIT, int(amount), counterparty, expires_at
+                )
+        for account_id, held in holds.items():
+            found[account_id] = replace(found[account_id], holds=held)
         return found
+
+    @staticmethod
+    def _write_holds(
+        session: Session, before: dict[str, StatsAccount], after: dict[str, StatsAccount]
+    ) -> None:
+        """Bring `stats_pending` from the holds of the rows as loaded to those of the rows
+        after the page (compared by identity: an untouched mapping is the same object)."""
+        gone: list[tuple[str, str]] = []
+        new: list[tuple[object, ...]] = []
+        for account_id, account in after.items():
+            old = before.get(account_id)
+            old_holds = old.holds if old is not None else {}
+            if account.holds is old_holds:
+                continue
+            gone += [(account_id, t) for t, h in old_holds.items() if account.holds.get(t) is not h]
+            new += [
+                (account_id, t, h.side, h.amount, h.counterparty, h.expires_at)
+                for t, h in account.holds.items()
+                if old_holds.get(t) is not h
+            ]
+        if gone:
+            session.executemany(_DELETE_HOLD, gone)
+        if new:
+            session.executemany(_INSERT_HOLD, new)
 
     @staticmethod
     def _add_currencies(session: Session, deltas: dict[str, Tally]) -> None:
