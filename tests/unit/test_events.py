@@ -44,6 +44,7 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(ev.PendingTransferPosted, texts, texts, texts, texts, ints),
     st.builds(ev.PendingTransferVoided, texts, texts, texts, texts, ints, texts),
     st.builds(ev.TransactionReversed, texts, texts, texts, ints, optional_texts),
+    st.builds(ev.PersonalDataErased, texts),
 )
 
 SAMPLES: list[Event] = [
@@ -60,6 +61,7 @@ SAMPLES: list[Event] = [
         -100,
         "sent twice",
     ),
+    ev.PersonalDataErased("acc-1"),
 ]
 
 
@@ -97,6 +99,7 @@ def test_the_event_types_and_their_schema_versions_are_fixed() -> None:
         "PendingTransferPosted": 1,
         "PendingTransferVoided": 1,
         "TransactionReversed": 1,
+        "PersonalDataErased": 1,
     }
     assert all(name == cls.TYPE for name, cls in EVENT_TYPES.items())
 
@@ -110,6 +113,7 @@ def test_the_fields_of_stored_events_are_fixed() -> None:
         "TransferReceived": ["account_id", "transaction_id", "from_account", "amount", "reference"],
         "AccountClosed": ["account_id"],
         "TransactionReversed": ["account_id", "transaction_id", "reverses", "amount", "reference"],
+        "PersonalDataErased": ["account_id"],
     }
 
 

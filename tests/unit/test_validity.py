@@ -248,7 +248,13 @@ def test_half_a_transfer_alone_is_invalid() -> None:
     ids=["amount", "reference", "accounts"],
 )
 def test_the_two_halves_agree(other_half: TransferReceived) -> None:
-    assert transfer_rule([sent(), other_half]) == "transfer-mismatch"
+    assert transfer_rule([sent(reference="y"), other_half]) == "transfer-mismatch"
+
+
+def test_a_half_whose_reference_was_erased_still_agrees_with_the_other() -> None:
+    # Each side is sealed under its own account's key: forgetting one erases its side only.
+    check_transfers([sent(reference=None), received(reference="rent")], EUR)
+    check_transfers([sent(reference="rent"), received(reference=None)], EUR)
 
 
 def test_a_transfer_joins_accounts_of_one_currency() -> None:

@@ -107,9 +107,9 @@ def test_the_events_of_one_reversal_reverse_one_transaction_for_one_reason() -> 
     assert batch_rule((A, [reversal(100)]), (B, [reversal(-100, B, reverses=other)])) == (
         "reversal-mismatch"
     )
-    assert batch_rule((A, [reversal(100)]), (B, [reversal(-100, B, reference="x")])) == (
-        "reversal-mismatch"
-    )
+    assert batch_rule(
+        (A, [reversal(100, reference="y")]), (B, [reversal(-100, B, reference="x")])
+    ) == ("reversal-mismatch")
 
 
 def test_a_transfer_reversal_stays_in_one_currency() -> None:

@@ -267,6 +267,25 @@ class PendingTransferVoided(_EventRecord):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class PersonalDataErased(_EventRecord):
+    """The account's personal data was erased (its key deleted: crypto-shredding). From here
+    on every reader shows `owner` and `reference` of the account's earlier events as null;
+    read models blank the copies they keep. Valid on an open or a closed account."""
+
+    TYPE: ClassVar[str] = "PersonalDataErased"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    account_id: str
+
+
+def references_agree(one: str | None, other: str | None) -> bool:
+    """Whether the references of two sides of one transaction agree: equal, or one side
+    erased (null: each side is sealed under its own account's key, so forgetting one account
+    erases its side only, and a reader must still accept the pair)."""
+    return one == other or one is None or other is None
+
+
 Event: TypeAlias = (
     AccountOpened
     | MoneyDeposited
@@ -279,6 +298,7 @@ Event: TypeAlias = (
     | PendingTransferReceived
     | PendingTransferPosted
     | PendingTransferVoided
+    | PersonalDataErased
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -295,6 +315,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PendingTransferReceived,
         PendingTransferPosted,
         PendingTransferVoided,
+        PersonalDataErased,
     )
 }
 

@@ -34,6 +34,7 @@ from eventledger.domain.events import (
     PendingTransferReceived,
     PendingTransferSent,
     PendingTransferVoided,
+    references_agree,
 )
 from eventledger.domain.money import (
     check_account_id,
@@ -248,7 +249,7 @@ def _match(first: Event, second: Event) -> bool:
             first.to_account == second.account_id
             and second.from_account == first.account_id
             and first.amount == second.amount
-            and first.reference == second.reference
+            and references_agree(first.reference, second.reference)
             and first.expires_at == second.expires_at
         )
     if isinstance(first, PendingTransferPosted | PendingTransferVoided) and type(first) is type(

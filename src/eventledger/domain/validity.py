@@ -53,11 +53,13 @@ from eventledger.domain.events import (
     Event,
     MalformedEvent,
     MoneyDeposited,
+    PersonalDataErased,
     TransactionReversed,
     TransferReceived,
     TransferSent,
     UnknownEvent,
     decode,
+    references_agree,
 )
 from eventledger.domain.hold_rules import HOLD_EVENTS, check_hold_event, check_hold_pairs
 from eventledger.domain.money import (
@@ -139,6 +141,8 @@ def check_event(facts: AccountFacts, event: Event, *, stream_version: int) -> Ac
         raise InvalidAccountEvent(
             "not-opened", f"{name} on account {facts.account_id!r}, which was never opened"
         )
+    if isinstance(event, PersonalDataErased):  # on a closed account too: forgetting follows it
+        return replace(facts, version=stream_version)
     if facts.closed:
         raise InvalidAccountEvent(
             "after-close", f"{name} on account {facts.account_id!r}, which is closed"
@@ -247,7 +251,9 @@ def check_transfers(events: Sequence[Event], facts: Mapping[str, AccountFacts]) 
                 events,
                 first,
             )
-        if sent.amount != received.amount or sent.reference != received.reference:
+        if sent.amount != received.amount or not references_agree(
+            sent.reference, received.reference
+        ):
             raise _at_event(
                 "transfer-mismatch",
                 f"transaction {transaction_id}: the two sides differ in amount or reference",
@@ -345,7 +351,9 @@ def check_reversals(events: Sequence[Event], facts: Mapping[str, AccountFacts]) 
                     index,
                 )
             accounts.add(part.account_id)
-            if part.reverses != first.reverses or part.reference != first.reference:
+            if part.reverses != first.reverses or not references_agree(
+                part.reference, first.reference
+            ):
                 raise _at_event(
                     "reversal-mismatch",
                     f"reversal {transaction_id}: its events differ in what they reverse or "

@@ -1,0 +1,52 @@
+"""PersonalDataErased in the account rule (domain/validity.py): valid on any opened account,
+open or closed, and what a reader sees after an erasure still passes the rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventledger.domain.errors import InvalidAccountEvent
+from eventledger.domain.events import (
+    AccountClosed,
+    AccountOpened,
+    PersonalDataErased,
+    decode,
+    references_agree,
+)
+from eventledger.domain.validity import AccountFacts, check_event
+
+A = "acc-a"
+OPEN = AccountFacts(A, exists=True, version=1, currency="EUR")
+
+
+def test_personal_data_erased_is_valid_on_an_open_account_and_changes_no_money() -> None:
+    facts = check_event(OPEN, PersonalDataErased(A), stream_version=2)
+    assert facts.version == 2 and facts.balance == 0 and not facts.closed
+
+
+def test_personal_data_erased_is_valid_on_a_closed_account() -> None:
+    closed = check_event(OPEN, AccountClosed(A), stream_version=2)
+    assert check_event(closed, PersonalDataErased(A), stream_version=3).closed
+
+
+def test_personal_data_erased_needs_an_opened_account_of_its_stream() -> None:
+    with pytest.raises(InvalidAccountEvent) as never_opened:
+        check_event(AccountFacts(A), PersonalDataErased(A), stream_version=1)
+    assert never_opened.value.rule == "not-opened"
+    with pytest.raises(InvalidAccountEvent) as other:
+        check_event(OPEN, PersonalDataErased("acc-b"), stream_version=2)
+    assert other.value.rule == "wrong-account"
+
+
+def test_an_erased_owner_is_a_valid_account_opened() -> None:
+    erased = decode(
+        "AccountOpened", {"account_id": A, "currency": "EUR", "overdraft_limit": 0, "owner": None}
+    )
+    assert isinstance(erased, AccountOpened)
+    assert check_event(AccountFacts(A), erased, stream_version=1).exists
+
+
+def test_references_agree_when_equal_or_when_one_side_is_erased() -> None:
+    assert references_agree("rent", "rent") and references_agree(None, None)
+    assert references_agree(None, "rent") and references_agree("rent", None)
+    assert not references_agree("rent", "rent!")
