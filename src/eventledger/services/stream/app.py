@@ -513,6 +513,23 @@ def create_app(
             )
         return json_response(envelopes([event])[0])
 
+    @app.get(
+        "/transactions/{transaction_id}/events",
+        response_model=s.TransactionEvents,
+        responses=_problems(422, 503),
+        summary="Get the events of one transaction",
+        description="Extension of API.md: the events of `account-*` streams whose data's "
+        "`transaction_id` is this id (a canonical UUID, else 422), oldest first, at most "
+        "`limit` (1-1000, default 100); an empty list when there are none. Found through the "
+        "store's index of transaction ids, not by reading the log: the command side finds "
+        "the events of a transaction it reverses this way.",
+    )
+    async def read_transaction(transaction_id: str, limit: s.TransactionLimit = 100) -> Response:
+        if not s.UUID_RE.fullmatch(transaction_id) or transaction_id != transaction_id.lower():
+            raise invalid_field("path.transaction_id", "must be a UUID in canonical form")
+        events = await runtime.store.read_transaction(transaction_id, limit=limit)
+        return json_response({"transaction_id": transaction_id, "events": envelopes(events)})
+
     # -- operations -------------------------------------------------------------------------
 
     @app.get(

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from eventledger.eventstore.records import EVENT_TYPE, STREAM_NAME
-from eventledger.eventstore.store import MAX_PAGE
+from eventledger.eventstore.store import MAX_PAGE, MAX_TRANSACTION_EVENTS
 from eventledger.services.http import StrictModel
 
 MAX_INT64 = 2**63 - 1  # every backend stores versions and positions as signed 64-bit integers
@@ -236,6 +236,11 @@ StreamLimit = Annotated[
     BeforeValidator(_decimal),
 ]
 LogLimit = StreamLimit
+TransactionLimit = Annotated[
+    int,
+    Query(ge=1, le=MAX_TRANSACTION_EVENTS, description="At most this many events."),
+    BeforeValidator(_decimal),
+]
 TypeFilter = Annotated[
     list[str] | None,
     Query(
@@ -368,6 +373,14 @@ class LogPage(BaseModel):
     last_position: int = Field(
         description="Resume with `after=last_position`: every event up to it that matches "
         "the filters is in this page or an earlier one."
+    )
+
+
+class TransactionEvents(BaseModel):
+    transaction_id: str
+    events: list[Envelope] = Field(
+        description="The events of account streams whose data's `transaction_id` is this "
+        "id, oldest first."
     )
 
 

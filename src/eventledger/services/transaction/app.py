@@ -58,6 +58,11 @@ from eventledger.services.transaction.idempotency import (
 )
 from eventledger.services.transaction.problems import RETRY_AFTER, problem_for
 from eventledger.services.transaction.results import Result
+from eventledger.services.transaction.reversal_routes import (
+    ReversalOut,
+    ReverseBody,
+    add_reversal_route,
+)
 from eventledger.services.transaction.schemas import (
     AccountClosedOut,
     AccountOpenedOut,
@@ -506,4 +511,24 @@ def create_app(
     serve_directly(app, "POST", "/accounts/{account_id}/close", close_direct)
     serve_directly(app, "POST", "/accounts", open_account)
     serve_directly(app, "POST", "/transfers", transfer)
+    add_reversal_route(
+        app,
+        handler,
+        execute,
+        read_body=lambda request: _read_optional_model(request, ReverseBody),
+        openapi_extra=_command_body(ReverseBody, required=False),
+        responses={
+            **_replayed_response(ReversalOut),
+            **_problems(
+                _404="`transaction-not-found`",
+                _409="`already-reversed` (with `reversed_by`), `not-reversible`, "
+                "`transfer-pending`, `account-closed`, `insufficient-funds`, "
+                "`balance-out-of-range`",
+                **{
+                    **_INPUT_PROBLEMS,
+                    "_422": _INPUT_PROBLEMS["_422"] + " `invalid-transaction-id`.",
+                },
+            ),
+        },
+    )
     return app

@@ -40,6 +40,8 @@ _DOMAIN_EXTRAS = (
     "from_currency",
     "to_account",
     "to_currency",
+    "transaction_id",
+    "reversed_by",
 )
 
 

@@ -18,14 +18,18 @@ from eventledger.domain.events import (
     MoneyDeposited,
     MoneyWithdrawn,
     TransferReceived,
+    TransactionReversed,
     TransferSent,
     decode,
 )
+from eventledger.domain.reversal import REVERSAL_RECORDED
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.transaction.accounts import load_account
 from eventledger.services.transaction.idempotency import CommandIds, IdempotencyKeyReused
 from eventledger.services.transaction.results import (
     Result,
+    ReversalResult,
+    ReversedAccount,
     TransferResult,
     as_replayed,
     result_of,
@@ -59,6 +63,8 @@ async def answer_bound_key(client: StreamClient, ids: CommandIds) -> Result:
 
 async def _rebuild(client: StreamClient, first: RecordedEvent, ids: CommandIds) -> Result:
     assert ids.key is not None
+    if first.type == REVERSAL_RECORDED:
+        return await _rebuild_reversal(client, first, ids)
     event = decode(first.type, first.data)
     match event:
         case TransferSent():
@@ -87,3 +93,33 @@ async def _rebuild(client: StreamClient, first: RecordedEvent, ids: CommandIds) 
             return as_replayed(result_of(event, initial_state(event.account_id), first.position))
         case _:
             raise IdempotencyKeyReused(ids.key)
+
+
+async def _rebuild_reversal(
+    client: StreamClient, marker: RecordedEvent, ids: CommandIds
+) -> ReversalResult:
+    """A reversal's first answer, from its marker event (`reversals`) and its account events
+    (the key's ids 1..n): the balances right after them, whatever happened since."""
+    assert ids.key is not None
+    accounts = marker.data.get("accounts")
+    if not isinstance(accounts, list) or not accounts:
+        raise IdempotencyKeyReused(ids.key)
+    changed = []
+    position, reference = marker.position, None
+    for index in range(1, len(accounts) + 1):
+        recorded = await client.get_event(ids.event_id(index))
+        if recorded is None or recorded.type != TransactionReversed.TYPE:
+            raise IdempotencyKeyReused(ids.key)
+        event = decode(recorded.type, recorded.data)
+        assert isinstance(event, TransactionReversed)
+        state = await load_account(client, event.account_id, to_version=recorded.stream_version)
+        changed.append(ReversedAccount(event.account_id, event.amount, state.balance))
+        position, reference = max(position, recorded.position), event.reference
+    return ReversalResult(
+        transaction_id=str(marker.data.get("transaction_id")),
+        reverses=str(marker.data.get("reverses")),
+        reference=reference,
+        accounts=tuple(changed),
+        position=position,
+        replayed=True,
+    )

@@ -91,7 +91,40 @@ class AccountClosedResult:
         return {"account_id": self.account_id, "status": "closed", "position": self.position}
 
 
-Result = AccountOpenedResult | MoneyMovedResult | TransferResult | AccountClosedResult
+@dataclass(frozen=True, slots=True)
+class ReversedAccount:
+    """One account a reversal changed: by `amount` (signed), leaving `balance`."""
+
+    account_id: str
+    amount: int
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReversalResult:
+    transaction_id: str
+    reverses: str
+    reference: str | None
+    accounts: tuple[ReversedAccount, ...]
+    position: int
+    replayed: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "reverses": self.reverses,
+            "reference": self.reference,
+            "accounts": [
+                {"account_id": a.account_id, "amount": a.amount, "balance": a.balance}
+                for a in self.accounts
+            ],
+            "position": self.position,
+        }
+
+
+Result = (
+    AccountOpenedResult | MoneyMovedResult | TransferResult | AccountClosedResult | ReversalResult
+)
 
 
 def result_of(event: Event, after: Account, position: int) -> Result:

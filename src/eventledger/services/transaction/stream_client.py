@@ -263,6 +263,16 @@ class StreamClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise UnexpectedResponse(f"malformed event: {exc}", status=status) from exc
 
+    async def read_transaction(self, transaction_id: str) -> list[RecordedEvent]:
+        """The events of account streams that carry this transaction id, oldest first
+        (`GET /transactions/{id}/events`: the stream service's index, no scan)."""
+        status, body = await self._request("GET", f"/transactions/{transaction_id}/events")
+        self._expect(status, body, 200)
+        try:
+            return [from_envelope(e) for e in body["events"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnexpectedResponse(f"malformed events: {exc}", status=status) from exc
+
     async def health(self, *, within: float) -> dict[str, Any]:
         """The stream service's /health document; raises StreamUnavailable unless it is 200
         in less than `within` seconds."""
