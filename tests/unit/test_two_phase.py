@@ -326,3 +326,24 @@ def test_deposits_keep_the_balance_with_incoming_holds_in_range() -> None:
         facts_b = check_append(facts_b, [PendingTransferReceived(B, tid, A, big, None, None)])
     assert facts_b.pending_credits == 1024 * big
     assert rule_of(facts_b, MoneyDeposited(B, DEP, big, None)) == "balance-out-of-range"
+
+
+def test_snapshots_of_state_and_facts_keep_the_holds_and_old_ones_are_not_misread() -> None:
+    from uuid import uuid4
+
+    from eventledger.services.stream import guard_snapshots as guard
+    from eventledger.services.transaction import snapshots
+
+    source, _ = held(account(A, 1000), account(B), hold(300))
+    row = snapshots.encode_state(source)
+    back = snapshots.decode_snapshot(A, source.version, uuid4(), "f", row)
+    assert back is not None and back.state == source and back.state.available == 700
+    facts_row = guard.encode_facts(facts(source))
+    facts_back = guard.decode_row(A, source.version, uuid4(), "f", facts_row)
+    assert facts_back is not None and facts_back.facts == facts(source)
+    # A row of the format before holds (6 facts, no "pending") is ignored, not misread.
+    old = '["acc-a",true,false,3,"EUR",1000]'
+    assert guard.decode_row(A, 3, uuid4(), "f", old) is None
+    assert snapshots.decode_snapshot(A, 3, uuid4(), "f", row.replace(',"pending"', ',"x"')) is None
+    assert "guard-facts-2" in guard.guard_fingerprint()
+    assert "account-fold-2" in snapshots.fold_fingerprint()

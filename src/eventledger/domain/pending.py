@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from eventledger.domain.errors import InvalidExpiry
 from eventledger.domain.money import INT64_MAX, INT64_MIN
@@ -111,3 +111,32 @@ def without_hold(holds: Mapping[str, PendingHold], transaction_id: str) -> dict[
     copy = dict(holds)
     copy.pop(transaction_id, None)
     return copy
+
+
+def encode_holds(holds: Mapping[str, PendingHold]) -> list[list[Any]]:
+    """Holds as plain JSON values (snapshots of state and facts keep them so)."""
+    return [[t, h.side, h.amount, h.counterparty, h.expires_at] for t, h in holds.items()]
+
+
+def decode_holds(rows: object) -> dict[str, PendingHold] | None:
+    """Holds from their encoding, or None when any part of it is not sound."""
+    if not isinstance(rows, list):
+        return None
+    holds: dict[str, PendingHold] = {}
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 5:
+            return None
+        tid, side, amount, counterparty, expires_at = row
+        sound = (
+            isinstance(tid, str)
+            and tid not in holds
+            and side in (DEBIT, CREDIT)
+            and type(amount) is int
+            and amount > 0
+            and isinstance(counterparty, str)
+            and (expires_at is None or isinstance(expires_at, str))
+        )
+        if not sound:
+            return None
+        holds[tid] = PendingHold(side, amount, counterparty, expires_at)
+    return holds

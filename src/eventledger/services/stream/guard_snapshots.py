@@ -29,6 +29,7 @@ from pathlib import Path
 from uuid import UUID
 
 from eventledger.domain.events import EVENT_TYPES
+from eventledger.domain.pending import CREDIT, DEBIT, decode_holds, encode_holds
 from eventledger.domain.upcasters import UPCASTERS
 from eventledger.domain.validity import AccountFacts
 from eventledger.services.snapshot_file import SnapshotFile
@@ -36,11 +37,15 @@ from eventledger.services.snapshot_file import SnapshotFile
 log = logging.getLogger(__name__)
 
 # Bump when `domain.validity` or an upcaster changes what a history folds into.
-GUARD_CODE_VERSION = 1
+# 2: the facts hold the account's pending two-phase transfers.
+GUARD_CODE_VERSION = 2
 DEFAULT_EVERY = 1000
 DEFAULT_MAX_ROWS = 100_000
 MAX_PENDING = 10_000
-MAX_FACTS_BYTES = 1024  # facts are ~120 bytes; anything larger is not ours
+# Facts are ~120 bytes, plus ~150 a pending transfer: facts with more than MAX_HOLDS holds
+# are not snapshotted (the stream is folded instead), and a larger row is not read.
+MAX_FACTS_BYTES = 1024 * 1024
+MAX_HOLDS = 5000
 
 
 def guard_fingerprint() -> str:
@@ -60,7 +65,7 @@ class FactsSnapshot:
 def encode_facts(facts: AccountFacts) -> str:
     return json.dumps(
         [facts.account_id, facts.exists, facts.closed, facts.version, facts.currency,
-         facts.balance],
+         facts.balance, encode_holds(facts.pending)],
         separators=(",", ":"),
     )  # fmt: skip
 
@@ -73,9 +78,24 @@ def decode_row(
         if not isinstance(text, str) or len(text) > MAX_FACTS_BYTES:
             return None
         data = json.loads(text)
-        if not isinstance(data, list) or len(data) != 6:
+        if not isinstance(data, list) or len(data) != 7:
             return None
-        facts = AccountFacts(*data)
+        pending = decode_holds(data[6])
+        if pending is None:
+            return None
+        # The sums are derived from the holds, so that they cannot disagree with them.
+        account_id_, exists, closed, version_, currency, balance = data[:6]
+        facts = AccountFacts(
+            account_id_,
+            exists,
+            closed,
+            version_,
+            currency,
+            balance,
+            pending=pending,
+            pending_debits=sum(h.amount for h in pending.values() if h.side == DEBIT),
+            pending_credits=sum(h.amount for h in pending.values() if h.side == CREDIT),
+        )
         sound = (
             facts.account_id == account_id
             and facts.exists is True
@@ -140,7 +160,7 @@ class GuardSnapshots:
     def note(self, facts: AccountFacts, event_id: UUID, since_version: int) -> None:
         """`facts` (whose last event has `event_id`) were reached from `since_version`: keep
         them when that crossed a multiple of `every` events. Never waits."""
-        if self.every <= 0 or not facts.exists:
+        if self.every <= 0 or not facts.exists or len(facts.pending) > MAX_HOLDS:
             return
         if facts.version // self.every == since_version // self.every:
             return

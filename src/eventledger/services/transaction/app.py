@@ -14,6 +14,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -30,7 +31,9 @@ from eventledger.domain.commands import (
     Withdraw,
     validate,
 )
+from eventledger.domain.errors import InvalidExpiry
 from eventledger.domain.money import check_account_id
+from eventledger.domain.pending import expiry_after
 from eventledger.eventstore.ids import uuid7
 from eventledger.services.http import (
     PROBLEM_JSON,
@@ -46,6 +49,7 @@ from eventledger.services.http import (
     validate_body,
 )
 from eventledger.services.transaction.accounts import DEFAULT_CACHE_SIZE, AccountCache
+from eventledger.services.transaction.expiry import HoldExpirer
 from eventledger.services.transaction.follower import LogFollower
 from eventledger.services.transaction.handlers import DEFAULT_MAX_RETRIES, CommandHandler
 from eventledger.services.transaction.idempotency import (
@@ -77,6 +81,8 @@ from eventledger.services.transaction.schemas import (
 )
 from eventledger.services.transaction.snapshots import DEFAULT_EVERY, Snapshots, SnapshotStore
 from eventledger.services.transaction.stream_client import StreamClient, StreamClientError
+from eventledger.services.transaction.two_phase import TwoPhaseTransfers
+from eventledger.services.transaction.two_phase_routes import add_two_phase_routes
 
 B = TypeVar("B", bound=BaseModel)
 C = TypeVar("C", OpenAccount, Deposit, Withdraw, Transfer, CloseAccount)
@@ -191,6 +197,8 @@ def create_app(
     follow_log: bool = False,
     snapshot_store: SnapshotStore | None = None,
     snapshot_every: int = DEFAULT_EVERY,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    expire_holds: bool | None = None,
 ) -> FastAPI:
     """The transaction service, talking to the stream service at `stream_url`.
 
@@ -204,6 +212,8 @@ def create_app(
     so that several instances decide on current state; off, a test decides when a cached
     state is stale). `snapshot_store`: where account snapshots are kept, written every
     `snapshot_every` events (`snapshots`; None: accounts are folded from their whole stream).
+    `clock`: the time holds are placed and expire by. `expire_holds`: expire due holds from
+    the log (`expiry`; default: as `follow_log`).
     """
     client = StreamClient(stream_url, token=stream_token)
     secret = idempotency_secret if idempotency_secret else secrets.token_bytes(32)
@@ -214,7 +224,9 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await client.open()
         tasks = [
-            asyncio.create_task(work.run()) for work in (follower, snapshots) if work is not None
+            asyncio.create_task(work.run())
+            for work in (follower, snapshots, expirer)
+            if work is not None
         ]
         try:
             yield
@@ -288,6 +300,25 @@ def create_app(
         on_retry=lambda name: retries.labels(name).inc(),
     )
     app.state.handler = handler
+    two_phase = TwoPhaseTransfers(handler, clock=clock, secret=secret)
+    app.state.two_phase = two_phase
+    expirer: HoldExpirer | None = None
+    if follow_log if expire_holds is None else expire_holds:
+        expiries = Counter(
+            "eventledger_transaction_hold_expiries",
+            "Holds whose deadline passed, by what this instance did: expired (wrote the "
+            "expiry), ended (already posted, voided or expired), failed (tried again later)",
+            ["outcome"],
+            registry=metrics.registry,
+        )
+        expirer = HoldExpirer(
+            stream_url,
+            two_phase.expire,
+            clock=clock,
+            token=stream_token,
+            on_outcome=lambda o: expiries.labels(o).inc(),
+        )
+    app.state.expirer = expirer
     app.state.follower = follower
 
     async def execute(
@@ -432,13 +463,23 @@ def create_app(
         accounts change, or neither does."""
 
         async def run(body: TransferBody, ids: CommandIds) -> Result:
+            if body.timeout_seconds is not None and not body.pending:
+                raise InvalidExpiry(
+                    "only a pending transfer has a timeout", field="timeout_seconds"
+                )
             command = Transfer(
                 transaction_id=ids.transaction_id,
                 from_account=body.from_account,
                 to_account=body.to_account,
                 amount=body.amount,
                 reference=body.reference,
+                pending=body.pending,
+                expires_at=None
+                if body.timeout_seconds is None
+                else expiry_after(clock(), body.timeout_seconds),
             )
+            if command.pending:
+                return await two_phase.hold(checked(command), ids)
             return await handler.transfer(checked(command), ids)
 
         return await execute(request, "transfer", lambda: read_model(request, TransferBody), run)
@@ -511,6 +552,17 @@ def create_app(
     serve_directly(app, "POST", "/accounts/{account_id}/close", close_direct)
     serve_directly(app, "POST", "/accounts", open_account)
     serve_directly(app, "POST", "/transfers", transfer)
+    add_two_phase_routes(
+        app,
+        two_phase,
+        execute,
+        read_optional=_read_optional_model,
+        command_body=_command_body,
+        responses=lambda model, problems: {
+            **_replayed_response(model),
+            **_problems(**{**_INPUT_PROBLEMS, **problems}),
+        },
+    )
     add_reversal_route(
         app,
         handler,

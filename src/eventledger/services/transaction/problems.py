@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 # Attributes of domain errors that are worth giving to a client, when the error has them.
 _DOMAIN_EXTRAS = (
+    "available",  # two-phase transfers: what the overdraft rule applied to
+    "held",
+    "pending",
+    "transfer_status",
     "account_id",
     "balance",
     "amount",

@@ -17,8 +17,11 @@ from eventledger.domain.events import (
     AccountOpened,
     MoneyDeposited,
     MoneyWithdrawn,
-    TransferReceived,
+    PendingTransferPosted,
+    PendingTransferSent,
+    PendingTransferVoided,
     TransactionReversed,
+    TransferReceived,
     TransferSent,
     decode,
 )
@@ -35,6 +38,7 @@ from eventledger.services.transaction.results import (
     result_of,
 )
 from eventledger.services.transaction.stream_client import StreamClient, UnexpectedResponse
+from eventledger.services.transaction.two_phase_results import rebuild_hold, rebuild_outcome
 
 
 async def find_replay(client: StreamClient, ids: CommandIds) -> Result | None:
@@ -91,6 +95,10 @@ async def _rebuild(client: StreamClient, first: RecordedEvent, ids: CommandIds) 
         case AccountOpened() | AccountClosed():
             # No balance in these answers: nothing to fold.
             return as_replayed(result_of(event, initial_state(event.account_id), first.position))
+        case PendingTransferSent():
+            return await rebuild_hold(client, first, event, ids)
+        case PendingTransferPosted() | PendingTransferVoided():
+            return await rebuild_outcome(client, first, event, ids)
         case _:
             raise IdempotencyKeyReused(ids.key)
 

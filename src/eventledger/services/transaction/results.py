@@ -18,6 +18,7 @@ from eventledger.domain.events import (
     MoneyDeposited,
     MoneyWithdrawn,
 )
+from eventledger.services.transaction.two_phase_results import HoldResult, OutcomeResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,13 @@ class ReversalResult:
 
 
 Result = (
-    AccountOpenedResult | MoneyMovedResult | TransferResult | AccountClosedResult | ReversalResult
+    AccountOpenedResult
+    | MoneyMovedResult
+    | TransferResult
+    | AccountClosedResult
+    | ReversalResult
+    | HoldResult
+    | OutcomeResult
 )
 
 

@@ -8,13 +8,14 @@ functions, so that one rule has one place.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from eventledger.domain.money import MAX_AMOUNT, MAX_OVERDRAFT_LIMIT, MAX_TEXT_LENGTH
 from eventledger.services.http import StrictModel
 
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600  # a hold waits at most 30 days for its outcome
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 Amount = Annotated[
@@ -81,6 +82,39 @@ class TransferBody(StrictModel):
     to_account: AccountId
     amount: Amount
     reference: Reference = None
+    pending: bool = Field(
+        default=False,
+        description="Two-phase: only place a hold (`status` pending), to post or void later.",
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="With `pending`: void the hold automatically (reason `expired`) this many "
+        f"seconds from now unless posted first; 1 to {MAX_TIMEOUT_SECONDS} (30 days). "
+        "Absent: the hold waits until posted or voided.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _fingerprinted(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # What an Idempotency-Key's fingerprint hashes: a one-phase transfer's body reads as
+        # it did before two-phase transfers, so keys bound then still replay.
+        data: dict[str, Any] = handler(self)
+        if not self.pending and self.timeout_seconds is None:
+            data.pop("pending", None)
+            data.pop("timeout_seconds", None)
+        return data
+
+
+class PostBody(StrictModel):
+    """`POST /transfers/{id}/post`: the amount to post (at most the held amount; absent:
+    all of it), or an empty object / no body."""
+
+    amount: Amount | None = None
+
+
+class VoidBody(StrictModel):
+    """`POST /transfers/{id}/void`: an empty object, or no body at all."""
 
 
 class CloseBody(StrictModel):
@@ -114,6 +148,43 @@ class TransferOut(BaseModel):
     from_balance: int
     to_balance: int
     position: int = Field(description="Global position of the last event written.")
+
+
+class HoldOut(BaseModel):
+    transaction_id: str = Field(json_schema_extra={"format": "uuid"})
+    from_account: str
+    to_account: str
+    amount: int
+    status: Literal["pending"]
+    expires_at: str | None = Field(
+        description="When the hold is voided unless posted first (RFC 3339 UTC), or null."
+    )
+    from_balance: int = Field(description="The sender's balance: a hold does not change it.")
+    from_available: int = Field(description="The sender's balance less its holds.")
+    to_balance: int
+    position: int = Field(description="Global position of the last event written.")
+
+
+class OutcomeOut(BaseModel):
+    transaction_id: str = Field(json_schema_extra={"format": "uuid"})
+    from_account: str
+    to_account: str
+    status: Literal["posted", "voided", "expired"]
+    amount: int = Field(description="Posted: the amount moved. Voided: the amount released.")
+    held: int = Field(description="The amount the hold was of.")
+    from_balance: int
+    from_available: int
+    to_balance: int
+    position: int = Field(description="Global position of the last event written.")
+
+
+class TransferStatusOut(BaseModel):
+    transaction_id: str = Field(json_schema_extra={"format": "uuid"})
+    from_account: str
+    to_account: str
+    amount: int = Field(description="The amount held.")
+    status: Literal["pending", "posted", "voided", "expired"]
+    expires_at: str | None
 
 
 class AccountClosedOut(BaseModel):

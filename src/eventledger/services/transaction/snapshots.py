@@ -38,6 +38,7 @@ from uuid import UUID
 
 from eventledger.domain.account import Account, initial_state
 from eventledger.domain.events import EVENT_TYPES, stream_name
+from eventledger.domain.pending import CREDIT, DEBIT, decode_holds, encode_holds
 from eventledger.domain.upcasters import UPCASTERS
 from eventledger.services.snapshot_file import SnapshotFile
 from eventledger.services.transaction.accounts import fold_recorded
@@ -46,11 +47,15 @@ from eventledger.services.transaction.stream_client import StreamClient
 log = logging.getLogger(__name__)
 
 # Bump when `domain.account.evolve` or an upcaster changes what a history folds into.
-FOLD_CODE_VERSION = 1
+# 2: an account's state holds its pending two-phase transfers.
+FOLD_CODE_VERSION = 2
 DEFAULT_EVERY = 1000
 DEFAULT_MAX_ROWS = 100_000
 MAX_PENDING = 10_000
-MAX_STATE_BYTES = 4096  # an account's state is ~200 bytes; anything larger is not ours
+# An account's state is ~200 bytes, plus ~150 a pending transfer; a state larger than this
+# (an account with thousands of holds open) is not snapshotted, and a larger row not read.
+MAX_STATE_BYTES = 1024 * 1024
+MAX_HOLDS = 5000
 
 
 def fold_fingerprint() -> str:
@@ -78,6 +83,7 @@ def encode_state(state: Account) -> str:
             "balance": state.balance,
             "closed": state.closed,
             "version": state.version,
+            "pending": encode_holds(state.pending),
         },
         separators=(",", ":"),
     )
@@ -101,7 +107,16 @@ def decode_snapshot(
             data["closed"],
             data["version"],
         )
-        account = Account(*fields)
+        pending = decode_holds(data["pending"])
+        if pending is None:
+            return None
+        # The sums are derived from the holds, so that they cannot disagree with them.
+        account = Account(
+            *fields,
+            pending=pending,
+            pending_debits=sum(h.amount for h in pending.values() if h.side == DEBIT),
+            pending_credits=sum(h.amount for h in pending.values() if h.side == CREDIT),
+        )
         sound = (
             account.account_id == account_id
             and type(account.exists) is bool
@@ -292,7 +307,7 @@ class Snapshots:
     def note(self, state: Account, event_id: UUID, since_version: int) -> None:
         """`state` (whose last event has `event_id`) was reached from `since_version`: keep it
         when that crossed a multiple of `every` events. Never waits."""
-        if self.every <= 0 or not state.exists:
+        if self.every <= 0 or not state.exists or len(state.pending) > MAX_HOLDS:
             return
         if state.version // self.every == since_version // self.every:
             return
