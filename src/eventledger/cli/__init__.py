@@ -16,6 +16,7 @@ import typer
 from eventledger import __version__
 from eventledger.cli import bench, commands, operator, projection, queries, streams, tokens, verify
 from eventledger.cli.output import friendly_errors, print_error
+from eventledger.cli.pending import pending
 from eventledger.cli.serve import serve
 from eventledger.cli.up import up
 
@@ -42,6 +43,7 @@ app.command("transfer", rich_help_panel=_API)(friendly_errors(commands.transfer)
 app.command("close", rich_help_panel=_API)(friendly_errors(commands.close))
 app.command("balance", rich_help_panel=_API)(friendly_errors(queries.balance))
 app.command("history", rich_help_panel=_API)(friendly_errors(queries.history))
+app.command("pending", rich_help_panel=_API)(friendly_errors(pending))
 app.command("accounts", rich_help_panel=_API)(friendly_errors(queries.accounts))
 app.command("stats", rich_help_panel=_API)(friendly_errors(queries.stats))
 app.command("stream", rich_help_panel=_API)(friendly_errors(streams.stream))

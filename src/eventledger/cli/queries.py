@@ -96,7 +96,12 @@ def balance(
     console.print(
         f"Balance of [bold]{account_id}[/] {when}: "
         f"[bold]{amount_and_money(then.balance, then.currency)}[/] "
-        f"[dim](as of position {then.as_of_position})[/]",
+        + (
+            f"(available {amount_and_money(then.available, then.currency)}) "
+            if then.available != then.balance
+            else ""
+        )
+        + f"[dim](as of position {then.as_of_position})[/]",
         soft_wrap=True,
     )
 
@@ -106,6 +111,10 @@ def _print_account(account: Account) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("account", f"[bold]{account.account_id}[/]")
     table.add_row("balance", f"[bold]{amount_and_money(account.balance, currency)}[/]")
+    if account.pending_debits or account.pending_credits:  # two-phase transfers held
+        table.add_row("available", f"[bold]{amount_and_money(account.available, currency)}[/]")
+        table.add_row("pending out", amount_and_money(account.pending_debits, currency))
+        table.add_row("pending in", amount_and_money(account.pending_credits, currency))
     table.add_row("currency", currency)
     table.add_row("overdraft limit", amount_and_money(account.overdraft_limit, currency))
     table.add_row("status", account.status)

@@ -62,9 +62,11 @@ from eventledger.client.models import (
     MoneyMoved,
     Movements,
     Page,
+    PendingTransfer,
     ReadModelHealth,
     Stats,
     Transfer,
+    TwoPhaseStats,
 )
 from eventledger.client.models import AccountClosed as AccountClosedResult
 from eventledger.client.sync import Client
@@ -101,6 +103,7 @@ __all__ = [
     "NotFound",
     "NotHaltedHere",
     "Page",
+    "PendingTransfer",
     "ProblemError",
     "RateLimited",
     "ReadModelHealth",
@@ -112,6 +115,7 @@ __all__ = [
     "StreamPage",
     "Transfer",
     "TransportError",
+    "TwoPhaseStats",
     "Unauthenticated",
     "Unavailable",
     "UnexpectedResponse",

@@ -324,7 +324,9 @@ async function initAccount() {
   const summary = document.getElementById("account-summary");
   try {
     const account = await api(`/api/accounts/${encodeURIComponent(id)}`);
-    summary.textContent = `${account.currency}, ${account.status}: balance ${number(account.balance)} minor units (overdraft limit ${number(account.overdraft_limit)}), version ${account.version}, at position ${account.position}`;
+    // Two-phase transfers: what is held shows only when there is some.
+    const held = account.pending_debits || account.pending_credits ? `, available ${number(account.available)} (held: ${number(account.pending_debits)} out, ${number(account.pending_credits)} in)` : "";
+    summary.textContent = `${account.currency}, ${account.status}: balance ${number(account.balance)} minor units${held} (overdraft limit ${number(account.overdraft_limit)}), version ${account.version}, at position ${account.position}`;
     const history = await api(`/api/accounts/${encodeURIComponent(id)}/history`);
     const points = history.points.map((p) => ({ y: p.balance, label: p.recorded_at }));
     document.getElementById("chart").replaceChildren(lineChart(points, { label: `balance of ${id} over time` }));
