@@ -438,6 +438,8 @@ async def test_the_openapi_document_describes_every_route(client: httpx.AsyncCli
         ("/events", "get"),
         ("/events/subscribe", "get"),
         ("/events/{event_id}", "get"),
+        ("/transactions/{transaction_id}/events", "get"),
+        ("/admin/accounts/{account_id}/forget", "post"),
         ("/health", "get"),
     }
     assert {(p, m) for p, ops in paths.items() for m in ops} == expected

@@ -348,6 +348,7 @@ async def test_two_halves_that_do_not_match_are_refused(
     await open_with(service, a, balance=500)
     await open_with(service, b)
     sent, into = transfer(a, b, 300, received)
+    sent["data"]["reference"] = "mine"  # two references (an erased one, null, agrees with any)
     await refused(
         service, lambda: service.batch((a, [sent]), (b, [into])), rule="transfer-mismatch"
     )

@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from eventledger.eventstore import pii
-from eventledger.eventstore.errors import DuplicateEventId, InvalidAppend, WrongExpectedVersion
+from eventledger.eventstore.errors import (
+    DuplicateEventId,
+    InvalidAppend,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
 from eventledger.eventstore.keys import KEY_ATTEMPTS, KEY_WORK, KeyConflict, KeyWork
 from eventledger.eventstore.records import (
     EVENT_TYPE,
@@ -106,6 +111,20 @@ class EventStore(ABC):
         validate_batch(appends)
         (result,) = await self._keyed_append(appends, KeyWork(erase=(account_id,)))
         return result
+
+    async def plaintext_personal_fields(self, account_id: str) -> int:
+        """How many personal values of the account's stored events are plaintext (written
+        before personal data was sealed): what a forget cannot erase (pii.py)."""
+        stream, found, version = pii.ACCOUNT_STREAM + account_id, 0, 1
+        while True:
+            try:
+                page = await self._read_stream(stream, version, MAX_PAGE)
+            except StreamNotFound:
+                return found
+            found += pii.plaintext_fields(page)
+            if len(page) < MAX_PAGE:
+                return found
+            version = page[-1].stream_version + 1
 
     async def _keyed_append(
         self, appends: Sequence[StreamAppend], work: KeyWork

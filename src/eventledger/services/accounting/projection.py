@@ -11,7 +11,7 @@ than skip it. Fix the code or the data, then restart or rebuild.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -100,6 +100,10 @@ class HistoryItem:
     held: int | None = None
     pending_debits_after: int = 0
     pending_credits_after: int = 0
+    # Reversals, both ways: a reversal's item names the transaction it `reverses`; the item
+    # of a reversed transaction is found `reversed_by` one (filled by the history query).
+    reverses: str | None = None
+    reversed_by: str | None = None
 
     @property
     def available_after(self) -> int:
@@ -112,6 +116,9 @@ class Change:
     item: HistoryItem | None
     hold: Hold | None = None  # a transfer that became pending on the account
     released: str | None = None  # the transaction id of a hold that left it
+    # PersonalDataErased: the store blanks the references it keeps for the account (its
+    # history and pending transfers); the row's owner is blanked here.
+    erased: bool = False
 
 
 def account_id_of(stream: str) -> str | None:
@@ -199,6 +206,10 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         case ev.AccountClosed():
             closed = _next(account, event, at, account.balance, "closed")
             return Change(closed, None), domain_event
+        case ev.PersonalDataErased():
+            holds = {t: replace(h, reference=None) for t, h in account.holds.items()}
+            after = _next(account, event, at, account.balance, account.status, holds=holds)
+            return Change(replace(after, owner=None), None, erased=True), domain_event
         case ev.MoneyDeposited():
             amount, kind, other = domain_event.amount, "deposit", None
         case ev.MoneyWithdrawn():
@@ -231,6 +242,9 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         recorded_at=at,
         pending_debits_after=account.pending_debits,
         pending_credits_after=account.pending_credits,
+        reverses=(
+            domain_event.reverses if isinstance(domain_event, ev.TransactionReversed) else None
+        ),
     )
     return Change(_next(account, event, at, balance, account.status), item), domain_event
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from eventledger.domain.pending import CREDIT, DEBIT
 from eventledger.eventstore.records import RecordedEvent
@@ -83,6 +84,15 @@ MIGRATIONS: Sequence[Migration] = (
         )""",
         "CREATE INDEX pending_by_position ON pending_transfers (account_id, position)",
     ),
+    # 3: reversals. A reversal's item names what it `reverses`; the history finds the
+    # reversal of an item through the index (`reversed_by`), so no row is ever rewritten.
+    # Rows of version 2 are right as they are: their log held no reversal that this read
+    # model applied with a link (rebuild one that applied reversals before: `eventledger
+    # rebuild accounting`).
+    (
+        "ALTER TABLE transactions ADD COLUMN reverses TEXT",
+        "CREATE INDEX transactions_by_reverses ON transactions (account_id, reverses)",
+    ),
 )
 
 ACCOUNT_COLUMNS = (
@@ -91,7 +101,7 @@ ACCOUNT_COLUMNS = (
 )
 ITEM_COLUMNS = (
     "account_id, position, transaction_id, kind, amount, balance_after, counterparty, "
-    "reference, recorded_at, held, pending_debits_after, pending_credits_after"
+    "reference, recorded_at, held, pending_debits_after, pending_credits_after, reverses"
 )
 HOLD_COLUMNS = (
     "account_id, transaction_id, direction, counterparty, amount, reference, expires_at, "
@@ -101,16 +111,19 @@ HOLD_COLUMNS = (
 _UPSERT_ACCOUNT = (
     f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance, "
+    "ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance, owner = excluded.owner, "
     "status = excluded.status, version = excluded.version, "
     "updated_at = excluded.updated_at, position = excluded.position, "
     "pending_debits = excluded.pending_debits, pending_credits = excluded.pending_credits"
 )
 _INSERT_ITEM = (
-    f"INSERT INTO transactions ({ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO transactions ({ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_HOLD = f"INSERT INTO pending_transfers ({HOLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE_HOLD = "DELETE FROM pending_transfers WHERE account_id = ? AND transaction_id = ?"
+# PersonalDataErased: what the read model keeps of the account's references goes too.
+_ERASE_ITEMS = "UPDATE transactions SET reference = NULL WHERE account_id = ?"
+_ERASE_HOLDS = "UPDATE pending_transfers SET reference = NULL WHERE account_id = ?"
 
 
 def account_from_row(row: Row) -> Account:
@@ -146,6 +159,8 @@ def item_from_row(row: Row) -> HistoryItem:
         held=None if row[9] is None else int(row[9]),
         pending_debits_after=int(row[10]),
         pending_credits_after=int(row[11]),
+        reverses=row[12],
+        reversed_by=row[13] if len(row) > 13 else None,  # the history query's extra column
     )
 
 
@@ -210,12 +225,17 @@ class AccountingProjection:
         placed: dict[tuple[str, str], Hold] = {}
         released: set[tuple[str, str]] = set()
         rejected: EventRejected | None = None
+        erased: set[str] = set()  # accounts whose stored references are blanked
         # One atomic append at a time: some rules (transfers come in pairs) span an append.
         for group, whole in commit_groups(events):
             changes, rejected = evolve_commit(accounts, group, whole=whole)
             for change in changes:
                 account = change.account
                 accounts[account.account_id] = changed[account.account_id] = account
+                if change.erased:  # PersonalDataErased: this page's rows too, before it
+                    erased.add(account.account_id)
+                    items = [_blanked(i, account.account_id) for i in items]
+                    placed = {k: _blanked(h, account.account_id) for k, h in placed.items()}
                 if change.item is not None:
                     items.append(change.item)
                 if change.hold is not None:
@@ -250,6 +270,9 @@ class AccountingProjection:
             )
         if released:
             session.executemany(_DELETE_HOLD, sorted(released))
+        if erased:
+            session.executemany(_ERASE_ITEMS, [(a,) for a in sorted(erased)])
+            session.executemany(_ERASE_HOLDS, [(a,) for a in sorted(erased)])
         if placed:
             session.executemany(
                 _INSERT_HOLD,
@@ -285,6 +308,7 @@ class AccountingProjection:
                         i.held,
                         i.pending_debits_after,
                         i.pending_credits_after,
+                        i.reverses,
                     )
                     for i in items
                 ],
@@ -295,3 +319,11 @@ class AccountingProjection:
         session.execute("DELETE FROM pending_transfers")
         session.execute("DELETE FROM transactions")
         session.execute("DELETE FROM accounts")
+
+
+_Row = TypeVar("_Row", HistoryItem, Hold)
+
+
+def _blanked(row: _Row, account_id: str) -> _Row:
+    """The row without its reference when it is the erased account's."""
+    return replace(row, reference=None) if row.account_id == account_id else row

@@ -11,7 +11,7 @@ which the stream service checks before it writes) raises `EventRejected`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Literal
 
@@ -69,6 +69,10 @@ class Tally:
     voided_volume: int = 0
     expired_count: int = 0
     expired_volume: int = 0
+    # Reversals, counted once each (a transfer's has two events: `evolve_commit` counts the
+    # first), with the amount moved back.
+    reversals_count: int = 0
+    reversals_volume: int = 0
 
     def __add__(self, other: Tally) -> Tally:
         return total((self, other))
@@ -120,7 +124,7 @@ def evolve_commit(
     """Apply the events of one atomic append (other streams' events are passed over): the
     changes, and the EventRejected of the first event that breaks the rule. When the append
     is `whole`, its transfers are checked as pairs too (`readside.commits.evolve_append`)."""
-    return evolve_append(
+    changes, rejected = evolve_append(
         accounts,
         events,
         account_id_of=account_id_of,
@@ -128,6 +132,28 @@ def evolve_commit(
         facts_of=facts_of,
         whole=whole,
     )
+    return _once_per_reversal(events, changes), rejected
+
+
+def _once_per_reversal(
+    events: Sequence[RecordedEvent], changes: list[StatsChange]
+) -> list[StatsChange]:
+    """The changes with each reversal counted on its first event only (the events of one
+    reversal are written in one atomic append, which this call has whole)."""
+    if not any(e.type == ev.TransactionReversed.TYPE for e in events):
+        return changes
+    seen: set[object] = set()
+    account_events = (e for e in events if account_id_of(e.stream) is not None)
+    out = []
+    for event, change in zip(account_events, changes, strict=False):
+        if event.type == ev.TransactionReversed.TYPE:
+            reversal = event.data.get("transaction_id")
+            if reversal in seen:
+                delta = replace(change.delta, reversals_count=0, reversals_volume=0)
+                change = replace(change, delta=delta)
+            seen.add(reversal)
+        out.append(change)
+    return out
 
 
 def total(deltas: Sequence[Tally]) -> Tally:
@@ -155,6 +181,8 @@ def total(deltas: Sequence[Tally]) -> Tally:
         sum(d.voided_volume for d in deltas),
         sum(d.expired_count for d in deltas),
         sum(d.expired_volume for d in deltas),
+        sum(d.reversals_count for d in deltas),
+        sum(d.reversals_volume for d in deltas),
     )
 
 
@@ -207,12 +235,12 @@ def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsCh
         case ev.TransferReceived(amount=amount):
             delta = Tally(balance=amount)
         case ev.TransactionReversed(amount=amount):
-            delta = Tally(balance=amount)
+            delta = Tally(balance=amount, reversals_count=1, reversals_volume=abs(amount))
         case ev.PendingTransferSent(amount=amount):
             delta = Tally(
                 holds_count=1, holds_volume=amount, pending_count=1, pending_volume=amount
             )
-        case ev.PendingTransferReceived():
+        case ev.PendingTransferReceived() | ev.PersonalDataErased():  # no money moves
             delta = Tally()
         case ev.PendingTransferPosted(amount=amount):
             delta = _settled(account, domain_event, posted_count=1, posted_volume=amount)

@@ -56,6 +56,7 @@ from eventledger.services.stream.encoding import (
     envelopes,
     json_response,
 )
+from eventledger.services.stream.erasure import add_forget_route, refuse_erasure_appends
 from eventledger.services.stream.guard_snapshots import GuardSnapshots, GuardSnapshotStore
 from eventledger.services.stream.guards import AccountGuard
 from eventledger.services.stream.metrics import StreamMetrics
@@ -210,6 +211,7 @@ class _Runtime:
 
     async def append(self, endpoint: str, appends: list[StreamAppend]) -> list[AppendResult]:
         store = self.store
+        refuse_erasure_appends(appends)  # only a forget writes PersonalDataErased
         try:
             checked = await self.guard.check(store, appends)
             results = await store.append_batch(appends)
@@ -529,6 +531,8 @@ def create_app(
             raise invalid_field("path.transaction_id", "must be a UUID in canonical form")
         events = await runtime.store.read_transaction(transaction_id, limit=limit)
         return json_response({"transaction_id": transaction_id, "events": envelopes(events)})
+
+    add_forget_route(app, runtime, _problems(404, 409, 413, 415, 422, 503))
 
     # -- operations -------------------------------------------------------------------------
 
