@@ -100,6 +100,8 @@ async def test_transactions_are_newest_first_with_signed_amounts_and_kinds(
         "balance_after",
         "available_after",
         "held",
+        "reverses",
+        "reversed_by",
         "counterparty",
         "reference",
         "recorded_at",

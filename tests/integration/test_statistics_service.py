@@ -75,6 +75,7 @@ async def test_stats_count_accounts_balances_and_movements_per_currency(
                 "deposits": {"count": 2, "volume": 1300},
                 "withdrawals": {"count": 1, "volume": 50},
                 "transfers": {"count": 2, "volume": 350},
+                "reversals": {"count": 0, "volume": 0},
                 "two_phase": NONE_PENDING,
             },
             "USD": {
@@ -83,6 +84,7 @@ async def test_stats_count_accounts_balances_and_movements_per_currency(
                 "deposits": {"count": 1, "volume": 7},
                 "withdrawals": {"count": 0, "volume": 0},
                 "transfers": {"count": 0, "volume": 0},
+                "reversals": {"count": 0, "volume": 0},
                 "two_phase": NONE_PENDING,
             },
         },
@@ -111,6 +113,7 @@ async def test_daily_volumes_per_utc_day_list_every_day_of_the_range(
         "deposits": {"count": 1, "volume": 1000},
         "withdrawals": {"count": 1, "volume": 50},
         "transfers": {"count": 1, "volume": 250},
+        "reversals": {"count": 0, "volume": 0},
         "two_phase": {k: v for k, v in NONE_PENDING.items() if k != "pending"},
     }
     assert first["USD"]["deposits"] == {"count": 1, "volume": 7}

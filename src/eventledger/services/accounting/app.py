@@ -315,6 +315,8 @@ def _item_json(i: HistoryItem) -> dict[str, Any]:
         "balance_after": i.balance_after,
         "available_after": i.available_after,
         "held": i.held,
+        "reverses": i.reverses,
+        "reversed_by": i.reversed_by,
         "counterparty": i.counterparty,
         "reference": i.reference,
         "recorded_at": i.recorded_at,

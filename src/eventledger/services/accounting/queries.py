@@ -32,13 +32,21 @@ def list_accounts(session: Session, *, after: str | None, limit: int) -> list[Ac
     return [account_from_row(r) for r in rows]
 
 
+# The reversal of an item, on the same account (a reversal touches every account the
+# original did): one index seek per item of the page (transactions_by_reverses).
+_REVERSED_BY = (
+    "(SELECT r.transaction_id FROM transactions r"
+    " WHERE r.account_id = t.account_id AND r.reverses = t.transaction_id LIMIT 1)"
+)
+
+
 def history(
     session: Session, account_id: str, *, before: int | None, limit: int
 ) -> list[HistoryItem]:
     """Movements of one account, newest first, those below position `before` only."""
     rows = session.fetchall(
-        f"SELECT {ITEM_COLUMNS} FROM transactions WHERE account_id = ? AND position < ? "
-        "ORDER BY position DESC LIMIT ?",
+        f"SELECT {ITEM_COLUMNS}, {_REVERSED_BY} FROM transactions t"
+        " WHERE account_id = ? AND position < ? ORDER BY position DESC LIMIT ?",
         (account_id, before if before is not None else 2**63 - 1, limit),
     )
     return [item_from_row(r) for r in rows]

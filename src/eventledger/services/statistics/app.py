@@ -131,6 +131,7 @@ def _movements(t: Tally) -> dict[str, Any]:
         "deposits": {"count": t.deposits_count, "volume": t.deposits_volume},
         "withdrawals": {"count": t.withdrawals_count, "volume": t.withdrawals_volume},
         "transfers": {"count": t.transfers_count, "volume": t.transfers_volume},
+        "reversals": {"count": t.reversals_count, "volume": t.reversals_volume},
     }
 
 

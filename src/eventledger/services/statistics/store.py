@@ -38,6 +38,7 @@ MONEY_FIELDS = frozenset(
         "posted_volume",
         "voided_volume",
         "expired_volume",
+        "reversals_volume",
     }
 )
 # The counters of two-phase transfers (schema version 3).
@@ -112,6 +113,15 @@ MIGRATIONS: Sequence[Migration] = (
             expires_at TEXT,
             PRIMARY KEY (account_id, transaction_id)
         )""",
+    ),
+    # 4: reversals. Counters with a constant default, nothing replayed: a version-3 model
+    # applied no reversal it could count (rebuild one that did: `eventledger rebuild
+    # statistics`).
+    tuple(
+        f"ALTER TABLE {table} ADD COLUMN {f} "
+        + ("TEXT NOT NULL DEFAULT '0'" if f in MONEY_FIELDS else "BIGINT NOT NULL DEFAULT 0")
+        for table in ("stats_currencies", "stats_daily")
+        for f in ("reversals_count", "reversals_volume")
     ),
 )
 
