@@ -53,6 +53,7 @@ _WRITE_SCOPE = {
     "statistics": "admin",
 }
 
+_FORGET = re.compile(r"/accounts/[^/]+/forget")
 _BEARER = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 SECURITY_SCHEME = "bearer"
 
@@ -65,6 +66,8 @@ def required_scope(service: str, method: str, path: str) -> str | None:
         return "metrics"
     if path == "/admin" or path.startswith("/admin/"):
         return "admin"
+    if service == "transaction" and method == "POST" and _FORGET.fullmatch(path):
+        return "admin"  # erasing personal data is an operator's act, not a ledger write
     if method in _SAFE_METHODS:
         return _READ_SCOPE[service]
     return _WRITE_SCOPE[service]

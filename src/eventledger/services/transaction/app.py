@@ -51,6 +51,7 @@ from eventledger.services.http import (
 from eventledger.services.transaction.accounts import DEFAULT_CACHE_SIZE, AccountCache
 from eventledger.services.transaction.expiry import HoldExpirer
 from eventledger.services.transaction.follower import LogFollower
+from eventledger.services.transaction.forget import add_forget_route
 from eventledger.services.transaction.handlers import DEFAULT_MAX_RETRIES, CommandHandler
 from eventledger.services.transaction.idempotency import (
     CORRELATION_ID_HEADER,
@@ -562,6 +563,18 @@ def create_app(
             **_replayed_response(model),
             **_problems(**{**_INPUT_PROBLEMS, **problems}),
         },
+    )
+    add_forget_route(
+        app,
+        client,
+        _problems(
+            _404="`account-not-found`",
+            _403="`forbidden`: the caller's token lacks scope `admin` (here or at the stream "
+            "service)",
+            _422="`invalid-account-id`",
+            _502="`stream-error`",
+            _503="`stream-unavailable`, `too-much-contention` (retry after `Retry-After`)",
+        ),
     )
     add_reversal_route(
         app,

@@ -79,7 +79,9 @@ def encode_state(state: Account) -> str:
             "exists": state.exists,
             "currency": state.currency,
             "overdraft_limit": state.overdraft_limit,
-            "owner": state.owner,
+            # Never personal data in a snapshot: a copy outside the log that a forget
+            # (crypto-shredding, eventstore/pii.py) would not reach. No decision needs it.
+            "owner": None,
             "balance": state.balance,
             "closed": state.closed,
             "version": state.version,

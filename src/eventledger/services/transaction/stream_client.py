@@ -273,6 +273,21 @@ class StreamClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise UnexpectedResponse(f"malformed events: {exc}", status=status) from exc
 
+    async def forget(
+        self, account_id: str, *, expected_version: int, event_id: UUID, authorization: str | None
+    ) -> tuple[int, Any]:
+        """`POST /admin/accounts/{id}/forget` (erasure.py of the stream service): its status
+        and body. It needs scope `admin`, which this service's own token lacks: the caller's
+        `authorization` (checked for `admin` here already) is presented instead, so the
+        stream service checks the caller's right itself."""
+        headers = {"Authorization": authorization} if authorization else None
+        return await self._request(
+            "POST",
+            f"/admin/accounts/{quote(account_id, safe='')}/forget",
+            json_body={"expected_version": expected_version, "event_id": str(event_id)},
+            extra_headers=headers,
+        )
+
     async def health(self, *, within: float) -> dict[str, Any]:
         """The stream service's /health document; raises StreamUnavailable unless it is 200
         in less than `within` seconds."""
@@ -469,6 +484,7 @@ class StreamClient:
         json_body: Any = None,
         raw_body: bytes | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Send one request; answer (status, parsed JSON body or None). Connection errors,
         timeouts and 5xx answers become StreamUnavailable."""
@@ -478,6 +494,8 @@ class StreamClient:
         if json_body is not None:
             data = json.dumps(json_body, separators=(",", ":"))
         headers = None if data is None else {"Content-Type": "application/json"}
+        if extra_headers:
+            headers = {**(headers or {}), **extra_headers}
         try:
             async with self._session.request(
                 method,
