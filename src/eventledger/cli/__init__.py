@@ -17,6 +17,7 @@ from eventledger import __version__
 from eventledger.cli import bench, commands, operator, projection, queries, streams, tokens, verify
 from eventledger.cli.output import friendly_errors, print_error
 from eventledger.cli.pending import pending
+from eventledger.cli.reversals import reverse
 from eventledger.cli.serve import serve
 from eventledger.cli.up import up
 
@@ -41,6 +42,7 @@ app.command("deposit", rich_help_panel=_API)(friendly_errors(commands.deposit))
 app.command("withdraw", rich_help_panel=_API)(friendly_errors(commands.withdraw))
 app.command("transfer", rich_help_panel=_API)(friendly_errors(commands.transfer))
 app.command("close", rich_help_panel=_API)(friendly_errors(commands.close))
+app.command("reverse", rich_help_panel=_API)(friendly_errors(reverse))
 app.command("balance", rich_help_panel=_API)(friendly_errors(queries.balance))
 app.command("history", rich_help_panel=_API)(friendly_errors(queries.history))
 app.command("pending", rich_help_panel=_API)(friendly_errors(pending))

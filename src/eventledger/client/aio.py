@@ -12,6 +12,7 @@ import httpx
 from eventledger.client import calls, core
 from eventledger.client import events as ev
 from eventledger.client import models as m
+from eventledger.client import reversals as rv
 from eventledger.client.calls import ExpectedVersion
 from eventledger.client.core import Call, Positioned
 from eventledger.client.errors import EventLedgerError, RateLimited, Unavailable
@@ -146,6 +147,17 @@ class AsyncClient(core.Shared):
         """Move `amount` minor units between two accounts, atomically."""
         call = calls.transfer(from_account, to_account, amount, reference, idempotency_key)
         return await self._run(call)
+
+    async def reverse(
+        self,
+        transaction_id: str,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> rv.Reversal:
+        """Undo a transaction with new events on every account it touched (409
+        `already-reversed`, `insufficient-funds`, ... when it cannot be)."""
+        return await self._run(calls.reverse(transaction_id, reason, idempotency_key))
 
     async def close_account(
         self, account_id: str, *, idempotency_key: str | None = None

@@ -17,6 +17,7 @@ import httpx
 
 from eventledger.client import events as ev
 from eventledger.client import models as m
+from eventledger.client import reversals as rv
 from eventledger.client.core import Call
 
 T = TypeVar("T")
@@ -102,6 +103,12 @@ def transfer(
 ) -> Call[m.Transfer]:
     body = {"from_account": from_account, "to_account": to_account} | _money(amount, reference)
     return _command("/transfers", body, key, m.Transfer.from_json)
+
+
+def reverse(transaction_id: str, reason: str | None, key: str | None) -> Call[rv.Reversal]:
+    body = {} if reason is None else {"reference": reason}
+    path = f"/transactions/{segment(transaction_id)}/reverse"
+    return _command(path, body, key, rv.Reversal.from_json)
 
 
 def close_account(account_id: str, key: str | None) -> Call[m.AccountClosed]:

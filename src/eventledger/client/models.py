@@ -233,6 +233,8 @@ class HistoryItem:
     position: int
     available_after: int = 0
     held: int | None = None
+    reverses: str | None = None  # a reversal's: the transaction it undid
+    reversed_by: str | None = None  # a reversed transaction's: the reversal that undid it
 
     @classmethod
     def from_json(cls, body: Any) -> HistoryItem:
@@ -250,6 +252,8 @@ class HistoryItem:
             f.integer("position"),
             balance_after if available_after is None else available_after,
             f.opt_integer("held"),
+            f.opt_text("reverses"),
+            f.opt_text("reversed_by"),
         )
 
 
