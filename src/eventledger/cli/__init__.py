@@ -14,7 +14,17 @@ from typing import Annotated
 import typer
 
 from eventledger import __version__
-from eventledger.cli import bench, commands, operator, projection, queries, streams, tokens, verify
+from eventledger.cli import (
+    bench,
+    commands,
+    holds,
+    operator,
+    projection,
+    queries,
+    streams,
+    tokens,
+    verify,
+)
 from eventledger.cli.output import friendly_errors, print_error
 from eventledger.cli.pending import pending
 from eventledger.cli.reversals import reverse
@@ -52,6 +62,7 @@ app.command("stream", rich_help_panel=_API)(friendly_errors(streams.stream))
 app.command("tail", rich_help_panel=_OPERATE)(friendly_errors(operator.tail))
 app.command("rebuild", rich_help_panel=_OPERATE)(friendly_errors(operator.rebuild))
 app.command("bench", rich_help_panel=_OPERATE)(friendly_errors(bench.bench))
+app.add_typer(holds.app, name="hold", rich_help_panel=_API)
 app.add_typer(projection.app, name="projection", rich_help_panel=_OPERATE)
 app.command("verify", rich_help_panel=_OPERATE)(friendly_errors(verify.verify))
 app.add_typer(tokens.app, name="token", rich_help_panel=_OPERATE)

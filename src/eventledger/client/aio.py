@@ -11,6 +11,7 @@ import httpx
 
 from eventledger.client import calls, core
 from eventledger.client import events as ev
+from eventledger.client import holds as h
 from eventledger.client import models as m
 from eventledger.client import reversals as rv
 from eventledger.client.calls import ExpectedVersion
@@ -147,6 +148,44 @@ class AsyncClient(core.Shared):
         """Move `amount` minor units between two accounts, atomically."""
         call = calls.transfer(from_account, to_account, amount, reference, idempotency_key)
         return await self._run(call)
+
+    async def hold(
+        self,
+        from_account: str,
+        to_account: str,
+        amount: int,
+        *,
+        timeout_seconds: int | None = None,
+        reference: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> h.Hold:
+        """Place a pending transfer (phase one of two): `amount` is no longer available to
+        `from_account` until it is posted, voided, or expires after `timeout_seconds`."""
+        call = calls.hold(
+            from_account, to_account, amount, reference, timeout_seconds, idempotency_key
+        )
+        return await self._run(call)
+
+    async def post_transfer(
+        self,
+        transaction_id: str,
+        *,
+        amount: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> h.HoldOutcome:
+        """Complete a pending transfer: move `amount` (all of the hold when None)."""
+        return await self._run(calls.post_transfer(transaction_id, amount, idempotency_key))
+
+    async def void_transfer(
+        self, transaction_id: str, *, idempotency_key: str | None = None
+    ) -> h.HoldOutcome:
+        """Release a pending transfer, moving nothing."""
+        return await self._run(calls.void_transfer(transaction_id, idempotency_key))
+
+    async def transfer_state(self, transaction_id: str) -> h.TransferState:
+        """A two-phase transfer as the command side knows it: pending, posted, voided or
+        expired."""
+        return await self._run(calls.transfer_state(transaction_id))
 
     async def reverse(
         self,

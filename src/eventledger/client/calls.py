@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from eventledger.client import events as ev
+from eventledger.client import holds as h
 from eventledger.client import models as m
 from eventledger.client import reversals as rv
 from eventledger.client.core import Call
@@ -103,6 +104,37 @@ def transfer(
 ) -> Call[m.Transfer]:
     body = {"from_account": from_account, "to_account": to_account} | _money(amount, reference)
     return _command("/transfers", body, key, m.Transfer.from_json)
+
+
+def hold(
+    from_account: str,
+    to_account: str,
+    amount: int,
+    reference: str | None,
+    timeout_seconds: int | None,
+    key: str | None,
+) -> Call[h.Hold]:
+    body = {"from_account": from_account, "to_account": to_account} | _money(amount, reference)
+    body["pending"] = True
+    if timeout_seconds is not None:
+        body["timeout_seconds"] = timeout_seconds
+    return _command("/transfers", body, key, h.Hold.from_json)
+
+
+def post_transfer(transaction_id: str, amount: int | None, key: str | None) -> Call[h.HoldOutcome]:
+    body = {} if amount is None else {"amount": amount}
+    path = f"/transfers/{segment(transaction_id)}/post"
+    return _command(path, body, key, h.HoldOutcome.from_json)
+
+
+def void_transfer(transaction_id: str, key: str | None) -> Call[h.HoldOutcome]:
+    path = f"/transfers/{segment(transaction_id)}/void"
+    return _command(path, {}, key, h.HoldOutcome.from_json)
+
+
+def transfer_state(transaction_id: str) -> Call[h.TransferState]:
+    path = f"/transfers/{segment(transaction_id)}"
+    return Call("transaction", "GET", path, _body(h.TransferState.from_json))
 
 
 def reverse(transaction_id: str, reason: str | None, key: str | None) -> Call[rv.Reversal]:

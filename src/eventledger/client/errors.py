@@ -5,12 +5,14 @@
     │   │                            title, detail, problem: the whole document)
     │   ├── ValidationError          400/422: a bad request (validation-error, invalid-*, …)
     │   │   ├── IdempotencyKeyReused     the key was bound to another request body
-    │   │   └── SameAccountTransfer      from and to are the same account
+    │   │   ├── SameAccountTransfer      from and to are the same account
+    │   │   └── AmountExceedsHold        posting more than a pending transfer holds
     │   ├── Unauthenticated          401: no valid token
     │   ├── Forbidden                403: the token lacks a scope (or a foreign Origin)
     │   ├── NotFound                 404
     │   │   ├── AccountNotFound
-    │   │   └── StreamNotFound
+    │   │   ├── StreamNotFound
+    │   │   └── TransferNotFound         no pending transfer has this id
     │   ├── Conflict                 409: the rules refused it; nothing was written
     │   │   ├── AccountExists
     │   │   ├── AccountClosed
@@ -18,6 +20,8 @@
     │   │   ├── CurrencyMismatch
     │   │   ├── BalanceNotZero
     │   │   ├── BalanceOutOfRange
+    │   │   ├── TransferNotPending       already posted, voided or expired (`transfer_status`)
+    │   │   ├── PendingTransfers         closing an account that is party to holds
     │   │   ├── WrongExpectedVersion     a stream append whose expected version is stale
     │   │   └── NotHaltedHere            skip/park of a position the read model is not at
     │   ├── RateLimited              429 (retried while `Retry-After` is short)
@@ -179,7 +183,32 @@ class UnexpectedResponse(EventLedgerError):
     """Raised when an answer is not what the API promises (not JSON, a missing field…)."""
 
 
+class AmountExceedsHold(ValidationError):
+    """Raised when posting more than a pending transfer holds."""
+
+
+class TransferNotFound(NotFound):
+    """Raised when posting, voiding or reading a two-phase transfer that does not exist."""
+
+
+class TransferNotPending(Conflict):
+    """Raised when posting or voiding a transfer that is no longer pending;
+    `transfer_status` says how it ended (posted, voided or expired)."""
+
+    @property
+    def transfer_status(self) -> str:
+        return str(self.problem.get("transfer_status") or "")
+
+
+class PendingTransfers(Conflict):
+    """Raised when closing an account that is party to pending transfers."""
+
+
 _BY_TYPE: dict[str, type[ProblemError]] = {
+    "amount-exceeds-hold": AmountExceedsHold,
+    "transfer-not-found": TransferNotFound,
+    "transfer-not-pending": TransferNotPending,
+    "pending-transfers": PendingTransfers,
     "validation-error": ValidationError,
     "idempotency-key-reused": IdempotencyKeyReused,
     "same-account-transfer": SameAccountTransfer,
