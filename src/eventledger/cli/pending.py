@@ -73,19 +73,19 @@ def pending(
     if not page.items:
         console.print("[dim]no pending transfers[/]")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("transaction", no_wrap=True)
-    table.add_column("direction", no_wrap=True)
-    table.add_column("with", overflow="fold")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("transaction", overflow="fold")
+    table.add_column("dir", no_wrap=True)
+    table.add_column("with", min_width=8, overflow="fold")
     table.add_column("amount", justify="right", no_wrap=True)
     table.add_column("expires at", no_wrap=True)
-    table.add_column("reference", overflow="fold")
+    table.add_column("reference", min_width=9, overflow="fold")
     for transfer in page.items:
         table.add_row(
             transfer.transaction_id,
             transfer.direction,
             transfer.counterparty,
-            money(transfer.amount, currency),
+            money(transfer.amount, currency).removesuffix(f" {currency}"),
             "never" if transfer.expires_at is None else format_time(transfer.expires_at),
             Text(transfer.reference or ""),  # free text: shown as it is, never read as markup
         )

@@ -155,15 +155,21 @@ def history(
     table.add_column("kind", no_wrap=True)
     table.add_column("amount", justify="right", no_wrap=True)
     table.add_column("balance", justify="right", no_wrap=True)
+    # Two-phase transfers: the hold an item concerns (its amount is what the balance did).
+    holds = any(item.held is not None for item in page.items)
+    if holds:
+        table.add_column("held", justify="right", no_wrap=True)
     table.add_column("with", min_width=8, overflow="fold")
     table.add_column("reference", min_width=8, overflow="fold")
     for item in page.items:
         style = "green" if item.amount > 0 else "red"
+        held = [] if not holds else ["" if item.held is None else _plain(item.held, currency)]
         table.add_row(
             format_time(item.recorded_at),
             item.kind,
             f"[{style}]{_plain(item.amount, currency)}[/]",
             _plain(item.balance_after, currency),
+            *held,
             item.counterparty or "",
             Text(item.reference or ""),  # free text: shown as it is, never read as markup
         )
