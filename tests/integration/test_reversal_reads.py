@@ -60,7 +60,7 @@ async def reverse(log: Ledger, original: str, *changes: tuple[str, int]) -> tupl
     """What the command side appends: the marker and one TransactionReversed per account, in
     one batch. The reversal's id and its last position."""
     tx = str(uuid.uuid4())
-    appends = [
+    appends: list[dict[str, Any]] = [
         {
             "stream": f"reversal-{original}",
             "expected_version": "no_stream",

@@ -91,7 +91,7 @@ async def test_an_unknown_transaction_has_no_events(client: httpx.AsyncClient) -
     ],
 )
 async def test_bad_ids_and_limits_are_422_problems(
-    client: httpx.AsyncClient, path: str, params: dict[str, object]
+    client: httpx.AsyncClient, path: str, params: dict[str, int | str]
 ) -> None:
     response = await client.get(path, params=params)
     assert response.status_code == 422, response.text

@@ -137,7 +137,7 @@ def test_a_reversal_cannot_itself_be_reversed() -> None:
 
 
 def test_a_pending_transfer_cannot_be_reversed_while_pending() -> None:
-    held = [
+    held: list[Event] = [
         PendingTransferSent(A, ORIGINAL, B, 300, None, None),
         PendingTransferReceived(B, ORIGINAL, A, 300, None, None),
     ]
@@ -147,7 +147,7 @@ def test_a_pending_transfer_cannot_be_reversed_while_pending() -> None:
 
 
 def test_a_voided_transfer_moved_nothing_to_reverse() -> None:
-    held = [
+    held: list[Event] = [
         PendingTransferSent(A, ORIGINAL, B, 300, None, None),
         PendingTransferReceived(B, ORIGINAL, A, 300, None, None),
         PendingTransferVoided(A, ORIGINAL, A, B, 300, "expired"),
@@ -158,7 +158,7 @@ def test_a_voided_transfer_moved_nothing_to_reverse() -> None:
 
 
 def test_a_posted_transfer_reverses_the_amount_posted() -> None:
-    history = [
+    history: list[Event] = [
         PendingTransferSent(A, ORIGINAL, B, 300, None, None),
         PendingTransferReceived(B, ORIGINAL, A, 300, None, None),
         PendingTransferPosted(A, ORIGINAL, A, B, 120),

@@ -113,7 +113,10 @@ def test_the_events_of_one_reversal_reverse_one_transaction_for_one_reason() -> 
 
 
 def test_a_transfer_reversal_stays_in_one_currency() -> None:
-    parts = [(A, [reversal(100)]), ("acc-usd", [reversal(-100, account="acc-usd")])]
+    parts: list[tuple[str, list[Event]]] = [
+        (A, [reversal(100)]),
+        ("acc-usd", [reversal(-100, account="acc-usd")]),
+    ]
     assert batch_rule(*parts) == "currency-mismatch"
 
 
