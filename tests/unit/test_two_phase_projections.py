@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from eventledger.services.statistics.projection import TALLY_FIELDS, Tally, tota
 from tests.unit.test_accounting_projection import Log
 from tests.unit.test_validity import (
     ACCOUNTS,
+    T0,
     Raw,
     Readers,
     guard_accepts,
@@ -391,13 +393,65 @@ def two_phase_logs(draw: st.DrawFn) -> list[Batch]:
     return log
 
 
+@dataclass
+class CountingReaders(Readers):
+    """`Readers` that also sum the statistics' counters of what they applied, per currency."""
+
+    tallies: dict[str, Tally] = field(default_factory=dict)
+
+    def apply(self, batch: list[tuple[str, list[Raw]]], versions: dict[str, int]) -> bool:
+        before = dict(self.statistics)
+        position = self.position
+        if not super().apply(batch, versions):
+            return False
+        events = [
+            RecordedEvent(
+                uuid.uuid4(),
+                f"account-{account}",
+                type,
+                schema_version,
+                data,
+                {},
+                versions[account] + i + 1,
+                0,
+                T0,
+            )
+            for account, raws in batch
+            for i, (type, schema_version, data) in enumerate(raws)
+        ]
+        events = [
+            _ending(_at(e, position + n + 1), position + len(events)) for n, e in enumerate(events)
+        ]
+        changes, rejected = statistics.evolve_commit(before, events)
+        assert rejected is None
+        for change in changes:
+            self.tallies[change.currency] = (
+                self.tallies.get(change.currency, Tally()) + change.delta
+            )
+        return True
+
+
+def _at(event: RecordedEvent, position: int) -> RecordedEvent:
+    return RecordedEvent(
+        event.id,
+        event.stream,
+        event.type,
+        event.schema_version,
+        event.data,
+        event.metadata,
+        event.stream_version,
+        position,
+        event.recorded_at,
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(two_phase_logs())
 def test_a_two_phase_append_the_guard_accepts_is_one_both_projections_apply_and_no_other(
     appends: list[Batch],
 ) -> None:
     facts = {a: AccountFacts(a) for a in ACCOUNTS}
-    readers = Readers()
+    readers = CountingReaders()
     openings = [[(a, [raw_opened(a, overdraft=10**6)])] for a in ACCOUNTS]
     for batch in openings + appends:
         after = guard_accepts(facts, batch)
@@ -426,6 +480,16 @@ def test_a_two_phase_append_the_guard_accepts_is_one_both_projections_apply_and_
         )
     held_out = sum(f.pending_debits for f in facts.values())
     assert held_out == sum(f.pending_credits for f in facts.values())  # every hold has two sides
+    # The statistics count each transfer once: what is pending is what the accounts hold out,
+    # and every hold placed is pending or ended once.
+    eur = readers.tallies["EUR"]
+    holds_out = [h for f in facts.values() for h in f.pending.values() if h.side == "debit"]
+    assert (eur.pending_count, eur.pending_volume) == (len(holds_out), held_out)
+    assert eur.holds_count == (
+        eur.pending_count + eur.posted_count + eur.voided_count + eur.expired_count
+    )
+    assert eur.holds_volume - eur.pending_volume >= eur.posted_volume
+    assert eur.balance == sum(f.balance for f in facts.values())
 
 
 def _holds(holds: Mapping[str, PendingHold]) -> dict[str, tuple[str, int, str, str | None]]:
