@@ -167,3 +167,33 @@ async def check_read_models(
     stats = await read(http, f"{system.statistics.url}/stats", system, position)
     eur = stats["currencies"]["EUR"]
     assert eur["total_balance"] == 10_000 and eur["deposits"] == {"count": 1, "volume": 10_000}
+
+
+def eventledger(system: System, *args: str) -> subprocess.CompletedProcess[str]:
+    ports = {f"EVENTLEDGER_{s.name.upper()}_PORT": str(s.port) for s in system.services}
+    return subprocess.run(
+        [sys.executable, "-m", "eventledger", *args],
+        env=cli_env(**ports),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_the_command_line_forgets_an_account_once_and_the_stream_shows_it(system: System) -> None:
+    account = new_id("cli-forget")
+    opened = eventledger(system, "open", "--id", account, "--currency", "EUR", "--owner", OWNER)
+    assert opened.returncode == 0, opened.stderr
+    asked = eventledger(system, "forget", account)  # no --yes, no terminal: nothing done
+    assert asked.returncode != 0 and "Erased" not in asked.stdout
+    first = eventledger(system, "forget", account, "--yes")
+    assert first.returncode == 0, first.stderr
+    assert f"Erased the personal data of {account}" in first.stdout
+    again = eventledger(system, "forget", account, "--yes", "--json")
+    assert again.returncode == 0 and '"replayed": true' in again.stdout
+    stream = eventledger(system, "stream", f"account-{account}")
+    assert stream.returncode == 0 and "PersonalDataErased" in stream.stdout
+    assert OWNER not in stream.stdout
+    unknown = eventledger(system, "forget", new_id("nobody"), "--yes")
+    assert unknown.returncode == 1 and "Account not found" in unknown.stderr

@@ -25,6 +25,7 @@ from eventledger.cli import (
     tokens,
     verify,
 )
+from eventledger.cli.forget import forget
 from eventledger.cli.output import friendly_errors, print_error
 from eventledger.cli.pending import pending
 from eventledger.cli.reversals import reverse
@@ -53,6 +54,7 @@ app.command("withdraw", rich_help_panel=_API)(friendly_errors(commands.withdraw)
 app.command("transfer", rich_help_panel=_API)(friendly_errors(commands.transfer))
 app.command("close", rich_help_panel=_API)(friendly_errors(commands.close))
 app.command("reverse", rich_help_panel=_API)(friendly_errors(reverse))
+app.command("forget", rich_help_panel=_OPERATE)(friendly_errors(forget))
 app.command("balance", rich_help_panel=_API)(friendly_errors(queries.balance))
 app.command("history", rich_help_panel=_API)(friendly_errors(queries.history))
 app.command("pending", rich_help_panel=_API)(friendly_errors(pending))

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 
 from eventledger.client import calls, core
+from eventledger.client import erasure as er
 from eventledger.client import events as ev
 from eventledger.client import holds as h
 from eventledger.client import models as m
@@ -203,6 +204,11 @@ class Client(core.Shared):
     ) -> m.AccountClosed:
         """Close an account whose balance is 0."""
         return self._run(calls.close_account(account_id, idempotency_key))
+
+    def forget(self, account_id: str) -> er.Erasure:
+        """Erase the account's personal data (owner, references) for good; needs a token
+        with scope `admin`. Forgetting twice erases once (`replayed`)."""
+        return self._run(er.forget(account_id))
 
     # -- reads (accounting and statistics) ----------------------------------------------------
 
