@@ -291,10 +291,14 @@ class TwoPhaseTransfers:
         def decide(states: list[Account]) -> tuple[Event, Event]:
             return decide_outcome(states[0], states[1], command)
 
+        attempts = 0
+
         async def ended() -> StreamAppend:
-            # Read again at each attempt: another outcome may have been recorded meanwhile.
-            nonlocal record
-            record = await self.lookup(transaction_id)
+            # Read again at each retry: another outcome may have been recorded meanwhile.
+            nonlocal record, attempts
+            attempts += 1
+            if attempts > 1:
+                record = await self.lookup(transaction_id)
             event = NewEvent(
                 id=ids.event_id(2),
                 type=HOLD_ENDED,
