@@ -211,3 +211,50 @@ async def test_two_reversals_racing_through_two_instances_write_exactly_one(
                 assert answer.json()["reversed_by"] == winner["transaction_id"]
         assert (await types_of(ledger, source)).count("TransactionReversed") == 1
         assert (await types_of(ledger, target)).count("TransactionReversed") == 1
+
+
+# -- two-phase transfers ---------------------------------------------------------------------
+
+
+async def hold(ledger: Ledger, source: str, target: str, amount: int) -> str:
+    body = {"from_account": source, "to_account": target, "amount": amount, "pending": True}
+    response = await post(ledger.http, "/transfers", body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["transaction_id"])
+
+
+async def test_a_pending_transfer_is_not_reversible_while_pending(ledger: Ledger) -> None:
+    source, target = await ledger.funded(1000), await ledger.open()
+    held = await hold(ledger, source, target, 400)
+    head = await ledger.head()
+    assert_problem(await reverse(ledger, held), 409, "transfer-pending")
+    assert await ledger.head() == head
+
+
+async def test_a_posted_transfer_reverses_the_amount_posted(ledger: Ledger) -> None:
+    source, target = await ledger.funded(1000), await ledger.open()
+    held = await hold(ledger, source, target, 400)
+    posted = await post(ledger.http, f"/transfers/{held}/post", {"amount": 150})
+    assert posted.status_code == 201, posted.text
+    response = await reverse(ledger, held, "posted by mistake")
+    assert response.status_code == 201, response.text
+    assert response.json()["accounts"] == [
+        {"account_id": source, "amount": 150, "balance": 1000},
+        {"account_id": target, "amount": -150, "balance": 0},
+    ]
+
+
+async def test_a_voided_transfer_moved_nothing_to_reverse(ledger: Ledger) -> None:
+    source, target = await ledger.funded(1000), await ledger.open()
+    held = await hold(ledger, source, target, 400)
+    assert (await post(ledger.http, f"/transfers/{held}/void")).status_code == 201
+    assert_problem(await reverse(ledger, held), 409, "not-reversible")
+
+
+async def test_money_held_for_a_pending_transfer_is_not_available_to_a_reversal(
+    ledger: Ledger,
+) -> None:
+    account, other = await ledger.open(), await ledger.open()
+    deposit = await ledger.deposit(account, 500)
+    await hold(ledger, account, other, 300)  # 200 of the 500 left available
+    assert_problem(await reverse(ledger, deposit["transaction_id"]), 409, "insufficient-funds")
