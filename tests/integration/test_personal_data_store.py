@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -28,10 +28,16 @@ REFERENCE = "invoice 2026-117 for M. Ødegaard"
 
 
 class Backend:
-    """A store plus a look at its raw tables."""
+    """A store plus a look at its raw tables, and a way to open another instance on the same
+    database (None: the memory store has no other)."""
 
-    def __init__(self, store: EventStore, raw: Callable[[str], list[tuple[Any, ...]]]) -> None:
-        self.store, self.raw = store, raw
+    def __init__(
+        self,
+        store: EventStore,
+        raw: Callable[[str], list[tuple[Any, ...]]],
+        another: Callable[[], Awaitable[EventStore]] | None = None,
+    ) -> None:
+        self.store, self.raw, self.another = store, raw, another
 
     def stored_text(self) -> str:
         """Every event's data and every key row, as the database holds them."""
@@ -67,7 +73,10 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                     "SELECT account_id, key_id, secret FROM personal_data_keys"
                 ).fetchall()
 
-        yield Backend(store, raw_sqlite)
+        async def another_sqlite() -> EventStore:
+            return SqliteEventStore(path)
+
+        yield Backend(store, raw_sqlite, another_sqlite)
     else:
         url: str = request.getfixturevalue("postgres_url")
         schema: str = request.getfixturevalue("pg_schema")
@@ -82,7 +91,10 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 )
                 return conn.execute(query).fetchall()
 
-        yield Backend(store, raw_postgres)
+        async def another_postgres() -> EventStore:
+            return await PostgresEventStore.open(url, schema=schema)
+
+        yield Backend(store, raw_postgres, another_postgres)
     await store.close()
 
 
@@ -211,3 +223,22 @@ async def test_concurrent_first_appends_of_personal_data_share_one_key(backend: 
     references = sorted(str(e.data["reference"]) for e in (await store.read_stream(stream))[1:])
     assert references == [f"r{n}" for n in range(8)]
     assert len(backend.key_rows()) == 1
+
+
+async def test_a_forget_by_another_instance_is_seen_by_the_next_append_here(
+    backend: Backend,
+) -> None:
+    if backend.another is None:
+        pytest.skip("the memory store has no second instance")
+    store, other = backend.store, await backend.another()
+    try:
+        account = await open_with_personal_data(store)  # this instance keeps the key
+        stream = f"account-{account}"
+        await other.forget(account, erased(account), expected_version=2)
+        # Sealed under the remembered key, the append's transaction finds it deleted and
+        # seals it again under a new key: readable, not erased.
+        await store.append(stream, expected_version=3, events=[deposited(account, "after")])
+        references = [e.data.get("reference") for e in await other.read_stream(stream)]
+        assert references == [None, None, None, "after"]
+    finally:
+        await other.close()

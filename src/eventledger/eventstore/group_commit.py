@@ -44,7 +44,14 @@ from eventledger.eventstore.errors import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
-from eventledger.eventstore.keys import KEY_WORK, NO_KEY_WORK, KeyConflict, KeyWork, conflicts
+from eventledger.eventstore.keys import (
+    KEY_WORK,
+    NO_KEY_WORK,
+    KeyConflict,
+    KeyWork,
+    after,
+    conflicts,
+)
 from eventledger.eventstore.planning import (
     Encoded,
     Planner,
@@ -179,8 +186,8 @@ class Database(Protocol):
         """End the transaction without writing; never raises (a connection that cannot roll
         back is the backend's to discard)."""
 
-    async def keyed_accounts(self, accounts: Sequence[str]) -> set[str]:
-        """Which of these accounts have a personal data key (keys.py)."""
+    async def current_keys(self, accounts: Sequence[str]) -> dict[str, str]:
+        """The key id of each of these accounts that has a personal data key (keys.py)."""
 
     async def apply_keys(self, work: KeyWork) -> None:
         """INSERT the keys `work` creates, DELETE those it erases."""
@@ -410,18 +417,19 @@ def _as_store_error(exc: BaseException) -> BaseException:
 async def _without_key_conflicts(
     db: Database, group: list[Request], outcomes: dict[Request, Outcome]
 ) -> list[Request]:
-    """The group without the requests that would create a key another has (stored, or created
-    by a request before it in the group): those fail with KeyConflict, to be sealed again."""
-    creating = sorted({a for r in group for a in r.keys.create})
-    if not creating:
+    """The group without the requests whose keys are not as they were sealed under: a key to
+    create that exists (stored, or created by a request before it in the group), a key used
+    that is gone (a forget). Those fail with KeyConflict, to be sealed again."""
+    wanted = sorted({a for r in group if r.keys for a in r.keys.accounts()})
+    if not wanted:
         return group
-    taken = await db.keyed_accounts(creating)
+    current = await db.current_keys(wanted)
     kept: list[Request] = []
     for request in group:
-        if conflicts(request.keys, taken):
+        if request.keys and conflicts(request.keys, current):
             outcomes[request] = KeyConflict()
             continue
-        taken.update(request.keys.create)
+        after(request.keys, current)
         kept.append(request)
     return kept
 

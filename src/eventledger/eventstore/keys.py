@@ -9,6 +9,10 @@ keys never disagree:
     create   an append that seals an account's first personal data inserts its new key; if
              another append created one meanwhile, this append fails with KeyConflict before
              anything is written, and the store seals it again under the stored key
+    use      an append that sealed under a key the store remembered (its writers keep the
+             keys they seal with, so an append reads no key) names the key ids it used; if
+             one is no longer the account's (a forget, here or on another instance), it
+             fails with KeyConflict, and the store reads the keys again
     erase    a forget deletes the account's key and appends its PersonalDataErased: both, or
              neither (a crash between them cannot leave a log that says "erased" with the key
              still there, nor a key gone without the event readers blank their copies on)
@@ -34,10 +38,11 @@ KEY_ATTEMPTS = 5  # seal-and-append attempts when new keys keep colliding (two a
 
 class KeyConflict(EventStoreError):
     """Raised when an append would create a key for an account that has one already (another
-    append created it after this one looked): nothing was written; seal again and retry."""
+    append created it after this one looked), or sealed under a key that is no longer the
+    account's (deleted by a forget): nothing was written; seal again and retry."""
 
     def __init__(self) -> None:
-        super().__init__("another append created this account's personal data key first")
+        super().__init__("the account's personal data key changed while this append was sealed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +50,35 @@ class KeyWork:
     """What an append does to the key table in its transaction."""
 
     create: Mapping[str, AccountKey] = field(default_factory=dict)
+    use: Mapping[str, str] = field(default_factory=dict)  # account -> key id sealed under
     erase: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.create or self.erase)
+        return bool(self.create or self.use or self.erase)
+
+    def accounts(self) -> set[str]:
+        """The accounts whose current key the transaction must check."""
+        return {*self.create, *self.use}
 
 
 NO_KEY_WORK = KeyWork()
 KEY_WORK: ContextVar[KeyWork] = ContextVar("eventledger_key_work", default=NO_KEY_WORK)
 
 
-def conflicts(work: KeyWork, existing: Collection[str]) -> bool:
-    """Whether `work` would create a key that `existing` (the accounts that have one, read in
-    the transaction) already holds."""
-    return any(account in existing for account in work.create)
+def conflicts(work: KeyWork, current: Mapping[str, str]) -> bool:
+    """Whether `work` would create a key for an account that has one, or sealed under a key
+    that is not the account's current one (`current`: account -> key id, read in the
+    transaction)."""
+    return any(a in current for a in work.create) or any(
+        current.get(a) != key_id for a, key_id in work.use.items()
+    )
+
+
+def after(work: KeyWork, current: dict[str, str]) -> None:
+    """`current` once `work` is applied (for the next request of the same group)."""
+    current.update({a: k.key_id for a, k in work.create.items()})
+    for account in work.erase:
+        current.pop(account, None)
 
 
 class MemoryKeys:
@@ -71,7 +91,8 @@ class MemoryKeys:
         return {a: self._keys[a] for a in accounts if a in self._keys}
 
     def check(self, work: KeyWork) -> None:
-        if conflicts(work, self._keys.keys()):
+        current = {a: k.key_id for a, k in self._keys.items()}
+        if conflicts(work, current):
             raise KeyConflict()
 
     def apply(self, work: KeyWork) -> None:

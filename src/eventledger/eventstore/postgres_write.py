@@ -186,13 +186,14 @@ class Session:
                 f"the commit failed, the append may or may not be stored: {exc}"
             ) from exc
 
-    async def keyed_accounts(self, accounts: Sequence[str]) -> set[str]:
+    async def current_keys(self, accounts: Sequence[str]) -> dict[str, str]:
         async with translating():
             cur = await self._conn.execute(
-                "SELECT account_id FROM personal_data_keys WHERE account_id = ANY(%s::text[])",
+                "SELECT account_id, key_id FROM personal_data_keys"
+                " WHERE account_id = ANY(%s::text[])",
                 [list(accounts)],
             )
-            return {account for (account,) in await cur.fetchall()}
+            return {account: key_id for account, key_id in await cur.fetchall()}
 
     async def apply_keys(self, work: KeyWork) -> None:
         async with translating():

@@ -176,15 +176,15 @@ class WriteSide:
             self._store.set_fault(f"the write connection broke: {_describe(exc)}")
             self.close()
 
-    async def keyed_accounts(self, accounts: Sequence[str]) -> set[str]:
+    async def current_keys(self, accounts: Sequence[str]) -> dict[str, str]:
         conn = self._connection()
         with self._translated():
             found = conn.execute(
-                "SELECT account_id FROM personal_data_keys WHERE account_id IN"
+                "SELECT account_id, key_id FROM personal_data_keys WHERE account_id IN"
                 " (SELECT value FROM json_each(?))",
                 (json.dumps(list(accounts)),),
             )
-            return {account for (account,) in found}
+            return dict(found.fetchall())
 
     async def apply_keys(self, work: KeyWork) -> None:
         conn = self._connection()

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # recent.py builds on planning.py, which builds on this modul
     from eventledger.eventstore.recent import RecentPage
 
 MAX_PAGE = 10_000
+SEALING_KEYS = 100_000  # accounts whose personal data key a store keeps for sealing
 # At most this many events of one transaction are read at once (a transaction writes a few:
 # one per account it touches, per step of a two-phase transfer).
 MAX_TRANSACTION_EVENTS = 1000
@@ -72,6 +73,9 @@ class EventStore(ABC):
 
     def __init__(self, *, upcasters: UpcasterRegistry | None = None) -> None:
         self._upcasters = upcasters or UpcasterRegistry()
+        # The keys this store sealed with last, by account: for writing only (each append's
+        # transaction checks them, keys.py); reads always read the keys.
+        self._sealing_keys: dict[str, pii.AccountKey] = {}
 
     # -- writing -------------------------------------------------------------------------
 
@@ -90,16 +94,30 @@ class EventStore(ABC):
         if not accounts:  # the common append: no key, no work
             return await self._append_batch(appends)
         for _ in range(KEY_ATTEMPTS):
-            # A new key is created in the transaction of the append it seals: a key that
-            # another append created meanwhile fails this one (KeyConflict), sealed again.
-            keys = await self._load_keys(accounts)
+            # Sealed under the keys this store remembers (else reads them); the append's own
+            # transaction checks that they are still the accounts' keys, and creates the new
+            # ones: a key deleted or created meanwhile fails it (KeyConflict), sealed again.
+            keys = {a: k for a in accounts if (k := self._sealing_keys.get(a)) is not None}
+            if len(keys) < len(accounts):
+                keys.update(await self._load_keys(accounts - keys.keys()))
             created = {a: pii.new_key() for a in accounts if a not in keys}
+            used = {a: k.key_id for a, k in keys.items()}
             sealed = pii.seal_appends(appends, {**keys, **created})
             try:
-                return await self._keyed_append(sealed, KeyWork(create=created))
+                results = await self._keyed_append(sealed, KeyWork(create=created, use=used))
             except KeyConflict:
+                for account in accounts:
+                    self._sealing_keys.pop(account, None)
                 continue
+            self._remember_keys({**keys, **created})
+            return results
         raise KeyConflict()
+
+    def _remember_keys(self, keys: Mapping[str, pii.AccountKey]) -> None:
+        # Bounded: past the bound it starts over (a miss costs one key read).
+        if len(self._sealing_keys) + len(keys) > SEALING_KEYS:
+            self._sealing_keys.clear()
+        self._sealing_keys.update(keys)
 
     async def forget(
         self, account_id: str, event: NewEvent, *, expected_version: ExpectedVersion
@@ -109,6 +127,7 @@ class EventStore(ABC):
         data erased. A replay of the same event (same id) writes and deletes nothing."""
         appends = [StreamAppend(pii.ACCOUNT_STREAM + account_id, expected_version, [event])]
         validate_batch(appends)
+        self._sealing_keys.pop(account_id, None)
         (result,) = await self._keyed_append(appends, KeyWork(erase=(account_id,)))
         return result
 
