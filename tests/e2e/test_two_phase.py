@@ -179,7 +179,16 @@ def _expired_count(metrics: str) -> int:
 
 def run_cli(system: System, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "eventledger", *args, "--transaction-url", system.transaction.url],
+        [
+            sys.executable,
+            "-m",
+            "eventledger",
+            *args,
+            "--transaction-url",
+            system.transaction.url,
+            "--accounting-url",
+            system.accounting.url,
+        ],
         capture_output=True,
         text=True,
         env=cli_env(),
@@ -206,7 +215,7 @@ def test_the_command_line_places_shows_posts_and_voids_holds(two_phase_system: S
     assert too_much.returncode == 1 and "Amount exceeds the hold" in too_much.stderr
     posted = run_cli(system, "hold", "post", tid, "--amount", "1000")
     assert posted.returncode == 0, posted.stderr
-    assert "Posted 1000 of 2500" in posted.stdout
+    assert "Posted 1000 (10.00 EUR) of 2500 (25.00 EUR) from" in posted.stdout
     again = run_cli(system, "hold", "void", tid)
     assert again.returncode == 1
     assert "is no longer pending: it is posted" in again.stderr

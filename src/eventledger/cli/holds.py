@@ -18,6 +18,7 @@ import typer
 from eventledger.cli.client import ledger
 from eventledger.cli.commands import _body, _replayed
 from eventledger.cli.options import (
+    AccountingUrlOpt,
     AmountArg,
     JsonOpt,
     KeyOpt,
@@ -26,7 +27,8 @@ from eventledger.cli.options import (
     minor_units,
     service_urls,
 )
-from eventledger.cli.output import console, friendly_errors, print_json
+from eventledger.cli.output import amount_and_money, console, friendly_errors, print_json
+from eventledger.cli.queries import currency_of
 from eventledger.client import HoldOutcome
 
 app = typer.Typer(
@@ -55,10 +57,12 @@ def place(
     reference: ReferenceOpt = None,
     idempotency_key: KeyOpt = None,
     transaction_url: TransactionUrlOpt = None,
+    accounting_url: AccountingUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Hold AMOUNT minor units of FROM for TO: no longer available to FROM, not yet TO's."""
-    with ledger(service_urls(transaction_url=transaction_url)) as client:
+    urls = service_urls(transaction_url=transaction_url, accounting_url=accounting_url)
+    with ledger(urls) as client:
         result = client.hold(
             from_account,
             to_account,
@@ -67,32 +71,38 @@ def place(
             reference=reference,
             idempotency_key=idempotency_key,
         )
-    if as_json:
-        print_json(_body(result))
-        return
+        if as_json:
+            print_json(_body(result))
+            return
+        currency = currency_of(client, from_account, result.position)
+
+    def shown(value: int) -> str:
+        return amount_and_money(value, currency)
+
     until = f", expires {result.expires_at}" if result.expires_at else ", no expiry"
     console.print(
-        f"Held {result.amount} from [bold]{from_account}[/] for [bold]{to_account}[/] "
-        f"(balance {result.from_balance}, available {result.from_available}{until})\n"
+        f"Held {shown(result.amount)} from [bold]{from_account}[/] for [bold]{to_account}[/] "
+        f"(balance {shown(result.from_balance)}, available {shown(result.from_available)}"
+        f"{until})\n"
         f"transaction {result.transaction_id}, position {result.position}"
         f"{_replayed(result.replayed)}",
         soft_wrap=True,
     )
 
 
-def _print_outcome(result: HoldOutcome, as_json: bool) -> None:
-    if as_json:
-        print_json(_body(result))
-        return
+def _print_outcome(result: HoldOutcome, currency: str | None) -> None:
+    def shown(value: int) -> str:
+        return amount_and_money(value, currency)
+
     what = (
-        f"Posted {result.amount} of {result.held}"
+        f"Posted {shown(result.amount)} of {shown(result.held)}"
         if result.status == "posted"
-        else f"Voided: released {result.amount}"
+        else f"Voided: released {shown(result.amount)}"
     )
     console.print(
-        f"{what} from [bold]{result.from_account}[/] to [bold]{result.to_account}[/] "
-        f"(balances {result.from_balance} / {result.to_balance}, available "
-        f"{result.from_available}; position {result.position}){_replayed(result.replayed)}",
+        f"{what} from [bold]{result.from_account}[/] (balance {shown(result.from_balance)}, "
+        f"available {shown(result.from_available)}) to [bold]{result.to_account}[/] (balance "
+        f"{shown(result.to_balance)}) (position {result.position}){_replayed(result.replayed)}",
         soft_wrap=True,
     )
 
@@ -107,43 +117,58 @@ def post(
     ] = None,
     idempotency_key: KeyOpt = None,
     transaction_url: TransactionUrlOpt = None,
+    accounting_url: AccountingUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Complete a pending transfer: move the held amount (or --amount of it) to its receiver."""
-    with ledger(service_urls(transaction_url=transaction_url)) as client:
+    urls = service_urls(transaction_url=transaction_url, accounting_url=accounting_url)
+    with ledger(urls) as client:
         result = client.post_transfer(
             transaction_id, amount=amount, idempotency_key=idempotency_key
         )
-    _print_outcome(result, as_json)
+        if as_json:
+            print_json(_body(result))
+            return
+        currency = currency_of(client, result.from_account, result.position)
+    _print_outcome(result, currency)
 
 
 def void(
     transaction_id: TransactionArg,
     idempotency_key: KeyOpt = None,
     transaction_url: TransactionUrlOpt = None,
+    accounting_url: AccountingUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Release a pending transfer: nothing moves."""
-    with ledger(service_urls(transaction_url=transaction_url)) as client:
+    urls = service_urls(transaction_url=transaction_url, accounting_url=accounting_url)
+    with ledger(urls) as client:
         result = client.void_transfer(transaction_id, idempotency_key=idempotency_key)
-    _print_outcome(result, as_json)
+        if as_json:
+            print_json(_body(result))
+            return
+        currency = currency_of(client, result.from_account, result.position)
+    _print_outcome(result, currency)
 
 
 def show(
     transaction_id: TransactionArg,
     transaction_url: TransactionUrlOpt = None,
+    accounting_url: AccountingUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a two-phase transfer: pending, posted, voided or expired."""
-    with ledger(service_urls(transaction_url=transaction_url)) as client:
+    urls = service_urls(transaction_url=transaction_url, accounting_url=accounting_url)
+    with ledger(urls) as client:
         state = client.transfer_state(transaction_id)
-    if as_json:
-        print_json(_body(state))
-        return
+        if as_json:
+            print_json(_body(state))
+            return
+        currency = currency_of(client, state.from_account)
     until = f", expires {state.expires_at}" if state.expires_at else ""
     console.print(
-        f"{state.transaction_id}: {state.status} — {state.amount} from "
-        f"[bold]{state.from_account}[/] to [bold]{state.to_account}[/]{until}",
+        f"{state.transaction_id}: {state.status} — {amount_and_money(state.amount, currency)} "
+        f"from [bold]{state.from_account}[/] to [bold]{state.to_account}[/]{until}",
         soft_wrap=True,
     )
 
