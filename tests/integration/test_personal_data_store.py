@@ -19,7 +19,7 @@ from eventledger.eventstore.errors import WrongExpectedVersion
 from eventledger.eventstore.hashing import verify_chain
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.postgres import PostgresEventStore
-from eventledger.eventstore.records import NewEvent, StreamState
+from eventledger.eventstore.records import NewEvent, StreamAppend, StreamState
 from eventledger.eventstore.sqlite import SqliteEventStore
 from eventledger.eventstore.store import EventStore
 
@@ -242,3 +242,30 @@ async def test_a_forget_by_another_instance_is_seen_by_the_next_append_here(
         assert references == [None, None, None, "after"]
     finally:
         await other.close()
+
+
+async def test_plaintext_written_before_sealing_stays_readable_and_is_counted(
+    backend: Backend,
+) -> None:
+    store = backend.store
+    account = f"acc-{uuid4().hex[:12]}"
+    stream = f"account-{account}"
+    # As code before sealing wrote it: straight to the backend, past append_batch's sealing.
+    old = StreamAppend(stream, 0, [opened(account, owner="Old Plaintext Owner")])
+    await store._append_batch([old])
+    await store.append(stream, expected_version=1, events=[deposited(account, "sealed")])
+    await store.forget(account, erased(account), expected_version=2)
+    events = await store.read_stream(stream)
+    assert events[0].data["owner"] == "Old Plaintext Owner"  # cannot be erased: said so
+    assert events[1].data["reference"] is None
+    assert await store.plaintext_personal_fields(account) == 1
+
+
+async def test_sealed_rows_are_never_served_from_memory(backend: Backend) -> None:
+    store = backend.store
+    head = await store.head_position()
+    account = await open_with_personal_data(store)
+    page = store.recent_page(head, limit=100, max_bytes=1 << 20)
+    assert page is None  # a read, which reads the key, says what a reader sees
+    await store.forget(account, erased(account), expected_version=2)
+    assert [e.data.get("owner") for e in await store.read_all(after=head)][:1] == [None]

@@ -5,8 +5,10 @@ EventStoreError          → problem
 ├── DuplicateEventId     → 409 duplicate-event-id      (event_id)
 ├── StreamNotFound       → 404 stream-not-found        (stream)
 ├── InvalidAppend        → 422 invalid-append
-└── StoreUnavailable     → 503 store-unavailable       (Retry-After: 1)
-    └── StoreOutcomeUnknown → 503 outcome-unknown     (Retry-After: 1; retry with the same ids)
+├── StoreUnavailable     → 503 store-unavailable       (Retry-After: 1)
+│   └── StoreOutcomeUnknown → 503 outcome-unknown     (Retry-After: 1; retry with the same ids)
+├── KeyConflict          → 503 store-unavailable       (personal data keys kept changing)
+└── PersonalDataUnreadable → 500 personal-data-unreadable (a sealed value was altered)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from eventledger.eventstore.errors import (
     StreamNotFound,
     WrongExpectedVersion,
 )
+from eventledger.eventstore.keys import KeyConflict
+from eventledger.eventstore.pii import PersonalDataUnreadable
 from eventledger.services.http import ProblemError, problem_response
 
 
@@ -66,8 +70,20 @@ def _outcome_unknown(exc: StoreOutcomeUnknown) -> ProblemError:
     )
 
 
-def _unavailable(exc: StoreUnavailable) -> ProblemError:
+def _unavailable(exc: StoreUnavailable | KeyConflict) -> ProblemError:
     return store_unavailable(str(exc))
+
+
+def _unreadable(exc: PersonalDataUnreadable) -> ProblemError:
+    # Not the caller's fault and not retryable: the stored text was altered (`eventledger
+    # verify` names the position too).
+    return ProblemError(
+        500,
+        "personal-data-unreadable",
+        "Personal data unreadable",
+        str(exc),
+        event_id=str(exc.event_id),
+    )
 
 
 # The one table. Most specific classes first: the first isinstance match wins.
@@ -78,6 +94,8 @@ STORE_PROBLEMS: tuple[tuple[type[EventStoreError], Callable[[Any], ProblemError]
     (InvalidAppend, _invalid),
     (StoreOutcomeUnknown, _outcome_unknown),
     (StoreUnavailable, _unavailable),
+    (KeyConflict, _unavailable),
+    (PersonalDataUnreadable, _unreadable),
 )
 
 
