@@ -403,3 +403,37 @@ async def test_a_forged_transfer_record_moves_no_money(ledger: Ledger) -> None:
     )
     assert_problem(await ledger.http.get(f"/transfers/{tid}"), 404, "transfer-not-found")
     assert await ledger.head() == head
+
+
+async def test_a_hold_written_without_its_transfer_record_can_still_be_ended(
+    ledger: Ledger,
+) -> None:
+    # Another writer of the stream service appends a valid hold to the two account streams
+    # only: the transaction service finds it through the stream's index of transaction ids.
+    source, target = await ledger.funded(1000), await ledger.open()
+    tid = str(uuid4())
+    appends = []
+    for account, event_type, other in (
+        (source, "PendingTransferSent", {"to_account": target}),
+        (target, "PendingTransferReceived", {"from_account": source}),
+    ):
+        data = {"account_id": account, "transaction_id": tid, "amount": 250, "reference": None}
+        appends.append(
+            {
+                "stream": stream_name(account),
+                "expected_version": len(await ledger.events(account)),
+                "events": [{"type": event_type, "data": data | other | {"expires_at": None}}],
+            }
+        )
+    async with httpx.AsyncClient(base_url=ledger.stream.url) as stream:
+        written = await stream.post("/batches", json={"appends": appends})
+        assert written.status_code == 201, written.text
+    assert (await ledger.http.get(f"/transfers/{tid}")).json()["status"] == "pending"
+    voided = await ledger.http.post(f"/transfers/{tid}/void", json={})
+    assert voided.status_code == 201, voided.text
+    assert (voided.json()["from_available"], voided.json()["held"]) == (1000, 250)
+    problem = assert_problem(
+        await ledger.http.post(f"/transfers/{tid}/post", json={}), 409, "transfer-not-pending"
+    )
+    assert problem["transfer_status"] == "voided"
+    assert (await ledger.http.get(f"/transfers/{tid}")).json()["status"] == "voided"

@@ -12,9 +12,12 @@ appends the outcome to both account streams with their expected versions, plus
 Why the transfer stream is only a hint: it is not an account stream, so the stream
 service's guard does not check it. A forged or mismatched one names accounts that do not
 hold the transfer (404 transfer-not-found), and the account events of any outcome are
-checked by the guard against the accounts' pending holds; so it can never move money. It
-does tell a transfer that is no longer pending apart from one that never was (409
-transfer-not-pending with `posted`, `voided` or `expired`), from its `TransferHoldEnded`.
+checked by the guard against the accounts' pending holds; so it can never move money. How
+a transfer that the accounts no longer hold ended (409 transfer-not-pending with `posted`,
+`voided` or `expired`) is read from its account events, through the stream service's index
+of transaction ids (`GET /transactions/{id}/events`), which the guard did check. A hold
+written to the account streams without a transfer stream (by another writer of the stream
+service) is found the same way, so it can still be posted, voided and expired.
 
 Exactly one outcome: every outcome expects both account streams at the versions decided
 on, so of a post and a void racing, one is written and the other conflicts, decides again
@@ -27,7 +30,7 @@ conflict or an idempotent replay).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -44,13 +47,22 @@ from eventledger.domain.errors import DomainError, TransferNotFound, TransferNot
 from eventledger.domain.events import (
     Event,
     PendingTransferPosted,
+    PendingTransferSent,
     PendingTransferVoided,
+    UnknownEvent,
+    decode,
     stream_name,
 )
 from eventledger.domain.holds import decide_outcome, find_hold
 from eventledger.domain.money import check_transaction_id
 from eventledger.domain.pending import EXPIRED, format_time
-from eventledger.eventstore.records import AppendResult, NewEvent, StreamAppend, StreamState
+from eventledger.eventstore.records import (
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+    StreamState,
+)
 from eventledger.services.transaction.handlers import (
     CommandHandler,
     TooMuchContention,
@@ -146,6 +158,44 @@ class _Written:
         return max(p for r in self.results for p in r.positions)
 
 
+def record_from_accounts(
+    transaction_id: str, events: Sequence[RecordedEvent], version: int
+) -> TransferRecord | None:
+    """The record of a transfer from its account events (the stream service's index), or
+    None when they hold no `PendingTransferSent` of it. `version`: the transfer stream's."""
+    for recorded in events:
+        if recorded.type != PendingTransferSent.TYPE:
+            continue
+        try:
+            event = decode(recorded.type, recorded.data)
+        except (ValueError, UnknownEvent):
+            return None
+        assert isinstance(event, PendingTransferSent)
+        if event.transaction_id != transaction_id:
+            return None
+        return TransferRecord(
+            transaction_id,
+            event.account_id,
+            event.to_account,
+            event.amount,
+            event.expires_at,
+            ended_status(events) or "pending",
+            version,
+        )
+    return None
+
+
+def ended_status(events: Sequence[RecordedEvent]) -> str | None:
+    """posted, voided or expired: the outcome among a transfer's account events, if any."""
+    for recorded in events:
+        if recorded.type == PendingTransferPosted.TYPE:
+            return "posted"
+        if recorded.type == PendingTransferVoided.TYPE:
+            reason = recorded.data.get("reason")
+            return EXPIRED if reason == EXPIRED else "voided"
+    return None
+
+
 class TwoPhaseTransfers:
     """Holds and their outcomes, run with the command handler's client, cache and locks."""
 
@@ -163,30 +213,44 @@ class TwoPhaseTransfers:
     # -- looking a transfer up --------------------------------------------------------------
 
     async def lookup(self, transaction_id: str) -> TransferRecord:
-        """The transfer stream's record of a two-phase transfer; TransferNotFound if none."""
+        """Where a two-phase transfer is: the transfer stream's record (one read), else, when
+        that stream is missing or not a record (a hold written to the account streams by
+        another writer), its `PendingTransferSent` found through the stream service's index
+        of transaction ids. TransferNotFound when neither knows it."""
         check_transaction_id(transaction_id)
         page = await self.client.read_stream(transfer_stream(transaction_id))
         record = record_of(transaction_id, [(e.type, dict(e.data)) for e in page.events])
         if record is None:
+            events = await self.client.read_transaction(transaction_id)
+            record = record_from_accounts(transaction_id, events, page.version)
+        if record is None:
             raise TransferNotFound(transaction_id)
         return record
 
+    async def ended_as(self, transaction_id: str) -> str | None:
+        """How a transfer ended, from its outcome events on the account streams (which the
+        guard checked, unlike the transfer stream): posted, voided, expired, or None."""
+        return ended_status(await self.client.read_transaction(transaction_id))
+
     async def status(self, transaction_id: str) -> TransferStatus:
-        """A two-phase transfer: pending when its accounts hold it, else how the transfer
-        stream says it ended (TransferNotFound when neither knows it: a forged record)."""
+        """A two-phase transfer: pending when its accounts hold it, else how its account
+        events say it ended (TransferNotFound when neither knows it: a forged record)."""
         record = await self.lookup(transaction_id)
         source, target = await asyncio.gather(
             self.handler._load(record.from_account), self.handler._load(record.to_account)
         )
-        pending = find_hold(source, target, transaction_id) is not None
-        if not pending and record.status == "pending":
+        if find_hold(source, target, transaction_id) is not None:
+            status: str | None = "pending"
+        else:
+            status = await self.ended_as(transaction_id)
+        if status is None:
             raise TransferNotFound(transaction_id)
         return TransferStatus(
             transaction_id=transaction_id,
             from_account=record.from_account,
             to_account=record.to_account,
             amount=record.amount,
-            status="pending" if pending else record.status,
+            status=status,
             expires_at=record.expires_at,
         )
 
@@ -306,16 +370,17 @@ class TwoPhaseTransfers:
                 data={"transaction_id": transaction_id, "status": _status(command)},
                 metadata=ids.metadata(),
             )
-            return StreamAppend(transfer_stream(transaction_id), record.version, (event,))
+            expected = record.version or StreamState.NO_STREAM
+            return StreamAppend(transfer_stream(transaction_id), expected, (event,))
 
         try:
             written = await self._run(record.from_account, record.to_account, decide, ids, ended)
         except TransferNotFound:
-            # The accounts do not hold it (any more): say how it ended when the record knows
-            # (read again: the outcome that beat this one may be a moment old).
-            record = await self.lookup(transaction_id)
-            if record.status != "pending":
-                raise TransferNotPending(transaction_id, status=record.status) from None
+            # The accounts do not hold it (any more): say how it ended, from its account
+            # events (read now: the outcome that beat this one may be a moment old).
+            how = await self.ended_as(transaction_id)
+            if how is not None:
+                raise TransferNotPending(transaction_id, status=how) from None
             raise
         if written is None:
             return None
