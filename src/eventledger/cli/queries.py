@@ -161,6 +161,10 @@ def history(
         table.add_column("held", justify="right", no_wrap=True)
     table.add_column("with", min_width=8, overflow="fold")
     table.add_column("reference", min_width=8, overflow="fold")
+    # Reversals: what a reversal undid, and which reversal undid an item (docs/reversals.md).
+    links = any(item.reverses or item.reversed_by for item in page.items)
+    if links:
+        table.add_column("reversal", overflow="fold")
     for item in page.items:
         style = "green" if item.amount > 0 else "red"
         held = [] if not holds else ["" if item.held is None else _plain(item.held, currency)]
@@ -172,10 +176,17 @@ def history(
             *held,
             item.counterparty or "",
             Text(item.reference or ""),  # free text: shown as it is, never read as markup
+            *([_link(item.reverses, item.reversed_by)] if links else []),
         )
     console.print(table)
     if page.next:
         console.print(f"[dim]older: --before {page.next}[/]")
+
+
+def _link(reverses: str | None, reversed_by: str | None) -> str:
+    if reverses:
+        return f"reverses {reverses}"
+    return f"reversed by {reversed_by}" if reversed_by else ""
 
 
 def _plain(amount: int, currency: str | None) -> str:
