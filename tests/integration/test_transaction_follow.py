@@ -208,7 +208,9 @@ def keyed(key: str, account_id: str, amount: int) -> CommandIds:
     return CommandIds(
         key=key,
         secret=IDEMPOTENCY_SECRET,
-        request_fingerprint=fingerprint("POST", path, {"amount": amount, "reference": None}),
+        request_fingerprint=fingerprint(
+            "POST", path, {"amount": amount, "reference": None}, IDEMPOTENCY_SECRET
+        ),
         command="deposit",
     )
 

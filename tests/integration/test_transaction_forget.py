@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from eventledger.services.auth import required_scope
-from tests.integration.test_transaction_api import assert_problem, running_ledger
+from eventledger.services.transaction.idempotency import fingerprint
+from tests.integration.test_transaction_api import (
+    IDEMPOTENCY_SECRET,
+    assert_problem,
+    running_ledger,
+)
 
 JSON = {"Content-Type": "application/json"}
 
@@ -79,3 +84,18 @@ async def test_forget_is_described_in_the_openapi_document() -> None:
         operation = document["paths"]["/accounts/{account_id}/forget"]["post"]
         assert operation["operationId"] == "forgetPersonalData"
         assert {"200", "201", "404", "503"} <= set(operation["responses"])
+
+
+async def test_the_request_fingerprint_in_the_log_cannot_confirm_a_guessed_owner() -> None:
+    # The fingerprint of a keyed command is kept in its events' metadata: keyed (HMAC under
+    # the installation's secret), a log reader cannot test a guessed name against it.
+    async with running_ledger() as ledger:
+        body = {"account_id": "acc-guess", "currency": "EUR", "owner": "Ada Guessable"}
+        opened = await ledger.http.post("/accounts", json=body, headers={"Idempotency-Key": "k-1"})
+        assert opened.status_code == 201, opened.text
+        stored = (await ledger.events("acc-guess"))[0].metadata["request_fingerprint"]
+        plain = {**body, "overdraft_limit": 0}
+        assert stored != fingerprint("POST", "/accounts", plain)
+        assert stored == fingerprint("POST", "/accounts", plain, IDEMPOTENCY_SECRET)
+        again = await ledger.http.post("/accounts", json=body, headers={"Idempotency-Key": "k-1"})
+        assert again.status_code in (200, 201) and again.headers["Idempotent-Replayed"] == "true"

@@ -338,12 +338,16 @@ def create_app(
             if path_account_id is not None:
                 check_account_id(path_account_id)
             body = await read()
+            plain = None if key is None else body.model_dump(mode="json")
             ids = CommandIds(
                 key=key,
                 secret=secret,
                 request_fingerprint=None
-                if key is None
-                else fingerprint(request.method, request.url.path, body.model_dump(mode="json")),
+                if plain is None
+                else fingerprint(request.method, request.url.path, plain, secret),
+                legacy_fingerprint=None
+                if plain is None
+                else fingerprint(request.method, request.url.path, plain),
                 # A caller's correlation id, else its request id: one id follows the
                 # request from the access log into the events it wrote.
                 correlation_id=check_correlation_id(

@@ -67,12 +67,18 @@ def check_correlation_id(value: str | None) -> str | None:
     return value if value is not None and _KEY.fullmatch(value) else None
 
 
-def fingerprint(method: str, path: str, body: Mapping[str, Any]) -> str:
-    """sha256 of the method, the path and the canonical JSON of the validated body: equal for
-    two requests that mean the same thing (key order, spacing and defaults do not count)."""
+def fingerprint(method: str, path: str, body: Mapping[str, Any], secret: bytes = b"") -> str:
+    """HMAC-SHA256 under the installation's `secret` of the method, the path and the canonical
+    JSON of the validated body: equal for two requests that mean the same thing (key order,
+    spacing and defaults do not count). Keyed because it is stored in the log and the body
+    holds personal data (an owner, a reference): a plain hash would let anyone holding the
+    log confirm a guessed name even after the account was forgotten (eventstore/pii.py).
+    Without a secret: the plain sha256 that events written before this change carry."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    text = f"{method.upper()}\n{path}\n{canonical}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    text = f"{method.upper()}\n{path}\n{canonical}".encode()
+    if secret:
+        return hmac.new(secret, text, hashlib.sha256).hexdigest()
+    return hashlib.sha256(text).hexdigest()
 
 
 def derived_id(secret: bytes, key: str, name: str) -> UUID:
@@ -91,6 +97,9 @@ class CommandIds:
     key: str | None = None
     secret: bytes = field(default=b"", repr=False)  # the installation's idempotency secret
     request_fingerprint: str | None = None
+    # The unkeyed fingerprint events bound before fingerprints were keyed carry: a retry of
+    # such a request still matches it (never written: `metadata` stores the keyed one).
+    legacy_fingerprint: str | None = field(default=None, repr=False)
     correlation_id: str | None = None
     command: str = ""
     new_id: Callable[[], UUID] = uuid4

@@ -49,7 +49,8 @@ async def find_replay(client: StreamClient, ids: CommandIds) -> Result | None:
     first = await client.get_event(ids.event_id(0))
     if first is None:
         return None
-    if first.metadata.get("request_fingerprint") != ids.request_fingerprint:
+    stored = first.metadata.get("request_fingerprint")
+    if stored is None or stored not in (ids.request_fingerprint, ids.legacy_fingerprint):
         raise IdempotencyKeyReused(ids.key)
     return await _rebuild(client, first, ids)
 
