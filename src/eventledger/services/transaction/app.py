@@ -73,6 +73,7 @@ from eventledger.services.transaction.schemas import (
     AccountOpenedOut,
     CloseBody,
     Health,
+    HoldOut,
     MoneyBody,
     MoneyMovedOut,
     OpenAccountBody,
@@ -448,7 +449,7 @@ def create_app(
         "/transfers",
         summary="Transfer money between two accounts",
         status_code=201,
-        response_model=TransferOut,
+        response_model=TransferOut | HoldOut,
         openapi_extra=_command_body(TransferBody),
         responses={
             **_replayed_response(TransferOut),
@@ -458,14 +459,19 @@ def create_app(
                 "`balance-out-of-range`",
                 **{
                     **_INPUT_PROBLEMS,
-                    "_422": _INPUT_PROBLEMS["_422"] + " `same-account-transfer`.",
+                    "_422": _INPUT_PROBLEMS["_422"]
+                    + " `same-account-transfer`, `invalid-expires-at` (a timeout without "
+                    "`pending`).",
                 },
             ),
         },
     )
     async def transfer(request: Request) -> Response:
         """Move `amount` from one account to another of the same currency, atomically: both
-        accounts change, or neither does."""
+        accounts change, or neither does. With `"pending": true`, only hold it (a two-phase
+        transfer: `status` pending; the sender's `available` drops, its balance does not),
+        to post or void later (`/transfers/{id}/post`, `/void`), voided automatically
+        (`expired`) after `timeout_seconds` when given."""
 
         async def run(body: TransferBody, ids: CommandIds) -> Result:
             if body.timeout_seconds is not None and not body.pending:
@@ -499,7 +505,7 @@ def create_app(
             **_replayed_response(AccountClosedOut),
             **_problems(
                 _404="`account-not-found`",
-                _409="`balance-not-zero`, `account-closed`",
+                _409="`balance-not-zero`, `account-closed`, `pending-transfers`",
                 **_INPUT_PROBLEMS,
             ),
         },
