@@ -86,6 +86,10 @@ class HoldExpirer:
     def __len__(self) -> int:
         return len(self._deadlines)
 
+    @property
+    def heap_size(self) -> int:
+        return len(self._heap)
+
     # -- what the log says --------------------------------------------------------------------
 
     def apply(self, envelope: Mapping[str, Any]) -> None:
@@ -104,7 +108,12 @@ class HoldExpirer:
             return
         event_type = envelope.get("type")
         if event_type in (PendingTransferPosted.TYPE, PendingTransferVoided.TYPE):
-            self._deadlines.pop(transaction_id, None)  # its heap entry is skipped later
+            self._deadlines.pop(transaction_id, None)  # its heap entry is skipped later...
+            if len(self._heap) > 2 * len(self._deadlines) + 1024:
+                # ...or dropped here, so that holds ended long before their deadline do not
+                # pile up in the heap: it stays within twice the deadlines tracked.
+                self._heap = [(d, t) for t, d in self._deadlines.items()]
+                heapq.heapify(self._heap)
         elif event_type == PendingTransferSent.TYPE:
             expires_at = data.get("expires_at")
             if isinstance(expires_at, str):
