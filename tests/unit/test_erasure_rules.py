@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from eventledger.domain.account import evolve, initial_state
 from eventledger.domain.errors import InvalidAccountEvent
 from eventledger.domain.events import (
     AccountClosed,
     AccountOpened,
+    MoneyDeposited,
     PersonalDataErased,
     decode,
     references_agree,
@@ -50,3 +52,14 @@ def test_references_agree_when_equal_or_when_one_side_is_erased() -> None:
     assert references_agree("rent", "rent") and references_agree(None, None)
     assert references_agree(None, "rent") and references_agree("rent", None)
     assert not references_agree("rent", "rent!")
+
+
+def test_the_command_side_state_forgets_the_owner_and_keeps_the_money() -> None:
+    state = initial_state(A)
+    for event in (
+        AccountOpened(A, "EUR", 0, "Ada"),
+        MoneyDeposited(A, "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab", 300, "rent"),
+        PersonalDataErased(A),
+    ):
+        state = evolve(state, event)
+    assert state.owner is None and state.balance == 300 and state.version == 3

@@ -51,6 +51,7 @@ from eventledger.domain.events import (
     PendingTransferReceived,
     PendingTransferSent,
     PendingTransferVoided,
+    PersonalDataErased,
     TransactionReversed,
     TransferReceived,
     TransferSent,
@@ -126,6 +127,8 @@ def evolve(state: Account, event: Event) -> Account:
             return replace(state, balance=state.balance + event.amount, version=version)
         case AccountClosed():
             return replace(state, closed=True, version=version)
+        case PersonalDataErased():  # no copy of the owner outlives its erasure
+            return replace(state, owner=None, version=version)
         case PendingTransferSent() | PendingTransferReceived():
             return _held(state, event, version)
         case PendingTransferPosted() | PendingTransferVoided():
