@@ -74,7 +74,8 @@ class Account:
     pending_debits: int = 0  # held on transfers out: `available` = balance - pending_debits
     pending_credits: int = 0  # held on transfers in, not yet the account's
     # The transfers pending on the account, by transaction id (never mutated: a change makes a
-    # new dict). Loaded only for accounts with pending sums, so an account without is cheap.
+    # new dict). The store loads those the page's events need (`readside.holds`): all of
+    # them, or those they name, or none; the pending sums above are always whole.
     holds: Mapping[str, Hold] = field(default_factory=dict)
 
     @property

@@ -6,7 +6,7 @@ batch touches, folds the batch in memory and writes each changed account once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ from eventledger.services.accounting.projection import (
 )
 from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
+from eventledger.services.readside.holds import Needed, holds_needed
 from eventledger.services.readside.projection import EventRejected
 
 NAME = "accounting"
@@ -178,7 +179,11 @@ def hold_from_row(row: Row) -> Hold:
     )
 
 
-def load_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Account]:
+def load_accounts(
+    session: Session, account_ids: Iterable[str], needed: Needed | None = None
+) -> dict[str, Account]:
+    """The rows of these accounts, each with the pending transfers `needed` names (None: all
+    of every account's; see `readside.holds`)."""
     ids = sorted(set(account_ids))
     found: dict[str, Account] = {}
     for start in range(0, len(ids), 500):
@@ -189,23 +194,48 @@ def load_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Acc
         ):
             account = account_from_row(row)
             found[account.account_id] = account
-    # The validity rule needs the transfers pending on an account (an outcome must match
-    # one): loaded for the accounts that have some, which most accounts, most of the time, do
-    # not. One statement per 500 such accounts.
-    holding = sorted(a for a, row in found.items() if row.pending_debits or row.pending_credits)
+    # Only accounts with pending sums have holds; most accounts, most of the time, have none.
+    holding = [a for a, row in found.items() if row.pending_debits or row.pending_credits]
+    if needed is None:
+        every, named = holding, {}
+    else:
+        every = [a for a in holding if a in needed and needed[a] is None]
+        named = {a: wanted for a in holding if (wanted := needed.get(a))}
     holds: dict[str, dict[str, Hold]] = {}
-    for start in range(0, len(holding), 500):
-        chunk = holding[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        for row in session.fetchall(
-            f"SELECT {HOLD_COLUMNS} FROM pending_transfers WHERE account_id IN ({marks})", chunk
-        ):
-            hold = hold_from_row(row)
-            holds.setdefault(hold.account_id, {})[hold.transaction_id] = hold
+    for hold in _every_hold(session, every) + _named_holds(session, named):
+        holds.setdefault(hold.account_id, {})[hold.transaction_id] = hold
     for account_id, held in holds.items():
-        account = found[account_id]
-        found[account_id] = replace(account, holds=held)
+        found[account_id] = replace(found[account_id], holds=held)
     return found
+
+
+def _every_hold(session: Session, account_ids: Sequence[str]) -> list[Hold]:
+    ids = sorted(account_ids)
+    holds: list[Hold] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = session.fetchall(
+            f"SELECT {HOLD_COLUMNS} FROM pending_transfers WHERE account_id IN ({marks})", chunk
+        )
+        holds += [hold_from_row(row) for row in rows]
+    return holds
+
+
+def _named_holds(session: Session, wanted: Mapping[str, frozenset[str] | None]) -> list[Hold]:
+    # Row values: one primary-key lookup per pair, on SQLite and PostgreSQL alike (two IN
+    # lists made SQLite probe every account with every id: 4x slower on a page of holds).
+    pairs = sorted((a, t) for a, ids in wanted.items() for t in ids or ())
+    holds: list[Hold] = []
+    for start in range(0, len(pairs), 400):
+        chunk = pairs[start : start + 400]
+        rows = session.fetchall(
+            f"SELECT {HOLD_COLUMNS} FROM pending_transfers WHERE (account_id, transaction_id) "
+            f"IN (VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+            [value for pair in chunk for value in pair],
+        )
+        holds += [hold_from_row(row) for row in rows]
+    return holds
 
 
 class AccountingProjection:
@@ -216,7 +246,9 @@ class AccountingProjection:
 
     def apply(self, session: Session, events: Sequence[RecordedEvent]) -> EventRejected | None:
         accounts = load_accounts(
-            session, (a for a in (account_id_of(e.stream) for e in events) if a is not None)
+            session,
+            (a for a in (account_id_of(e.stream) for e in events) if a is not None),
+            holds_needed(events, account_id_of),
         )
         changed: dict[str, Account] = {}
         items: list[HistoryItem] = []

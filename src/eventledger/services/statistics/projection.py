@@ -37,8 +37,9 @@ class StatsAccount:
     balance: int = 0
     pending_debits: int = 0
     pending_credits: int = 0
-    # The transfers pending on the account by transaction id (never mutated; loaded only for
-    # accounts with pending sums): an outcome must match one, and it says the held amount.
+    # The transfers pending on the account by transaction id (never mutated; the store loads
+    # those the page's events need, `readside.holds`): an outcome must match one, and it
+    # says the held amount.
     holds: Mapping[str, PendingHold] = field(default_factory=dict)
 
 

@@ -14,6 +14,7 @@ from eventledger.domain.pending import CREDIT, DEBIT, PendingHold
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
+from eventledger.services.readside.holds import Needed, holds_needed
 from eventledger.services.readside.projection import EventRejected
 from eventledger.services.statistics.projection import (
     TALLY_FIELDS,
@@ -173,7 +174,9 @@ class StatisticsProjection:
     def apply(self, session: Session, events: Sequence[RecordedEvent]) -> EventRejected | None:
         # Streams that are not accounts' are skipped; the checkpoint still moves past them.
         accounts = self._load_accounts(
-            session, {a for e in events if (a := account_id_of(e.stream)) is not None}
+            session,
+            {a for e in events if (a := account_id_of(e.stream)) is not None},
+            holds_needed(events, account_id_of),
         )
         changed: dict[str, StatsAccount] = {}
         before = dict(accounts)  # the rows as loaded: whose holds the table has
@@ -221,7 +224,9 @@ class StatisticsProjection:
             session.execute(f"DELETE FROM {table}")
 
     @staticmethod
-    def _load_accounts(session: Session, account_ids: set[str]) -> dict[str, StatsAccount]:
+    def _load_accounts(
+        session: Session, account_ids: set[str], needed: Needed
+    ) -> dict[str, StatsAccount]:
         ids = sorted(account_ids)
         found: dict[str, StatsAccount] = {}
         for start in range(0, len(ids), 500):
@@ -241,20 +246,17 @@ class StatisticsProjection:
                     int(debits),
                     int(credits),
                 )
-        # The holds, only for accounts that have some (most have none, most of the time).
-        holding = sorted(a for a, row in found.items() if row.pending_debits or row.pending_credits)
+        # The holds the page needs (`readside.holds`), of accounts that have some at all.
+        holding = [a for a, row in found.items() if row.pending_debits or row.pending_credits]
+        every = [a for a in holding if a in needed and needed[a] is None]
+        pairs = sorted((a, t) for a in holding for t in needed.get(a) or ())
         holds: dict[str, dict[str, PendingHold]] = {}
-        for start in range(0, len(holding), 500):
-            chunk = holding[start : start + 500]
-            rows = session.fetchall(
-                "SELECT account_id, transaction_id, side, amount, counterparty, expires_at "
-                f"FROM stats_pending WHERE account_id IN ({_in(len(chunk))})",
-                chunk,
+        for account_id, transaction_id, side, amount, counterparty, expires_at in _hold_rows(
+            session, every, pairs
+        ):
+            holds.setdefault(account_id, {})[transaction_id] = PendingHold(
+                CREDIT if side == CREDIT else DEBIT, int(amount), counterparty, expires_at
             )
-            for account_id, transaction_id, side, amount, counterparty, expires_at in rows:
-                holds.setdefault(account_id, {})[transaction_id] = PendingHold(
-                    CREDIT if side == CREDIT else DEBIT, int(amount), counterparty, expires_at
-                )
         for account_id, held in holds.items():
             found[account_id] = replace(found[account_id], holds=held)
         return found
@@ -315,3 +317,26 @@ class StatisticsProjection:
                 for (day, currency), delta in deltas.items()
             ],
         )
+
+
+def _hold_rows(
+    session: Session, every: Sequence[str], pairs: Sequence[tuple[str, str]]
+) -> list[Row]:
+    """The `stats_pending` rows of every hold of the accounts `every`, and of the (account,
+    transaction id) `pairs`."""
+    columns = "account_id, transaction_id, side, amount, counterparty, expires_at"
+    rows: list[Row] = []
+    for start in range(0, len(every), 500):
+        chunk = every[start : start + 500]
+        rows += session.fetchall(
+            f"SELECT {columns} FROM stats_pending WHERE account_id IN ({_in(len(chunk))})", chunk
+        )
+    for start in range(0, len(pairs), 400):
+        asked = pairs[start : start + 400]
+        # Row values: one primary-key lookup per pair (as accounting's store does).
+        rows += session.fetchall(
+            f"SELECT {columns} FROM stats_pending WHERE (account_id, transaction_id) "
+            f"IN (VALUES {', '.join(['(?, ?)'] * len(asked))})",
+            [value for pair in asked for value in pair],
+        )
+    return rows
