@@ -62,6 +62,15 @@ class TwoPhaseLedger(RuleBasedStateMachine):
         self.money_out = 0
         self.holds: dict[str, tuple[str, str]] = {}  # every hold placed: id -> (from, to)
         self.outcomes: dict[str, list[str]] = {}  # id -> the outcomes written
+        for account_id in ACCOUNTS:  # some money to hold from the start
+            self._write(
+                {
+                    account_id: decide(
+                        self.states[account_id], Deposit(account_id, self._tid(), 3000)
+                    )
+                }
+            )
+            self.money_in += 3000
 
     def _tid(self) -> str:
         self.counter += 1
@@ -120,27 +129,46 @@ class TwoPhaseLedger(RuleBasedStateMachine):
         if pending:
             self.holds[tid] = (sender, receiver)
 
-    @precondition(lambda self: bool(self.holds))
-    @rule(data=st.data(), kind=st.sampled_from(["post", "partial", "void", "expire"]))
-    def end_hold(self, data: st.DataObject, kind: str) -> None:
-        tid = data.draw(st.sampled_from(sorted(self.holds)))
+    def _open_holds(self) -> list[str]:
+        return sorted({tid for state in self.states.values() for tid in state.pending})
+
+    def _outcome(
+        self, tid: str, kind: str, amount: int | None
+    ) -> PostPendingTransfer | VoidPendingTransfer | ExpirePendingTransfer:
         source, target = self.holds[tid]
         now = self._now()
-        command: PostPendingTransfer | VoidPendingTransfer | ExpirePendingTransfer
         if kind == "post":
-            command = PostPendingTransfer(tid, source, target, None, now)
-        elif kind == "partial":
-            amount = data.draw(st.integers(min_value=1, max_value=1600))
-            command = PostPendingTransfer(tid, source, target, amount, now)
-        elif kind == "void":
-            command = VoidPendingTransfer(tid, source, target, now)
-        else:
-            command = ExpirePendingTransfer(tid, source, target, now)
+            return PostPendingTransfer(tid, source, target, amount, now)
+        if kind == "void":
+            return VoidPendingTransfer(tid, source, target, now)
+        return ExpirePendingTransfer(tid, source, target, now)
+
+    @precondition(lambda self: bool(self._open_holds()))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(["post", "void", "expire"]),
+        partial=st.one_of(st.none(), st.integers(min_value=1, max_value=1600)),
+    )
+    def end_hold(self, data: st.DataObject, kind: str, partial: int | None) -> None:
+        tid = data.draw(st.sampled_from(self._open_holds()))
+        source, target = self.holds[tid]
+        command = self._outcome(tid, kind, partial)
         try:
             first, second = decide_outcome(self.states[source], self.states[target], command)
         except DomainError:
             return
         self._write({source: [first], target: [second]})
+
+    @precondition(lambda self: bool(self.outcomes))
+    @rule(data=st.data(), kind=st.sampled_from(["post", "void", "expire"]))
+    def end_an_ended_hold(self, data: st.DataObject, kind: str) -> None:
+        tid = data.draw(st.sampled_from(sorted(self.outcomes)))
+        source, target = self.holds[tid]
+        try:
+            decide_outcome(self.states[source], self.states[target], self._outcome(tid, kind, None))
+        except DomainError:
+            return
+        raise AssertionError(f"hold {tid} was ended twice")
 
     @rule(seconds=st.integers(min_value=1, max_value=40))
     def time_passes(self, seconds: int) -> None:
