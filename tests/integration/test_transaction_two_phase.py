@@ -266,6 +266,7 @@ async def test_a_hold_past_its_deadline_cannot_be_posted(ledger: Ledger, clock: 
             await ledger.http.post(f"/transfers/{tid}/post", json={}), 409, "transfer-not-pending"
         )
         assert problem["transfer_status"] == "expired"
+        assert (await ledger.http.get(f"/transfers/{tid}")).json()["status"] == "expired"
     finally:
         clock.now = START
 

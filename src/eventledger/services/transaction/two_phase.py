@@ -55,7 +55,7 @@ from eventledger.domain.events import (
 )
 from eventledger.domain.holds import decide_outcome, find_hold
 from eventledger.domain.money import check_transaction_id
-from eventledger.domain.pending import EXPIRED, format_time
+from eventledger.domain.pending import EXPIRED, format_time, is_due
 from eventledger.eventstore.records import (
     AppendResult,
     NewEvent,
@@ -240,7 +240,8 @@ class TwoPhaseTransfers:
             self.handler._load(record.from_account), self.handler._load(record.to_account)
         )
         if find_hold(source, target, transaction_id) is not None:
-            status: str | None = "pending"
+            # Past its deadline a hold can only expire: say so, as a post or void would.
+            status: str | None = EXPIRED if is_due(record.expires_at, self.now()) else "pending"
         else:
             status = await self.ended_as(transaction_id)
         if status is None:
