@@ -1,20 +1,25 @@
 """Two-phase transfers as a reader sees them, over real processes on each store backend:
 holds placed, posted in part, voided and expired through the transaction service; the
 accounting service's available balance, pending listing, history and past balances; the
-statistics' counters; and `eventledger pending` on the command line."""
+statistics' counters; `eventledger pending` on the command line; and both read models
+killed (-9) among holds and outcomes, each event applied once after the restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.harness import System, cli_env, min_position, new_id, wait_for
+from tests.e2e.harness import System, cli_env, min_position, new_id, start_system, wait_for
 from tests.e2e.test_story import currency_stats
 
 pytestmark = pytest.mark.slow
@@ -174,3 +179,80 @@ async def test_the_command_line_lists_pending_transfers(
     assert hold["transaction_id"] in table and "never" in table
     shown = eventledger("balance", a)
     assert "available" in shown and "750 (7.50 EUR)" in shown
+
+
+@pytest.fixture(scope="module")
+def crash_system(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    """A system of its own: this test kills its read models."""
+    with ExitStack() as stack:
+        yield start_system(request, stack, tmp_path_factory.mktemp("two-phase-crash"))
+
+
+async def test_read_models_killed_among_holds_and_outcomes_apply_each_once(
+    crash_system: System, client: httpx.AsyncClient
+) -> None:
+    system = crash_system
+    reader = Reader(client, system)
+    pairs = [(new_id("payer"), new_id("payee")) for _ in range(4)]
+    for payer, payee in pairs:
+        for account in (payer, payee):
+            await reader.command("/accounts", {"account_id": account, "currency": "SEK"})
+        await reader.command(f"/accounts/{payer}/deposits", {"amount": 100_000})
+    expected: dict[str, list[int]] = {a: [0, 0] for pair in pairs for a in pair}  # moved, held
+    pending: dict[str, set[str]] = {payer: set() for payer, _ in pairs}
+    done = 0
+    progress = asyncio.Event()
+
+    async def client_of(number: int) -> None:
+        nonlocal done
+        payer, payee = pairs[number]
+        for step in range(12):
+            amount = 100 + 10 * step + number
+            hold = await reader.command(
+                "/transfers",
+                {"from_account": payer, "to_account": payee, "amount": amount, "pending": True},
+            )
+            tx = hold["transaction_id"]
+            if step % 3 == 0:  # posted in part
+                await reader.command(f"/transfers/{tx}/post", {"amount": amount - 7})
+                expected[payer][0] -= amount - 7
+                expected[payee][0] += amount - 7
+            elif step % 3 == 1:
+                await reader.command(f"/transfers/{tx}/void", {})
+            else:  # left pending
+                expected[payer][1] += amount
+                expected[payee][1] += amount
+                pending[payer].add(tx)
+            done += 1
+            if done == 12:
+                progress.set()
+
+    clients = [asyncio.create_task(client_of(n)) for n in range(len(pairs))]
+    await asyncio.wait_for(progress.wait(), timeout=60)
+    for victim in (system.accounting, system.statistics):
+        assert victim.kill(signal.SIGKILL) == -signal.SIGKILL
+    await asyncio.gather(*clients)
+    for victim in (system.accounting, system.statistics):
+        await asyncio.to_thread(victim.start().wait_healthy)
+    head = max(reader.position, system.head_position())
+    reader.position = head
+    for payer, payee in pairs:
+        moved, held = expected[payer]
+        assert await reader.account(payer) == (100_000 + moved, 100_000 + moved - held, held, 0)
+        moved, held = expected[payee]
+        assert await reader.account(payee) == (moved, moved, 0, held)
+        listed = await reader.read(system.accounting.url, f"/accounts/{payer}/pending")
+        assert {i["transaction_id"] for i in listed["items"]} == pending[payer]
+    stats = (await reader.read(system.statistics.url, "/stats"))["currencies"]["SEK"]
+    assert stats["two_phase"]["placed"]["count"] == 48
+    assert stats["two_phase"]["pending"] == {
+        "count": sum(len(p) for p in pending.values()),
+        "volume": sum(expected[payer][1] for payer, _ in pairs),
+    }
+    assert (stats["two_phase"]["posted"]["count"], stats["two_phase"]["voided"]["count"]) == (
+        16,
+        16,
+    )
+    assert stats["total_balance"] == 400_000
