@@ -1,6 +1,11 @@
 """The operator's routes of a read-model service, and its runner's metrics.
 
 * `POST /admin/rebuild` — drop the read model and replay the log (202; progress in `/health`);
+  with `{"mode": "blue-green"}`, build a new version beside the live one instead, which
+  serves until the new one has caught up and takes over (bluegreen.py); 409
+  `rebuild-in-progress` while a blue/green rebuild goes on;
+* `GET /admin/rebuild` — the last blue/green rebuild: state, the new version's position and
+  the head, why it failed;
 * `POST /admin/skip` and `POST /admin/park` with `{"position": P, "reason"?, "by"?}` — get
   past the event the projection halted on at P: skip forgets it, park keeps its envelope for
   inspection. 409 `not-halted-here` unless the projection is halted at exactly P, so a
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import unicodedata
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -24,14 +29,21 @@ from eventledger.services.http import (
     Metrics,
     ProblemError,
     StrictModel,
+    is_json_media_type,
     json_body,
+    parse_json,
     problem_responses,
+    read_body,
     read_model,
+    unsupported_media_type,
+    validate_body,
 )
+from eventledger.services.readside.bluegreen import BlueGreen
 from eventledger.services.readside.checkpoints import Action, list_decisions
 from eventledger.services.readside.db import CheckpointMoved
 from eventledger.services.readside.runner import ProjectionRunner
 from eventledger.services.readside.status import NotHaltedThere
+from eventledger.services.readside.versions import BuildInProgress
 
 # Where the authentication middleware leaves the name of the caller's token.
 PRINCIPAL = "eventledger.principal"
@@ -53,6 +65,39 @@ class DecisionBody(StrictModel):
     _text = field_validator("reason", "by")(_plain_text)
 
 
+class RebuildBody(StrictModel):
+    """How to rebuild: in place (reads answer 503 `rebuilding` until the replay is back) or
+    blue/green (a new version is built beside the live one, which goes on serving)."""
+
+    mode: Literal["in-place", "blue-green"] = Field(
+        default="in-place", description="`in-place` (the default) or `blue-green`"
+    )
+
+
+_REBUILD_RESPONSES = problem_responses(
+    {
+        409: "`rebuild-in-progress`: a blue/green rebuild is going on (see `GET "
+        "/admin/rebuild`); `blue_green` shows it.",
+        415: "`unsupported-media-type`: a body that is not application/json.",
+        422: "`validation-error` (with `errors`): a bad body.",
+        503: "`readmodel-unavailable`: the read model database did not answer.",
+    }
+)
+_REBUILD_BODY = json_body(RebuildBody)
+_REBUILD_BODY["requestBody"]["required"] = False
+
+
+def _in_progress(bluegreen: BlueGreen, exc: BuildInProgress | None = None) -> ProblemError:
+    detail = str(exc) if exc is not None else "a blue/green rebuild is in progress"
+    return ProblemError(
+        409,
+        "rebuild-in-progress",
+        "Rebuild in progress",
+        f"{detail}: wait for it to end (GET /admin/rebuild)",
+        blue_green=bluegreen.to_json(),
+    )
+
+
 _DECISION_RESPONSES = problem_responses(
     {
         409: "`not-halted-here`: the projection is not halted at that position (any more); "
@@ -64,18 +109,50 @@ _DECISION_RESPONSES = problem_responses(
 )
 
 
-def add_admin_routes(app: FastAPI, runner: ProjectionRunner, *, service: str) -> None:
+def add_admin_routes(
+    app: FastAPI, runner: ProjectionRunner, bluegreen: BlueGreen, *, service: str
+) -> None:
     @app.post(
         "/admin/rebuild",
         status_code=202,
         tags=["operations"],
-        summary="Drop the read model and replay the whole log into it",
+        summary="Replay the whole log: in place, or blue/green beside the live read model",
+        openapi_extra=_REBUILD_BODY,
+        responses=_REBUILD_RESPONSES,
     )
-    async def rebuild() -> JSONResponse:
-        await runner.rebuild()
+    async def rebuild(request: Request) -> JSONResponse:
+        # The body is optional (`POST` with none, or `{}`, is the in-place rebuild it was).
+        raw = await read_body(request)
+        body = RebuildBody()
+        if raw.strip():
+            if not is_json_media_type(request.headers.get("content-type")):
+                raise unsupported_media_type()
+            body = validate_body(parse_json(raw), RebuildBody)
+        if bluegreen.active:
+            raise _in_progress(bluegreen)
+        if body.mode == "in-place":
+            await runner.rebuild()
+            return JSONResponse(
+                runner.health(service), status_code=202, headers={"Location": "/health"}
+            )
+        principal = request.scope.get(PRINCIPAL)
+        try:
+            await bluegreen.begin(requested_by=principal if isinstance(principal, str) else "")
+        except BuildInProgress as exc:
+            raise _in_progress(bluegreen, exc) from exc
         return JSONResponse(
-            runner.health(service), status_code=202, headers={"Location": "/health"}
+            {"blue_green": bluegreen.to_json(), "live_version": runner.version},
+            status_code=202,
+            headers={"Location": "/admin/rebuild"},
         )
+
+    @app.get(
+        "/admin/rebuild",
+        tags=["operations"],
+        summary="The last blue/green rebuild: its state and progress, or why it failed",
+    )
+    async def rebuild_status() -> JSONResponse:
+        return JSONResponse({"blue_green": bluegreen.to_json(), "live_version": runner.version})
 
     async def decide(action: Action, request: Request) -> JSONResponse:
         body = await read_model(request, DecisionBody)
@@ -146,10 +223,45 @@ def add_admin_routes(app: FastAPI, runner: ProjectionRunner, *, service: str) ->
         return JSONResponse({"items": await asyncio.to_thread(query)})
 
 
-def add_runner_metrics(runner: ProjectionRunner, metrics: Metrics) -> None:
+def _build_gauge(bluegreen: BlueGreen, field: str) -> float:
+    body = bluegreen.to_json()
+    return 0.0 if body is None or not bluegreen.active else float(body[field])
+
+
+def add_runner_metrics(runner: ProjectionRunner, bluegreen: BlueGreen, metrics: Metrics) -> None:
     """The runner's gauges on `/metrics`, labelled by projection."""
     labels = ["projection"]
     for name, doc, read in (
+        (
+            "eventledger_projection_version",
+            "The read model version served from (blue/green rebuilds make new ones)",
+            lambda: runner.version,
+        ),
+        (
+            "eventledger_projection_bluegreen_building",
+            "1 while a blue/green rebuild of this read model goes on (in any instance)",
+            lambda: int(bluegreen.active),
+        ),
+        (
+            "eventledger_projection_bluegreen_position",
+            "Position the version being built has applied (0 when none is)",
+            lambda: _build_gauge(bluegreen, "position"),
+        ),
+        (
+            "eventledger_projection_bluegreen_head",
+            "Head position the version being built is catching up with (0 when none is)",
+            lambda: _build_gauge(bluegreen, "head"),
+        ),
+        (
+            "eventledger_projection_bluegreen_switches",
+            "Blue/green switches this process made",
+            lambda: bluegreen.switches,
+        ),
+        (
+            "eventledger_projection_bluegreen_failures",
+            "Blue/green rebuilds this process saw fail",
+            lambda: bluegreen.failures,
+        ),
         (
             "eventledger_projection_position",
             "Last applied global position",

@@ -64,6 +64,10 @@ CORE_MIGRATIONS: Sequence[Migration] = (
             PRIMARY KEY (name, position)
         )""",
     ),
+    # 3: blue/green rebuilds (versions.py). `retired_to` is set, in the switch's transaction,
+    # on the checkpoint of a version that stopped being live: a reader or writer still on it
+    # learns from the row it reads anyway that it must move to that version.
+    ("ALTER TABLE readmodel_checkpoints ADD COLUMN retired_to BIGINT",),
 )
 
 
@@ -78,6 +82,7 @@ class Checkpoint:
     hash: str | None = None
     generation: int = 0
     rebuild_until: int | None = None
+    retired_to: int | None = None  # this version is no longer live: that one is
 
     @property
     def rebuilding(self) -> bool:
@@ -95,14 +100,15 @@ class Checkpoint:
 def load_checkpoint(session: Session, name: str) -> Checkpoint:
     """Projection `name`'s checkpoint (position 0 when it has applied nothing yet)."""
     row = session.fetchone(
-        "SELECT position, hash, generation, rebuild_until FROM readmodel_checkpoints "
+        "SELECT position, hash, generation, rebuild_until, retired_to FROM readmodel_checkpoints "
         "WHERE name = ?",
         (name,),
     )
     if row is None:
         return Checkpoint()
     until = None if row[3] is None else int(row[3])
-    return Checkpoint(int(row[0]), row[1] or None, int(row[2]), until)
+    retired = None if row[4] is None else int(row[4])
+    return Checkpoint(int(row[0]), row[1] or None, int(row[2]), until, retired)
 
 
 def read_checkpoint(session: Session, name: str) -> int:
@@ -125,8 +131,10 @@ def claim_checkpoint(session: Session, name: str, expected: int) -> Checkpoint:
             "ON CONFLICT (name) DO NOTHING",
             (name,),
         )
+    # A retired version (versions.py) takes no more writes: its writer moves to the live one.
     changed = session.execute(
-        "UPDATE readmodel_checkpoints SET position = position WHERE name = ? AND position = ?",
+        "UPDATE readmodel_checkpoints SET position = position "
+        "WHERE name = ? AND position = ? AND retired_to IS NULL",
         (name, expected),
     )
     if changed != 1:
@@ -202,6 +210,8 @@ _DECISION_COLUMNS = (
     "name, position, action, event_id, stream, type, halt_reason, reason, decided_by, "
     "decided_at, checkpoint"
 )
+DECISION_COLUMNS = _DECISION_COLUMNS
+PARKED_COLUMNS = "name, position, event_id, stream, type, reason, envelope, parked_at"
 
 
 def record_decision(session: Session, decision: Decision, *, envelope: str | None) -> None:

@@ -30,6 +30,7 @@ from eventledger.services.http import (
     problem_responses,
 )
 from eventledger.services.readside.admin import add_admin_routes, add_runner_metrics
+from eventledger.services.readside.bluegreen import BlueGreen
 from eventledger.services.readside.checkpoints import Checkpoint
 from eventledger.services.readside.db import (
     ReadModelDataError,
@@ -74,6 +75,10 @@ class Reads:
             snapshot = await runner.snapshot(query, min_position=min_position)
             if snapshot.answered:
                 return cast(T, snapshot.answer)
+            if snapshot.checkpoint.retired_to is not None:
+                # Another instance made a new version live (blue/green): read from it.
+                await runner.adopt()
+                continue
             if snapshot.checkpoint.rebuilding:
                 raise rebuilding_problem(snapshot.checkpoint)
             remaining = deadline - loop.time()
@@ -118,21 +123,26 @@ class ReadModelService:
             stream_token=stream_token,
         )
 
+        bluegreen = BlueGreen(runner)
+
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             await runner.start()
             try:
+                await bluegreen.start()
                 yield
             finally:
+                await bluegreen.stop()
                 await runner.stop()
 
         app, metrics = create_service_app(
             service=self.name, title=self.title, description=self.description, lifespan=lifespan
         )
         app.state.runner = runner
-        add_health_route(app, runner, service=self.name)
-        add_admin_routes(app, runner, service=self.name)
-        add_runner_metrics(runner, metrics)
+        app.state.bluegreen = bluegreen
+        add_health_route(app, runner, bluegreen, service=self.name)
+        add_admin_routes(app, runner, bluegreen, service=self.name)
+        add_runner_metrics(runner, bluegreen, metrics)
         self.add_routes(app, Reads(runner, min_position_wait))
         return app
 
@@ -238,7 +248,9 @@ def _not_caught_up(runner: ProjectionRunner, position: int, wanted: int) -> Prob
 # -- health ---------------------------------------------------------------------------------
 
 
-def add_health_route(app: FastAPI, runner: ProjectionRunner, *, service: str) -> None:
+def add_health_route(
+    app: FastAPI, runner: ProjectionRunner, bluegreen: BlueGreen | None = None, *, service: str
+) -> None:
     """`GET /health`, and the problems of a read model database that fails a query."""
 
     @app.exception_handler(ReadModelUnavailable)
@@ -271,6 +283,10 @@ def add_health_route(app: FastAPI, runner: ProjectionRunner, *, service: str) ->
         # Bounded: the probe of the database is given half a second, whatever it does.
         await runner.check()
         body = runner.health(service)
+        # Shown once there has been a blue/green rebuild (bluegreen.py), not before.
+        build = None if bluegreen is None else bluegreen.to_json()
+        if build is not None:
+            body["blue_green"] = build
         reason = body.pop("reason")
         if reason is None:
             return JSONResponse({**body, "reason": None})

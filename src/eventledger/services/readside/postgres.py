@@ -89,6 +89,7 @@ class PostgresReadModelDB(ReadModelDB):
         self, url: str, *, schema: str, min_size: int = 1, max_size: int = 8, timeout: float = 10
     ) -> None:
         super().__init__(schema)
+        self.url = url  # versions.py opens the read model's other versions beside this one
         from psycopg import sql
         from psycopg_pool import ConnectionPool
 
@@ -104,7 +105,7 @@ class PostgresReadModelDB(ReadModelDB):
 
         self._timeout = timeout
         with translated():
-            _create_schema(url, schema, timeout)
+            create_schema(url, schema, timeout)
             self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
                 url,
                 min_size=min_size,
@@ -155,7 +156,8 @@ class PostgresReadModelDB(ReadModelDB):
         self._pool.close()
 
 
-def _create_schema(url: str, schema: str, timeout: float) -> None:
+def create_schema(url: str, schema: str, timeout: float) -> None:
+    """Create `schema` unless it exists."""
     import psycopg
     from psycopg import sql
 

@@ -12,6 +12,11 @@ as an audit record, honoured by every later rebuild). Only the database's own co
 (unreachable, locked, full) is retried. `rebuild()` resets the read model and replays the log;
 the reset is stored in the checkpoint, so every instance sharing the database stops answering
 until the replay is back where it was. What the service shows of all this: status.py, http.py.
+
+The read model may have several *versions* (versions.py): the runner serves from the live one
+and follows the log into it. A blue/green rebuild (bluegreen.py) builds the next version with
+a second runner of its own and then calls `replace_version`; an instance that finds its
+version retired (another instance switched) moves to the live one with `adopt`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing, suppress
 from datetime import UTC, datetime
@@ -47,6 +52,7 @@ from eventledger.services.readside.db import (
 from eventledger.services.readside.projection import Projection
 from eventledger.services.readside.status import Halt, NotHaltedThere, RunnerStatus
 from eventledger.services.readside.subscription import StreamSubscription, fetch_head_position
+from eventledger.services.readside.versions import Hold, Versions, owned, versions_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,8 +81,16 @@ class ProjectionRunner(RunnerStatus):
         max_delay: float = 2.0,
         stream_token: str | None = None,
         probe_interval: float = 1.0,
+        versioned: bool = True,
     ) -> None:
         super().__init__(projection.name, probe_interval=probe_interval)
+        # False for the runner that builds a new version: it writes where `open_db` says.
+        self._versioned = versioned
+        self.versions: Versions | None = None
+        self.version = 1  # the version it serves from (versions.py)
+        self._base: ReadModelDB | None = None
+        self._hold: Hold | None = None
+        self._adopting: asyncio.Task[bool] | None = None
         self.projection = projection
         self._stream_token = stream_token  # presented to the stream service; never logged
         self.stream_url = stream_url.rstrip("/")
@@ -95,6 +109,14 @@ class ProjectionRunner(RunnerStatus):
         self._follow_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
 
+    @property
+    def head_poll_interval(self) -> float:
+        return self._head_poll_interval
+
+    @property
+    def stream_token(self) -> str | None:
+        return self._stream_token
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -107,9 +129,15 @@ class ProjectionRunner(RunnerStatus):
             raise
 
     async def _start(self) -> None:
-        self._db = await asyncio.to_thread(self._open_db)
-        db = self._db
-        await self._write(lambda: db.migrate(self.projection.migrations))
+        self._base = await asyncio.to_thread(self._open_db)
+        if self._versioned:
+            versions = self.versions = versions_of(self._base, name=self.name)
+            await self._write(versions.ensure_control)
+            self.version, self._db, self._hold = await self._open_live_owned(versions)
+        else:
+            self._db = self._base
+            db = self._db
+            await self._write(lambda: db.migrate(self.projection.migrations))
         self.checkpoint = await self._write(self._load_checkpoint)
         self.position = self.checkpoint.position
         log.info("%s: starting after position %d", self.name, self.position)
@@ -135,10 +163,118 @@ class ProjectionRunner(RunnerStatus):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._adopting is not None:
+            self._adopting.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._adopting
         self._writer.shutdown(wait=True)
-        if self._db is not None:
-            await asyncio.to_thread(self._db.close)
-            self._db = None
+        for db in {id(d): d for d in (self._db, self._base) if d is not None}.values():
+            await asyncio.to_thread(db.close)
+        self._db = self._base = None
+        if self._hold is not None:
+            await asyncio.to_thread(self._hold.release)
+            self._hold = None
+
+    # -- versions (blue/green) -------------------------------------------------------------
+
+    def _open_live(self, versions: Versions) -> tuple[int, ReadModelDB, Hold]:
+        """The live version, opened, migrated and held (in the writer thread)."""
+        while True:
+            live = versions.live()
+            hold = versions.hold(live)
+            # Still live once held: from now on nobody drops it under this process.
+            if versions.live() == live:
+                break
+            hold.release()
+        try:
+            db = versions.open(live)
+            db.migrate(self.projection.migrations)
+        except BaseException:
+            hold.release()
+            raise
+        return live, db, hold
+
+    async def _open_live_owned(self, versions: Versions) -> tuple[int, ReadModelDB, Hold]:
+        def discard(opened: tuple[int, ReadModelDB, Hold]) -> None:
+            if opened[1] is not self._base:
+                opened[1].close()
+            opened[2].release()
+
+        return await owned(lambda: self._open_live(versions), discard, self._writer)
+
+    async def adopt(self) -> bool:
+        """Serve from the live version when another instance switched; True if it moved."""
+        versions = self.versions
+        if versions is None or self._db is None:
+            return False
+        async with self._control:
+            if await asyncio.to_thread(versions.live) == self.version:
+                return False
+            await self._stop_following()
+            version, db, hold = await self._open_live_owned(versions)
+            log.warning(
+                "%s: version %d is live now (another instance switched)", self.name, version
+            )
+            await self._swap(version, db, hold)
+            return True
+
+    def _retired(self) -> None:
+        self.adopt_soon()
+
+    def adopt_soon(self) -> None:
+        """`adopt` in the background (from a place that cannot wait for it)."""
+        if self.versions is not None and (self._adopting is None or self._adopting.done()):
+            self._adopting = asyncio.create_task(self.adopt(), name=f"{self.name}-adopt")
+
+    async def replace_version(
+        self,
+        version: int,
+        switch: Callable[[ReadModelDB], int],
+        *,
+        before_swap: Callable[[], Awaitable[None]],
+    ) -> int:
+        """The blue/green switch of this process: stop following, run `switch(old db)` (the
+        transaction that makes `version` live; it raises to refuse, and this runner follows
+        on as before), `before_swap`, then serve from `version`. Its position."""
+        versions = self.versions
+        assert versions is not None
+        async with self._control:
+            await self._stop_following()
+            old = self.db
+            try:
+                position = await self._write(lambda: switch(old))
+            except BaseException:
+                if self.halted is None:
+                    self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
+                raise
+            await before_swap()
+            try:
+                opened = await self._open_live_owned(versions)
+            except BaseException:
+                # Switched, but the new version cannot be opened now: follow on where it is;
+                # the old version is retired, so its writes stop and `adopt` retries.
+                self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
+                raise
+            await self._swap(*opened)
+            return position
+
+    async def _swap(self, version: int, db: ReadModelDB, hold: Hold) -> None:
+        """Serve from `db` (held, migrated; the caller holds `_control`, nothing follows)."""
+        old_db, old_hold = self._db, self._hold
+        checkpoint = await self._write(lambda: _load(db, self.name))
+        self._db, self._hold, self.version = db, hold, version
+        self._unhalt()
+        self.last_error = None
+        self.checkpoint = checkpoint
+        # Never backwards: the switch made the new version live only at or past the old one.
+        await self._set_position(max(checkpoint.position, self.position))
+        self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
+        if old_db is not None and old_db is not db:
+            await self.drain(old_db)
+            if old_db is not self._base:
+                await asyncio.to_thread(old_db.close)
+        if old_hold is not None:
+            await asyncio.to_thread(old_hold.release)
 
     async def rebuild(self) -> Checkpoint:
         """Reset the read model and its checkpoint in one transaction, then replay from 0.
@@ -266,7 +402,11 @@ class ProjectionRunner(RunnerStatus):
             delay = min(max(delay * 2, 0.05), self._max_delay)
             # The outcome of a failed commit is unknown: the database's checkpoint is the truth.
             with suppress(ReadModelError):
-                self.checkpoint = await self._write(self._load_checkpoint)
+                checkpoint = await self._write(self._load_checkpoint)
+                if checkpoint.retired_to is not None:
+                    self.adopt_soon()  # another instance switched versions: follow the live one
+                    return
+                self.checkpoint = checkpoint
                 await self._set_position(self.checkpoint.position)
 
     def _retrying(self, error: str, *, trace: bool = False) -> None:
@@ -418,8 +558,7 @@ class ProjectionRunner(RunnerStatus):
                 await asyncio.wrap_future(inflight)
 
     def _load_checkpoint(self) -> Checkpoint:
-        with self.db.transaction() as tx:
-            return load_checkpoint(tx, self.name)
+        return _load(self.db, self.name)
 
     def _reset(self, head: int) -> Checkpoint:
         with self.db.transaction() as tx:
@@ -428,3 +567,8 @@ class ProjectionRunner(RunnerStatus):
 
 
 __all__ = ["Halt", "NotHaltedThere", "ProjectionRunner"]
+
+
+def _load(db: ReadModelDB, name: str) -> Checkpoint:
+    with db.transaction() as tx:
+        return load_checkpoint(tx, name)

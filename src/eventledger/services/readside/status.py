@@ -9,17 +9,20 @@
 * `RunnerStatus.snapshot()` — a query run in one read snapshot *after* checking, in that same
   snapshot, that the read model is not being rebuilt and has applied the position asked for:
   the stored checkpoint says so, not this process's memory, which another instance sharing the
-  database may have made wrong.
+  database may have made wrong. A snapshot of a version that is no longer live (`retired_to`
+  in its checkpoint: another instance switched) answers nothing: the caller moves on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -99,7 +102,10 @@ class RunnerStatus:
         self._changed = asyncio.Condition()
         self._probe_interval = probe_interval
         self._prober = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-probe")
-        self._probe: Future[tuple[Checkpoint, DecisionSummary]] | None = None
+        self._probe: Future[tuple[ReadModelDB, Checkpoint, DecisionSummary]] | None = None
+        # Reads in flight per database object, so that a version is closed only once idle.
+        self._readers: Counter[int] = Counter()
+        self._readers_lock = threading.Lock()
         self._watch_task: asyncio.Task[None] | None = None
         self._stopping = False
         # When it was last seen with everything applied that the stream service had (the
@@ -217,7 +223,7 @@ class RunnerStatus:
         db = self.db
 
         def run() -> T:
-            with db.read() as session:
+            with self._reading(db), db.read() as session:
                 return query(session)
 
         return await asyncio.to_thread(run)
@@ -226,21 +232,44 @@ class RunnerStatus:
         self, query: Callable[[Session], T], *, min_position: int = 0
     ) -> Snapshot[T]:
         """Run `query` in a read snapshot whose stored checkpoint is at `min_position` or past
-        it and is not being rebuilt; else do not run it (`answered` False)."""
+        it and is not being rebuilt nor retired; else do not run it (`answered` False)."""
         db = self.db
         name = self.name
 
         def run() -> Snapshot[T]:
-            with db.read() as session:
+            with self._reading(db), db.read() as session:
                 checkpoint = load_checkpoint(session, name)
-                if checkpoint.rebuilding or checkpoint.position < min_position:
+                if (
+                    checkpoint.rebuilding
+                    or checkpoint.retired_to is not None
+                    or checkpoint.position < min_position
+                ):
                     return Snapshot(checkpoint, None, False)
                 return Snapshot(checkpoint, query(session), True)
 
         result = await asyncio.to_thread(run)
-        if result.checkpoint.rebuilding != self.rebuilding:
+        if result.checkpoint.rebuilding != self.rebuilding and db is self._db:
             self._learn(result.checkpoint)  # learnt from the database: show it at once
         return result
+
+    @contextmanager
+    def _reading(self, db: ReadModelDB) -> Iterator[None]:
+        with self._readers_lock:
+            self._readers[id(db)] += 1
+        try:
+            yield
+        finally:
+            with self._readers_lock:
+                self._readers[id(db)] -= 1
+                if not self._readers[id(db)]:
+                    del self._readers[id(db)]
+
+    async def drain(self, db: ReadModelDB, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait (up to `timeout`) until no read of this process is using `db`."""
+        deadline = time.monotonic() + timeout
+        # Polled: the readers are worker threads, and a switch drains rarely.
+        while self._readers.get(id(db)) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     # -- the database probe ----------------------------------------------------------------------
 
@@ -259,7 +288,7 @@ class RunnerStatus:
         try:
             if not done:
                 raise TimeoutError
-            checkpoint, summary = answer.result()
+            db, checkpoint, summary = answer.result()
         except TimeoutError:
             problem = f"the read model database did not answer within {budget:g} s"
         except ReadModelError as exc:
@@ -267,9 +296,12 @@ class RunnerStatus:
         except Exception as exc:
             problem = f"the read model database failed: {type(exc).__name__}: {exc}"
         else:
-            await self._resume_if_moved(checkpoint)
-            self._learn(checkpoint)
-            self.decisions = summary
+            if db is self._db:
+                if checkpoint.retired_to is not None:
+                    self._retired()
+                await self._resume_if_moved(checkpoint)
+                self._learn(checkpoint)
+                self.decisions = summary
         self._set_database_error(problem)
         return problem
 
@@ -281,11 +313,12 @@ class RunnerStatus:
         if (checkpoint.generation, checkpoint.position) >= (shown.generation, shown.position):
             self.checkpoint = checkpoint
 
-    def _probe_sync(self) -> tuple[Checkpoint, DecisionSummary]:
+    def _probe_sync(self) -> tuple[ReadModelDB, Checkpoint, DecisionSummary]:
         db = self.db
-        db.ping()
-        with db.read() as session:
-            return load_checkpoint(session, self.name), decision_summary(session, self.name)
+        with self._reading(db):
+            db.ping()
+            with db.read() as session:
+                return db, load_checkpoint(session, self.name), decision_summary(session, self.name)
 
     def _set_database_error(self, problem: str | None) -> None:
         if (problem is None) != (self.database_error is None):
@@ -318,6 +351,9 @@ class RunnerStatus:
 
     async def _resume_if_moved(self, checkpoint: Checkpoint) -> None:
         """Called with each probed checkpoint (the runner resumes when others moved on)."""
+
+    def _retired(self) -> None:
+        """Called when the version served from is retired (the runner moves to the live one)."""
 
     # -- changes ---------------------------------------------------------------------------------
 

@@ -1,0 +1,639 @@
+"""The versions of a read model, for blue/green rebuilds (bluegreen.py drives them).
+
+A read model's *version* is a whole copy of its tables with its own checkpoint. Version 1 is
+where the read model always was: the database file of its URL (SQLite) or the schema named
+after its namespace (PostgreSQL). A blue/green rebuild builds version N+1 *beside* the live
+one and then makes it live in one transaction; the old one is then dropped.
+
+* SQLite: version N > 1 is a file next to the base file, `<stem>.<namespace>.vN<suffix>`;
+  the control tables (`readmodel_live`, `readmodel_builds`) live in the base file.
+* PostgreSQL: version N > 1 is the schema `<namespace>__vN`; the control tables live in the
+  schema `readmodel_control` (shared by every namespace of the database).
+
+The control record names the live version and is the only truth: a process starting (or
+restarted after a kill -9 anywhere) opens what it names, and versions it does not name are
+leftovers, dropped. The switch writes it, the build's state and the old version's
+`retired_to` (checkpoints.py) together, so a reader still on the old version learns the
+switch from the checkpoint row it reads with every query.
+
+Who may do what, across processes:
+
+* one builder per namespace: a *lease* (an advisory lock on PostgreSQL, `flock` on SQLite),
+  held by a connection (a file descriptor): a builder killed loses it at once, and another
+  process (or the restarted one) resumes the build from the new version's own checkpoint;
+* nobody drops a version another instance still serves from: on PostgreSQL every instance
+  *holds* its live version with a shared advisory lock, and a drop takes the lock
+  exclusively or waits for a later attempt. (A SQLite read model has one process.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import re
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
+
+from eventledger.services.readside.db import (
+    ReadModelDB,
+    ReadModelError,
+    Session,
+    SqliteReadModelDB,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from eventledger.services.readside.postgres import PostgresReadModelDB
+
+BuildState = Literal["building", "switching", "done", "failed"]
+ACTIVE: frozenset[str] = frozenset({"building", "switching"})
+# The read side's own tables, in every version; the rest are the projection's.
+CORE_TABLES = frozenset(
+    {"readmodel_migrations", "readmodel_checkpoints", "readmodel_decisions", "readmodel_parked"}
+)
+
+
+class BuildInProgress(ReadModelError):
+    """Raised when a blue/green rebuild is asked for while one is already going on."""
+
+    def __init__(self, build: Build | None) -> None:
+        where = "" if build is None else f" (version {build.version}: {build.state})"
+        super().__init__(f"a blue/green rebuild is already in progress{where}")
+        self.build = build
+
+
+class SwitchRefused(ReadModelError):
+    """Raised when a switch cannot be made now: the new version has not applied what the live
+    one has (`behind`), or the live version is no longer the one the switch replaces."""
+
+    def __init__(self, reason: str, *, behind: bool) -> None:
+        super().__init__(reason)
+        self.behind = behind
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """A blue/green rebuild, as recorded: the version being built from the log beside the
+    live one (`from_version`), how far it is, and how it ended."""
+
+    version: int
+    from_version: int
+    state: BuildState
+    started_at: str
+    updated_at: str
+    finished_at: str | None = None
+    position: int = 0
+    head: int = 0
+    error: str | None = None
+    requested_by: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "from_version": self.from_version,
+            "state": self.state,
+            "position": self.position,
+            "head": self.head,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "requested_by": self.requested_by,
+        }
+
+
+_BUILD_COLUMNS = (
+    "version, from_version, state, started_at, updated_at, finished_at, position, head, "
+    "error, requested_by"
+)
+
+
+def _build_from_row(row: Sequence[Any]) -> Build:
+    state: BuildState = (
+        row[2] if row[2] in ("building", "switching", "done", "failed") else "failed"
+    )
+    return Build(
+        int(row[0]), int(row[1]), state, row[3], row[4], row[5], int(row[6]), int(row[7]),
+        row[8], row[9] or "",
+    )  # fmt: skip
+
+
+class Lease(ABC):
+    """The right to build a namespace's next version, until `release` (or the process dies)."""
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+
+class Hold(ABC):
+    """This process serves from a version: it is not dropped under it until `release`."""
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+
+class _NoHold(Hold):
+    def release(self) -> None:
+        pass
+
+
+class Versions(ABC):
+    """The versions of one namespace's read model, reached through its base database."""
+
+    def __init__(self, base: ReadModelDB, name: str) -> None:
+        self.base = base
+        self.namespace = base.namespace
+        self.name = name  # the projection's checkpoint name
+
+    # -- the control record --------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def _live_table(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def _builds_table(self) -> str: ...
+
+    @abstractmethod
+    def ensure_control(self) -> None:
+        """Create the control tables when missing."""
+
+    def live(self, session: Session | None = None) -> int:
+        """The live version (1 until a blue/green rebuild has switched)."""
+        if session is None:
+            with self.base.read() as read:
+                return self.live(read)
+        row = session.fetchone(
+            f"SELECT version FROM {self._live_table} WHERE namespace = ?", (self.namespace,)
+        )
+        return 1 if row is None else int(row[0])
+
+    def build(self, session: Session | None = None) -> Build | None:
+        """The last blue/green rebuild of this namespace (None: there never was one)."""
+        if session is None:
+            with self.base.read() as read:
+                return self.build(read)
+        row = session.fetchone(
+            f"SELECT {_BUILD_COLUMNS} FROM {self._builds_table} WHERE namespace = ?",
+            (self.namespace,),
+        )
+        return None if row is None else _build_from_row(row)
+
+    def begin_build(self, *, at: str, head: int, requested_by: str) -> Build:
+        """Record a new build of the next version; BuildInProgress when one is going on."""
+        with self.base.transaction() as tx:
+            self._lock_control(tx)
+            last = self.build(tx)
+            if last is not None and last.active:
+                raise BuildInProgress(last)
+            live = self.live(tx)
+            version = max(live, last.version if last else 1) + 1
+            build = Build(version, live, "building", at, at, head=head, requested_by=requested_by)
+            tx.execute(f"DELETE FROM {self._builds_table} WHERE namespace = ?", (self.namespace,))
+            tx.execute(
+                f"INSERT INTO {self._builds_table} (namespace, {_BUILD_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.namespace, *_build_row(build)),
+            )
+            return build
+
+    def record(self, build: Build) -> None:
+        """Store the build's progress or end (only while it is still the namespace's build)."""
+        with self.base.transaction() as tx:
+            tx.execute(
+                f"UPDATE {self._builds_table} SET state = ?, updated_at = ?, finished_at = ?, "
+                "position = ?, head = ?, error = ? WHERE namespace = ? AND version = ?",
+                (
+                    build.state,
+                    build.updated_at,
+                    build.finished_at,
+                    build.position,
+                    build.head,
+                    build.error,
+                    self.namespace,
+                    build.version,
+                ),
+            )
+
+    def _lock_control(self, session: Session) -> None:  # noqa: B027 - optional hook
+        """Keep two processes' control transactions apart (SQLite's writer lock does)."""
+
+    # -- versions ------------------------------------------------------------------------
+
+    @abstractmethod
+    def open(self, version: int) -> ReadModelDB:
+        """The database of `version` (the base itself for version 1), created when missing."""
+
+    @abstractmethod
+    def present(self) -> list[int]:
+        """The versions that have tables (or files) now, live or not."""
+
+    @abstractmethod
+    def drop(self, version: int) -> bool:
+        """Drop a version that is not live; False when an instance still serves from it."""
+
+    @abstractmethod
+    def switch(
+        self, *, old: ReadModelDB, old_version: int, new: ReadModelDB, new_version: int, at: str
+    ) -> int:
+        """Make `new_version` live in place of `old_version`, in one transaction with the
+        build's end and the old checkpoint's `retired_to`; the new version's position.
+        SwitchRefused when the new version is behind the old one, or the old one is no
+        longer live. The callers stop their own writers to both first."""
+
+    @abstractmethod
+    def try_lease(self) -> Lease | None:
+        """The build lease of this namespace, or None when another process holds it."""
+
+    def hold(self, version: int) -> Hold:
+        """Keep `version` from being dropped while this process serves from it."""
+        return _NoHold()
+
+    def _switched(self, tx: Session, *, new_version: int, position: int, at: str) -> None:
+        tx.execute(
+            f"INSERT INTO {self._live_table} (namespace, version) VALUES (?, ?) "
+            "ON CONFLICT (namespace) DO UPDATE SET version = excluded.version",
+            (self.namespace, new_version),
+        )
+        tx.execute(
+            f"UPDATE {self._builds_table} SET state = 'done', updated_at = ?, finished_at = ?, "
+            "position = ?, error = NULL WHERE namespace = ? AND version = ?",
+            (at, at, position, self.namespace, new_version),
+        )
+
+
+def _build_row(b: Build) -> tuple[Any, ...]:
+    return (
+        b.version, b.from_version, b.state, b.started_at, b.updated_at, b.finished_at,
+        b.position, b.head, b.error, b.requested_by,
+    )  # fmt: skip
+
+
+def _control_ddl(live: str, builds: str) -> tuple[str, str]:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {live} (namespace TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS {builds} (
+            namespace TEXT PRIMARY KEY,
+            version BIGINT NOT NULL,
+            from_version BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            finished_at TEXT,
+            position BIGINT NOT NULL,
+            head BIGINT NOT NULL,
+            error TEXT,
+            requested_by TEXT NOT NULL
+        )""",
+    )
+
+
+def checkpoint_position(session: Session, table: str, name: str, *, lock: str = "") -> int:
+    row = session.fetchone(f"SELECT position FROM {table} WHERE name = ?{lock}", (name,))
+    return 0 if row is None else int(row[0])
+
+
+# -- SQLite -------------------------------------------------------------------------------
+
+
+class _FileLease(Lease):
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    def release(self) -> None:
+        self._handle.close()  # closing the descriptor releases the flock
+
+
+class SqliteVersions(Versions):
+    base: SqliteReadModelDB
+    _live_table = "readmodel_live"
+    _builds_table = "readmodel_builds"
+
+    def __init__(self, base: SqliteReadModelDB, name: str) -> None:
+        super().__init__(base, name)
+        self._path = base.path
+
+    def path(self, version: int) -> Path:
+        if version == 1:
+            return self._path
+        return self._path.with_name(
+            f"{self._path.stem}.{self.namespace}.v{version}{self._path.suffix}"
+        )
+
+    def ensure_control(self) -> None:
+        with self.base.transaction() as tx:
+            for statement in _control_ddl(self._live_table, self._builds_table):
+                tx.execute(statement)
+
+    def open(self, version: int) -> ReadModelDB:
+        if version == 1:
+            return self.base
+        return SqliteReadModelDB(self.path(version), namespace=self.namespace)
+
+    def present(self) -> list[int]:
+        found = [1] if self._has_v1() else []
+        pattern = re.compile(
+            re.escape(f"{self._path.stem}.{self.namespace}.v") + r"([0-9]{1,9})"
+            + re.escape(self._path.suffix) + "$"
+        )  # fmt: skip
+        for entry in self._path.parent.iterdir():
+            match = pattern.match(entry.name)
+            if match:
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def _has_v1(self) -> bool:
+        with self.base.read() as session:
+            row = session.fetchone(
+                "SELECT 1 FROM readmodel_migrations WHERE namespace = ? LIMIT 1",
+                (self.namespace,),
+            )
+        return row is not None
+
+    def drop(self, version: int) -> bool:
+        if version != 1:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.path(version)}{suffix}").unlink(missing_ok=True)
+            return True
+        # Version 1 shares the base file with the control tables (and maybe other read
+        # models): drop this namespace's tables, named by the live version's own schema.
+        live = self.live()
+        with contextlib.closing(self.open(live)) as db, db.read() as session:
+            tables = [
+                r[0]
+                for r in session.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
+        with self.base.transaction() as tx:
+            for table in tables:
+                if table not in CORE_TABLES and re.fullmatch(r"[a-z_][a-z0-9_]*", table):
+                    tx.execute(f"DROP TABLE IF EXISTS {table}")
+            # The checkpoint row stays, retired: a reader that still has the base file open
+            # learns from it that it must move to the live version.
+            for table in ("readmodel_decisions", "readmodel_parked"):
+                tx.execute(f"DELETE FROM {table} WHERE name = ?", (self.name,))
+            tx.execute("DELETE FROM readmodel_migrations WHERE namespace = ?", (self.namespace,))
+        return True
+
+    def switch(
+        self, *, old: ReadModelDB, old_version: int, new: ReadModelDB, new_version: int, at: str
+    ) -> int:
+        with old.read() as session:
+            blue = checkpoint_position(session, "readmodel_checkpoints", self.name)
+        with new.read() as session:
+            green = checkpoint_position(session, "readmodel_checkpoints", self.name)
+        if green < blue:
+            raise SwitchRefused(f"version {new_version} is at {green}, behind {blue}", behind=True)
+        # The control record in the base file is the truth: once it commits, a restart opens
+        # the new version whatever happens next. `retired_to` tells the old version's readers.
+        with self.base.transaction() as tx:
+            live = self.live(tx)
+            if live != old_version:
+                raise SwitchRefused(f"version {live} is live, not {old_version}", behind=False)
+            self._switched(tx, new_version=new_version, position=green, at=at)
+            if old_version == 1:
+                _retire(tx, "readmodel_checkpoints", self.name, new_version)
+        if old_version != 1:
+            with old.transaction() as tx:
+                _retire(tx, "readmodel_checkpoints", self.name, new_version)
+        return green
+
+    def try_lease(self) -> Lease | None:
+        handle = open(f"{self._path}.{self.namespace}.build-lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return None
+        return _FileLease(handle)
+
+
+def _retire(tx: Session, table: str, name: str, to: int) -> None:
+    tx.execute(f"UPDATE {table} SET retired_to = ? WHERE name = ?", (to, name))
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+CONTROL_SCHEMA = "readmodel_control"
+# Two-key advisory locks (a space of their own, apart from the event store's 64-bit keys).
+_BUILD_LOCK = 0x454C4201
+_VERSION_LOCK = 0x454C4202
+_SWITCH_LOCK = 0x454C4203
+
+
+def _key(text: str) -> int:
+    value = zlib.crc32(text.encode())
+    return value - 2**32 if value >= 2**31 else value
+
+
+class _ConnectionLock(Lease, Hold):
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def release(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()  # the session's advisory locks go with it
+
+
+class PostgresVersions(Versions):
+    base: PostgresReadModelDB
+    _live_table = f"{CONTROL_SCHEMA}.readmodel_live"
+    _builds_table = f"{CONTROL_SCHEMA}.readmodel_builds"
+
+    def __init__(self, base: PostgresReadModelDB, name: str) -> None:
+        super().__init__(base, name)
+        self._url = base.url
+
+    def schema(self, version: int) -> str:
+        # Schema names are at most 63 bytes: a long namespace is cut, the version kept.
+        return self.namespace if version == 1 else f"{self.namespace[:50]}__v{version}"
+
+    def ensure_control(self) -> None:
+        from eventledger.services.readside.postgres import create_schema
+
+        create_schema(self._url, CONTROL_SCHEMA, 10)
+        for attempt in range(3):
+            try:
+                with self.base.transaction() as tx:
+                    for statement in _control_ddl(self._live_table, self._builds_table):
+                        tx.execute(statement)
+                return
+            except ReadModelError:
+                # Two processes creating the same table at once: it exists on the next try.
+                if attempt == 2:
+                    raise
+
+    def _lock_control(self, session: Session) -> None:
+        session.execute(f"LOCK TABLE {self._builds_table} IN EXCLUSIVE MODE")
+
+    def open(self, version: int) -> ReadModelDB:
+        if version == 1:
+            return self.base
+        from eventledger.services.readside.postgres import PostgresReadModelDB
+
+        return PostgresReadModelDB(self._url, schema=self.schema(version))
+
+    def present(self) -> list[int]:
+        prefix = f"{self.namespace[:50]}__v"
+        with self.base.read() as session:
+            rows = session.fetchall(
+                "SELECT nspname FROM pg_namespace WHERE left(nspname, ?) = ?",
+                (len(prefix), prefix),
+            )
+            v1 = session.fetchone(
+                "SELECT 1 FROM pg_tables WHERE schemaname = ? LIMIT 1", (self.namespace,)
+            )
+        found = [1] if v1 is not None else []
+        for (schema,) in rows:
+            rest = str(schema)[len(prefix) :]
+            if rest.isdigit() and len(rest) < 10:
+                found.append(int(rest))
+        return sorted(found)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        from eventledger.services.readside.postgres import translated
+
+        with translated():
+            return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+
+    def _try_lock(self, klass: int, key: str) -> _ConnectionLock | None:
+        from eventledger.services.readside.postgres import translated
+
+        conn = self._connect()
+        try:
+            with translated():
+                row = conn.execute(
+                    "SELECT pg_try_advisory_lock(%s, %s)", (klass, _key(key))
+                ).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if row is None or not row[0]:
+            conn.close()
+            return None
+        return _ConnectionLock(conn)
+
+    def drop(self, version: int) -> bool:
+        from psycopg import sql
+
+        from eventledger.services.readside.postgres import translated
+
+        schema = self.schema(version)
+        # Exclusive against every instance's shared hold: nobody serves from it any more.
+        lock = self._try_lock(_VERSION_LOCK, schema)
+        if lock is None:
+            return False
+        try:
+            with translated():
+                conn = lock._conn
+                conn.execute("SET lock_timeout = '10s'")
+                with conn.transaction():
+                    conn.execute(
+                        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                    )
+                    if version == 1:  # the namespace's home stays (empty), as it was created
+                        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        finally:
+            lock.release()
+        return True
+
+    def switch(
+        self, *, old: ReadModelDB, old_version: int, new: ReadModelDB, new_version: int, at: str
+    ) -> int:
+        blue_table = f'"{self.schema(old_version)}".readmodel_checkpoints'
+        green_table = f'"{self.schema(new_version)}".readmodel_checkpoints'
+        # One transaction over the three schemas of one database: the control record, the
+        # new version's checkpoint and the old one's, rows locked so that no writer of another
+        # instance moves the old checkpoint past the new one before the switch commits.
+        with self.base.transaction() as tx:
+            tx.execute(f"SELECT pg_advisory_xact_lock({_SWITCH_LOCK}, ?)", (_key(self.namespace),))
+            live = self.live(tx)
+            if live != old_version:
+                raise SwitchRefused(f"version {live} is live, not {old_version}", behind=False)
+            blue = checkpoint_position(tx, blue_table, self.name, lock=" FOR UPDATE")
+            green = checkpoint_position(tx, green_table, self.name, lock=" FOR UPDATE")
+            if green < blue:
+                raise SwitchRefused(
+                    f"version {new_version} is at {green}, behind {blue}", behind=True
+                )
+            self._switched(tx, new_version=new_version, position=green, at=at)
+            _retire(tx, blue_table, self.name, new_version)
+        return green
+
+    def try_lease(self) -> Lease | None:
+        return self._try_lock(_BUILD_LOCK, self.namespace)
+
+    def hold(self, version: int) -> Hold:
+        from eventledger.services.readside.postgres import translated
+
+        conn = self._connect()
+        try:
+            with translated():
+                conn.execute(
+                    "SELECT pg_advisory_lock_shared(%s, %s)",
+                    (_VERSION_LOCK, _key(self.schema(version))),
+                )
+        except BaseException:
+            conn.close()
+            raise
+        return _ConnectionLock(conn)
+
+
+T = TypeVar("T")
+_LEASES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readmodel-lease")
+
+
+async def owned(
+    call: Callable[[], T], release: Callable[[T], None], executor: Executor | None = None
+) -> T:
+    """`call()` in a worker thread, for something that must be released (a lease, a hold, an
+    open database): when the caller is cancelled before it gets it, it is released as soon
+    as it exists, instead of leaking with its connection."""
+    future = (executor or _LEASES).submit(call)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+
+        def abandon(done: Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                release(done.result())
+
+        future.add_done_callback(abandon)
+        raise
+
+
+def versions_of(db: ReadModelDB, *, name: str) -> Versions:
+    """The versions reached through `db`, the read model's base database."""
+    if isinstance(db, SqliteReadModelDB):
+        return SqliteVersions(db, name)
+    from eventledger.services.readside.postgres import PostgresReadModelDB
+
+    if isinstance(db, PostgresReadModelDB):
+        return PostgresVersions(db, name)
+    raise TypeError(f"no blue/green versions for {type(db).__name__}")
+
+
+__all__ = [
+    "ACTIVE",
+    "Build",
+    "BuildInProgress",
+    "Hold",
+    "Lease",
+    "SwitchRefused",
+    "Versions",
+    "owned",
+    "versions_of",
+]
