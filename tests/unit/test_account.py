@@ -25,7 +25,6 @@ from eventledger.domain.commands import (
     Transfer,
     Withdraw,
 )
-from eventledger.domain import errors
 from eventledger.domain.errors import (
     AccountExists,
     AccountNotFound,
