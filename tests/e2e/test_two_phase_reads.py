@@ -157,9 +157,10 @@ async def test_the_command_line_lists_pending_transfers(
     ports = {f"EVENTLEDGER_{s.name.upper()}_PORT": str(s.port) for s in system.services}
     env = cli_env(**ports, COLUMNS="200")
 
-    def eventledger(*args: str) -> str:
+    def eventledger(*args: str, wait: bool = True) -> str:
+        floor = ["--min-position", str(reader.position)] if wait else []
         done = subprocess.run(
-            [sys.executable, "-m", "eventledger", *args, "--min-position", str(reader.position)],
+            [sys.executable, "-m", "eventledger", *args, *floor],
             env=env,
             capture_output=True,
             text=True,
@@ -179,6 +180,20 @@ async def test_the_command_line_lists_pending_transfers(
     assert hold["transaction_id"] in table and "never" in table
     shown = eventledger("balance", a)
     assert "available" in shown and "750 (7.50 EUR)" in shown
+    # The statistics (no --min-position there: wait for the position first).
+    wait_for(
+        lambda: (
+            httpx.get(
+                f"{system.statistics.url}/stats", headers=min_position(reader.position)
+            ).status_code
+            == 200
+        ),
+        timeout=10,
+        what="the statistics to apply the hold",
+    )
+    counted = json.loads(eventledger("stats", "--json", wait=False))["currencies"]["EUR"]
+    assert counted["two_phase"]["pending"]["count"] >= 1
+    assert "holds pending count" in eventledger("stats", wait=False)
 
 
 @pytest.fixture(scope="module")

@@ -237,10 +237,19 @@ def stats_json(stats: Stats) -> dict[str, Any]:
                 "deposits": asdict(c.deposits),
                 "withdrawals": asdict(c.withdrawals),
                 "transfers": asdict(c.transfers),
+                **({"two_phase": asdict(c.two_phase)} if c.two_phase is not None else {}),
             }
             for currency, c in stats.currencies.items()
         },
     }
+
+
+def _two_phase(state: str, part: str) -> Callable[[CurrencyStats], int]:
+    def value(c: CurrencyStats) -> int:
+        counters = None if c.two_phase is None else getattr(c.two_phase, state)
+        return 0 if counters is None else int(getattr(counters, part))
+
+    return value
 
 
 def _movement(kind: str, part: str) -> Callable[[CurrencyStats], int]:
@@ -276,6 +285,11 @@ def stats(
     for kind in ("deposits", "withdrawals", "transfers"):
         rows.append((f"{kind} count", _movement(kind, "count"), False))
         rows.append((f"{kind} volume", _movement(kind, "volume"), True))
+    # Two-phase transfers: shown once any currency has had a hold.
+    if any(_two_phase("placed", "count")(c) for c in per.values()):
+        for state in ("placed", "pending", "posted", "voided", "expired"):
+            rows.append((f"holds {state} count", _two_phase(state, "count"), False))
+            rows.append((f"holds {state} volume", _two_phase(state, "volume"), True))
     for label, value, is_money in rows:
         cells = [
             _plain(value(c), currency) if is_money else str(value(c)) for currency, c in per.items()
