@@ -2,7 +2,9 @@
 
 `tail` follows `GET /events/subscribe` and, when the connection drops, reconnects after the
 last position it printed, so no event is shown twice or skipped. `rebuild` asks a read
-model to replay the log from position 0 and shows its progress from `/health`.
+model to replay the log from position 0 and shows its progress from `/health`; with
+`--blue-green` the new version is built beside the live one, which goes on serving, and the
+progress comes from `GET /admin/rebuild` until the switch.
 """
 
 from __future__ import annotations
@@ -121,10 +123,21 @@ def rebuild(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Show progress until caught up")
     ] = True,
+    blue_green: Annotated[
+        bool,
+        typer.Option(
+            "--blue-green",
+            help="Build a new version beside the live one, which serves until the switch "
+            "(no read answers 503 meanwhile)",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild a read model by replaying the whole log, with a progress bar."""
     name = service.value
     base = endpoints({name: url}).url(name)
+    if blue_green:
+        _rebuild_blue_green(name, base, wait=wait)
+        return
     with ServiceClient(name, base) as client:
         started = time.monotonic()
         accepted = client.request("POST", "/admin/rebuild", json={}, ok=(200, 202)).body
@@ -160,4 +173,48 @@ def rebuild(
     console.print(
         f"The {name} service has caught up at position {position} "
         f"({time.monotonic() - started:.1f} s)."
+    )
+
+
+def _rebuild_blue_green(name: str, base: str, *, wait: bool) -> None:
+    """`rebuild --blue-green`: start the build, then show its progress until the switch."""
+    with ServiceClient(name, base) as client:
+        started = time.monotonic()
+        answer = client.request(
+            "POST", "/admin/rebuild", json={"mode": "blue-green"}, ok=(202,)
+        ).body
+        build = answer["blue_green"]
+        console.print(
+            f"The {name} service is building version {build['version']} of its read model "
+            f"beside version {build['from_version']}, which goes on serving."
+        )
+        if not wait:
+            return
+        columns = (
+            TextColumn(f"building {name} v{build['version']}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("building", total=max(int(build.get("head") or 0), 1))
+            while True:
+                head = max(int(build.get("head") or 0), 1)
+                position = min(int(build.get("position") or 0), head)
+                progress.update(task, completed=position, total=head, description=build["state"])
+                if build["state"] in ("done", "failed"):
+                    break
+                time.sleep(POLL_SECONDS)
+                status = client.request("GET", "/admin/rebuild").body
+                build = status.get("blue_green") or build
+    if build["state"] == "failed":
+        raise CliError(
+            f"the blue/green rebuild of {name} failed: {build.get('error')}; version "
+            f"{build['from_version']} goes on serving"
+        )
+    console.print(
+        f"Switched: version {build['version']} of the {name} read model is live at position "
+        f"{build['position']} ({time.monotonic() - started:.1f} s); version "
+        f"{build['from_version']} is dropped."
     )
