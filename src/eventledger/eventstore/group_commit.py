@@ -165,9 +165,12 @@ class Database(Protocol):
     def usable(self) -> bool:
         """Whether the connection can take another group."""
 
-    async def begin(self, ids: Sequence[str], streams: Sequence[str]) -> Snapshot:
+    async def begin(
+        self, ids: Sequence[str], streams: Sequence[str], accounts: Sequence[str] = ()
+    ) -> Snapshot:
         """Start the transaction as the only writer, read the snapshot (of the event ids given
-        as text, and of the streams), set savepoint `group`."""
+        as text, of the streams, and the key ids of the accounts: keys.py), set savepoint
+        `group`."""
 
     async def insert(self, rows: Sequence[Row]) -> None: ...
 
@@ -185,9 +188,6 @@ class Database(Protocol):
     async def rollback(self) -> None:
         """End the transaction without writing; never raises (a connection that cannot roll
         back is the backend's to discard)."""
-
-    async def current_keys(self, accounts: Sequence[str]) -> dict[str, str]:
-        """The key id of each of these accounts that has a personal data key (keys.py)."""
 
     async def apply_keys(self, work: KeyWork) -> None:
         """INSERT the keys `work` creates, DELETE those it erases."""
@@ -334,8 +334,9 @@ class GroupCommit:
         """Run the group's transaction up to and including COMMIT; returns what it wrote."""
         ids = [e.id_text for r in group for events in r.events for e in events]
         streams = sorted({a.stream for r in group for a in r.appends})
-        snapshot = await db.begin(ids, streams)
-        group = await _without_key_conflicts(db, group, outcomes)
+        keyed = sorted({a for r in group if r.keys for a in r.keys.accounts()})
+        snapshot = await db.begin(ids, streams, keyed)
+        group = _without_key_conflicts(snapshot, group, outcomes)
         planner = Planner(snapshot)
         writes = [w for r in group if (w := _plan(planner, r, outcomes, accept=True))]
         if not writes:
@@ -414,16 +415,15 @@ def _as_store_error(exc: BaseException) -> BaseException:
     return StoreUnavailable(f"unexpected error in the event store writer: {exc!r}")
 
 
-async def _without_key_conflicts(
-    db: Database, group: list[Request], outcomes: dict[Request, Outcome]
+def _without_key_conflicts(
+    snapshot: Snapshot, group: list[Request], outcomes: dict[Request, Outcome]
 ) -> list[Request]:
     """The group without the requests whose keys are not as they were sealed under: a key to
     create that exists (stored, or created by a request before it in the group), a key used
     that is gone (a forget). Those fail with KeyConflict, to be sealed again."""
-    wanted = sorted({a for r in group if r.keys for a in r.keys.accounts()})
-    if not wanted:
+    if not any(r.keys for r in group):
         return group
-    current = await db.current_keys(wanted)
+    current = dict(snapshot.keys)
     kept: list[Request] = []
     for request in group:
         if request.keys and conflicts(request.keys, current):

@@ -13,7 +13,7 @@ events are tuples, and what the events of a write share is encoded once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from uuid import UUID
@@ -98,6 +98,8 @@ class Snapshot:
     recorded_at: datetime  # the time the group's events are recorded at
     stored: Mapping[UUID, Placed]  # the group's event ids that are stored already
     versions: Mapping[str, int]  # the group's streams' versions (absent: 0)
+    # The key id of each account the group seals personal data for (keys.py; absent: none).
+    keys: Mapping[str, str] = field(default_factory=dict)
 
 
 class Row(NamedTuple):

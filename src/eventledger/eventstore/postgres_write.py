@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 # extra round trip, and no other writer can chain from it before we commit. The time is read
 # under the lock too, so `recorded_at` never goes backwards along the log.
 _LOCK_HEAD = "SELECT last, hash, clock_timestamp() FROM event_position WHERE id = 1 FOR UPDATE"
+_KEYS = "SELECT account_id, key_id FROM personal_data_keys WHERE account_id = ANY(%s::text[])"
 
 _ADVANCE_HEAD = "UPDATE event_position SET last = %s, hash = %s WHERE id = 1"
 
@@ -131,7 +132,9 @@ class Session:
     def usable(self) -> bool:
         return idle(self._conn)
 
-    async def begin(self, ids: Sequence[str], streams: Sequence[str]) -> Snapshot:
+    async def begin(
+        self, ids: Sequence[str], streams: Sequence[str], accounts: Sequence[str] = ()
+    ) -> Snapshot:
         conn = self._conn
         async with translating():
             # One round trip: leaving the pipeline sends its only Sync and waits for every
@@ -141,6 +144,8 @@ class Session:
                 head_cur = await conn.execute(_LOCK_HEAD)  # first: see _LOCK_HEAD
                 stored_cur = await conn.execute(_STORED_BY_ID, [",".join(ids)])
                 versions_cur = await conn.execute(_STREAM_VERSIONS, [",".join(streams)])
+                # In the same round trip: the key ids of the accounts it seals for (keys.py).
+                keys_cur = await conn.execute(_KEYS, [list(accounts)]) if accounts else None
                 await conn.execute('SAVEPOINT "group"')
             head_row = await head_cur.fetchone()
             assert head_row is not None
@@ -149,7 +154,8 @@ class Session:
                 for row in await stored_cur.fetchall()
             }
             versions = {s: v for s, v in await versions_cur.fetchall() if v}
-        return Snapshot(int(head_row[0]), head_row[1], head_row[2], stored, versions)
+            keys: dict[str, str] = dict(await keys_cur.fetchall()) if keys_cur else {}
+        return Snapshot(int(head_row[0]), head_row[1], head_row[2], stored, versions, keys)
 
     async def insert(self, rows: Sequence[Row]) -> None:
         try:
@@ -185,15 +191,6 @@ class Session:
             raise StoreOutcomeUnknown(
                 f"the commit failed, the append may or may not be stored: {exc}"
             ) from exc
-
-    async def current_keys(self, accounts: Sequence[str]) -> dict[str, str]:
-        async with translating():
-            cur = await self._conn.execute(
-                "SELECT account_id, key_id FROM personal_data_keys"
-                " WHERE account_id = ANY(%s::text[])",
-                [list(accounts)],
-            )
-            return {account: key_id for account, key_id in await cur.fetchall()}
 
     async def apply_keys(self, work: KeyWork) -> None:
         async with translating():

@@ -53,6 +53,10 @@ INSERT_ROWS = 500
 # The head and its hash: the hash chain continues from it. Read inside the transaction, so
 # a commit by another process on the same file is seen (no extra query: one index seek).
 _HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+_KEYS = (  # the key ids of the accounts a group seals personal data for (keys.py)
+    "SELECT account_id, key_id FROM personal_data_keys"
+    " WHERE account_id IN (SELECT value FROM json_each(?))"
+)
 PROBE_BYTES = 64 * 1024  # how much the file must be able to grow for ping to say it can write
 # Errors that say the file cannot take writes (rather than a busy lock): ping reports them
 # until a write or a probe succeeds again.
@@ -95,7 +99,9 @@ class WriteSide:
     def usable(self) -> bool:
         return self._conn is not None
 
-    async def begin(self, ids: Sequence[str], streams: Sequence[str]) -> Snapshot:
+    async def begin(
+        self, ids: Sequence[str], streams: Sequence[str], accounts: Sequence[str] = ()
+    ) -> Snapshot:
         conn = self._connection()
         with self._translated():
             conn.execute("BEGIN IMMEDIATE")
@@ -119,8 +125,11 @@ class WriteSide:
             else:
                 found = conn.execute(_STREAM_VERSIONS, (json.dumps(streams),))
             versions = {stream: version for stream, version in found if version is not None}
+            keys: dict[str, str] = {}
+            if accounts:
+                keys = dict(conn.execute(_KEYS, (json.dumps(list(accounts)),)).fetchall())
             conn.execute("SAVEPOINT 'group'")
-        return Snapshot(head, head_hash, self._store.clock(), stored, versions)
+        return Snapshot(head, head_hash, self._store.clock(), stored, versions, keys)
 
     async def insert(self, rows: Sequence[Row]) -> None:
         conn = self._connection()
@@ -175,16 +184,6 @@ class WriteSide:
             # useless. Drop it; the next group (or ping's probe) opens a new one.
             self._store.set_fault(f"the write connection broke: {_describe(exc)}")
             self.close()
-
-    async def current_keys(self, accounts: Sequence[str]) -> dict[str, str]:
-        conn = self._connection()
-        with self._translated():
-            found = conn.execute(
-                "SELECT account_id, key_id FROM personal_data_keys WHERE account_id IN"
-                " (SELECT value FROM json_each(?))",
-                (json.dumps(list(accounts)),),
-            )
-            return dict(found.fetchall())
 
     async def apply_keys(self, work: KeyWork) -> None:
         conn = self._connection()
