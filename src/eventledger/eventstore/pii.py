@@ -28,7 +28,7 @@ import binascii
 import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -88,10 +88,14 @@ def _aad(event_id: UUID, field: str) -> bytes:
 
 def seal(key: AccountKey, value: str, *, event_id: UUID, field: str) -> str:
     """`value` encrypted under `key`, bound to the event and field, as stored text."""
+    return _seal(key.key_id, key.cipher(), value, event_id, field)
+
+
+def _seal(key_id: str, cipher: AESGCM, value: str, event_id: UUID, field: str) -> str:
     nonce = os.urandom(_NONCE)
-    sealed = key.cipher().encrypt(nonce, value.encode(), _aad(event_id, field))
+    sealed = cipher.encrypt(nonce, value.encode(), _aad(event_id, field))
     text = base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
-    return f"{PREFIX}{key.key_id}:{text}"
+    return f"{PREFIX}{key_id}:{text}"
 
 
 def is_sealed(value: object) -> bool:
@@ -154,18 +158,21 @@ def seal_appends(
             sealed.append(append)
             continue
         key = keys[account]
-        events = [_seal_event(key, e) if _personal(e.data) else e for e in append.events]
+        cipher = key.cipher()  # one per append, not per value
+        events = [
+            _seal_event(key.key_id, cipher, e) if _personal(e.data) else e for e in append.events
+        ]
         sealed.append(StreamAppend(append.stream, append.expected_version, events))
     return sealed
 
 
-def _seal_event(key: AccountKey, event: NewEvent) -> NewEvent:
+def _seal_event(key_id: str, cipher: AESGCM, event: NewEvent) -> NewEvent:
     data = dict(event.data)
     for field in FIELDS:
         value = data.get(field)
         if type(value) is str:
-            data[field] = seal(key, value, event_id=event.id, field=field)
-    return replace(event, data=data)
+            data[field] = _seal(key_id, cipher, value, event.id, field)
+    return NewEvent(event.id, event.type, data, event.metadata, event.schema_version)
 
 
 # -- the events of a read -------------------------------------------------------------------
