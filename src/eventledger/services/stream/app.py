@@ -116,7 +116,8 @@ _PROBLEM_TEXT = {
     422: "`validation-error` (with `errors`), `invalid-stream-name`, `invalid-append`, "
     "`invalid-account-event` (an `account-*` event no reader could apply: `stream`, `index`, "
     "`rule`) or `expected-version-required` (an `account-*` append without a numeric "
-    "`expected_version`); nothing written",
+    "`expected_version`), `erasure-needs-forget` (`PersonalDataErased` is written only by "
+    "`POST /admin/accounts/{id}/forget`); nothing written",
     503: "`store-unavailable`: retry after `Retry-After` seconds",
 }
 _SUBSCRIBE_503 = (
