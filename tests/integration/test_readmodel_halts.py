@@ -165,7 +165,9 @@ async def test_an_error_the_database_will_repeat_halts_with_its_reason_then_can_
         # breaks the primary key every time, so retrying can never succeed.
         with runner_of(app).db.transaction() as tx:
             tx.execute(
-                "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO transactions (account_id, position, transaction_id, kind, amount, "
+                "balance_after, counterparty, reference, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ("b", opened + 1, "x", "deposit", 1, 1, None, None, "2026-01-01T00:00:00Z"),
             )
         bad = await log.deposit("b", 3)
