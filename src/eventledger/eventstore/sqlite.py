@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
+from eventledger.eventstore import pii
 from eventledger.eventstore.errors import (
     StoreUnavailable,
     StreamNotFound,
@@ -238,15 +239,18 @@ class SqliteEventStore(EventStore):
                     entries.append(_decode_rows([row])[0])
                 else:
                     entries.append(RecentEvent(row[0], row[4], text))
-            return entries
+            decoded = [e for e in entries if isinstance(e, RecordedEvent)]
+            if not decoded:
+                return entries
+            # Personal data opened (or erased) before upcasting, as read_all does; its keys
+            # read on this connection, in this thread: a live page of sealed events costs
+            # one hop to the reader thread, not two.
+            accounts = pii.accounts_to_open(decoded)
+            keys = _keys_on(conn, accounts) if accounts else {}
+            opened = iter([upcast(e) for e in pii.reveal(decoded, keys)])
+            return [next(opened) if isinstance(e, RecordedEvent) else e for e in entries]
 
-        entries = await self._read(query)
-        decoded = [e for e in entries if isinstance(e, RecordedEvent)]
-        if not decoded:
-            return entries
-        # Personal data opened (or erased) before upcasting, as read_all does.
-        opened = iter([upcast(e) for e in await self.reveal(decoded)])
-        return [next(opened) if isinstance(e, RecordedEvent) else e for e in entries]
+        return await self._read(query)
 
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
         def query(conn: sqlite3.Connection) -> RecordedEvent | None:
@@ -258,15 +262,7 @@ class SqliteEventStore(EventStore):
         return await self._read(query)
 
     async def _load_keys(self, accounts: Collection[str]) -> dict[str, AccountKey]:
-        def query(conn: sqlite3.Connection) -> dict[str, AccountKey]:
-            rows = conn.execute(
-                "SELECT account_id, key_id, secret FROM personal_data_keys WHERE account_id IN"
-                " (SELECT value FROM json_each(?))",
-                (json.dumps(sorted(accounts)),),
-            )
-            return rows_to_keys(rows.fetchall())
-
-        return await self._read(query)
+        return await self._read(lambda conn: _keys_on(conn, accounts))
 
     async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
         def query(conn: sqlite3.Connection) -> list[RecordedEvent]:
@@ -500,6 +496,16 @@ def _translated() -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise unavailable(exc) from exc
+
+
+def _keys_on(conn: sqlite3.Connection, accounts: Collection[str]) -> dict[str, AccountKey]:
+    """The current personal data keys of these accounts (pii.py, keys.py)."""
+    rows = conn.execute(
+        "SELECT account_id, key_id, secret FROM personal_data_keys WHERE account_id IN"
+        " (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(accounts)),),
+    )
+    return rows_to_keys(rows.fetchall())
 
 
 def _stream_exists(conn: sqlite3.Connection, stream: str) -> bool:
