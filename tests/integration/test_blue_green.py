@@ -355,3 +355,17 @@ async def test_the_statistics_read_model_switches_to_the_same_numbers(
         assert response.status_code == 202
         await switched(app, 2)
         assert await get(client, "/stats") == before
+
+
+async def test_the_live_version_is_never_dropped_whoever_asks(
+    stream: StreamServer, open_db: OpenDB, log: Ledger
+) -> None:
+    head = await log.open("a")
+    app = accounting(stream, open_db)
+    async with serving(app) as client:
+        await caught_up(app, head)
+        versions = runner_of(app).versions
+        assert versions is not None
+        assert await asyncio.to_thread(versions.drop, 1) is False
+        assert present(open_db) == [1]
+        assert (await get(client, "/accounts/a"))["account_id"] == "a"

@@ -35,7 +35,7 @@ from typing import Any
 
 from eventledger.eventstore.codec import format_time
 from eventledger.services.readside.checkpoints import DECISION_COLUMNS, PARKED_COLUMNS
-from eventledger.services.readside.db import ReadModelDB, ReadModelError
+from eventledger.services.readside.db import ReadModelDB, ReadModelError, ReadModelUnavailable
 from eventledger.services.readside.runner import ProjectionRunner
 from eventledger.services.readside.versions import (
     Build,
@@ -69,6 +69,7 @@ class BlueGreen:
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._started = 0.0  # monotonic start of the build this process runs
+        self._lease: Lease | None = None  # the build lease, while this process builds
 
     @property
     def versions(self) -> Versions:
@@ -119,6 +120,7 @@ class BlueGreen:
                 with suppress(asyncio.CancelledError):
                     await task
         self._watch_task = self._task = None
+        self._release_lease()
 
     async def begin(self, *, requested_by: str) -> Build:
         """Start a build in this process; BuildInProgress when one is going on (anywhere)."""
@@ -137,7 +139,7 @@ class BlueGreen:
             # A version of that number left by a crash before it was recorded: start afresh.
             await asyncio.to_thread(self._drop_leftover, build.version)
         except BaseException:
-            await asyncio.to_thread(lease.release)
+            lease.release()
             raise
         log.warning(
             "%s: blue/green rebuild: building version %d beside version %d (head %d)",
@@ -154,15 +156,23 @@ class BlueGreen:
             self.versions.drop(version)
 
     def _launch(self, build: Build, lease: Lease) -> None:
+        # Released by the task, or by `stop` if the task is cancelled before it runs.
+        # (Releases are plain calls, never awaited: a cancellation cannot skip them.)
+        self._lease = lease
         self.build = build
         self._started = time.monotonic()
         self._task = asyncio.create_task(
-            self._run(build, lease), name=f"{self.runner.name}-build-v{build.version}"
+            self._run(build), name=f"{self.runner.name}-build-v{build.version}"
         )
 
     # -- the build ---------------------------------------------------------------------------
 
-    async def _run(self, build: Build, lease: Lease) -> None:
+    def _release_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
+    async def _run(self, build: Build) -> None:
         try:
             await self._build(build)
         except asyncio.CancelledError:
@@ -171,10 +181,12 @@ class BlueGreen:
             log.exception("%s: blue/green rebuild failed", self.runner.name)
             await self._fail(f"{type(exc).__name__}: {exc}")
         finally:
-            green, self.green = self.green, None
-            if green is not None:
-                await green.stop()
-            await asyncio.to_thread(lease.release)
+            try:
+                green, self.green = self.green, None
+                if green is not None:
+                    await green.stop()
+            finally:
+                self._release_lease()
 
     async def _build(self, build: Build) -> None:
         runner, versions = self.runner, self.versions
@@ -212,9 +224,20 @@ class BlueGreen:
             try:
                 await self._switch(build, green)
             except SwitchRefused as exc:
+                if not exc.behind and await asyncio.to_thread(versions.live) == build.version:
+                    # Switched already (a try whose new version could not be opened after
+                    # its commit): this process moves over as any instance does.
+                    self.build = await asyncio.to_thread(versions.build)
+                    await runner.adopt()
+                    return
                 if not exc.behind or attempt == SWITCH_ATTEMPTS:
                     raise
                 await green.wait_for(runner.position, 1.0)  # others moved the live one on
+                continue
+            except ReadModelUnavailable:
+                if attempt == SWITCH_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.5)  # the database's condition: the switch is tried again
                 continue
             return
 
@@ -300,12 +323,18 @@ class BlueGreen:
     # -- every instance ---------------------------------------------------------------------
 
     async def _watch(self) -> None:
+        said: str | None = None
         while True:
             await asyncio.sleep(self._watch_interval)
             try:
                 await self._look()
-            except ReadModelError as exc:
-                log.debug("%s: blue/green watch: %s", self.runner.name, exc)
+            except Exception as exc:  # the watch must go on: it is how instances switch
+                error = f"{type(exc).__name__}: {exc}"
+                if error != said:  # once per distinct error, not every second
+                    log.warning("%s: blue/green watch: %s", self.runner.name, error)
+                said = error
+            else:
+                said = None
 
     async def _look(self) -> None:
         """Move to the live version, show the build, resume one whose builder is gone."""
@@ -321,9 +350,13 @@ class BlueGreen:
         lease = await owned(versions.try_lease, _release)
         if lease is None:
             return  # its builder is at work
-        build = await asyncio.to_thread(versions.build)
+        try:
+            build = await asyncio.to_thread(versions.build)
+        except BaseException:
+            lease.release()
+            raise
         if build is None or not build.active or build.from_version != self.runner.version:
-            await asyncio.to_thread(lease.release)
+            lease.release()
             if build is not None and build.from_version != self.runner.version:
                 await self.runner.adopt()
             return
@@ -355,7 +388,7 @@ class BlueGreen:
                 )
         finally:
             if lease is not None:
-                await asyncio.to_thread(lease.release)
+                lease.release()
 
     def _leftovers(self) -> list[int]:
         versions = self.versions

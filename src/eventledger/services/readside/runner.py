@@ -172,7 +172,7 @@ class ProjectionRunner(RunnerStatus):
             await asyncio.to_thread(db.close)
         self._db = self._base = None
         if self._hold is not None:
-            await asyncio.to_thread(self._hold.release)
+            self._hold.release()  # a plain call: a cancellation cannot skip it
             self._hold = None
 
     # -- versions (blue/green) -------------------------------------------------------------
@@ -274,7 +274,7 @@ class ProjectionRunner(RunnerStatus):
             if old_db is not self._base:
                 await asyncio.to_thread(old_db.close)
         if old_hold is not None:
-            await asyncio.to_thread(old_hold.release)
+            old_hold.release()
 
     async def rebuild(self) -> Checkpoint:
         """Reset the read model and its checkpoint in one transaction, then replay from 0.

@@ -240,9 +240,15 @@ class Versions(ABC):
     def present(self) -> list[int]:
         """The versions that have tables (or files) now, live or not."""
 
-    @abstractmethod
     def drop(self, version: int) -> bool:
-        """Drop a version that is not live; False when an instance still serves from it."""
+        """Drop a version that is not live; False when an instance still serves from it (or
+        it is live: never dropped, whoever asks)."""
+        if version == self.live():
+            return False
+        return self._drop(version)
+
+    @abstractmethod
+    def _drop(self, version: int) -> bool: ...
 
     @abstractmethod
     def switch(
@@ -362,7 +368,7 @@ class SqliteVersions(Versions):
             )
         return row is not None
 
-    def drop(self, version: int) -> bool:
+    def _drop(self, version: int) -> bool:
         if version != 1:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(f"{self.path(version)}{suffix}").unlink(missing_ok=True)
@@ -526,7 +532,7 @@ class PostgresVersions(Versions):
             return None
         return _ConnectionLock(conn)
 
-    def drop(self, version: int) -> bool:
+    def _drop(self, version: int) -> bool:
         from psycopg import sql
 
         from eventledger.services.readside.postgres import translated
