@@ -369,3 +369,37 @@ async def test_the_live_version_is_never_dropped_whoever_asks(
         assert await asyncio.to_thread(versions.drop, 1) is False
         assert present(open_db) == [1]
         assert (await get(client, "/accounts/a"))["account_id"] == "a"
+
+
+async def test_on_one_sqlite_file_shared_by_both_read_models_only_the_rebuilt_one_moves(
+    stream: StreamServer, log: Ledger, tmp_path: Path
+) -> None:
+    head = await busy_day(log)
+    shared = tmp_path / "readmodels.db"
+    books = accounting(stream, lambda: SqliteReadModelDB(shared, namespace="accounting"))
+    stats = create_statistics(
+        stream_url=stream.url,
+        open_db=lambda: SqliteReadModelDB(shared, namespace="statistics"),
+        head_poll_interval=0.05,
+    )
+    async with serving(books) as one, serving(stats) as two:
+        await caught_up(books, head)
+        await caught_up(stats, head)
+        before, numbers = await accounts(one), await get(two, "/stats")
+        assert (await one.post("/admin/rebuild", json={"mode": "blue-green"})).status_code == 202
+        await switched(books, 2)
+        assert await accounts(one) == before
+        assert await get(two, "/stats") == numbers
+        assert runner_of(stats).version == 1
+        later = await log.deposit("a", 1)
+        await caught_up(stats, later)
+        await caught_up(books, later)
+        assert (await get(one, "/accounts/a"))["balance"] == 751
+    # The base file keeps the statistics (and the control tables), not accounting's tables.
+    db = SqliteReadModelDB(shared, namespace="statistics")
+    with db.read() as session:
+        tables = {r[0] for r in session.fetchall("SELECT name FROM sqlite_master")}
+    db.close()
+    assert {"stats_accounts", "readmodel_live"} <= tables
+    assert not {"accounts", "transactions"} & tables
+    assert (tmp_path / "readmodels.accounting.v2.db").exists()

@@ -71,14 +71,25 @@ class Reads:
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.min_position_wait
+        moves = 0
         while True:
             snapshot = await runner.snapshot(query, min_position=min_position)
             if snapshot.answered:
                 return cast(T, snapshot.answer)
-            if snapshot.checkpoint.retired_to is not None:
-                # Another instance made a new version live (blue/green): read from it.
+            if snapshot.checkpoint.retired_to is not None and moves < 3:
+                # A new version was made live (blue/green): read from it. (Bounded: a
+                # version retired again meanwhile is followed, not chased forever.)
+                moves += 1
                 await runner.adopt()
                 continue
+            if snapshot.checkpoint.retired_to is not None:
+                raise ProblemError(
+                    503,
+                    "readmodel-unavailable",
+                    "Read model unavailable",
+                    "the read model is switching versions; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
             if snapshot.checkpoint.rebuilding:
                 raise rebuilding_problem(snapshot.checkpoint)
             remaining = deadline - loop.time()
