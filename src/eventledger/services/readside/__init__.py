@@ -12,5 +12,8 @@
 * `runner` — the loop that applies the log to a read model; `status` — what it shows
   (health, the database probe, consistent read snapshots);
 * `http` — what every read-model service has over HTTP (health, read-your-writes, rebuilding);
-  `admin` — the operator's routes (rebuild, skip, park, decisions) and the metrics.
+  `admin` — the operator's routes (rebuild, skip, park, decisions) and the metrics;
+* `versions` — a read model's versions (a file or schema each), the control record naming the
+  live one, the build lease; `bluegreen` — building the next version beside the live one and
+  switching to it (zero-downtime rebuilds, docs/blue-green.md).
 """
