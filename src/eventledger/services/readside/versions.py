@@ -5,10 +5,11 @@ where the read model always was: the database file of its URL (SQLite) or the sc
 after its namespace (PostgreSQL). A blue/green rebuild builds version N+1 *beside* the live
 one and then makes it live in one transaction; the old one is then dropped.
 
-* SQLite: version N > 1 is a file next to the base file, `<stem>.<namespace>.vN<suffix>`;
-  the control tables (`readmodel_live`, `readmodel_builds`) live in the base file.
-* PostgreSQL: version N > 1 is the schema `<namespace>__vN`; the control tables live in the
-  schema `readmodel_control` (shared by every namespace of the database).
+* SQLite (versions_sqlite.py): version N > 1 is a file next to the base file,
+  `<stem>.<namespace>.vN<suffix>`; the control tables (`readmodel_live`, `readmodel_builds`)
+  live in the base file.
+* PostgreSQL (versions_postgres.py): version N > 1 is the schema `<namespace>__vN`; the
+  control tables live in the schema `readmodel_control` (shared by the database's namespaces).
 
 The control record names the live version and is the only truth: a process starting (or
 restarted after a kill -9 anywhere) opens what it names, and versions it does not name are
@@ -29,16 +30,11 @@ Who may do what, across processes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import re
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from eventledger.services.readside.db import (
     ReadModelDB,
@@ -46,11 +42,6 @@ from eventledger.services.readside.db import (
     Session,
     SqliteReadModelDB,
 )
-
-if TYPE_CHECKING:
-    import psycopg
-
-    from eventledger.services.readside.postgres import PostgresReadModelDB
 
 BuildState = Literal["building", "switching", "done", "failed"]
 ACTIVE: frozenset[str] = frozenset({"building", "switching"})
@@ -287,7 +278,7 @@ def _build_row(b: Build) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _control_ddl(live: str, builds: str) -> tuple[str, str]:
+def control_ddl(live: str, builds: str) -> tuple[str, str]:
     return (
         f"CREATE TABLE IF NOT EXISTS {live} (namespace TEXT PRIMARY KEY, version BIGINT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS {builds} (
@@ -311,291 +302,9 @@ def checkpoint_position(session: Session, table: str, name: str, *, lock: str = 
     return 0 if row is None else int(row[0])
 
 
-# -- SQLite -------------------------------------------------------------------------------
-
-
-class _FileLease(Lease):
-    def __init__(self, handle: IO[str]) -> None:
-        self._handle = handle
-
-    def release(self) -> None:
-        self._handle.close()  # closing the descriptor releases the flock
-
-
-class SqliteVersions(Versions):
-    base: SqliteReadModelDB
-    _live_table = "readmodel_live"
-    _builds_table = "readmodel_builds"
-
-    def __init__(self, base: SqliteReadModelDB, name: str) -> None:
-        super().__init__(base, name)
-        self._path = base.path
-
-    def path(self, version: int) -> Path:
-        if version == 1:
-            return self._path
-        return self._path.with_name(
-            f"{self._path.stem}.{self.namespace}.v{version}{self._path.suffix}"
-        )
-
-    def ensure_control(self) -> None:
-        with self.base.transaction() as tx:
-            for statement in _control_ddl(self._live_table, self._builds_table):
-                tx.execute(statement)
-
-    def open(self, version: int) -> ReadModelDB:
-        if version == 1:
-            return self.base
-        return SqliteReadModelDB(self.path(version), namespace=self.namespace)
-
-    def present(self) -> list[int]:
-        found = [1] if self._has_v1() else []
-        pattern = re.compile(
-            re.escape(f"{self._path.stem}.{self.namespace}.v") + r"([0-9]{1,9})"
-            + re.escape(self._path.suffix) + "$"
-        )  # fmt: skip
-        for entry in self._path.parent.iterdir():
-            match = pattern.match(entry.name)
-            if match:
-                found.append(int(match.group(1)))
-        return sorted(found)
-
-    def _has_v1(self) -> bool:
-        with self.base.read() as session:
-            row = session.fetchone(
-                "SELECT 1 FROM readmodel_migrations WHERE namespace = ? LIMIT 1",
-                (self.namespace,),
-            )
-        return row is not None
-
-    def _drop(self, version: int) -> bool:
-        if version != 1:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{self.path(version)}{suffix}").unlink(missing_ok=True)
-            return True
-        # Version 1 shares the base file with the control tables (and maybe other read
-        # models): drop this namespace's tables, named by the live version's own schema.
-        live = self.live()
-        with contextlib.closing(self.open(live)) as db, db.read() as session:
-            tables = [
-                r[0]
-                for r in session.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
-            ]
-        with self.base.transaction() as tx:
-            for table in tables:
-                if table not in CORE_TABLES and re.fullmatch(r"[a-z_][a-z0-9_]*", table):
-                    tx.execute(f"DROP TABLE IF EXISTS {table}")
-            # The checkpoint row stays, retired: a reader that still has the base file open
-            # learns from it that it must move to the live version.
-            for table in ("readmodel_decisions", "readmodel_parked"):
-                tx.execute(f"DELETE FROM {table} WHERE name = ?", (self.name,))
-            tx.execute("DELETE FROM readmodel_migrations WHERE namespace = ?", (self.namespace,))
-        return True
-
-    def switch(
-        self, *, old: ReadModelDB, old_version: int, new: ReadModelDB, new_version: int, at: str
-    ) -> int:
-        with old.read() as session:
-            blue = checkpoint_position(session, "readmodel_checkpoints", self.name)
-        with new.read() as session:
-            green = checkpoint_position(session, "readmodel_checkpoints", self.name)
-        if green < blue:
-            raise SwitchRefused(f"version {new_version} is at {green}, behind {blue}", behind=True)
-        # The control record in the base file is the truth: once it commits, a restart opens
-        # the new version whatever happens next. `retired_to` tells the old version's readers.
-        with self.base.transaction() as tx:
-            live = self.live(tx)
-            if live != old_version:
-                raise SwitchRefused(f"version {live} is live, not {old_version}", behind=False)
-            self._switched(tx, new_version=new_version, position=green, at=at)
-            if old_version == 1:
-                _retire(tx, "readmodel_checkpoints", self.name, new_version)
-        if old_version != 1:
-            with old.transaction() as tx:
-                _retire(tx, "readmodel_checkpoints", self.name, new_version)
-        return green
-
-    def try_lease(self) -> Lease | None:
-        handle = open(f"{self._path}.{self.namespace}.build-lock", "a")  # noqa: SIM115
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return None
-        return _FileLease(handle)
-
-
-def _retire(tx: Session, table: str, name: str, to: int) -> None:
+def retire(tx: Session, table: str, name: str, to: int) -> None:
+    """Mark the checkpoint in `table` retired: version `to` is live in its place."""
     tx.execute(f"UPDATE {table} SET retired_to = ? WHERE name = ?", (to, name))
-
-
-# -- PostgreSQL ---------------------------------------------------------------------------
-
-CONTROL_SCHEMA = "readmodel_control"
-# Two-key advisory locks (a space of their own, apart from the event store's 64-bit keys).
-_BUILD_LOCK = 0x454C4201
-_VERSION_LOCK = 0x454C4202
-_SWITCH_LOCK = 0x454C4203
-
-
-def _key(text: str) -> int:
-    value = zlib.crc32(text.encode())
-    return value - 2**32 if value >= 2**31 else value
-
-
-class _ConnectionLock(Lease, Hold):
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-
-    def release(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()  # the session's advisory locks go with it
-
-
-class PostgresVersions(Versions):
-    base: PostgresReadModelDB
-    _live_table = f"{CONTROL_SCHEMA}.readmodel_live"
-    _builds_table = f"{CONTROL_SCHEMA}.readmodel_builds"
-
-    def __init__(self, base: PostgresReadModelDB, name: str) -> None:
-        super().__init__(base, name)
-        self._url = base.url
-
-    def schema(self, version: int) -> str:
-        # Schema names are at most 63 bytes: a long namespace is cut, the version kept.
-        return self.namespace if version == 1 else f"{self.namespace[:50]}__v{version}"
-
-    def ensure_control(self) -> None:
-        from eventledger.services.readside.postgres import create_schema
-
-        create_schema(self._url, CONTROL_SCHEMA, 10)
-        for attempt in range(3):
-            try:
-                with self.base.transaction() as tx:
-                    for statement in _control_ddl(self._live_table, self._builds_table):
-                        tx.execute(statement)
-                return
-            except ReadModelError:
-                # Two processes creating the same table at once: it exists on the next try.
-                if attempt == 2:
-                    raise
-
-    def _lock_control(self, session: Session) -> None:
-        session.execute(f"LOCK TABLE {self._builds_table} IN EXCLUSIVE MODE")
-
-    def open(self, version: int) -> ReadModelDB:
-        if version == 1:
-            return self.base
-        from eventledger.services.readside.postgres import PostgresReadModelDB
-
-        return PostgresReadModelDB(self._url, schema=self.schema(version))
-
-    def present(self) -> list[int]:
-        prefix = f"{self.namespace[:50]}__v"
-        with self.base.read() as session:
-            rows = session.fetchall(
-                "SELECT nspname FROM pg_namespace WHERE left(nspname, ?) = ?",
-                (len(prefix), prefix),
-            )
-            v1 = session.fetchone(
-                "SELECT 1 FROM pg_tables WHERE schemaname = ? LIMIT 1", (self.namespace,)
-            )
-        found = [1] if v1 is not None else []
-        for (schema,) in rows:
-            rest = str(schema)[len(prefix) :]
-            if rest.isdigit() and len(rest) < 10:
-                found.append(int(rest))
-        return sorted(found)
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        import psycopg
-
-        from eventledger.services.readside.postgres import translated
-
-        with translated():
-            return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
-
-    def _try_lock(self, klass: int, key: str) -> _ConnectionLock | None:
-        from eventledger.services.readside.postgres import translated
-
-        conn = self._connect()
-        try:
-            with translated():
-                row = conn.execute(
-                    "SELECT pg_try_advisory_lock(%s, %s)", (klass, _key(key))
-                ).fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        if row is None or not row[0]:
-            conn.close()
-            return None
-        return _ConnectionLock(conn)
-
-    def _drop(self, version: int) -> bool:
-        from psycopg import sql
-
-        from eventledger.services.readside.postgres import translated
-
-        schema = self.schema(version)
-        # Exclusive against every instance's shared hold: nobody serves from it any more.
-        lock = self._try_lock(_VERSION_LOCK, schema)
-        if lock is None:
-            return False
-        try:
-            with translated():
-                conn = lock._conn
-                conn.execute("SET lock_timeout = '10s'")
-                with conn.transaction():
-                    conn.execute(
-                        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-                    )
-                    if version == 1:  # the namespace's home stays (empty), as it was created
-                        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        finally:
-            lock.release()
-        return True
-
-    def switch(
-        self, *, old: ReadModelDB, old_version: int, new: ReadModelDB, new_version: int, at: str
-    ) -> int:
-        blue_table = f'"{self.schema(old_version)}".readmodel_checkpoints'
-        green_table = f'"{self.schema(new_version)}".readmodel_checkpoints'
-        # One transaction over the three schemas of one database: the control record, the
-        # new version's checkpoint and the old one's, rows locked so that no writer of another
-        # instance moves the old checkpoint past the new one before the switch commits.
-        with self.base.transaction() as tx:
-            tx.execute(f"SELECT pg_advisory_xact_lock({_SWITCH_LOCK}, ?)", (_key(self.namespace),))
-            live = self.live(tx)
-            if live != old_version:
-                raise SwitchRefused(f"version {live} is live, not {old_version}", behind=False)
-            blue = checkpoint_position(tx, blue_table, self.name, lock=" FOR UPDATE")
-            green = checkpoint_position(tx, green_table, self.name, lock=" FOR UPDATE")
-            if green < blue:
-                raise SwitchRefused(
-                    f"version {new_version} is at {green}, behind {blue}", behind=True
-                )
-            self._switched(tx, new_version=new_version, position=green, at=at)
-            _retire(tx, blue_table, self.name, new_version)
-        return green
-
-    def try_lease(self) -> Lease | None:
-        return self._try_lock(_BUILD_LOCK, self.namespace)
-
-    def hold(self, version: int) -> Hold:
-        from eventledger.services.readside.postgres import translated
-
-        conn = self._connect()
-        try:
-            with translated():
-                conn.execute(
-                    "SELECT pg_advisory_lock_shared(%s, %s)",
-                    (_VERSION_LOCK, _key(self.schema(version))),
-                )
-        except BaseException:
-            conn.close()
-            raise
-        return _ConnectionLock(conn)
 
 
 T = TypeVar("T")
@@ -624,10 +333,14 @@ async def owned(
 def versions_of(db: ReadModelDB, *, name: str) -> Versions:
     """The versions reached through `db`, the read model's base database."""
     if isinstance(db, SqliteReadModelDB):
+        from eventledger.services.readside.versions_sqlite import SqliteVersions
+
         return SqliteVersions(db, name)
     from eventledger.services.readside.postgres import PostgresReadModelDB
 
     if isinstance(db, PostgresReadModelDB):
+        from eventledger.services.readside.versions_postgres import PostgresVersions
+
         return PostgresVersions(db, name)
     raise TypeError(f"no blue/green versions for {type(db).__name__}")
 
