@@ -108,8 +108,8 @@ class BlueGreen:
     async def start(self) -> None:
         if self.runner.versions is None:
             return
-        self.build = await asyncio.to_thread(self.versions.build)
-        await self._cleanup()
+        # In the background, at once: a build left by a crash is resumed and leftovers are
+        # dropped without holding up the service's start.
         self._watch_task = asyncio.create_task(self._watch(), name=f"{self.runner.name}-bluegreen")
 
     async def stop(self) -> None:
@@ -325,7 +325,6 @@ class BlueGreen:
     async def _watch(self) -> None:
         said: str | None = None
         while True:
-            await asyncio.sleep(self._watch_interval)
             try:
                 await self._look()
             except Exception as exc:  # the watch must go on: it is how instances switch
@@ -335,6 +334,7 @@ class BlueGreen:
                 said = error
             else:
                 said = None
+            await asyncio.sleep(self._watch_interval)
 
     async def _look(self) -> None:
         """Move to the live version, show the build, resume one whose builder is gone."""
