@@ -269,6 +269,7 @@ async def test_a_deposit_answers_the_new_balance_and_its_position(ledger: Ledger
         "account_id": account_id,
         "amount": 2500,
         "balance": 2500,
+        "available": 2500,
         "position": await ledger.head(),
     }
     event = (await ledger.events(account_id))[-1]
@@ -366,6 +367,7 @@ async def test_a_transfer_moves_money_atomically_between_two_accounts(ledger: Le
         "to_account": target,
         "amount": 400,
         "from_balance": 600,
+        "from_available": 600,
         "to_balance": 450,
         "position": await ledger.head(),
     }

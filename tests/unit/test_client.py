@@ -80,7 +80,7 @@ def test_a_command_is_retried_after_a_503_with_the_same_idempotency_key() -> Non
 
     with client(handler) as ledger:
         moved = ledger.deposit("alice", 500, reference="salary")
-    assert moved == MoneyMoved(MOVED["transaction_id"], "alice", 500, 1500, 7)  # type: ignore[arg-type]
+    assert moved == MoneyMoved(MOVED["transaction_id"], "alice", 500, 1500, 7, available=1500)  # type: ignore[arg-type]
     keys = {r.headers["Idempotency-Key"] for r in seen}
     assert len(seen) == 3 and len(keys) == 1
     assert json.loads(seen[0].content) == {"amount": 500, "reference": "salary"}

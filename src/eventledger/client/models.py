@@ -111,17 +111,22 @@ class MoneyMoved:
     balance: int
     position: int
     replayed: bool = False
+    available: int = 0  # the balance less the account's holds, right after it
 
     @classmethod
     def from_json(cls, body: Any, *, replayed: bool = False) -> MoneyMoved:
         f = Fields(body, "money moved")
+        transaction_id, account_id = f.text("transaction_id"), f.text("account_id")
+        amount, balance = f.integer("amount"), f.integer("balance")
+        available = f.opt_integer("available")  # servers before two-phase transfers: no holds
         return cls(
-            f.text("transaction_id"),
-            f.text("account_id"),
-            f.integer("amount"),
-            f.integer("balance"),
+            transaction_id,
+            account_id,
+            amount,
+            balance,
             f.integer("position"),
             replayed,
+            balance if available is None else available,
         )
 
 
@@ -135,19 +140,25 @@ class Transfer:
     to_balance: int
     position: int
     replayed: bool = False
+    from_available: int = 0  # the sender's balance less its holds, right after it
 
     @classmethod
     def from_json(cls, body: Any, *, replayed: bool = False) -> Transfer:
         f = Fields(body, "transfer")
+        transaction_id = f.text("transaction_id")
+        from_account, to_account = f.text("from_account"), f.text("to_account")
+        amount, from_balance = f.integer("amount"), f.integer("from_balance")
+        from_available = f.opt_integer("from_available")
         return cls(
-            f.text("transaction_id"),
-            f.text("from_account"),
-            f.text("to_account"),
-            f.integer("amount"),
-            f.integer("from_balance"),
+            transaction_id,
+            from_account,
+            to_account,
+            amount,
+            from_balance,
             f.integer("to_balance"),
             f.integer("position"),
             replayed,
+            from_balance if from_available is None else from_available,
         )
 
 

@@ -199,6 +199,7 @@ class CommandHandler:
                     to_account=command.to_account,
                     amount=command.amount,
                     from_balance=source_after.balance,
+                    from_available=source_after.available,
                     to_balance=target_after.balance,
                     position=max(p for r in results for p in r.positions),
                 )

@@ -86,6 +86,7 @@ async def _rebuild(client: StreamClient, first: RecordedEvent, ids: CommandIds) 
                 to_account=event.to_account,
                 amount=event.amount,
                 from_balance=source.balance,
+                from_available=source.available,
                 to_balance=target.balance,
                 position=max(first.position, second.position),
                 replayed=True,

@@ -46,6 +46,7 @@ class MoneyMovedResult:
     account_id: str
     amount: int
     balance: int
+    available: int
     position: int
     replayed: bool = False
 
@@ -55,6 +56,7 @@ class MoneyMovedResult:
             "account_id": self.account_id,
             "amount": self.amount,
             "balance": self.balance,
+            "available": self.available,
             "position": self.position,
         }
 
@@ -66,6 +68,7 @@ class TransferResult:
     to_account: str
     amount: int
     from_balance: int
+    from_available: int
     to_balance: int
     position: int
     replayed: bool = False
@@ -77,6 +80,7 @@ class TransferResult:
             "to_account": self.to_account,
             "amount": self.amount,
             "from_balance": self.from_balance,
+            "from_available": self.from_available,
             "to_balance": self.to_balance,
             "position": self.position,
         }
@@ -151,6 +155,7 @@ def result_of(event: Event, after: Account, position: int) -> Result:
                 account_id=event.account_id,
                 amount=event.amount,
                 balance=after.balance,
+                available=after.available,
                 position=position,
             )
         case AccountClosed():

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from eventledger.domain.money import MAX_AMOUNT, MAX_OVERDRAFT_LIMIT, MAX_TEXT_LENGTH
 from eventledger.services.http import StrictModel
@@ -68,6 +75,17 @@ class OpenAccountBody(StrictModel):
     owner: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
 
 
+def _not_null(value: object) -> object:
+    """A before-validator of an optional number: leaving it out means its default, an
+    explicit null is refused."""
+    # Why: null read as "absent" made `{"amount": null}` post the whole hold (money moved on
+    # what is likely a client's unset variable) and `{"timeout_seconds": null}` a hold that
+    # never expires; the documented shape is an integer or nothing.
+    if value is None:
+        raise ValueError("must be an integer when given (leave the field out for the default)")
+    return value
+
+
 class MoneyBody(StrictModel):
     """`POST /accounts/{id}/deposits` and `/withdrawals`."""
 
@@ -86,14 +104,16 @@ class TransferBody(StrictModel):
         default=False,
         description="Two-phase: only place a hold (`status` pending), to post or void later.",
     )
-    timeout_seconds: int | None = Field(
-        default=None,
-        ge=1,
-        le=MAX_TIMEOUT_SECONDS,
-        description="With `pending`: void the hold automatically (reason `expired`) this many "
-        f"seconds from now unless posted first; 1 to {MAX_TIMEOUT_SECONDS} (30 days). "
-        "Absent: the hold waits until posted or voided.",
+    timeout_seconds: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_SECONDS)] | SkipJsonSchema[None] = (
+        Field(
+            default=None,
+            description="With `pending`: void the hold automatically (reason `expired`) this many "
+            f"seconds from now unless posted first; 1 to {MAX_TIMEOUT_SECONDS} (30 days). "
+            "Absent: the hold waits until posted or voided.",
+        )
     )
+
+    _given_timeout = field_validator("timeout_seconds", mode="before")(_not_null)
 
     @model_serializer(mode="wrap")
     def _fingerprinted(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -110,7 +130,9 @@ class PostBody(StrictModel):
     """`POST /transfers/{id}/post`: the amount to post (at most the held amount; absent:
     all of it), or an empty object / no body."""
 
-    amount: Amount | None = None
+    amount: Amount | SkipJsonSchema[None] = None
+
+    _given_amount = field_validator("amount", mode="before")(_not_null)
 
 
 class VoidBody(StrictModel):
@@ -137,6 +159,9 @@ class MoneyMovedOut(BaseModel):
     account_id: str
     amount: int
     balance: int = Field(description="The balance right after this transaction.")
+    available: int = Field(
+        description="What the account can spend right after it: the balance less its holds."
+    )
     position: int = Field(description="Global position of the event written: a read token.")
 
 
@@ -146,6 +171,7 @@ class TransferOut(BaseModel):
     to_account: str
     amount: int
     from_balance: int
+    from_available: int = Field(description="The sender's balance less its holds, after it.")
     to_balance: int
     position: int = Field(description="Global position of the last event written.")
 
