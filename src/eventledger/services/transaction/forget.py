@@ -30,7 +30,16 @@ from eventledger.domain.events import PersonalDataErased, stream_name
 from eventledger.domain.money import check_account_id
 from eventledger.eventstore.pii import ERASED, FIELDS
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.http import ProblemError, problem_response
+from eventledger.services.http import (
+    ProblemError,
+    StrictModel,
+    is_json_media_type,
+    parse_json,
+    problem_response,
+    read_body,
+    unsupported_media_type,
+    validate_body,
+)
 from eventledger.services.transaction.problems import problem_for
 from eventledger.services.transaction.stream_client import StreamClient, StreamClientError
 
@@ -47,6 +56,22 @@ class ForgetOut(BaseModel):
         description="Personal values written before personal data was sealed (plaintext in "
         "the log): no forget can erase them. Absent (null) on a replay."
     )
+
+
+class ForgetBody(StrictModel):
+    """`POST /accounts/{id}/forget`: no body, or an empty object."""
+
+
+async def _check_body(request: Request) -> None:
+    """No body, or `{}` sent as JSON: anything else is refused before anything is erased."""
+    # Why: the erasure is irreversible; a body with fields (say, which fields to erase) that
+    # were silently ignored would erase more than the caller asked for.
+    raw = await read_body(request)
+    if not raw.strip():
+        return
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise unsupported_media_type()
+    validate_body(parse_json(raw), ForgetBody)
 
 
 def _pending_erasure(events: Sequence[RecordedEvent]) -> RecordedEvent | None:
@@ -144,6 +169,7 @@ def add_forget_route(
         (`plaintext_fields` counts them). 404 `account-not-found`."""
         try:
             check_account_id(account_id)
+            await _check_body(request)
             status, answer = await forget_account(
                 client, account_id, request.headers.get("authorization")
             )
