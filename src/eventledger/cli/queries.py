@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -161,10 +162,6 @@ def history(
         table.add_column("held", justify="right", no_wrap=True)
     table.add_column("with", min_width=8, overflow="fold")
     table.add_column("reference", min_width=8, overflow="fold")
-    # Reversals: what a reversal undid, and which reversal undid an item (docs/reversals.md).
-    links = any(item.reverses or item.reversed_by for item in page.items)
-    if links:
-        table.add_column("reversal", overflow="fold")
     for item in page.items:
         style = "green" if item.amount > 0 else "red"
         held = [] if not holds else ["" if item.held is None else _plain(item.held, currency)]
@@ -175,18 +172,36 @@ def history(
             _plain(item.balance_after, currency),
             *held,
             item.counterparty or "",
-            Text(item.reference or ""),  # free text: shown as it is, never read as markup
-            *([_link(item.reverses, item.reversed_by)] if links else []),
+            # Free text: shown as it is, never read as markup. Reversals (docs/reversals.md)
+            # add what a reversal undid, or which reversal undid the item, by a short id (as
+            # git shows commits; --json has the whole ids), so the table fits 80 columns.
+            _reference(item.reference, item.reverses, item.reversed_by),
         )
-    console.print(table)
+    # A page with holds or reversals needs about 100 columns: printed narrower, rich would crop
+    # the reference column away (a terminal wraps a long line instead, losing nothing).
+    wide = holds or any(item.reverses or item.reversed_by for item in page.items)
+    out = console
+    if wide and console.width < 110:
+        out = Console(highlight=False, width=110, file=console.file)
+        if not console.color_system:
+            out = Console(highlight=False, width=110, file=console.file, color_system=None)
+    out.print(table)
     if page.next:
         console.print(f"[dim]older: --before {page.next}[/]")
 
 
-def _link(reverses: str | None, reversed_by: str | None) -> str:
-    if reverses:
-        return f"reverses {reverses}"
-    return f"reversed by {reversed_by}" if reversed_by else ""
+def _reference(reference: str | None, reverses: str | None, reversed_by: str | None) -> Text:
+    text = Text(reference or "")
+    link = (
+        f"reverses {reverses[:8]}"
+        if reverses
+        else f"reversed by {reversed_by[:8]}"
+        if reversed_by
+        else ""
+    )
+    if link:
+        text.append(("; " if reference else "") + link, style="dim")
+    return text
 
 
 def _plain(amount: int, currency: str | None) -> str:
