@@ -242,7 +242,8 @@ async def test_a_build_that_halts_fails_with_its_reason_and_the_old_version_stay
         await until(lambda: present(open_db) == [1])  # the failed version is dropped
         health = await get(client, "/health")
         assert health["blue_green"]["state"] == "failed"
-        # Fixed, a new build may go.
+        # Fixed, a new build may go (once the failed one has let go of its lease).
+        await until(lambda: not bluegreen_of(app).active)
         runner.projection = runner.projection.inner
         again = await client.post("/admin/rebuild", json={"mode": "blue-green"})
         assert again.status_code == 202 and again.json()["blue_green"]["version"] == 3

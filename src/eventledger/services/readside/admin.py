@@ -88,7 +88,9 @@ _REBUILD_BODY["requestBody"]["required"] = False
 
 
 def _in_progress(bluegreen: BlueGreen, exc: BuildInProgress | None = None) -> ProblemError:
-    detail = str(exc) if exc is not None else "a blue/green rebuild is in progress"
+    build = bluegreen.build if exc is None else exc.build
+    where = "" if build is None else f" (version {build.version}: {build.state})"
+    detail = f"a blue/green rebuild is already in progress{where}"
     return ProblemError(
         409,
         "rebuild-in-progress",

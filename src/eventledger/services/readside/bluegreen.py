@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from eventledger.eventstore.codec import format_time
 from eventledger.services.readside.checkpoints import DECISION_COLUMNS, PARKED_COLUMNS
@@ -47,6 +49,7 @@ from eventledger.services.readside.versions import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROGRESS_INTERVAL = 1.0  # seconds between two records of a build's progress
 SWITCH_ATTEMPTS = 50  # tries of a switch refused because the new version was behind
@@ -70,6 +73,10 @@ class BlueGreen:
         self._watch_task: asyncio.Task[None] | None = None
         self._started = 0.0  # monotonic start of the build this process runs
         self._lease: Lease | None = None  # the build lease, while this process builds
+        # Every database call of this module runs here, so that `stop` can wait for the one
+        # in flight: the runner closes the databases next, and a SQLite connection closed
+        # while a thread uses it crashes the process.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bluegreen")
 
     @property
     def versions(self) -> Versions:
@@ -121,23 +128,27 @@ class BlueGreen:
                     await task
         self._watch_task = self._task = None
         self._release_lease()
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+    async def _io(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._executor.submit(call, *args))
 
     async def begin(self, *, requested_by: str) -> Build:
         """Start a build in this process; BuildInProgress when one is going on (anywhere)."""
         versions = self.versions
         if self.building_here:
             raise BuildInProgress(self.build)
-        lease = await owned(versions.try_lease, _release)
+        lease = await owned(versions.try_lease, _release, self._executor)
         if lease is None:
             raise BuildInProgress(self.build)
         try:
             runner = self.runner
             head = max(runner.head_position or 0, runner.position)
-            build = await asyncio.to_thread(
+            build = await self._io(
                 lambda: versions.begin_build(at=_now(), head=head, requested_by=requested_by)
             )
             # A version of that number left by a crash before it was recorded: start afresh.
-            await asyncio.to_thread(self._drop_leftover, build.version)
+            await self._io(self._drop_leftover, build.version)
         except BaseException:
             lease.release()
             raise
@@ -190,7 +201,7 @@ class BlueGreen:
 
     async def _build(self, build: Build) -> None:
         runner, versions = self.runner, self.versions
-        await asyncio.to_thread(self._prepare, build.version)
+        await self._io(self._prepare, build.version)
         green = ProjectionRunner(
             runner.projection,
             stream_url=runner.stream_url,
@@ -224,10 +235,10 @@ class BlueGreen:
             try:
                 await self._switch(build, green)
             except SwitchRefused as exc:
-                if not exc.behind and await asyncio.to_thread(versions.live) == build.version:
+                if not exc.behind and await self._io(versions.live) == build.version:
                     # Switched already (a try whose new version could not be opened after
                     # its commit): this process moves over as any instance does.
-                    self.build = await asyncio.to_thread(versions.build)
+                    self.build = await self._io(versions.build)
                     await runner.adopt()
                     return
                 if not exc.behind or attempt == SWITCH_ATTEMPTS:
@@ -313,12 +324,12 @@ class BlueGreen:
             await green.stop()
         with suppress(ReadModelError):
             await self._record(replace(build, updated_at=_now()))
-            await asyncio.to_thread(self.versions.drop, build.version)
+            await self._io(self.versions.drop, build.version)
 
     async def _record(self, build: Build) -> None:
         self.build = build
         with suppress(ReadModelError):  # progress is shown again at the next record
-            await asyncio.to_thread(self.versions.record, build)
+            await self._io(self.versions.record, build)
 
     # -- every instance ---------------------------------------------------------------------
 
@@ -339,19 +350,19 @@ class BlueGreen:
     async def _look(self) -> None:
         """Move to the live version, show the build, resume one whose builder is gone."""
         versions = self.versions
-        if await asyncio.to_thread(versions.live) != self.runner.version:
+        if await self._io(versions.live) != self.runner.version:
             await self.runner.adopt()
         if self.building_here:
             return
-        self.build = build = await asyncio.to_thread(versions.build)
+        self.build = build = await self._io(versions.build)
         if build is None or not build.active:
             await self._cleanup()
             return
-        lease = await owned(versions.try_lease, _release)
+        lease = await owned(versions.try_lease, _release, self._executor)
         if lease is None:
             return  # its builder is at work
         try:
-            build = await asyncio.to_thread(versions.build)
+            build = await self._io(versions.build)
         except BaseException:
             lease.release()
             raise
@@ -372,14 +383,18 @@ class BlueGreen:
         so never one another process is about to build). One still served elsewhere stays
         until a later look."""
         versions = self.versions
-        if not await asyncio.to_thread(self._leftovers):
+        if not await self._io(self._leftovers):
             return  # the usual case, without taking the lease
-        lease = None if self.building_here else await owned(versions.try_lease, _release)
+        lease = (
+            None
+            if self.building_here
+            else await owned(versions.try_lease, _release, self._executor)
+        )
         if lease is None and not self.building_here:
             return
         try:
-            for version in await asyncio.to_thread(self._leftovers):
-                dropped = await asyncio.to_thread(versions.drop, version)
+            for version in await self._io(self._leftovers):
+                dropped = await self._io(versions.drop, version)
                 log.info(
                     "%s: version %d %s",
                     self.runner.name,
