@@ -210,6 +210,26 @@ class AlreadyReversed(DomainError):
         self.reversed_by = reversed_by
 
 
+class ReversalBlocked(DomainError):
+    """Raised when the marker stream of a transaction's reversal holds something that is no
+    reversal of it (written by another writer of the stream service, not by a reversal): the
+    one-reversal guarantee rests on that stream, so none can be written."""
+
+    code = "reversal-blocked"
+    status = 409
+    title = "Reversal blocked"
+
+    def __init__(self, transaction_id: str, *, marker_stream: str) -> None:
+        super().__init__(
+            f"transaction {transaction_id} cannot be reversed: its marker stream "
+            f"{marker_stream!r} holds an event that is no reversal of it (not written by this "
+            "service); nothing was written. Move the money back with a new transaction, and "
+            "find out who wrote to that stream"
+        )
+        self.transaction_id = transaction_id
+        self.marker_stream = marker_stream
+
+
 class NotReversible(DomainError):
     """Raised when reversing a transaction that cannot be undone: a reversal, or a two-phase
     transfer that was voided (it moved nothing)."""

@@ -81,7 +81,7 @@ def _event(raw: object) -> NewEvent | None:
         if "metadata" in raw:
             return None  # null is not an object: the model says so
         metadata = {}
-    elif type(metadata) is not dict:
+    elif type(metadata) is not dict or s.RESERVED_METADATA in metadata:
         return None
     version = raw.get("schema_version", 1)
     if type(version) is not int or not 1 <= version <= MAX_SCHEMA_VERSION:

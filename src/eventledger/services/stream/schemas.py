@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from eventledger.eventstore.pii import ERASED
 from eventledger.eventstore.records import EVENT_TYPE, STREAM_NAME
 from eventledger.eventstore.store import MAX_PAGE, MAX_TRANSACTION_EVENTS
 from eventledger.services.http import StrictModel
@@ -91,6 +92,9 @@ ExpectedVersionField = Annotated[
 StreamName = Annotated[str, Field(pattern=STREAM_PATTERN, examples=["account-acc-42"])]
 
 
+RESERVED_METADATA = ERASED  # the fields a reader sees erased: set by the store on reads
+
+
 class EventIn(StrictModel):
     """One event to append."""
 
@@ -109,6 +113,14 @@ class EventIn(StrictModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> Self:
+        if RESERVED_METADATA in self.metadata:
+            # Why: the store sets it on reads (the fields whose key was deleted); written by a
+            # client it made a readable reference look erased, and a forget skip it.
+            raise PydanticCustomError(
+                "reserved_metadata",
+                "metadata.{key} is set by the stream service on reads; an append cannot write it",
+                {"key": RESERVED_METADATA},
+            )
         size = len(_encode_json(self.data)) + len(_encode_json(self.metadata))
         if size > MAX_EVENT_BYTES:
             raise PydanticCustomError(

@@ -598,7 +598,8 @@ def create_app(
                 _404="`transaction-not-found`",
                 _409="`already-reversed` (with `reversed_by`), `not-reversible`, "
                 "`transfer-pending`, `account-closed`, `insufficient-funds`, "
-                "`balance-out-of-range`",
+                "`balance-out-of-range`, `reversal-blocked` (its marker stream holds an event "
+                "that is no reversal of it: see docs/reversals.md)",
                 **{
                     **_INPUT_PROBLEMS,
                     "_422": _INPUT_PROBLEMS["_422"] + " `invalid-transaction-id`.",

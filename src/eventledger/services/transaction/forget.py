@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from eventledger.domain.errors import AccountNotFound, DomainError
 from eventledger.domain.events import PersonalDataErased, stream_name
 from eventledger.domain.money import check_account_id
-from eventledger.eventstore.pii import ERASED, FIELDS
+from eventledger.eventstore.pii import FIELDS
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.http import (
     ProblemError,
@@ -79,7 +79,9 @@ def _pending_erasure(events: Sequence[RecordedEvent]) -> RecordedEvent | None:
     for event in reversed(events):
         if event.type == PersonalDataErased.TYPE:
             return event
-        if any(event.data.get(f) is not None for f in FIELDS) and ERASED not in event.metadata:
+        # The data alone decides (an erased field reads as null): `metadata.erased` was once
+        # trusted here, and a writer of the stream could forge it to keep a value unforgettable.
+        if any(event.data.get(f) is not None for f in FIELDS):
             return None
     return None
 

@@ -8,7 +8,8 @@ The steps, around the pure decision (`domain.reversal.decide_reversal`):
    version must be that event);
 2. was it reversed already? The marker stream `reversal-{original id}` holds one event once
    it was: 409 `already-reversed` naming the reversal (or, when that event is this request's
-   own, the first answer again: an idempotent replay);
+   own, the first answer again: an idempotent replay); a marker that names no reversal the
+   accounts hold (forged by another writer) is 409 `reversal-blocked`;
 3. load the accounts it touched (the cache, a snapshot or the stream), decide;
 4. append in ONE atomic batch: the marker event with expected version `no_stream`, and one
    `TransactionReversed` per account at the version decided on. Two reversals of one
@@ -28,8 +29,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventledger.domain.account import Account, evolve
-from eventledger.domain.errors import AlreadyReversed, DomainError, InvalidAccountEvent
+from eventledger.domain.errors import (
+    AlreadyReversed,
+    DomainError,
+    InvalidAccountEvent,
+    InvalidTransactionId,
+    ReversalBlocked,
+)
 from eventledger.domain.events import Event, TransactionReversed, stream_name
+from eventledger.domain.money import check_transaction_id
 from eventledger.domain.reversal import (
     REVERSAL_RECORDED,
     ReverseTransaction,
@@ -181,7 +189,29 @@ async def _already_reversed(
         return None
     if marker.id == ids.event_id(0):  # this request's own, written before
         return _reversal(await answer_bound_key(client, ids), ids)
-    raise AlreadyReversed(command.reverses, reversed_by=str(marker.data.get("transaction_id")))
+    reversal_id = await _reversal_of(client, marker, command.reverses)
+    if reversal_id is None:
+        raise ReversalBlocked(command.reverses, marker_stream=reversal_stream(command.reverses))
+    raise AlreadyReversed(command.reverses, reversed_by=reversal_id)
+
+
+async def _reversal_of(client: StreamClient, marker: RecordedEvent, original: str) -> str | None:
+    """The id of the reversal `marker` records, when the accounts hold it; else None."""
+    # Why: the marker stream is not an account stream, so the guard does not check it: anyone
+    # with `events:append` can write it. A real marker is appended in one batch with its
+    # account events, so they are there; a forged one named no reversal ("reversed by None").
+    if marker.type != REVERSAL_RECORDED or marker.data.get("reverses") != original:
+        return None
+    try:
+        reversal_id = check_transaction_id(marker.data.get("transaction_id"))
+    except InvalidTransactionId:
+        return None
+    found = await client.read_transaction(reversal_id)
+    if any(
+        e.type == TransactionReversed.TYPE and e.data.get("reverses") == original for e in found
+    ):
+        return reversal_id
+    return None
 
 
 def _decider(
