@@ -52,6 +52,7 @@ class KeyWork:
     create: Mapping[str, AccountKey] = field(default_factory=dict)
     use: Mapping[str, str] = field(default_factory=dict)  # account -> key id sealed under
     erase: tuple[str, ...] = ()
+    notice: str = ""  # the forget's event id, named in what it tells other instances
 
     def __bool__(self) -> bool:
         return bool(self.create or self.use or self.erase)

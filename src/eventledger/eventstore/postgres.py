@@ -48,7 +48,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC
 from typing import Any, LiteralString
@@ -72,7 +72,7 @@ from eventledger.eventstore.group_commit import (
 from eventledger.eventstore.keys import rows_to_keys
 from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import Row
-from eventledger.eventstore.postgres_listener import HeadWatch, listen
+from eventledger.eventstore.postgres_listener import CHANNEL, HeadWatch, listen
 from eventledger.eventstore.postgres_schema import (
     MIGRATIONS,
     Connection,
@@ -100,6 +100,7 @@ logger = logging.getLogger(__name__)
 
 
 Pool = AsyncConnectionPool[Connection]
+BARRIER_SECONDS = 1.0  # longest wait for our listener to hear its own barrier: then read the store
 
 
 # -- statements --------------------------------------------------------------------------
@@ -129,7 +130,7 @@ class PostgresEventStore(EventStore):
         self._pool = pool
         self._schema = schema
         self._idle_check = idle_check or _IdleCheck()
-        self._watch = HeadWatch()
+        self._watch = HeadWatch(on_forget=self._forgotten, on_connect=self._listening)
         # What this instance committed last, served to its live subscribers without a query
         # (recent.py), and the highest position known committed: a lower bound of the head
         # that spares the feed a query per commit. Other instances' commits are read.
@@ -260,6 +261,33 @@ class PostgresEventStore(EventStore):
 
     def known_head(self) -> int:
         return self._known_head
+
+    def _sealing(self, keys: Mapping[str, AccountKey]) -> None:
+        self._recent.remember_keys(keys)
+
+    def _forgotten(self, event_id: str, account: str) -> None:
+        # Heard from any instance; this one's own was applied at its COMMIT (recent.py
+        # knows its event id and skips it here).
+        self._recent.forget_account(account, event_id)
+
+    def _listening(self) -> None:
+        self._recent.forget_all()  # forgets sent while nobody listened are lost
+
+    async def _forgets_heard(self) -> bool:
+        # Every forget committed before now, by any instance, heard by our listener (in commit
+        # order, before our own NOTIFY sent after it): one round trip for all the pages
+        # asking at the same time. Not listening: False, the store is read.
+        if self._closed:
+            return False
+        return await self._watch.barrier(self._send_barrier, BARRIER_SECONDS)
+
+    async def _send_barrier(self, token: str) -> None:
+        async with translating(), self._connection() as conn:
+            # Like the head's NOTIFY: no data, so no need to wait for a WAL flush.
+            await conn.execute(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, %s)",
+                [CHANNEL, f"{self._schema}:sync:{token}"],
+            )
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -8,12 +8,26 @@ the `event_position` table as the truth.
               itself: NOTIFYs sent while it was disconnected are lost.
     waiters:  `HeadWatch.wait_for_events` reads the head from the table, and sleeps until the
               watch passes the mark (or the deadline).
+
+Forgets (pii.py) reach every instance on the same channel, so that none serves from memory
+the personal data another one erased (recent.py):
+
+    forget:   in the forget's own transaction: NOTIFY eventledger_events
+              '<schema>:forget:<event id>:<account>' (delivered once it commits, in order)
+    listen:   calls `HeadWatch.on_forget(event id, account)`; after each (re)connect, `on_connect()`
+              (forgets sent while disconnected are lost: the recent pages forget everything)
+    barrier:  `HeadWatch.barrier` sends '<schema>:sync:<instance>:<n>' from another session
+              and waits until this listener hears it. PostgreSQL delivers the notifications
+              of different transactions in commit order, so every forget committed before
+              the barrier began has been heard (and applied) by then. Callers that arrive
+              before a barrier's NOTIFY is sent share it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
@@ -43,14 +57,101 @@ async def send_notify(conn: Connection, schema: str) -> None:
     await conn.execute(_NOTIFY, [CHANNEL, f"{schema}:"])
 
 
-class HeadWatch:
-    """The newest head this process has heard of, and the tasks waiting for it to pass a mark."""
+def forget_notice(schema: str, event_id: str, account: str) -> str:
+    """The payload announcing a forget of `account` by its event `event_id` (sent in the
+    forget's transaction)."""
+    return f"{schema}:forget:{event_id}:{account}"
 
-    def __init__(self) -> None:
+
+def _ignore_forget(event_id: str, account: str) -> None:
+    return None
+
+
+def _nothing() -> None:
+    return None
+
+
+class HeadWatch:
+    """The newest head this process has heard of, and the tasks waiting for it to pass a mark;
+    what it hears of forgets, and the barriers that wait for them."""
+
+    def __init__(
+        self,
+        *,
+        on_forget: Callable[[str, str], None] = _ignore_forget,
+        on_connect: Callable[[], None] = _nothing,
+    ) -> None:
         self.head = 0
         self.waiters = 0
         self.confirmed_at = -RECHECK_INTERVAL  # loop time the head was last read from the table
         self._advanced = asyncio.Event()
+        self.on_forget = on_forget
+        self.on_connect = on_connect
+        self.connected = False  # listening now: forgets are heard
+        self.instance = secrets.token_hex(8)
+        self._syncs: dict[str, asyncio.Future[bool]] = {}
+        self._unsent: asyncio.Future[bool] | None = None  # a barrier callers may still join
+        self._sequence = 0
+
+    async def barrier(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        timeout: float,  # noqa: ASYNC109
+    ) -> bool:
+        """True once every notification committed before this call was heard (`send`
+        NOTIFYs the payload it is given, from another session); False when not listening,
+        on the send's failure, or after `timeout`."""
+        if not self.connected:
+            return False
+        future = self._unsent
+        if future is None:
+            self._sequence += 1
+            token = f"{self.instance}:{self._sequence}"
+            future = self._unsent = asyncio.get_running_loop().create_future()
+            self._syncs[token] = future
+            task = asyncio.create_task(self._send(token, future, send))
+            task.add_done_callback(_retrieve)
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            return False
+
+    async def _send(
+        self, token: str, future: asyncio.Future[bool], send: Callable[[str], Awaitable[None]]
+    ) -> None:
+        await asyncio.sleep(0)  # the callers of this turn of the loop share it
+        # From here on the NOTIFY may be on its way: a later caller waits for the next one.
+        self._unsent = None
+        try:
+            await send(token)
+        except Exception as exc:
+            logger.info("barrier NOTIFY failed: %s", exc)
+            self._syncs.pop(token, None)
+            if not future.done():
+                future.set_result(False)
+        else:
+            # Heard, or not within RECHECK_INTERVAL (lost with the connection): never waited
+            # for forever, and the dict stays bounded.
+            asyncio.get_running_loop().call_later(RECHECK_INTERVAL * 5, self._expire, token)
+
+    def _expire(self, token: str) -> None:
+        future = self._syncs.pop(token, None)
+        if future is not None and not future.done():
+            future.set_result(False)
+
+    def heard_sync(self, token: str) -> None:
+        future = self._syncs.pop(token, None)
+        if future is not None and not future.done():
+            future.set_result(True)
+
+    def disconnected(self) -> None:
+        """The listener lost its connection: forgets go unheard until it is back."""
+        self.connected = False
+        for future in self._syncs.values():
+            if not future.done():
+                future.set_result(False)
+        self._syncs.clear()
 
     def advance(self, head: int) -> None:
         if head > self.head:
@@ -129,6 +230,9 @@ async def listen(conninfo: str, schema: str, watch: HeadWatch) -> None:
             )
             async with conn:
                 await conn.execute("LISTEN " + CHANNEL)
+                # Forgets committed while nobody listened are unknown: forget everything.
+                watch.on_connect()
+                watch.connected = True
                 watch.advance(await _head(conn))
                 checked = watch.confirmed_at = loop.time()
                 delay = 0.05
@@ -144,6 +248,8 @@ async def listen(conninfo: str, schema: str, watch: HeadWatch) -> None:
             logger.info("event listener lost its connection, reconnecting: %s", exc)
         except Exception:
             logger.exception("event listener failed, restarting")
+        finally:
+            watch.disconnected()
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
 
@@ -152,6 +258,22 @@ def _hear(payload: str, schema: str, watch: HeadWatch) -> None:
     payload_schema, _, head = payload.rpartition(":")
     if payload_schema == schema and head.isdigit():
         watch.advance(int(head))
+        return
+    # Schema names have no colon (check_schema_name); account ids may.
+    payload_schema, _, rest = payload.partition(":")
+    if payload_schema != schema:
+        return
+    kind, _, value = rest.partition(":")
+    if kind == "forget":
+        event_id, _, account = value.partition(":")
+        watch.on_forget(event_id, account)
+    elif kind == "sync":
+        watch.heard_sync(value)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _listener_name(conninfo: str) -> str:

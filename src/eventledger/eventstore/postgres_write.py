@@ -34,7 +34,7 @@ from eventledger.eventstore.errors import (
 from eventledger.eventstore.group_commit import InsertRefused
 from eventledger.eventstore.keys import KeyWork
 from eventledger.eventstore.planning import Row, Snapshot, StoredPlace
-from eventledger.eventstore.postgres_listener import send_notify
+from eventledger.eventstore.postgres_listener import CHANNEL, forget_notice, send_notify
 from eventledger.eventstore.postgres_schema import Connection
 
 logger = logging.getLogger(__name__)
@@ -206,6 +206,11 @@ class Session:
                     "DELETE FROM personal_data_keys WHERE account_id = ANY(%s::text[])",
                     [list(work.erase)],
                 )
+                # In the transaction: delivered to every instance's listener once it commits,
+                # in commit order (postgres_listener.py: their recent pages forget the account).
+                for account in work.erase:
+                    notice = forget_notice(self._schema, work.notice, account)
+                    await self._conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, notice])
 
     async def savepoint(self, name: str) -> None:
         async with translating():

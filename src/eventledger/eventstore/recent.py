@@ -22,15 +22,32 @@ What keeps it exact:
   without floats, whose re-encoding is itself, and no upcaster for its type and schema
   version). Any other event in the page's range answers None: the page is read from the store.
 * **Bounded**: at most `MAX_EVENTS` rows and `MAX_BYTES` of stored text.
+
+Personal data (pii.py): a row whose `owner`/`reference` is sealed is served opened, with the
+key this instance sealed it under (`remember_keys`, before the append is sent), opened once
+and shared by every subscriber. A forget makes that text wrong, so the log forgets it:
+
+* **Here**: `add` sees the PersonalDataErased row of a forget this instance committed, before
+  the forget's caller is answered, and drops the account's opened texts and key; rows of the
+  account up to that position are never opened again from memory (`_floors`).
+* **Elsewhere**: another instance's forget is heard by the store (PostgreSQL: a NOTIFY sent
+  in the forget's own transaction, postgres_listener.py), which calls `forget_account`;
+  rows of the account up to this log's end are never opened again. The store confirms, before
+  serving a page that `sealed` marks, that it has heard every forget committed before the
+  request (EventStore.live_page); when it cannot (its listener is down), `forget_all`.
+
+Rows after a floor of their account were sealed after the forget (each append's transaction
+checks its key is still the account's: keys.py), under a new key: opening them is right.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
@@ -38,14 +55,19 @@ from typing import Any
 
 import orjson
 
+from eventledger.eventstore import pii
 from eventledger.eventstore.codec import format_time
-from eventledger.eventstore.pii import PREFIX
+from eventledger.eventstore.pii import PREFIX, AccountKey
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 MAX_EVENTS = 4096
 MAX_BYTES = 8 * 1024 * 1024
+MAX_KEYS = 4096  # keys remembered to open rows with; past it, start over (a miss: a store read)
+ERASURE = "PersonalDataErased"  # domain/events.py: written with the deletion of a key
 _UNKNOWN: Any = object()
+# pages.encode_json: the data of an opened row re-encoded as a read encodes it (compact, ASCII)
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +85,7 @@ class RecentPage:
     events: list[RecentEvent]
     last: int
     cut: bool
+    sealed: bool = False  # shows opened personal data: only served once forgets are heard
 
 
 class RecentLog:
@@ -85,6 +108,16 @@ class RecentLog:
         # Envelopes made so far, by position (None: only a read can say): the subscriptions
         # with different filters ask for the same events.
         self._texts: dict[int, str | None] = {}
+        # Personal data: the keys to open rows with, the positions whose text is opened, the
+        # rows never opened from memory again (an account's up to its floor, all up to
+        # `_floor`), and a count of forgets, so that a text opened while one was heard is
+        # not kept.
+        self._keys: dict[str, AccountKey] = {}
+        self._opened: set[int] = set()
+        self._floors: dict[str, int] = {}
+        self._floor = 0
+        self._forgets = 0
+        self._applied: deque[str] = deque(maxlen=64)  # event ids of the forgets added here
 
     def add(self, rows: Sequence[Row]) -> None:
         """The rows of one COMMIT, in position order."""
@@ -102,6 +135,11 @@ class RecentLog:
                 old = self._rows.popleft()
                 self._bytes -= len(old.data) + len(old.metadata)
                 self._texts.pop(old.position, None)
+                self._opened.discard(old.position)
+            for row in rows:
+                if row.type == ERASURE and (account := pii.account_of(row.stream)) is not None:
+                    self._forget(account, row.position)  # before its caller is answered
+                    self._applied.append(row.id_text)
 
     def clear(self) -> None:
         with self._lock:
@@ -110,7 +148,61 @@ class RecentLog:
     def _clear(self) -> None:
         self._rows.clear()
         self._texts.clear()
+        self._opened.clear()
         self._bytes = 0
+
+    @property
+    def end(self) -> int:
+        """The position of the last row held (0: none)."""
+        with self._lock:
+            return self._rows[-1].position if self._rows else 0
+
+    def remember_keys(self, keys: Mapping[str, AccountKey]) -> None:
+        """The keys an append is about to be sealed under (before it is sent: a subscriber
+        woken by its COMMIT finds them)."""
+        if not keys:
+            return
+        with self._lock:
+            if len(self._keys) + len(keys) > MAX_KEYS:
+                self._keys.clear()
+            self._keys.update(keys)
+
+    def forget_account(self, account: str, event_id: str = "") -> None:
+        """Another instance forgot `account` (by its event `event_id`): no row of it held now
+        is opened from memory again (rows added later were sealed after that forget, under a
+        new key). A forget this log added itself (`add`) was applied at its position."""
+        with self._lock:
+            if event_id and event_id in self._applied:
+                return
+            self._forget(account, self._rows[-1].position if self._rows else 0)
+
+    def forget_all(self) -> None:
+        """Forgets may have been missed (the store's listener was down): no row held now is
+        opened from memory again."""
+        with self._lock:
+            self._forgets += 1
+            self._floor = self._rows[-1].position if self._rows else self._floor
+            self._keys.clear()
+            for position in self._opened:
+                self._texts.pop(position, None)
+            self._opened.clear()
+
+    def _forget(self, account: str, floor: int) -> None:
+        self._forgets += 1
+        self._keys.pop(account, None)
+        if floor > self._floors.get(account, 0):
+            self._floors[account] = floor
+        stream = pii.ACCOUNT_STREAM + account
+        for row in self._rows:
+            if row.position in self._opened and row.stream == stream:
+                self._texts.pop(row.position, None)
+                self._opened.discard(row.position)
+        if len(self._floors) > MAX_KEYS:  # floors below the held rows mean nothing any more
+            first = self._rows[0].position if self._rows else self._floor
+            self._floors = {a: f for a, f in self._floors.items() if f >= first}
+            if len(self._floors) > MAX_KEYS:  # (bounded whatever happens: the safe side)
+                self._floors.clear()
+                self._floor = max(self._floor, self._rows[-1].position if self._rows else 0)
 
     def page(
         self,
@@ -131,11 +223,16 @@ class RecentLog:
             if not first - 1 <= after < end:
                 return None
             rows = list(itertools.islice(self._rows, after + 1 - first, None))
+            forgets = self._forgets
         events: list[RecentEvent] = []
         size = 0
         wanted = set(types)
         texts = self._texts
         made: dict[int, str | None] = {}
+        made_opened: set[int] = set()
+        holds_opened = False
+        cut = False
+        last = end
         for row in rows:
             if wanted and row.type not in wanted:
                 continue
@@ -143,51 +240,93 @@ class RecentLog:
                 continue
             text = texts.get(row.position, _UNKNOWN)
             if text is _UNKNOWN:
-                text = made[row.position] = self._envelope(row)
+                text, was_opened = self._envelope(row)
+                made[row.position] = text
+                if was_opened:
+                    made_opened.add(row.position)
             if text is None:
-                self._keep(made)
+                self._keep(made, made_opened, forgets)
                 return None
             if events and size + len(text) > max_bytes:
-                self._keep(made)
-                return RecentPage(events, events[-1].position, cut=True)
+                cut, last = True, events[-1].position
+                break
+            holds_opened = holds_opened or row.position in made_opened or _opened(row)
             events.append(RecentEvent(row.position, row.type, text))
             size += len(text)
             if len(events) >= limit or size >= max_bytes:
-                self._keep(made)
-                return RecentPage(events, row.position, cut=True)
-        self._keep(made)
-        return RecentPage(events, end, cut=False)
+                cut, last = True, row.position
+                break
+        if not self._keep(made, made_opened, forgets) and holds_opened:
+            return None  # a forget was heard while this page was made: read the store
+        return RecentPage(events, last, cut, sealed=holds_opened)
 
-    def _keep(self, made: dict[int, str | None]) -> None:
-        if not made:
-            return
+    def _keep(self, made: dict[int, str | None], opened: set[int], forgets: int) -> bool:
+        """Keep the texts made for rows still held, except opened ones when a forget was
+        heard meanwhile (then False: they may show what was just erased)."""
         with self._lock:
-            if self._rows:  # only for rows still held: a concurrent add may have dropped some
+            fresh = forgets == self._forgets
+            if made and self._rows:  # only rows still held: a concurrent add may drop some
                 first, end = self._rows[0].position, self._rows[-1].position
                 for position, text in made.items():
-                    if first <= position <= end:
+                    if first <= position <= end and (fresh or position not in opened):
                         self._texts[position] = text
+                        if position in opened:
+                            self._opened.add(position)
+            return fresh
 
-    def _envelope(self, row: Row) -> str | None:
+    def _envelope(self, row: Row) -> tuple[str | None, bool]:
         """The envelope of a committed row as a read would serve it, or None when only a
-        read can say."""
-        if self._upcasters.applies(row.type, row.schema_version) or _sealed(row.data):
-            return None
+        read can say; and whether it shows opened personal data."""
+        if self._upcasters.applies(row.type, row.schema_version):
+            return None, False
         if not (_plain(row.data) and _plain(row.metadata)):
-            return None
+            return None, False
+        data = row.data
+        opened = False
+        if _sealed(data) and (account := pii.account_of(row.stream)) is not None:
+            opened_data = self._opened_data(row, account)
+            if opened_data is None:
+                return None, False
+            data, opened = opened_data, opened_data != row.data
         return (
             f'{{"id":"{row.id_text}","stream":{encode_basestring_ascii(row.stream)},'
             f'"type":{encode_basestring_ascii(row.type)},"schema_version":{row.schema_version},'
-            f'"data":{row.data},"metadata":{row.metadata},"stream_version":{row.stream_version},'
+            f'"data":{data},"metadata":{row.metadata},"stream_version":{row.stream_version},'
             f'"position":{row.position},"recorded_at":"{row.recorded_at}","hash":"{row.hash}",'
             f'"batch_end":{row.batch_end}}}'
-        )
+        ), opened
+
+    def _opened_data(self, row: Row, account: str) -> str | None:
+        """The row's data with its sealed personal data opened, as a read encodes it; None
+        when only a read can say (no key here, another key, or a forget since)."""
+        with self._lock:
+            key = self._keys.get(account)
+            floor = max(self._floor, self._floors.get(account, 0))
+        if key is None or row.position <= floor:
+            return None
+        data = orjson.loads(row.data)  # _plain: a dict
+        for field in pii.FIELDS:
+            value = data.get(field)
+            if not pii.is_sealed(value):
+                continue
+            if pii.key_id_of(value) != key.key_id:
+                return None
+            try:
+                data[field] = pii.open_sealed(key, value, event_id=row.id, field=field)
+            except pii.PersonalDataUnreadable:
+                return None  # a read raises it
+        # What pages.encoded_envelope writes for the opened data: compact, ASCII (a plaintext
+        # outside ASCII is escaped, as the standard library does for the whole envelope).
+        return _encode_json(data)
+
+
+def _opened(row: Row) -> bool:
+    return _sealed(row.data) and row.stream.startswith(pii.ACCOUNT_STREAM)
 
 
 def _sealed(data: object) -> bool:
-    """Whether stored data may hold sealed personal data (pii.py): only a read, which reads
-    the account's key, can say what a reader sees of it (opened, or erased since). Never
-    kept in memory as opened text, so a forget needs no cache here to be cleared."""
+    """Whether stored data may hold sealed personal data (pii.py): what a reader sees of it
+    depends on the account's key (opened, or erased since)."""
     return type(data) is str and _SEALED in data
 
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +125,9 @@ class SqliteEventStore(EventStore):
         self._known_head = 0
         self._recent = RecentLog(self._upcasters)
         self._stored = StoredEnvelopes(self._upcasters)
+        # Asked from the event loop whether another process committed after our recent rows
+        # (a forget among them?): a few microseconds, never waiting for a lock (timeout 0).
+        self._head_probe: sqlite3.Connection | None = None
 
     @property
     def commits(self) -> int:
@@ -362,6 +365,29 @@ class SqliteEventStore(EventStore):
 
     async def close(self) -> None:
         await asyncio.to_thread(self._shutdown)
+        probe, self._head_probe = self._head_probe, None
+        if probe is not None:
+            probe.close()
+
+    def _sealing(self, keys: Mapping[str, AccountKey]) -> None:
+        self._recent.remember_keys(keys)
+
+    async def _forgets_heard(self) -> bool:
+        # This instance's forgets are applied by the writer (recent.py) before they return;
+        # another process's forget is an event in the log after our recent rows, and it
+        # commits with its key's deletion. So: nobody wrote after our last row, asked now.
+        # Synchronous on purpose: one index seek on a read-only connection, cheaper than the
+        # hop to a reader thread that this path exists to save; never waits (timeout 0).
+        if self._closed or not self._started:
+            return False
+        try:
+            if self._head_probe is None:
+                self._head_probe = connect(self._path, busy_timeout=0)
+                self._head_probe.execute("PRAGMA query_only = ON")
+            row = self._head_probe.execute(_HEAD).fetchone()
+        except sqlite3.Error:
+            return False
+        return int(row[0]) <= self._recent.end
 
     # -- connections ---------------------------------------------------------------------
 

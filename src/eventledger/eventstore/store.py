@@ -103,6 +103,7 @@ class EventStore(ABC):
             created = {a: pii.new_key() for a in accounts if a not in keys}
             used = {a: k.key_id for a, k in keys.items()}
             sealed = pii.seal_appends(appends, {**keys, **created})
+            self._sealing({**keys, **created})
             try:
                 results = await self._keyed_append(sealed, KeyWork(create=created, use=used))
             except KeyConflict:
@@ -119,6 +120,10 @@ class EventStore(ABC):
             self._sealing_keys.clear()
         self._sealing_keys.update(keys)
 
+    def _sealing(self, keys: Mapping[str, pii.AccountKey]) -> None:  # noqa: B027 - optional hook
+        """Hook: an append is about to be sent sealed under these keys (a store that serves
+        its recent commits from memory opens them with these: recent.py)."""
+
     async def forget(
         self, account_id: str, event: NewEvent, *, expected_version: ExpectedVersion
     ) -> AppendResult:
@@ -128,7 +133,8 @@ class EventStore(ABC):
         appends = [StreamAppend(pii.ACCOUNT_STREAM + account_id, expected_version, [event])]
         validate_batch(appends)
         self._sealing_keys.pop(account_id, None)
-        (result,) = await self._keyed_append(appends, KeyWork(erase=(account_id,)))
+        work = KeyWork(erase=(account_id,), notice=str(event.id))
+        (result,) = await self._keyed_append(appends, work)
         return result
 
     async def plaintext_personal_fields(self, account_id: str) -> int:
@@ -253,6 +259,35 @@ class EventStore(ABC):
         """The log page after `after` from the events this instance committed last, without
         I/O (recent.py), or None when the store must be read for it."""
         return None
+
+    async def live_page(
+        self,
+        after: int,
+        *,
+        limit: int,
+        max_bytes: int,
+        types: tuple[str, ...] = (),
+        stream_prefix: str | None = None,
+    ) -> RecentPage | None:
+        """`recent_page`, served only where it is exact now: a page showing opened personal
+        data is served once the store has made sure it heard every forget committed before
+        this call (`_forgets_heard`), then made again (a forget heard meanwhile is applied to
+        it). None: read the store."""
+        page = self.recent_page(
+            after, limit=limit, max_bytes=max_bytes, types=types, stream_prefix=stream_prefix
+        )
+        if page is None or not page.sealed:
+            return page
+        if not await self._forgets_heard():
+            return None
+        return self.recent_page(
+            after, limit=limit, max_bytes=max_bytes, types=types, stream_prefix=stream_prefix
+        )
+
+    async def _forgets_heard(self) -> bool:
+        """True once every forget committed before this call (by any instance) has been
+        applied to the recent pages; False when the store cannot tell (then read it)."""
+        return False
 
     def known_head(self) -> int:
         """A position known to be committed and visible, without I/O (a lower bound of

@@ -20,8 +20,10 @@ Many subscribers cost the store and the event loop about what one does (`LogFeed
   all wake together at the same position when an event is committed), and pages that are
   complete are kept in a small cache bounded in bytes, so subscribers catching up from the
   same place share the work;
-* what this service just committed is served from memory (`EventStore.recent_page`,
-  eventstore/recent.py): a live subscriber's page costs no query, thread hop or decode;
+* what this service just committed is served from memory (`EventStore.live_page`,
+  eventstore/recent.py): a live subscriber's page costs no query, thread hop or decode, and
+  personal data in it is opened once for all subscribers (a page showing it is served once
+  the store has heard every forget committed before; never kept in the page cache);
 * at most `READ_CONCURRENCY` page reads run at once: the store's threads and connections stay
   free for appends, reads and `/health` however many subscribers catch up;
 * every page is bounded in bytes (`SSE_PAGE_BYTES`) as well as in count (`PAGE_SIZE`);
@@ -237,14 +239,16 @@ class LogFeed:
         after, types, prefix = key
         # What this service just committed is served from memory: no thread hop, no query,
         # no decode (eventstore/recent.py says when that is exact; None: read the store).
-        recent = self.store.recent_page(
+        # Personal data is opened there once for every subscriber; a page showing it is served
+        # once the store has heard every forget committed before (EventStore.live_page).
+        recent = await self.store.live_page(
             after, limit=PAGE_SIZE, max_bytes=SSE_PAGE_BYTES, types=types, stream_prefix=prefix
         )
         if recent is not None:
             frames = "".join(
                 f"id: {e.position}\nevent: {e.type}\ndata: {e.text}\n\n" for e in recent.events
             ).encode("ascii")
-            return FramesPage(frames, recent.last, len(recent.events), recent.cut)
+            return FramesPage(frames, recent.last, len(recent.events), recent.cut, recent.sealed)
         async with self._reads:
             # With filters, the head before the page: see the module docstring for why it is
             # safe. Any position known committed and visible will do; the store's own lower
