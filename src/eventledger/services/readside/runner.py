@@ -208,7 +208,8 @@ class ProjectionRunner(RunnerStatus):
         if versions is None or self._db is None:
             return False
         async with self._control:
-            if await asyncio.to_thread(versions.live) == self.version:
+            # In the writer thread, as all this runner's database work: `stop` waits for it.
+            if await self._write(versions.live) == self.version:
                 return False
             await self._stop_following()
             version, db, hold = await self._open_live_owned(versions)
