@@ -32,6 +32,7 @@ from tests.unit.test_validity import (
     guard_accepts,
     raw_opened,
 )
+from tests.unit.test_validity_reversals import reversal_batches
 
 EXPIRY = "2026-11-27T10:05:00.000000Z"
 
@@ -315,9 +316,12 @@ HELD = st.sampled_from([1, 50, 100, 400, 0, -5])
 Batch = list[tuple[str, list[Raw]]]
 
 
-def raw_hold(source: str, target: str, tx: str, amount: int, expires: bool) -> Batch:
+def raw_hold(
+    source: str, target: str, tx: str, amount: int, expires: bool, reference: str | None = None
+) -> Batch:
     expires_at = EXPIRY if expires else None
-    common = {"transaction_id": tx, "amount": amount, "reference": None, "expires_at": expires_at}
+    common = {"transaction_id": tx, "amount": amount, "reference": reference}
+    common["expires_at"] = expires_at
     return [
         (
             source,
@@ -346,16 +350,26 @@ def two_phase_logs(draw: st.DrawFn) -> list[Batch]:
     """Atomic appends: deposits, withdrawals, closes, holds and outcomes, where an outcome
     mostly ends a hold drawn earlier (posted in part, in full or for too much; voided; expired
     whether or not it could), and sometimes is flawed (half a pair, the sides swapped, an
-    amount or reason that does not match)."""
+    amount or reason that does not match); among them reversals (of anything, balanced or
+    not: `reversal_batches`) and erasures (`PersonalDataErased`, as a forget writes it)."""
     log: list[Batch] = []
     holds: list[tuple[str, str, str, int, bool]] = []
     for _ in range(draw(st.integers(min_value=1, max_value=40))):
         source, target = draw(st.permutations(ACCOUNTS))[:2]
         kind = draw(
             st.sampled_from(
-                ["deposit", "withdraw", "close", "hold", "hold", "post", "post", "void", "expire"]
+                [
+                    *("deposit", "withdraw", "close", "hold", "hold", "post", "post", "void"),
+                    *("expire", "reverse", "erase"),
+                ]
             )
         )
+        if kind == "reverse":
+            log.append(draw(reversal_batches()))
+            continue
+        if kind == "erase":
+            log.append([(source, [("PersonalDataErased", 1, {"account_id": source})])])
+            continue
         if kind in ("deposit", "withdraw"):
             type = "MoneyDeposited" if kind == "deposit" else "MoneyWithdrawn"
             data = {"account_id": source, "transaction_id": str(uuid.uuid4())}
@@ -370,7 +384,8 @@ def two_phase_logs(draw: st.DrawFn) -> list[Batch]:
             expires = draw(st.booleans())
             amount = draw(HELD)
             holds.append((source, target, tx, amount, expires))
-            batch = raw_hold(source, target, tx, amount, expires)
+            reference = draw(st.sampled_from([None, "order 7", "\u202eorder"]))
+            batch = raw_hold(source, target, tx, amount, expires, reference)
         else:
             source, target, tx, held, _ = draw(st.sampled_from(holds))
             if draw(st.integers(0, 5)) == 0:
