@@ -319,3 +319,27 @@ async def test_a_real_reversal_is_still_named_by_a_second_one(ledger: Ledger) ->
     second = await ledger.http.post(f"/transactions/{original}/reverse", json={})
     problem = assert_problem(second, 409, "already-reversed")
     assert problem["reversed_by"] == first.json()["transaction_id"]
+
+
+async def test_a_transaction_id_reused_on_another_account_makes_no_5xx_and_moves_nothing(
+    ledger: Ledger, stream: httpx.AsyncClient, world: dict[str, str]
+) -> None:
+    # Found: a valid deposit on a third account carrying a transfer's id (the guard checks ids
+    # per account) made the reversal of the transfer a 502: the command side decided events
+    # that did not sum to 0, which the guard refused.
+    a, b = world["a"], world["b"]
+    eve = await ledger.funded(1_000)
+    moved = await ledger.http.post(
+        "/transfers", json={"from_account": a, "to_account": b, "amount": 4}
+    )
+    original = moved.json()["transaction_id"]
+    sibling = ev(
+        "MoneyDeposited", account_id=eve, transaction_id=original, amount=7, reference=None
+    )
+    written = await append(ledger, stream, (eve, [sibling]))
+    assert written.status_code == 201, written.text
+    head = await ledger.head()
+    answer = await ledger.http.post(f"/transactions/{original}/reverse", json={})
+    problem = assert_problem(answer, 409, "not-reversible")
+    assert "3 accounts" in problem["detail"]
+    assert await ledger.head() == head

@@ -38,6 +38,7 @@ from eventledger.domain.account import (
     _check_sufficient_funds,
 )
 from eventledger.domain.errors import (
+    InvalidAccountEvent,
     InvalidTransactionId,
     NotReversible,
     TransactionNotFound,
@@ -56,6 +57,7 @@ from eventledger.domain.events import (
     TransferSent,
 )
 from eventledger.domain.money import check_reference, check_transaction_id
+from eventledger.domain.validity import AccountFacts, check_reversals
 
 REVERSAL_STREAM_PREFIX = "reversal-"
 REVERSAL_RECORDED = "ReversalRecorded"  # the marker event's type (not an account event)
@@ -153,4 +155,17 @@ def decide_reversal(
                 reference=command.reference,
             )
         )
+    # One rule, every door: the guard's rule for the events of one reversal. The id of a
+    # transaction is unique only as the command side writes it: another writer of the stream
+    # service may reuse it on other accounts, and then what it moved no longer sums to 0 (or
+    # joins currencies). Such a reversal is refused here (409), not sent to be refused (422).
+    facts = {a: AccountFacts(a, exists=True, currency=accounts[a].currency) for a in changes}
+    try:
+        check_reversals(decided, facts)
+    except InvalidAccountEvent as exc:
+        raise NotReversible(
+            command.reverses,
+            f"its id is on {len(changes)} accounts that make no one transaction ({exc.reason}); "
+            "events of another writer reuse it: move the money back with new transactions",
+        ) from None
     return decided
