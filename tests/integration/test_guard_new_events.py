@@ -343,3 +343,31 @@ async def test_a_transaction_id_reused_on_another_account_makes_no_5xx_and_moves
     problem = assert_problem(answer, 409, "not-reversible")
     assert "3 accounts" in problem["detail"]
     assert await ledger.head() == head
+
+
+async def test_a_forget_with_the_event_id_of_another_event_is_refused_not_a_replay(
+    ledger: Ledger, stream: httpx.AsyncClient
+) -> None:
+    # Found: the stream service's forget with the id of an event already in the account's
+    # stream (its AccountOpened) answered 200 "replayed" and erased nothing.
+    account = await ledger.open(owner="Zed Secret")
+    opened = (await ledger.events(account))[0]
+    head = await ledger.head()
+    for event_id in (opened.id, (await ledger.events(await ledger.open()))[0].id):
+        answer = await stream.post(
+            f"/admin/accounts/{account}/forget",
+            json={"expected_version": 1, "event_id": str(event_id)},
+        )
+        assert_problem(answer, 409, "duplicate-event-id")
+    assert await ledger.head() == head + 1  # only the second account's opening
+    assert (await ledger.events(account))[0].data["owner"] == "Zed Secret"
+    # Its own id again is still a replay.
+    event_id = str(uuid4())
+    first = await stream.post(
+        f"/admin/accounts/{account}/forget", json={"expected_version": 1, "event_id": event_id}
+    )
+    again = await stream.post(
+        f"/admin/accounts/{account}/forget", json={"expected_version": 1, "event_id": event_id}
+    )
+    assert (first.status_code, again.status_code) == (201, 200), again.text
+    assert (await ledger.events(account))[0].data["owner"] is None

@@ -129,6 +129,19 @@ async def forget(runtime: Runtime, account_id: str, body: ForgetIn) -> tuple[App
             raise ProblemError(
                 404, "stream-not-found", "Stream not found", f"no account {account_id!r}"
             )
+    if body.event_id:
+        # Why: the store takes an event id already in the stream for a replay of it, and a
+        # replay writes nothing: the id of another event (say the account's AccountOpened)
+        # answered "erased, replayed" while nothing was erased.
+        stored = await store.get_event(UUID(body.event_id))
+        if stored is not None and (stored.type, stored.stream) != (ERASED_TYPE, stream):
+            raise ProblemError(
+                409,
+                "duplicate-event-id",
+                "Duplicate event id",
+                f"event id {body.event_id} is already stored, as a {stored.type} event: "
+                "a forget's event id must be new, or its own replay",
+            )
     event = NewEvent(
         UUID(body.event_id) if body.event_id else uuid4(),
         ERASED_TYPE,
