@@ -187,3 +187,26 @@ async def test_post_void_and_reverse_of_ids_that_are_not_what_they_need(ledger: 
         assert_problem(answer, status, type_)
     assert await ledger.head() == head
     assert target
+
+
+@pytest.mark.parametrize("reversed_sides", [False, True])
+async def test_an_idempotency_key_reused_for_another_hold_is_refused_not_a_502(
+    ledger: Ledger, reversed_sides: bool
+) -> None:
+    # Found: the second hold (same key, so the same transaction id) was decided, then refused
+    # by the guard ('hold-twice'), and answered 502 stream-error.
+    source = await ledger.funded(1_000)
+    target = await ledger.funded(1_000)
+    key = {"Idempotency-Key": f"hold-{uuid4().hex}"}
+    body = {"from_account": source, "to_account": target, "amount": 10, "pending": True}
+    first = await ledger.http.post("/transfers", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    head = await ledger.head()
+    other = {**body, "amount": 11}
+    if reversed_sides:
+        other = {**body, "from_account": target, "to_account": source}
+    answer = await ledger.http.post("/transfers", json=other, headers=key)
+    assert_problem(answer, 422, "idempotency-key-reused")
+    assert await ledger.head() == head
+    again = await ledger.http.post("/transfers", json=body, headers=key)
+    assert again.status_code == 200 and again.json() == first.json(), again.text

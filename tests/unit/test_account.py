@@ -567,6 +567,8 @@ ERRORS: list[tuple[type[DomainError], str, int]] = [
     (errors.AlreadyReversed, "already-reversed", 409),
     (errors.NotReversible, "not-reversible", 409),
     (errors.TransferPending, "transfer-pending", 409),
+    (errors.ReversalBlocked, "reversal-blocked", 409),
+    (errors.TransactionIdInUse, "transaction-id-in-use", 409),
 ]
 
 

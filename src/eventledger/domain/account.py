@@ -40,6 +40,7 @@ from eventledger.domain.errors import (
     CurrencyMismatch,
     InsufficientFunds,
     PendingTransfers,
+    TransactionIdInUse,
 )
 from eventledger.domain.events import (
     AccountClosed,
@@ -268,6 +269,11 @@ def decide_transfer(
     _check_sufficient_funds(source, command.amount)
     amount = command.amount
     if command.pending:
+        # The guard refuses a hold id an account holds already ('hold-twice'): decided here,
+        # an Idempotency-Key reused for another hold answers idempotency-key-reused, not 502.
+        for state in (source, target):
+            if command.transaction_id in state.pending:
+                raise TransactionIdInUse(command.transaction_id, state.account_id)
         _check_in_range(source, debits=source.pending_debits + amount)
         _check_in_range(target, credits=target.pending_credits + amount)
         return (

@@ -330,6 +330,20 @@ class InvalidExpiry(InvalidCommand):
     title = "Invalid expiry"
 
 
+class TransactionIdInUse(DomainError):
+    """Raised when a hold's transaction id is already pending on one of its accounts (the
+    guard's 'hold-twice' rule): in practice an Idempotency-Key reused for another hold."""
+
+    code = "transaction-id-in-use"
+    status = 409
+    title = "Transaction id in use"
+
+    def __init__(self, transaction_id: str, account_id: str) -> None:
+        super().__init__(f"transfer {transaction_id} is already pending on account {account_id!r}")
+        self.transaction_id = transaction_id
+        self.account_id = account_id
+
+
 class TransferNotFound(DomainError):
     """Raised when posting or voiding a pending transfer that the ledger does not hold: no
     two-phase transfer has this id (or its accounts do not hold it)."""
