@@ -210,3 +210,22 @@ async def test_an_idempotency_key_reused_for_another_hold_is_refused_not_a_502(
     assert await ledger.head() == head
     again = await ledger.http.post("/transfers", json=body, headers=key)
     assert again.status_code == 200 and again.json() == first.json(), again.text
+
+
+@pytest.mark.parametrize("key", ["", "a b", "k" * 256, "tab\there"])
+async def test_a_forget_with_a_malformed_idempotency_key_erases_nothing(
+    ledger: Ledger, key: str
+) -> None:
+    # Found: the forget never looked at the header, so a malformed key (refused with 400 by
+    # every other command) was ignored and the account erased.
+    account = await ledger.open(owner="Ada Lovelace")
+    head = await ledger.head()
+    answer = await ledger.http.post(
+        f"/accounts/{account}/forget", headers={**JSON, "Idempotency-Key": key}
+    )
+    assert_problem(answer, 400, "invalid-idempotency-key")
+    assert await ledger.head() == head
+    good = await ledger.http.post(
+        f"/accounts/{account}/forget", headers={**JSON, "Idempotency-Key": "forget-1"}
+    )
+    assert good.status_code == 201, good.text

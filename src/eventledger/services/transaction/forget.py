@@ -40,6 +40,7 @@ from eventledger.services.http import (
     unsupported_media_type,
     validate_body,
 )
+from eventledger.services.transaction.idempotency import InvalidIdempotencyKey, check_key
 from eventledger.services.transaction.problems import problem_for
 from eventledger.services.transaction.stream_client import StreamClient, StreamClientError
 
@@ -171,11 +172,14 @@ def add_forget_route(
         (`plaintext_fields` counts them). 404 `account-not-found`."""
         try:
             check_account_id(account_id)
+            # Forgetting is idempotent by itself: a key is not needed, but a malformed one is
+            # bad input like on every command.
+            check_key(request.headers.get("idempotency-key"))
             await _check_body(request)
             status, answer = await forget_account(
                 client, account_id, request.headers.get("authorization")
             )
-        except (ProblemError, StreamClientError, DomainError) as exc:
+        except (ProblemError, StreamClientError, DomainError, InvalidIdempotencyKey) as exc:
             p = problem_for(exc)
             if p is None:
                 raise
