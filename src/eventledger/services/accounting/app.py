@@ -15,7 +15,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from eventledger.domain.money import ACCOUNT_ID
+from eventledger.domain.money import ACCOUNT_ID, INT64_MAX
 from eventledger.eventstore.codec import format_time, parse_time
 from eventledger.services.accounting import queries
 from eventledger.services.accounting.projection import Account, HistoryItem, Hold
@@ -284,7 +284,15 @@ def _decode_cursor(cursor: str, *, name: str = "before") -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     digits = raw[1:]
-    if raw[:1] != "p" or not digits.isdigit() or len(digits) > 19 or not cursor.isascii():
+    # A position is a signed 64-bit integer: 19 digits may be more ('p9999999999999999999'
+    # was a 500 from the database), so the value is bounded, not only its length.
+    if (
+        raw[:1] != "p"
+        or not digits.isdigit()
+        or len(digits) > 19
+        or int(digits) > INT64_MAX
+        or not cursor.isascii()
+    ):
         raise invalid_param(name, "is not a cursor given by this service (`next`)")
     return int(digits)
 
