@@ -371,3 +371,33 @@ async def test_a_forget_with_the_event_id_of_another_event_is_refused_not_a_repl
     )
     assert (first.status_code, again.status_code) == (201, 200), again.text
     assert (await ledger.events(account))[0].data["owner"] is None
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"erased": "x"},
+        {"erased": "[]"},
+        {"note": "x" * 70_000},
+        {f"k{i}": "x" * 4_200 for i in range(16)},
+    ],
+    ids=["erased", "erased as a list's text", "70 kB", "16 x 4.2 kB"],
+)
+async def test_a_forget_s_metadata_keeps_the_rules_of_an_append(
+    ledger: Ledger, stream: httpx.AsyncClient, metadata: dict[str, str]
+) -> None:
+    # Found: the stream service's forget wrote its metadata without the append's rules: 1 MB
+    # of it made an event 16 times the 64 KiB limit, and `erased` (the store's) was taken.
+    account = await ledger.open(owner="Em")
+    head = await ledger.head()
+    answer = await stream.post(
+        f"/admin/accounts/{account}/forget", json={"expected_version": 1, "metadata": metadata}
+    )
+    assert_problem(answer, 422, "validation-error")
+    assert await ledger.head() == head
+    assert (await ledger.events(account))[0].data["owner"] == "Em"
+    fine = await stream.post(
+        f"/admin/accounts/{account}/forget",
+        json={"expected_version": 1, "metadata": {"ticket": "GDPR-17"}},
+    )
+    assert fine.status_code == 201, fine.text

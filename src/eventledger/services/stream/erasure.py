@@ -17,14 +17,16 @@ the log still shows.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 from uuid import UUID, uuid4
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from eventledger.domain.events import PersonalDataErased
 from eventledger.eventstore import pii
@@ -49,9 +51,15 @@ from eventledger.services.http import (
 from eventledger.services.stream.encoding import json_response
 from eventledger.services.stream.guards import AccountGuard
 from eventledger.services.stream.problems import invalid_field
+from eventledger.services.stream.schemas import MAX_EVENT_BYTES, RESERVED_METADATA
 
 ERASED_TYPE = PersonalDataErased.TYPE
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+# An event's data and metadata together encode to at most MAX_EVENT_BYTES; the data of a
+# PersonalDataErased, {"account_id": at most 64 characters}, takes less than 128 of them.
+METADATA_LIMIT = MAX_EVENT_BYTES - 128
 
 
 class ForgetIn(StrictModel):
@@ -67,6 +75,25 @@ class ForgetIn(StrictModel):
         default="exists", description="As for an append; default `exists`."
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _like_an_append(self) -> Self:
+        # Why: the event is written without passing EventIn, so its rules are applied here:
+        # a metadata of 1 MB made an event 16 times the limit, and `erased` is the store's.
+        if RESERVED_METADATA in self.metadata:
+            raise PydanticCustomError(
+                "reserved_metadata",
+                "metadata.{key} is set by the stream service on reads",
+                {"key": RESERVED_METADATA},
+            )
+        size = len(json.dumps(self.metadata, ensure_ascii=True, separators=(",", ":")))
+        if size > METADATA_LIMIT:
+            raise PydanticCustomError(
+                "event_too_large",
+                "metadata encodes to {size} bytes of JSON; at most {limit} here",
+                {"size": size, "limit": METADATA_LIMIT},
+            )
+        return self
 
 
 class ForgetOut(BaseModel):
