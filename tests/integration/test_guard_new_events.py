@@ -15,9 +15,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from eventledger.bootstrap import build_upcasters
 from eventledger.domain.events import stream_name
 from eventledger.domain.reversal import REVERSAL_RECORDED, reversal_stream
-from eventledger.eventstore.records import NewEvent
+from eventledger.eventstore.memory import MemoryEventStore
+from eventledger.eventstore.records import NewEvent, RecordedEvent
 from eventledger.services.transaction.two_phase import HOLD_RECORDED, transfer_stream
 from tests.integration.test_transaction_api import Ledger, assert_problem, running_ledger
 
@@ -401,3 +403,44 @@ async def test_a_forget_s_metadata_keeps_the_rules_of_an_append(
         json={"expected_version": 1, "metadata": {"ticket": "GDPR-17"}},
     )
     assert fine.status_code == 201, fine.text
+
+
+class ReadRecordingStore(MemoryEventStore):
+    """A memory store that records every stream read: (stream, from_version, limit)."""
+
+    def __init__(self) -> None:
+        super().__init__(upcasters=build_upcasters())
+        self.reads: list[tuple[str, int, int | None]] = []
+
+    async def _read_stream(
+        self, stream: str, from_version: int, limit: int | None
+    ) -> list[RecordedEvent]:
+        self.reads.append((stream, from_version, limit))
+        return await super()._read_stream(stream, from_version, limit)
+
+
+async def test_a_flooded_transfer_stream_is_not_read_past_its_record() -> None:
+    # Found: every lookup of a transfer read its whole transfer stream, which is not guarded:
+    # 5,000 junk events there (any holder of events:append) made each GET read them all.
+    store = ReadRecordingStore()
+    async with (
+        running_ledger(store) as ledger,
+        httpx.AsyncClient(base_url=ledger.stream.url, timeout=10) as stream,
+    ):
+        source, target = await ledger.funded(1_000), await ledger.open()
+        placed = await ledger.http.post(
+            "/transfers",
+            json={"from_account": source, "to_account": target, "amount": 9, "pending": True},
+        )
+        tid = placed.json()["transaction_id"]
+        junk = [ev("TransferHoldEnded", status="voided", pad="x" * 100)] * 1000
+        for _ in range(3):
+            await forge(stream, transfer_stream(tid), *junk)
+        store.reads.clear()
+        state = await ledger.http.get(f"/transfers/{tid}")
+        assert state.json()["status"] == "pending", state.text
+        posted = await ledger.http.post(f"/transfers/{tid}/post", json={"amount": 4})
+        assert posted.status_code == 201, posted.text
+        reads = [r for r in store.reads if r[0] == transfer_stream(tid)]
+        assert reads and all(limit is not None and limit <= 1 for _, _, limit in reads), reads
+        assert (await ledger.events(source))[-1].type == "PendingTransferPosted"

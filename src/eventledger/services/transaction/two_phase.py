@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -115,7 +115,7 @@ class TransferRecord:
     to_account: str
     amount: int
     expires_at: str | None
-    status: str  # "pending", or the status its last TransferHoldEnded recorded
+    status: str  # "pending", or what a later TransferHoldEnded read with it recorded (a hint)
     version: int  # of the transfer stream, for the outcome's expected version
 
 
@@ -218,8 +218,14 @@ class TwoPhaseTransfers:
         another writer), its `PendingTransferSent` found through the stream service's index
         of transaction ids. TransferNotFound when neither knows it."""
         check_transaction_id(transaction_id)
-        page = await self.client.read_stream(transfer_stream(transaction_id))
+        # Only the first event is read: the stream is not guarded, and reading all of it let a
+        # writer of 100,000 events there make every lookup of this id read them all. The
+        # version (for the outcome's expected version) is the stream's, from the same page;
+        # the status of later records is a hint nothing decides on.
+        page = await self.client.read_stream(transfer_stream(transaction_id), to_version=1)
         record = record_of(transaction_id, [(e.type, dict(e.data)) for e in page.events])
+        if record is not None:
+            record = replace(record, version=page.version)
         if record is None:
             events = await self.client.read_transaction(transaction_id)
             record = record_from_accounts(transaction_id, events, page.version)
