@@ -5,6 +5,7 @@ nothing: the log's head is where it was, and both read models are still `ok`, at
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -325,6 +326,43 @@ def cases() -> Iterator[tuple[str, Bad]]:
             f"pending {query[:20]}",
             Bad("accounting", "GET", f"/accounts/{{a}}/pending?{query}", None),
         )
+    # Found this session (each also has its in-process test):
+    past_int64 = base64.urlsafe_b64encode(b"p9999999999999999999").decode().rstrip("=")
+    yield (
+        "pending with a cursor past 2^63",
+        Bad("accounting", "GET", f"/accounts/{{a}}/pending?after={past_int64}", None),
+    )
+    yield (
+        "history with a cursor past 2^63",
+        Bad("accounting", "GET", f"/accounts/{{a}}/transactions?before={past_int64}", None),
+    )
+    yield (
+        "forget with a malformed Idempotency-Key",
+        Bad(
+            "transaction",
+            "POST",
+            "/accounts/{a}/forget",
+            None,
+            400,
+            "invalid-idempotency-key",
+            {**JSON, "Idempotency-Key": "a b"},
+        ),
+    )
+    for name, metadata in [("erased", {"erased": "x"}), ("70 kB", {"n": "x" * 70_000})]:
+        yield (
+            f"admin forget with metadata {name}",
+            Bad("stream", "POST", admin, raw({"expected_version": 1, "metadata": metadata})),
+        )
+    marked = {"type": "E2eThing", "data": {}, "metadata": {"erased": ["reference"]}}
+    yield (
+        "append with metadata.erased",
+        Bad(
+            "stream",
+            "POST",
+            "/streams/e2e-marked",
+            raw({"expected_version": "any", "events": [marked]}),
+        ),
+    )
 
 
 CASES = list(cases())
