@@ -18,6 +18,7 @@ from pydantic import (
     model_serializer,
 )
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from eventledger.domain.money import MAX_AMOUNT, MAX_OVERDRAFT_LIMIT, MAX_TEXT_LENGTH
 from eventledger.services.http import StrictModel
@@ -82,7 +83,9 @@ def _not_null(value: object) -> object:
     # what is likely a client's unset variable) and `{"timeout_seconds": null}` a hold that
     # never expires; the documented shape is an integer or nothing.
     if value is None:
-        raise ValueError("must be an integer when given (leave the field out for the default)")
+        raise PydanticCustomError(
+            "null_number", "must be an integer when given (leave the field out for the default)"
+        )
     return value
 
 
