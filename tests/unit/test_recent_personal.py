@@ -109,3 +109,16 @@ def test_forget_all_leaves_only_rows_added_afterwards_openable(log: RecentLog) -
     log.remember_keys({"alice": key})
     log.add([row(2, "alice", {"account_id": "alice", "reference": "after"}, key)])
     assert references(log.page(1, limit=10, max_bytes=1 << 20)) == ["after"]
+
+
+def test_a_row_committed_before_a_forget_was_heard_but_added_after_is_not_opened(
+    log: RecentLog,
+) -> None:
+    # PostgreSQL: our COMMIT of position 1 was sent, another instance's forget committed
+    # after it and was heard before our writer added the row: the floor is the head sent.
+    key = pii.new_key()
+    log.remember_keys({"alice": key})
+    log.forget_account("alice", "their-forget", floor=1)
+    log.remember_keys({"alice": key})  # (stale: deleted by that forget)
+    log.add([row(1, "alice", {"account_id": "alice", "reference": "gone"}, key)])
+    assert log.page(0, limit=10, max_bytes=1 << 20) is None

@@ -136,6 +136,7 @@ class PostgresEventStore(EventStore):
         # that spares the feed a query per commit. Other instances' commits are read.
         self._recent = RecentLog(self._upcasters)
         self._known_head = 0
+        self._sending = 0  # the highest head a COMMIT of ours was sent for
         self._closed = False
         self._engine = GroupCommit(self, asyncio.get_running_loop())
         self._writer = asyncio.create_task(self._engine.run(), name=f"eventledger-writer-{schema}")
@@ -234,7 +235,7 @@ class PostgresEventStore(EventStore):
         """The engine's connection (group_commit.Backend), kept while appends keep coming."""
         try:
             async with self._connection() as conn:
-                yield Session(conn, self._schema)
+                yield Session(conn, self._schema, self._sending_commit)
         except psycopg.Error as exc:  # no connection within the pool timeout
             raise translate(exc) from exc
 
@@ -265,13 +266,20 @@ class PostgresEventStore(EventStore):
     def _sealing(self, keys: Mapping[str, AccountKey]) -> None:
         self._recent.remember_keys(keys)
 
+    def _sending_commit(self, head: int) -> None:
+        self._sending = max(self._sending, head)
+
+    # A forget heard (or possibly missed) now may have committed after any of our COMMITs sent
+    # so far, including those not yet in the recent log (`committed` runs once the COMMIT has
+    # returned): so no row up to the highest head sent is opened from memory again.
+
     def _forgotten(self, event_id: str, account: str) -> None:
         # Heard from any instance; this one's own was applied at its COMMIT (recent.py
         # knows its event id and skips it here).
-        self._recent.forget_account(account, event_id)
+        self._recent.forget_account(account, event_id, floor=self._sending)
 
     def _listening(self) -> None:
-        self._recent.forget_all()  # forgets sent while nobody listened are lost
+        self._recent.forget_all(floor=self._sending)  # forgets sent while nobody listened
 
     async def _forgets_heard(self) -> bool:
         # Every forget committed before now, by any instance, heard by our listener (in commit

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import LiteralString
 from uuid import UUID
@@ -125,9 +125,14 @@ class Session:
     """The primitives the group-commit engine writes with (group_commit.Database), on one
     pooled connection."""
 
-    def __init__(self, conn: Connection, schema: str) -> None:
+    def __init__(
+        self, conn: Connection, schema: str, sending: Callable[[int], None] | None = None
+    ) -> None:
         self._conn = conn
         self._schema = schema
+        # Told the head a COMMIT is about to make, before it is sent (PostgresEventStore: a
+        # forget heard from now on may follow it: recent.py).
+        self._sending = sending
 
     def usable(self) -> bool:
         return idle(self._conn)
@@ -174,6 +179,8 @@ class Session:
 
     async def _commit(self, head: int, head_hash: str, rows: Sequence[Row]) -> None:
         conn = self._conn
+        if self._sending is not None:
+            self._sending(head)
         try:
             async with conn.pipeline():
                 if rows:

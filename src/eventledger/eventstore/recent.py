@@ -167,21 +167,23 @@ class RecentLog:
                 self._keys.clear()
             self._keys.update(keys)
 
-    def forget_account(self, account: str, event_id: str = "") -> None:
-        """Another instance forgot `account` (by its event `event_id`): no row of it held now
-        is opened from memory again (rows added later were sealed after that forget, under a
-        new key). A forget this log added itself (`add`) was applied at its position."""
+    def forget_account(self, account: str, event_id: str = "", *, floor: int = 0) -> None:
+        """Another instance forgot `account` (by its event `event_id`): no row of it up to
+        `floor` (the highest position of a COMMIT sent before the forget was heard), nor any
+        held now, is opened from memory again; rows committed later were sealed after that
+        forget, under a new key. A forget this log added itself (`add`) was applied at its
+        position."""
         with self._lock:
             if event_id and event_id in self._applied:
                 return
-            self._forget(account, self._rows[-1].position if self._rows else 0)
+            self._forget(account, max(floor, self._rows[-1].position if self._rows else 0))
 
-    def forget_all(self) -> None:
-        """Forgets may have been missed (the store's listener was down): no row held now is
-        opened from memory again."""
+    def forget_all(self, *, floor: int = 0) -> None:
+        """Forgets may have been missed (the store's listener was down): no row up to `floor`,
+        nor any held now, is opened from memory again."""
         with self._lock:
             self._forgets += 1
-            self._floor = self._rows[-1].position if self._rows else self._floor
+            self._floor = max(self._floor, floor, self._rows[-1].position if self._rows else 0)
             self._keys.clear()
             for position in self._opened:
                 self._texts.pop(position, None)
