@@ -94,6 +94,16 @@ MIGRATIONS: Sequence[Migration] = (
         "ALTER TABLE transactions ADD COLUMN reverses TEXT",
         "CREATE INDEX transactions_by_reverses ON transactions (account_id, reverses)",
     ),
+    # 4: that index holds only the items that reverse something. Nearly every item has no
+    # `reverses`, and each of them cost a third B-tree insert when applied (catch-up on
+    # SQLite, 200,000 items: 28-32 µs CPU per item with the full index, 21-22 with this one,
+    # as with none). `r.reverses = t.transaction_id` implies `reverses IS NOT NULL`, so both
+    # databases still answer `reversed_by` from it.
+    (
+        "DROP INDEX transactions_by_reverses",
+        "CREATE INDEX transactions_by_reverses ON transactions (account_id, reverses) "
+        "WHERE reverses IS NOT NULL",
+    ),
 )
 
 ACCOUNT_COLUMNS = (
