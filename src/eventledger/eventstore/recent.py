@@ -265,9 +265,11 @@ class RecentLog:
     def _keep(self, made: dict[int, str | None], opened: set[int], forgets: int) -> bool:
         """Keep the texts made for rows still held, except opened ones when a forget was
         heard meanwhile (then False: they may show what was just erased)."""
+        if not made:  # the common live page: every text made already, no lock to take
+            return forgets == self._forgets
         with self._lock:
             fresh = forgets == self._forgets
-            if made and self._rows:  # only rows still held: a concurrent add may drop some
+            if self._rows:  # only rows still held: a concurrent add may drop some
                 first, end = self._rows[0].position, self._rows[-1].position
                 for position, text in made.items():
                     if first <= position <= end and (fresh or position not in opened):
