@@ -404,3 +404,54 @@ async def test_on_one_sqlite_file_shared_by_both_read_models_only_the_rebuilt_on
     assert {"stats_accounts", "readmodel_live"} <= tables
     assert not {"accounts", "transactions"} & tables
     assert (tmp_path / "readmodels.accounting.v2.db").exists()
+
+
+async def test_a_build_can_be_cancelled_and_the_live_version_stays(
+    stream: StreamServer, open_db: OpenDB, log: Ledger
+) -> None:
+    head = await busy_day(log)
+    app = accounting(stream, open_db)
+    async with serving(app) as client:
+        await caught_up(app, head)
+        before = await accounts(client)
+        nothing = await client.request("DELETE", "/admin/rebuild", json={})
+        assert nothing.status_code == 409 and nothing.json()["type"].endswith("not-rebuilding")
+        await stream.stop()  # the build cannot finish by itself
+        assert (await client.post("/admin/rebuild", json={"mode": "blue-green"})).status_code == 202
+        cancelled = await client.request("DELETE", "/admin/rebuild", json={})
+        assert cancelled.status_code == 200, cancelled.text
+        build = cancelled.json()["blue_green"]
+        assert (build["state"], build["error"]) == ("failed", "cancelled by an operator")
+        assert runner_of(app).version == 1 and not bluegreen_of(app).active
+        assert await accounts(client) == before
+        await until(lambda: present(open_db) == [1])
+        await stream.start()
+        again = await client.post("/admin/rebuild", json={"mode": "blue-green"})
+        assert again.status_code == 202 and again.json()["blue_green"]["version"] == 3
+        await switched(app, 3)
+        assert await accounts(client) == before
+
+
+@pytest.mark.parametrize("open_db", ["postgres"], indirect=True)
+async def test_a_build_cancelled_from_another_instance_stops_its_builder(
+    stream: StreamServer, open_db: OpenDB, log: Ledger
+) -> None:
+    head = await busy_day(log)
+    first, second = accounting(stream, open_db), accounting(stream, open_db)
+    async with serving(first) as one, serving(second) as two:
+        await caught_up(first, head)
+        await caught_up(second, head)
+        await stream.stop()
+        assert (await one.post("/admin/rebuild", json={"mode": "blue-green"})).status_code == 202
+        await until(lambda: bluegreen_of(second).active)
+        assert (await two.request("DELETE", "/admin/rebuild", json={})).status_code == 200
+        await until(lambda: not bluegreen_of(first).active, within=10)
+        build = bluegreen_of(first).build
+        assert (
+            build is not None
+            and build.state == "failed"
+            and build.error == "cancelled by an operator"
+        )
+        await until(lambda: present(open_db) == [1], within=10)
+        await stream.start()
+        assert runner_of(first).version == runner_of(second).version == 1

@@ -5,7 +5,8 @@
   serves until the new one has caught up and takes over (bluegreen.py); 409
   `rebuild-in-progress` while a blue/green rebuild goes on;
 * `GET /admin/rebuild` — the last blue/green rebuild: state, the new version's position and
-  the head, why it failed;
+  the head, why it failed; `DELETE /admin/rebuild` cancels the one in progress (409
+  `not-rebuilding` when none is);
 * `POST /admin/skip` and `POST /admin/park` with `{"position": P, "reason"?, "by"?}` — get
   past the event the projection halted on at P: skip forgets it, park keeps its envelope for
   inspection. 409 `not-halted-here` unless the projection is halted at exactly P, so a
@@ -154,6 +155,30 @@ def add_admin_routes(
         summary="The last blue/green rebuild: its state and progress, or why it failed",
     )
     async def rebuild_status() -> JSONResponse:
+        return JSONResponse({"blue_green": bluegreen.to_json(), "live_version": runner.version})
+
+    @app.delete(
+        "/admin/rebuild",
+        tags=["operations"],
+        summary="Cancel the blue/green rebuild in progress (the live version stays)",
+        responses=problem_responses(
+            {
+                409: "`not-rebuilding`: no blue/green rebuild is in progress.",
+                503: "`readmodel-unavailable`: the read model database did not answer.",
+            }
+        ),
+    )
+    async def cancel_rebuild(request: Request) -> JSONResponse:
+        principal = request.scope.get(PRINCIPAL)
+        build = await bluegreen.cancel(by=principal if isinstance(principal, str) else "")
+        if build is None:
+            raise ProblemError(
+                409,
+                "not-rebuilding",
+                "Not rebuilding",
+                "no blue/green rebuild is in progress",
+                blue_green=bluegreen.to_json(),
+            )
         return JSONResponse({"blue_green": bluegreen.to_json(), "live_version": runner.version})
 
     async def decide(action: Action, request: Request) -> JSONResponse:

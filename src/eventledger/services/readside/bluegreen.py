@@ -59,6 +59,13 @@ def _now() -> str:
     return format_time(datetime.now(UTC))
 
 
+class BuildCancelled(Exception):
+    """Raised in a builder whose build an operator cancelled (its record is no longer active)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"the blue/green rebuild of version {version} was cancelled")
+
+
 class BlueGreen:
     """The blue/green rebuilds of one runner's read model (see the module docstring)."""
 
@@ -162,6 +169,26 @@ class BlueGreen:
         self._launch(build, lease)
         return build
 
+    async def cancel(self, *, by: str) -> Build | None:
+        """Cancel the active build (here or in another instance, whose builder stops at its
+        next progress record); the old version stays live. None: no build was active."""
+        error = f"cancelled by {by or 'an operator'}"
+        build = await self._io(lambda: self.versions.cancel(at=_now(), error=error))
+        if build is None:
+            return None
+        log.warning(
+            "%s: blue/green rebuild of version %d %s", self.runner.name, build.version, error
+        )
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            self.failures += 1
+            await self._io(self.versions.drop, build.version)
+        self.build = build
+        return build
+
     def _drop_leftover(self, version: int) -> None:
         if version in self.versions.present():
             self.versions.drop(version)
@@ -189,8 +216,14 @@ class BlueGreen:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("%s: blue/green rebuild failed", self.runner.name)
-            await self._fail(f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, BuildCancelled) or (
+                isinstance(exc, SwitchRefused) and "cancelled" in str(exc)
+            ):
+                log.warning("%s: %s", self.runner.name, exc)
+                await self._fail(None)
+            else:
+                log.exception("%s: blue/green rebuild failed", self.runner.name)
+                await self._fail(f"{type(exc).__name__}: {exc}")
         finally:
             try:
                 green, self.green = self.green, None
@@ -229,9 +262,13 @@ class BlueGreen:
                     break
                 if time.monotonic() - recorded >= PROGRESS_INTERVAL:
                     recorded = time.monotonic()
-                    await self._record(replace(self._current(), updated_at=_now()))
+                    if not await self._record(replace(self._current(), updated_at=_now())):
+                        raise BuildCancelled(build.version)
                 await green.wait_for(target, 0.2)
-            await self._record(replace(self._current(), state="switching", updated_at=_now()))
+            if not await self._record(
+                replace(self._current(), state="switching", updated_at=_now())
+            ):
+                raise BuildCancelled(build.version)
             try:
                 await self._switch(build, green)
             except SwitchRefused as exc:
@@ -308,28 +345,37 @@ class BlueGreen:
         )
         await self._cleanup()
 
-    async def _fail(self, error: str) -> None:
+    async def _fail(self, error: str | None) -> None:
+        """End the build as failed (`error` None: an operator cancelled it, as recorded)."""
         self.failures += 1
-        build = replace(self._current(), state="failed", error=error, finished_at=_now())
-        self.build = build
-        log.error(
-            "%s: blue/green rebuild of version %d FAILED: %s. Version %d goes on serving.",
-            self.runner.name,
-            build.version,
-            error,
-            self.runner.version,
+        build = replace(
+            self._current(), state="failed", error=error or "cancelled", finished_at=_now()
         )
+        self.build = build
+        if error is not None:
+            log.error(
+                "%s: blue/green rebuild of version %d FAILED: %s. Version %d goes on serving.",
+                self.runner.name,
+                build.version,
+                error,
+                self.runner.version,
+            )
         green, self.green = self.green, None
         if green is not None:
             await green.stop()
         with suppress(ReadModelError):
-            await self._record(replace(build, updated_at=_now()))
+            if error is not None:
+                await self._record(replace(build, updated_at=_now()))
+            self.build = await self._io(self.versions.build)
             await self._io(self.versions.drop, build.version)
 
-    async def _record(self, build: Build) -> None:
+    async def _record(self, build: Build) -> bool:
+        """Store `build`; False when it is no longer active (cancelled)."""
         self.build = build
-        with suppress(ReadModelError):  # progress is shown again at the next record
-            await self._io(self.versions.record, build)
+        try:
+            return await self._io(self.versions.record, build)
+        except ReadModelError:
+            return True  # progress is shown again at the next record
 
     # -- every instance ---------------------------------------------------------------------
 

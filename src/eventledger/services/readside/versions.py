@@ -200,12 +200,14 @@ class Versions(ABC):
             )
             return build
 
-    def record(self, build: Build) -> None:
-        """Store the build's progress or end (only while it is still the namespace's build)."""
+    def record(self, build: Build) -> bool:
+        """Store the build's progress or end, while it is active; False when it is not any
+        more (an operator cancelled it): its builder stops."""
         with self.base.transaction() as tx:
-            tx.execute(
+            changed = tx.execute(
                 f"UPDATE {self._builds_table} SET state = ?, updated_at = ?, finished_at = ?, "
-                "position = ?, head = ?, error = ? WHERE namespace = ? AND version = ?",
+                "position = ?, head = ?, error = ? WHERE namespace = ? AND version = ? "
+                "AND state IN ('building', 'switching')",
                 (
                     build.state,
                     build.updated_at,
@@ -217,6 +219,22 @@ class Versions(ABC):
                     build.version,
                 ),
             )
+            return changed == 1
+
+    def cancel(self, *, at: str, error: str) -> Build | None:
+        """End the active build as `failed` with `error`; None when none is active. A switch
+        not committed yet is refused from then on (`_switched` checks the state)."""
+        with self.base.transaction() as tx:
+            self._lock_control(tx)
+            build = self.build(tx)
+            if build is None or not build.active:
+                return None
+            tx.execute(
+                f"UPDATE {self._builds_table} SET state = 'failed', updated_at = ?, "
+                "finished_at = ?, error = ? WHERE namespace = ? AND version = ?",
+                (at, at, error, self.namespace, build.version),
+            )
+            return self.build(tx)
 
     def _lock_control(self, session: Session) -> None:  # noqa: B027 - optional hook
         """Keep two processes' control transactions apart (SQLite's writer lock does)."""
@@ -259,6 +277,13 @@ class Versions(ABC):
         return _NoHold()
 
     def _switched(self, tx: Session, *, new_version: int, position: int, at: str) -> None:
+        self._lock_control(tx)
+        row = tx.fetchone(
+            f"SELECT state FROM {self._builds_table} WHERE namespace = ? AND version = ?",
+            (self.namespace, new_version),
+        )
+        if row is None or row[0] not in ACTIVE:
+            raise SwitchRefused(f"the build of version {new_version} was cancelled", behind=False)
         tx.execute(
             f"INSERT INTO {self._live_table} (namespace, version) VALUES (?, ?) "
             "ON CONFLICT (namespace) DO UPDATE SET version = excluded.version",
