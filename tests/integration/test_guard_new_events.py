@@ -252,13 +252,32 @@ async def forge(stream: httpx.AsyncClient, name: str, *events: dict[str, Any]) -
         ev(HOLD_RECORDED, from_account="../x", to_account="\u202e", amount=5),
         ev(HOLD_RECORDED, from_account="nobody-1", to_account="nobody-2", amount=5),
         ev("SomethingElse"),
+        ev(HOLD_RECORDED, from_account="a" * 100, to_account="b" * 200, amount=5),
+        ev(HOLD_RECORDED, from_account="a/b", to_account="c?d=1", amount=5),
+        ev(HOLD_RECORDED, from_account="", to_account="", amount=5),
+        "one real account twice",
     ],
-    ids=["junk amount", "lists", "bad ids", "unknown accounts", "another type"],
+    ids=[
+        "junk amount",
+        "lists",
+        "bad ids",
+        "unknown accounts",
+        "another type",
+        "ids too long for a stream",
+        "a slash",
+        "empty ids",
+        "one account twice",
+    ],
 )
 async def test_a_junk_transfer_record_is_not_found_and_moves_no_money(
-    ledger: Ledger, stream: httpx.AsyncClient, record: dict[str, Any]
+    ledger: Ledger, stream: httpx.AsyncClient, world: dict[str, str], record: Any
 ) -> None:
+    # Found: ids too long for a stream name or with a slash were asked for (502), empty ids
+    # or one account twice answered 422, where the transfer is simply not found.
     tid = str(uuid4())
+    if record == "one real account twice":
+        record = ev(HOLD_RECORDED, from_account=world["a"], to_account=world["a"], amount=5)
+    record = {**record, "data": {"transaction_id": tid, **record.get("data", {})}}
     await forge(stream, transfer_stream(tid), record)
     head = await ledger.head()
     assert_problem(await ledger.http.get(f"/transfers/{tid}"), 404, "transfer-not-found")

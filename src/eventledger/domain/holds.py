@@ -23,7 +23,7 @@ the accounts (they forget a hold once it ends): the command side says so from th
 
 from __future__ import annotations
 
-from eventledger.domain.account import Account, _check_addressed, _check_exists
+from eventledger.domain.account import Account, _check_addressed
 from eventledger.domain.commands import (
     ExpirePendingTransfer,
     HoldOutcome,
@@ -74,10 +74,10 @@ def decide_outcome(source: Account, target: Account, command: HoldOutcome) -> Ou
     validate(command)
     _check_addressed(source, command.from_account)
     _check_addressed(target, command.to_account)
-    _check_exists(source)
-    _check_exists(target)
     tid = command.transaction_id
-    hold = find_hold(source, target, tid)
+    # An account that does not exist holds nothing: the transfer is not found (a record
+    # naming accounts that were never opened is a forgery, not a missing account).
+    hold = find_hold(source, target, tid) if source.exists and target.exists else None
     if hold is None:
         raise TransferNotFound(tid)
     due = command.now is not None and is_due(hold.expires_at, command.now)

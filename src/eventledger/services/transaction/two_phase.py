@@ -54,7 +54,7 @@ from eventledger.domain.events import (
     stream_name,
 )
 from eventledger.domain.holds import decide_outcome, find_hold
-from eventledger.domain.money import check_transaction_id
+from eventledger.domain.money import ACCOUNT_ID, check_transaction_id
 from eventledger.domain.pending import EXPIRED, format_time, is_due
 from eventledger.eventstore.records import (
     AppendResult,
@@ -129,10 +129,15 @@ def record_of(
     data = events[0][1]
     source, target, amount = data.get("from_account"), data.get("to_account"), data.get("amount")
     expires_at = data.get("expires_at")
+    # Ids checked as account ids: a junk record naming 'a/b' or 200 characters was read as
+    # one and its streams asked for (502), one naming '' or one account twice answered 422.
     if (
         data.get("transaction_id") != transaction_id
         or not isinstance(source, str)
         or not isinstance(target, str)
+        or ACCOUNT_ID.fullmatch(source) is None
+        or ACCOUNT_ID.fullmatch(target) is None
+        or source == target
         or type(amount) is not int
         or not (expires_at is None or isinstance(expires_at, str))
     ):
