@@ -8,31 +8,17 @@ What it writes is `NewEvent`/`StreamAppend` and what it reads back is `RecordedE
 `AppendResult`, the records of the event store, decoded from the stream service's JSON
 envelope by `eventstore.codec`.
 
-Concurrent appends share requests (coalescing): each `append()`/`append_batch()` is one item
-of `POST /appends` (the stream service answers each item on its own). While no request is in
-flight, a call is sent at once, alone: no latency is added at concurrency 1. While
-`max_in_flight` requests are out, calls wait in a queue, and when one returns the queue
-leaves as one request (at most `max_items` items, about `max_request_bytes`). So under load one
-round trip, one parse and one group commit of the stream service serve many commands. Every
-call still gets its own result or exception; a call cancelled while queued leaves the queue
-unsent; a request that fails in transport fails each of its calls with StreamUnavailable.
-
-Failures are typed:
-
-    StreamClientError
-    ├── WrongExpectedVersion     409 wrong-expected-version: nothing written, `actual_version`
-    ├── DuplicateEventId         409 duplicate-event-id: an id is stored elsewhere, nothing written
-    ├── StreamUnavailable        connection refused, timeout, 5xx: retry later
-    └── UnexpectedResponse       any other answer: a bug on one side or the other
+Concurrent appends share requests (coalescing.py: one `POST /appends` item per call, queued
+while `max_in_flight` requests are out). Failures are typed (stream_errors.py, re-exported
+here): StreamClientError, WrongExpectedVersion, DuplicateEventId, StreamUnavailable,
+UnexpectedResponse.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -48,48 +34,50 @@ from eventledger.eventstore.records import (
     StreamAppend,
     StreamState,
 )
+from eventledger.services.transaction.coalescing import (
+    MAX_IN_FLIGHT,
+    MAX_ITEMS,
+    MAX_REQUEST_BYTES,
+    AppendQueue,
+)
+from eventledger.services.transaction.stream_appends import (
+    append_body,
+    append_result,
+    event_body,
+    expected,
+    problem_type,
+    raise_for_append,
+)
+from eventledger.services.transaction.stream_errors import (
+    DuplicateEventId,
+    StreamClientError,
+    StreamUnavailable,
+    UnexpectedResponse,
+    WrongExpectedVersion,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "KEEP_ALIVE_SECONDS",
+    "MAX_IN_FLIGHT",
+    "MAX_ITEMS",
+    "MAX_REQUEST_BYTES",
+    "PAGE_SIZE",
+    "DuplicateEventId",
+    "StreamClient",
+    "StreamClientError",
+    "StreamSlice",
+    "StreamUnavailable",
+    "UnexpectedResponse",
+    "WrongExpectedVersion",
+]
 
 PAGE_SIZE = 1000
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 2.0
 KEEP_ALIVE_SECONDS = 3.0  # below the server's 5 s
-# Coalescing: two requests out keep the stream service's group commit fed (one commits while
-# the next is parsed) without one caller's wait growing past about two round trips.
-MAX_IN_FLIGHT = 2
-MAX_ITEMS = 256  # the stream store's group commit takes at most 256 appends at once
-MAX_REQUEST_BYTES = 512 * 1024  # well inside the stream service's 1 MiB bound on a body
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
-class StreamClientError(Exception):
-    """Base class of every error this client raises."""
-
-
-class WrongExpectedVersion(StreamClientError):
-    """Raised when an append's expected version did not match; nothing was written."""
-
-    def __init__(self, detail: str, *, stream: str | None, actual_version: int | None) -> None:
-        super().__init__(detail)
-        self.stream = stream
-        self.actual_version = actual_version
-
-
-class DuplicateEventId(StreamClientError):
-    """Raised when an event id of an append is already stored at another place; nothing was
-    written."""
-
-
-class StreamUnavailable(StreamClientError):
-    """Raised when the stream service cannot be reached, times out or answers 5xx. An append
-    that raised this may or may not have been written."""
-
-
-class UnexpectedResponse(StreamClientError):
-    """Raised when the stream service answers something this client does not expect."""
-
-    def __init__(self, detail: str, *, status: int) -> None:
-        super().__init__(detail)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,55 +87,6 @@ class StreamSlice:
     stream: str
     version: int
     events: tuple[RecordedEvent, ...]
-
-
-@dataclass(eq=False, slots=True)
-class _Queued:
-    """One call waiting for its item's outcome: (status, the item's answer)."""
-
-    body: bytes  # the item, encoded once, as it goes into the request
-    outcome: asyncio.Future[tuple[int, Any]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
-def _expected(value: int | StreamState) -> int | str:
-    return value.value if isinstance(value, StreamState) else value
-
-
-def _event_body(event: NewEvent) -> dict[str, Any]:
-    return {
-        "id": str(event.id),
-        "type": event.type,
-        "schema_version": event.schema_version,
-        "data": dict(event.data),
-        "metadata": dict(event.metadata),
-    }
-
-
-def _append_body(append: StreamAppend) -> dict[str, Any]:
-    return {
-        "stream": append.stream,
-        "expected_version": _expected(append.expected_version),
-        "events": [_event_body(e) for e in append.events],
-    }
-
-
-def _problem_type(body: Any) -> object:
-    return body.get("type") if isinstance(body, dict) else None
-
-
-def _append_result(body: Any, *, replayed: bool) -> AppendResult:
-    try:
-        return AppendResult(
-            stream=str(body["stream"]),
-            first_version=int(body["first_version"]),
-            last_version=int(body["last_version"]),
-            positions=tuple(int(p) for p in body["positions"]),
-            replayed=replayed,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnexpectedResponse(f"malformed append result: {exc}", status=200) from exc
 
 
 class StreamClient:
@@ -173,16 +112,19 @@ class StreamClient:
         self.max_in_flight = max_in_flight
         self.max_items = max_items
         self.max_request_bytes = max_request_bytes
-        self._queue: deque[_Queued] = deque()
-        self._in_flight = 0
-        self._senders: set[asyncio.Task[None]] = set()
-        self.requests_sent = 0  # POST /appends requests, for tests and benchmarks
         # The transaction service's own token (events:read, events:append); never logged.
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
         self._session: aiohttp.ClientSession | None = None
+        self._appends = AppendQueue(
+            self._post_appends,
+            lambda: self._session is not None,
+            max_in_flight=max_in_flight,
+            max_items=max_items,
+            max_request_bytes=max_request_bytes,
+        )
 
     async def open(self) -> None:
         if self._session is None:
@@ -200,11 +142,7 @@ class StreamClient:
     async def close(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
-            for task in list(self._senders):
-                task.cancel()  # each fails its calls with StreamUnavailable
-            await asyncio.gather(*self._senders, return_exceptions=True)
-            while self._queue:
-                self._fail(self._queue.popleft(), "the stream client was closed")
+            await self._appends.close()
             await session.close()
 
     async def __aenter__(self) -> Self:
@@ -218,6 +156,11 @@ class StreamClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @property
+    def requests_sent(self) -> int:
+        """POST /appends requests, for tests and benchmarks."""
+        return self._appends.requests_sent
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -238,7 +181,7 @@ class StreamClient:
                 f"/streams/{quote(stream, safe='')}",
                 params={"from_version": str(start), "limit": str(limit)},
             )
-            if status == 404 and _problem_type(body) == "stream-not-found":
+            if status == 404 and problem_type(body) == "stream-not-found":
                 return StreamSlice(stream, 0, ())
             self._expect(status, body, 200)
             try:
@@ -255,7 +198,7 @@ class StreamClient:
     async def get_event(self, event_id: UUID) -> RecordedEvent | None:
         """The stored event with this id, or None."""
         status, body = await self._request("GET", f"/events/{event_id}")
-        if status == 404 and _problem_type(body) == "event-not-found":
+        if status == 404 and problem_type(body) == "event-not-found":
             return None
         self._expect(status, body, 200)
         try:
@@ -310,26 +253,26 @@ class StreamClient:
             (result,) = await self._append_item([append])
             return result
         body = {
-            "expected_version": _expected(expected_version),
-            "events": [_event_body(e) for e in events],
+            "expected_version": expected(expected_version),
+            "events": [event_body(e) for e in events],
         }
         status, answer = await self._request(
             "POST", f"/streams/{quote(stream, safe='')}", json_body=body
         )
-        self._raise_for_append(status, answer)
-        return _append_result(answer, replayed=status == 200)
+        raise_for_append(status, answer)
+        return append_result(answer, replayed=status == 200)
 
     async def append_batch(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
         """Append to several streams atomically: all or nothing."""
         if self.coalesce:
             return await self._append_item(list(appends))
-        body = {"appends": [_append_body(a) for a in appends]}
+        body = {"appends": [append_body(a) for a in appends]}
         status, answer = await self._request("POST", "/batches", json_body=body)
-        self._raise_for_append(status, answer)
+        raise_for_append(status, answer)
         results = answer.get("results") if isinstance(answer, dict) else answer
         if not isinstance(results, list) or len(results) != len(appends):
             raise UnexpectedResponse(f"malformed batch result: {answer!r}"[:500], status=status)
-        return [_append_result(r, replayed=status == 200) for r in results]
+        return [append_result(r, replayed=status == 200) for r in results]
 
     # -- coalescing ------------------------------------------------------------------------
 
@@ -338,137 +281,25 @@ class StreamClient:
         queued with it; answer its results or raise what its outcome says."""
         if self._session is None:
             raise RuntimeError("the stream client is not open")
-        queued = _Queued(_encode({"appends": [_append_body(a) for a in appends]}).encode())
-        if not self._queue and self._in_flight < self.max_in_flight:
-            # Room, and nobody waiting: send it from this task, alone. No hand-over to a
-            # sender task (27 µs a command at concurrency 1); cancelled, the request is.
-            self._in_flight += 1
-            try:
-                await self._send([queued])
-            except asyncio.CancelledError:
-                if queued.outcome.done() and not queued.outcome.cancelled():
-                    queued.outcome.exception()  # retrieved: nobody else will
-                raise
-            status, answer = queued.outcome.result()
-        else:
-            self._queue.append(queued)
-            self._pump()
-            try:
-                status, answer = await queued.outcome
-            except asyncio.CancelledError:
-                # Cancelled while queued: leave the queue, unsent. (Once sent, the item's
-                # outcome is the stream service's; nobody waits for it any more.)
-                if queued in self._queue:
-                    self._queue.remove(queued)
-                raise
+        item = _encode({"appends": [append_body(a) for a in appends]}).encode()
+        status, answer = await self._appends.submit(item)
         if status in (200, 201):
             results = answer.get("results") if isinstance(answer, dict) else None
             if not isinstance(results, list) or len(results) != len(appends):
                 raise UnexpectedResponse(f"malformed item result: {answer!r}"[:500], status=status)
-            return [_append_result(r, replayed=status == 200) for r in results]
+            return [append_result(r, replayed=status == 200) for r in results]
         problem = answer.get("problem") if isinstance(answer, dict) else None
         if status >= 500:  # as a 5xx answer to a single append: written or not, unknown
             raise StreamUnavailable(
-                f"stream service answered {status} {_problem_type(problem)} for the append"
+                f"stream service answered {status} {problem_type(problem)} for the append"
             )
-        self._raise_for_append(status, problem)
+        raise_for_append(status, problem)
         raise UnexpectedResponse(f"append item answered {status}", status=status)
 
-    def _pump(self) -> None:
-        """Start requests for the queue while fewer than `max_in_flight` are out."""
-        while self._queue and self._in_flight < self.max_in_flight and self._session is not None:
-            batch = self._take()
-            if not batch:
-                return
-            self._in_flight += 1
-            task = asyncio.create_task(self._send(batch))
-            self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
-
-    def _take(self) -> list[_Queued]:
-        """The head of the queue, up to `max_items` items and `max_request_bytes` (at least
-        one item); calls that gave up meanwhile are dropped."""
-        batch: list[_Queued] = []
-        size = 0
-        while self._queue and len(batch) < self.max_items:
-            queued = self._queue[0]
-            if queued.outcome.done():
-                self._queue.popleft()
-                continue
-            if batch and size + len(queued.body) > self.max_request_bytes:
-                break
-            size += len(queued.body) + 1
-            batch.append(self._queue.popleft())
-        return batch
-
-    async def _send(self, batch: list[_Queued]) -> None:
-        try:
-            body = b'{"items":[' + b",".join(q.body for q in batch) + b"]}"
-            self.requests_sent += 1
-            try:
-                status, answer = await self._request("POST", "/appends", raw_body=body)
-            except StreamClientError as exc:
-                for queued in batch:
-                    self._fail(queued, str(exc), kind=type(exc), status=_status_of(exc))
-                return
-            items = answer.get("items") if isinstance(answer, dict) else None
-            if status != 200 or not isinstance(items, list) or len(items) != len(batch):
-                # The request was refused whole (a 4xx problem) or answered nonsense.
-                problem = answer if isinstance(answer, dict) else {}
-                detail = str(problem.get("detail") or f"{answer!r}"[:300])
-                for queued in batch:
-                    self._fail(
-                        queued,
-                        f"POST /appends answered {status}: {detail}",
-                        kind=UnexpectedResponse,
-                        status=status,
-                    )
-                return
-            for queued, item in zip(batch, items, strict=True):
-                item_status = item.get("status") if isinstance(item, dict) else None
-                if type(item_status) is not int:
-                    self._fail(queued, f"malformed item: {item!r}"[:500], kind=UnexpectedResponse)
-                elif not queued.outcome.done():
-                    queued.outcome.set_result((item_status, item))
-        except asyncio.CancelledError:
-            for queued in batch:
-                self._fail(queued, "the stream client was closed with the request out")
-            raise
-        finally:
-            self._in_flight -= 1
-            self._pump()
-
-    @staticmethod
-    def _fail(
-        queued: _Queued,
-        detail: str,
-        *,
-        kind: Callable[..., StreamClientError] = StreamUnavailable,
-        status: int = 0,
-    ) -> None:
-        # A fresh exception per call: one object raised in many tasks would mix tracebacks.
-        if not queued.outcome.done():
-            exc = kind(detail, status=status) if kind is UnexpectedResponse else kind(detail)
-            queued.outcome.set_exception(exc)
+    async def _post_appends(self, body: bytes) -> tuple[int, Any]:
+        return await self._request("POST", "/appends", raw_body=body)
 
     # -- plumbing --------------------------------------------------------------------------
-
-    def _raise_for_append(self, status: int, body: Any) -> None:
-        if status in (200, 201):
-            return
-        problem = body if isinstance(body, dict) else {}
-        kind = _problem_type(body)
-        detail = str(problem.get("detail") or problem.get("title") or f"status {status}")
-        if status == 409 and kind == "wrong-expected-version":
-            actual = problem.get("actual_version")
-            raise WrongExpectedVersion(
-                detail,
-                stream=problem.get("stream"),
-                actual_version=actual if type(actual) is int else None,
-            )
-        if status == 409 and kind == "duplicate-event-id":
-            raise DuplicateEventId(detail)
-        raise UnexpectedResponse(f"append answered {status} {kind}: {detail}", status=status)
 
     @staticmethod
     def _expect(status: int, body: Any, wanted: int) -> None:
@@ -519,7 +350,3 @@ class StreamClient:
             return status, json.loads(raw)
         except ValueError as exc:
             raise UnexpectedResponse(f"answered {status} with non-JSON", status=status) from exc
-
-
-def _status_of(exc: StreamClientError) -> int:
-    return exc.status if isinstance(exc, UnexpectedResponse) else 0
