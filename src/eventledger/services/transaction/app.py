@@ -1,10 +1,14 @@
 """The transaction service: the command side of the ledger over HTTP (API.md, "Transaction
 service").
 
-A route only translates: it checks the Idempotency-Key header and the path, reads the body
-strictly, builds the domain command and validates its values (nothing is loaded for a bad
-request), then hands it to `handlers.CommandHandler`. Failures become problem documents
-through the one table in `problems`.
+`create_app` wires the service: the stream client, the account cache and its follower,
+snapshots, two-phase transfers and hold expiry, metrics, and the routes, one module per
+resource (`account_routes`, `transfer_routes`, `two_phase_routes`, `reversal_routes`,
+`forget`), each going through one `execute` (`execution`). A route only translates: it checks
+the Idempotency-Key header and the path, reads the body strictly, builds the domain command and
+validates its values (nothing is loaded for a bad request), then hands it to
+`handlers.CommandHandler`. Failures become problem documents through the one table in
+`problems`.
 """
 
 from __future__ import annotations
@@ -12,84 +16,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 from uuid import UUID
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel
 
-from eventledger.domain.commands import (
-    CloseAccount,
-    Deposit,
-    OpenAccount,
-    Transfer,
-    Withdraw,
-    validate,
-)
-from eventledger.domain.errors import InvalidExpiry
-from eventledger.domain.money import check_account_id
-from eventledger.domain.pending import expiry_after
 from eventledger.eventstore.ids import uuid7
-from eventledger.services.http import (
-    PROBLEM_JSON,
-    ProblemError,
-    create_service_app,
-    is_json_media_type,
-    json_body,
-    parse_json,
-    read_body,
-    read_model,
-    serve_directly,
-    unsupported_media_type,
-    validate_body,
-)
+from eventledger.services.http import ProblemError, create_service_app
+from eventledger.services.transaction.account_routes import add_account_routes
 from eventledger.services.transaction.accounts import DEFAULT_CACHE_SIZE, AccountCache
+from eventledger.services.transaction.command_docs import (
+    INPUT_PROBLEMS,
+    command_body,
+    problems,
+    replayed_response,
+)
+from eventledger.services.transaction.execution import (
+    REQUEST_ID_HEADER,
+    checked,
+    command_executor,
+    read_optional_model,
+)
 from eventledger.services.transaction.expiry import HoldExpirer
 from eventledger.services.transaction.follower import LogFollower
 from eventledger.services.transaction.forget import add_forget_route
 from eventledger.services.transaction.handlers import DEFAULT_MAX_RETRIES, CommandHandler
-from eventledger.services.transaction.idempotency import (
-    CORRELATION_ID_HEADER,
-    IDEMPOTENCY_KEY_HEADER,
-    CommandIds,
-    check_correlation_id,
-    check_key,
-    fingerprint,
-)
-from eventledger.services.transaction.problems import RETRY_AFTER, problem_for
-from eventledger.services.transaction.results import Result
+from eventledger.services.transaction.problems import RETRY_AFTER
 from eventledger.services.transaction.reversal_routes import (
     ReversalOut,
     ReverseBody,
     add_reversal_route,
 )
-from eventledger.services.transaction.schemas import (
-    AccountClosedOut,
-    AccountOpenedOut,
-    CloseBody,
-    Health,
-    HoldOut,
-    MoneyBody,
-    MoneyMovedOut,
-    OpenAccountBody,
-    Problem,
-    TransferBody,
-    TransferOut,
-)
+from eventledger.services.transaction.schemas import Health
 from eventledger.services.transaction.snapshots import DEFAULT_EVERY, Snapshots, SnapshotStore
 from eventledger.services.transaction.stream_client import StreamClient, StreamClientError
+from eventledger.services.transaction.transfer_routes import add_transfer_route
 from eventledger.services.transaction.two_phase import TwoPhaseTransfers
 from eventledger.services.transaction.two_phase_routes import add_two_phase_routes
 
-B = TypeVar("B", bound=BaseModel)
-C = TypeVar("C", OpenAccount, Deposit, Withdraw, Transfer, CloseAccount)
+__all__ = ["DESCRIPTION", "HEALTH_TIMEOUT", "REQUEST_ID_HEADER", "checked", "create_app"]
 
-REQUEST_ID_HEADER = "X-Request-ID"
 HEALTH_TIMEOUT = 0.8  # /health answers within a second even when the stream service hangs
 
 DESCRIPTION = """\
@@ -102,90 +72,6 @@ true`) and writes nothing; the same key with another body is a 422 `idempotency-
 The `position` of a success is the global position of the last event written: send it as
 `X-Min-Position` to a read model to read your writes.
 """
-
-
-def _problems(**described: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI documentation of problem answers, keyed by status (`_404="..."`)."""
-    schema = Problem.model_json_schema()
-    return {
-        int(status.lstrip("_")): {
-            "description": text,
-            "content": {PROBLEM_JSON: {"schema": schema}},
-        }
-        for status, text in described.items()
-    }
-
-
-_INPUT_PROBLEMS = {
-    "_400": "Malformed JSON, or an invalid Idempotency-Key header (`invalid-idempotency-key`).",
-    "_413": "Body over 1 MiB (`body-too-large`).",
-    "_415": "Not `application/json`.",
-    "_422": "Invalid body or values (`validation-error`, `invalid-amount`, "
-    "`invalid-account-id`, …), or `idempotency-key-reused`.",
-    "_503": "The stream service cannot be reached (`stream-unavailable`), Retry-After.",
-}
-
-
-_HEADERS = [
-    {
-        "name": IDEMPOTENCY_KEY_HEADER,
-        "in": "header",
-        "required": False,
-        "description": "1-255 visible ASCII characters. A retry with the same key and body "
-        "answers the first response and writes nothing.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
-    },
-    {
-        "name": CORRELATION_ID_HEADER,
-        "in": "header",
-        "required": False,
-        "description": "Kept as `correlation_id` in the metadata of the events written.",
-        "schema": {"type": "string", "maxLength": 255},
-    },
-]
-
-
-def _command_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
-    """`openapi_extra` of a command: its JSON body (read with `read_model`) and headers."""
-    extra = json_body(model)
-    extra["requestBody"]["required"] = required
-    return {**extra, "parameters": _HEADERS}
-
-
-def _replayed_response(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
-    return {
-        200: {
-            "model": model,
-            "description": "An idempotent replay: the first response again, with the header "
-            "`Idempotent-Replayed: true`; nothing was written.",
-        }
-    }
-
-
-async def _read_optional_model(request: Request, model: type[B]) -> B:
-    """Like `read_model`, but an empty body means `{}` (still sent as application/json)."""
-    if not is_json_media_type(request.headers.get("content-type")):
-        raise unsupported_media_type()
-    raw = await read_body(request)
-    if not raw.strip():
-        return model()
-    return validate_body(parse_json(raw), model)
-
-
-def checked(command: C) -> C:
-    """The command, once every value of it is valid: nothing is loaded for a bad request."""
-    validate(command)
-    return command
-
-
-def _outcome(status: int) -> str:
-    if status in (404, 409):
-        return "refused"
-    if status == 503:
-        return "unavailable"
-    if 400 <= status < 500:
-        return "invalid"
-    return "failed"
 
 
 def create_app(
@@ -322,214 +208,15 @@ def create_app(
         )
     app.state.expirer = expirer
     app.state.follower = follower
-
-    async def execute(
-        request: Request,
-        name: str,
-        read: Callable[[], Awaitable[BaseModel]],
-        run: Callable[[Any, CommandIds], Awaitable[Result]],
-        *,
-        path_account_id: str | None = None,
-    ) -> Response:
-        """Check the input, run the command, answer JSON or a problem; count the outcome."""
-        try:
-            # Two header lines are the list "k1, k2" (RFC 9110): no valid key, not the first.
-            keys = request.headers.getlist(IDEMPOTENCY_KEY_HEADER)
-            key = check_key(", ".join(keys) if keys else None)
-            if path_account_id is not None:
-                check_account_id(path_account_id)
-            body = await read()
-            plain = None if key is None else body.model_dump(mode="json")
-            ids = CommandIds(
-                key=key,
-                secret=secret,
-                request_fingerprint=None
-                if plain is None
-                else fingerprint(request.method, request.url.path, plain, secret),
-                legacy_fingerprint=None
-                if plain is None
-                else fingerprint(request.method, request.url.path, plain),
-                # A caller's correlation id, else its request id: one id follows the
-                # request from the access log into the events it wrote.
-                correlation_id=check_correlation_id(
-                    request.headers.get(CORRELATION_ID_HEADER)
-                    or request.headers.get(REQUEST_ID_HEADER)
-                ),
-                command=name,
-                new_id=new_id,
-            )
-            result = await run(body, ids)
-        except Exception as exc:
-            problem = problem_for(exc)
-            if problem is None:
-                commands.labels(name, "failed", "internal-error").inc()
-                raise
-            commands.labels(name, _outcome(problem.status), problem.type).inc()
-            if problem is exc:
-                raise
-            raise problem from exc
-        commands.labels(name, "replayed" if result.replayed else "accepted", "").inc()
-        headers = {"Idempotent-Replayed": "true"} if result.replayed else None
-        return JSONResponse(
-            result.body(), status_code=200 if result.replayed else 201, headers=headers
-        )
-
-    @app.post(
-        "/accounts",
-        summary="Open an account",
-        status_code=201,
-        response_model=AccountOpenedOut,
-        openapi_extra=_command_body(OpenAccountBody),
-        responses={
-            **_replayed_response(AccountOpenedOut),
-            **_problems(_409="`account-exists`", **_INPUT_PROBLEMS),
-        },
-    )
-    async def open_account(request: Request) -> Response:
-        """Open an account in one ISO 4217 currency, with an optional overdraft limit. An
-        account id is generated when none is given."""
-
-        async def run(body: OpenAccountBody, ids: CommandIds) -> Result:
-            command = OpenAccount(
-                account_id=body.account_id if body.account_id is not None else ids.account_id(),
-                currency=body.currency,
-                overdraft_limit=body.overdraft_limit,
-                owner=body.owner,
-            )
-            return await handler.open_account(checked(command), ids)
-
-        return await execute(request, "open", lambda: read_model(request, OpenAccountBody), run)
-
-    async def move_money(
-        request: Request, account_id: str, kind: type[Deposit | Withdraw]
-    ) -> Response:
-        async def run(body: MoneyBody, ids: CommandIds) -> Result:
-            values = (account_id, ids.transaction_id, body.amount, body.reference)
-            if kind is Deposit:
-                return await handler.deposit(checked(Deposit(*values)), ids)
-            return await handler.withdraw(checked(Withdraw(*values)), ids)
-
-        name = "deposit" if kind is Deposit else "withdraw"
-        return await execute(
-            request, name, lambda: read_model(request, MoneyBody), run, path_account_id=account_id
-        )
-
-    money_problems = _problems(
-        _404="`account-not-found`",
-        _409="`account-closed`, `insufficient-funds`, `balance-out-of-range`",
-        **_INPUT_PROBLEMS,
-    )
-
-    @app.post(
-        "/accounts/{account_id}/deposits",
-        summary="Deposit money",
-        status_code=201,
-        response_model=MoneyMovedOut,
-        openapi_extra=_command_body(MoneyBody),
-        responses={**_replayed_response(MoneyMovedOut), **money_problems},
-    )
-    async def deposit(account_id: str, request: Request) -> Response:
-        """Put `amount` minor units into the account."""
-        return await move_money(request, account_id, Deposit)
-
-    @app.post(
-        "/accounts/{account_id}/withdrawals",
-        summary="Withdraw money",
-        status_code=201,
-        response_model=MoneyMovedOut,
-        openapi_extra=_command_body(MoneyBody),
-        responses={**_replayed_response(MoneyMovedOut), **money_problems},
-    )
-    async def withdraw(account_id: str, request: Request) -> Response:
-        """Take `amount` minor units out of the account, down to -overdraft_limit at most
-        (409 `insufficient-funds` otherwise)."""
-        return await move_money(request, account_id, Withdraw)
-
-    @app.post(
-        "/transfers",
-        summary="Transfer money between two accounts",
-        status_code=201,
-        response_model=TransferOut | HoldOut,
-        openapi_extra=_command_body(TransferBody),
-        responses={
-            **_replayed_response(TransferOut),
-            **_problems(
-                _404="`account-not-found`",
-                _409="`account-closed`, `currency-mismatch`, `insufficient-funds`, "
-                "`balance-out-of-range`",
-                **{
-                    **_INPUT_PROBLEMS,
-                    "_422": _INPUT_PROBLEMS["_422"]
-                    + " `same-account-transfer`, `invalid-expires-at` (a timeout without "
-                    "`pending`).",
-                },
-            ),
-        },
-    )
-    async def transfer(request: Request) -> Response:
-        """Move `amount` from one account to another of the same currency, atomically: both
-        accounts change, or neither does. With `"pending": true`, only hold it (a two-phase
-        transfer: `status` pending; the sender's `available` drops, its balance does not),
-        to post or void later (`/transfers/{id}/post`, `/void`), voided automatically
-        (`expired`) after `timeout_seconds` when given."""
-
-        async def run(body: TransferBody, ids: CommandIds) -> Result:
-            if body.timeout_seconds is not None and not body.pending:
-                raise InvalidExpiry(
-                    "only a pending transfer has a timeout", field="timeout_seconds"
-                )
-            command = Transfer(
-                transaction_id=ids.transaction_id,
-                from_account=body.from_account,
-                to_account=body.to_account,
-                amount=body.amount,
-                reference=body.reference,
-                pending=body.pending,
-                expires_at=None
-                if body.timeout_seconds is None
-                else expiry_after(clock(), body.timeout_seconds),
-            )
-            if command.pending:
-                return await two_phase.hold(checked(command), ids)
-            return await handler.transfer(checked(command), ids)
-
-        return await execute(request, "transfer", lambda: read_model(request, TransferBody), run)
-
-    @app.post(
-        "/accounts/{account_id}/close",
-        summary="Close an account",
-        status_code=201,
-        response_model=AccountClosedOut,
-        openapi_extra=_command_body(CloseBody, required=False),
-        responses={
-            **_replayed_response(AccountClosedOut),
-            **_problems(
-                _404="`account-not-found`",
-                _409="`balance-not-zero`, `account-closed`, `pending-transfers`",
-                **_INPUT_PROBLEMS,
-            ),
-        },
-    )
-    async def close_account(account_id: str, request: Request) -> Response:
-        """Close an account whose balance is exactly 0. The body is empty or `{}`."""
-
-        async def run(_: CloseBody, ids: CommandIds) -> Result:
-            command = CloseAccount(account_id=account_id)
-            return await handler.close_account(checked(command), ids)
-
-        return await execute(
-            request,
-            "close",
-            lambda: _read_optional_model(request, CloseBody),
-            run,
-            path_account_id=account_id,
-        )
+    execute = command_executor(secret=secret, new_id=new_id, commands=commands)
+    add_account_routes(app, handler, execute)
+    add_transfer_route(app, handler, two_phase, execute, clock=clock)
 
     @app.get(
         "/health",
         summary="Health",
         response_model=Health,
-        responses=_problems(_503="The stream service does not answer (`stream-unavailable`)."),
+        responses=problems(_503="The stream service does not answer (`stream-unavailable`)."),
     )
     async def health() -> Response:
         """200 while the stream service answers its /health; answers within a second."""
@@ -547,37 +234,21 @@ def create_app(
             ) from exc
         return JSONResponse({"status": "ok", "service": "transaction", "stream": "up"})
 
-    # The command routes read and validate their own bodies (and `execute` checks the path's
-    # account id): FastAPI's parameter resolution would only add ~50 µs a command.
-    async def deposit_direct(request: Request) -> Response:
-        return await deposit(request.path_params["account_id"], request)
-
-    async def withdraw_direct(request: Request) -> Response:
-        return await withdraw(request.path_params["account_id"], request)
-
-    async def close_direct(request: Request) -> Response:
-        return await close_account(request.path_params["account_id"], request)
-
-    serve_directly(app, "POST", "/accounts/{account_id}/deposits", deposit_direct)
-    serve_directly(app, "POST", "/accounts/{account_id}/withdrawals", withdraw_direct)
-    serve_directly(app, "POST", "/accounts/{account_id}/close", close_direct)
-    serve_directly(app, "POST", "/accounts", open_account)
-    serve_directly(app, "POST", "/transfers", transfer)
     add_two_phase_routes(
         app,
         two_phase,
         execute,
-        read_optional=_read_optional_model,
-        command_body=_command_body,
-        responses=lambda model, problems: {
-            **_replayed_response(model),
-            **_problems(**{**_INPUT_PROBLEMS, **problems}),
+        read_optional=read_optional_model,
+        command_body=command_body,
+        responses=lambda model, described: {
+            **replayed_response(model),
+            **problems(**{**INPUT_PROBLEMS, **described}),
         },
     )
     add_forget_route(
         app,
         client,
-        _problems(
+        problems(
             _404="`account-not-found`",
             _403="`forbidden`: the caller's token lacks scope `admin` (here or at the stream "
             "service)",
@@ -590,19 +261,19 @@ def create_app(
         app,
         handler,
         execute,
-        read_body=lambda request: _read_optional_model(request, ReverseBody),
-        openapi_extra=_command_body(ReverseBody, required=False),
+        read_body=lambda request: read_optional_model(request, ReverseBody),
+        openapi_extra=command_body(ReverseBody, required=False),
         responses={
-            **_replayed_response(ReversalOut),
-            **_problems(
+            **replayed_response(ReversalOut),
+            **problems(
                 _404="`transaction-not-found`",
                 _409="`already-reversed` (with `reversed_by`), `not-reversible`, "
                 "`transfer-pending`, `account-closed`, `insufficient-funds`, "
                 "`balance-out-of-range`, `reversal-blocked` (its marker stream holds an event "
                 "that is no reversal of it: see docs/reversals.md)",
                 **{
-                    **_INPUT_PROBLEMS,
-                    "_422": _INPUT_PROBLEMS["_422"] + " `invalid-transaction-id`.",
+                    **INPUT_PROBLEMS,
+                    "_422": INPUT_PROBLEMS["_422"] + " `invalid-transaction-id`.",
                 },
             ),
         },
