@@ -119,6 +119,9 @@ HOLD_COLUMNS = (
     "recorded_at, position"
 )
 
+ITEM_COLUMN_NAMES = tuple(ITEM_COLUMNS.split(", "))
+HOLD_COLUMN_NAMES = tuple(HOLD_COLUMNS.split(", "))
+
 _UPSERT_ACCOUNT = (
     f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -127,10 +130,6 @@ _UPSERT_ACCOUNT = (
     "updated_at = excluded.updated_at, position = excluded.position, "
     "pending_debits = excluded.pending_debits, pending_credits = excluded.pending_credits"
 )
-_INSERT_ITEM = (
-    f"INSERT INTO transactions ({ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_HOLD = f"INSERT INTO pending_transfers ({HOLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE_HOLD = "DELETE FROM pending_transfers WHERE account_id = ? AND transaction_id = ?"
 # PersonalDataErased: what the read model keeps of the account's references goes too.
 _ERASE_ITEMS = "UPDATE transactions SET reference = NULL WHERE account_id = ?"
@@ -316,8 +315,9 @@ class AccountingProjection:
             session.executemany(_ERASE_ITEMS, [(a,) for a in sorted(erased)])
             session.executemany(_ERASE_HOLDS, [(a,) for a in sorted(erased)])
         if placed:
-            session.executemany(
-                _INSERT_HOLD,
+            session.insert_many(
+                "pending_transfers",
+                HOLD_COLUMN_NAMES,
                 [
                     (
                         h.account_id,
@@ -333,9 +333,10 @@ class AccountingProjection:
                     for h in placed.values()
                 ],
             )
-        if items:
-            session.executemany(
-                _INSERT_ITEM,
+        if items:  # the bulk of a page: COPY on PostgreSQL (`Session.insert_many`)
+            session.insert_many(
+                "transactions",
+                ITEM_COLUMN_NAMES,
                 [
                     (
                         i.account_id,

@@ -11,7 +11,7 @@ cannot adapt) and a string it cannot encode are `ReadModelDataError`; every othe
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,16 @@ class _PostgresSession:
     def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         with translated():
             self._cur.executemany(_to_pyformat(sql), rows)
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> None:
+        # COPY, not executemany: a catch-up inserts thousands of rows a transaction, and COPY
+        # costs this process ~1 us a row against 12-16 (and the server half the time).
+        with (
+            translated(),
+            self._cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
 
     def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         with translated():
