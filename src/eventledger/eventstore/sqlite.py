@@ -13,50 +13,60 @@ Reads never touch the write connection: they run in worker threads on a small po
 read-only connections. In WAL mode a reader sees exactly the transactions committed before
 its statement started, so readers in any thread or process see only committed events.
 
-How the file is opened, made durable and migrated: sqlite_schema.py.
+How the file is opened, made durable and migrated: sqlite_schema.py. The SQL of reads and the
+decoding of rows: sqlite_read.py. The reader pool, the writer thread and the wake-ups between
+threads: sqlite_threads.py. The write side the writer thread runs: sqlite_write.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
-from eventledger.eventstore import pii
 from eventledger.eventstore.errors import (
     StoreUnavailable,
-    StreamNotFound,
 )
 from eventledger.eventstore.group_commit import (
     GroupCommit,
     Request,
 )
-from eventledger.eventstore.keys import rows_to_keys
 from eventledger.eventstore.memory import Clock, utc_now
 from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.recent import RecentEvent, RecentLog, RecentPage, StoredEnvelopes
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
+from eventledger.eventstore.sqlite_read import (
+    HEAD,
+    STREAM_VERSION,
+    decode_rows,
+    event_by_id,
+    keys_on,
+    log_entries,
+    log_query,
+    scalar,
+    stream_events,
+    transaction_events,
+)
 from eventledger.eventstore.sqlite_schema import (
     SCHEMA_VERSION,
-    TRANSACTION_ID,
     connect,
     enable_wal,
     migrate,
 )
-from eventledger.eventstore.sqlite_write import WriteSide, unavailable
-from eventledger.eventstore.store import ACCOUNT_STREAMS, MAX_PAGE, EventStore
+from eventledger.eventstore.sqlite_threads import ReaderPool, Waiters, run_writer, translated
+from eventledger.eventstore.sqlite_write import WriteSide
+from eventledger.eventstore.store import MAX_PAGE, EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; SCHEMA_VERSION is re-exported for them.
@@ -66,20 +76,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-_MAX_INT = 2**63 - 1  # SQLite integers are signed 64-bit
-_COLUMNS = (
-    "position, id, stream, stream_version, type, schema_version, data, metadata, recorded_at,"
-    " hash, batch_end"
-)
-_HEAD = "SELECT coalesce(max(position), 0) FROM events"
 MIN_FREE_BYTES = 64 * 1024  # less free space than this on the file's disk: ping says full
-_STREAM_VERSION = "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream = ?"
-# The expression's text is the index's (sqlite_schema.TRANSACTION_INDEX), so SQLite uses it;
-# the stream range keeps to account streams (LIKE would be case-insensitive here).
-_BY_TRANSACTION = (
-    f"SELECT {_COLUMNS} FROM events WHERE {TRANSACTION_ID} = ? AND stream >= ? AND stream < ?"
-    " ORDER BY position LIMIT ?"
-)
 
 
 class SqliteEventStore(EventStore):
@@ -117,9 +114,8 @@ class SqliteEventStore(EventStore):
         # Why writes fail now (a full disk, an I/O error, a broken write connection), for
         # ping; cleared by the next COMMIT or probe that succeeds.
         self.write_fault: str | None = None
-        self._readers = _ReaderPool(self._connect_reader)
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
-        self._waiters_lock = threading.Lock()
+        self._readers = ReaderPool(self._connect_reader)
+        self._waiters = Waiters()
         # The highest position this instance has committed: a lower bound of the head that
         # spares `wait_for_events` a query. Other processes' commits are found by querying.
         self._known_head = 0
@@ -179,7 +175,7 @@ class SqliteEventStore(EventStore):
         (in that order: a woken reader finds them)."""
         self._recent.add(rows)
         self._known_head = max(self._known_head, head)
-        self._wake_waiters()
+        self._waiters.wake()
 
     def set_fault(self, fault: str | None) -> None:
         if fault != self.write_fault:
@@ -194,29 +190,15 @@ class SqliteEventStore(EventStore):
     async def _read_stream(
         self, stream: str, from_version: int, limit: int | None
     ) -> list[RecordedEvent]:
-        def query(conn: sqlite3.Connection) -> list[RecordedEvent]:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND stream_version >= ?"
-                " ORDER BY stream_version LIMIT ?",
-                (
-                    stream,
-                    min(from_version, _MAX_INT),
-                    -1 if limit is None else min(limit, _MAX_INT),
-                ),
-            ).fetchall()
-            if not rows and not _stream_exists(conn, stream):
-                raise StreamNotFound(stream)
-            return _decode_rows(rows)
-
-        return await self._read(query)
+        return await self._read(lambda conn: stream_events(conn, stream, from_version, limit))
 
     async def _read_all(
         self, after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
     ) -> list[RecordedEvent]:
-        sql, params = _log_query(after, limit, types, stream_prefix)
+        sql, params = log_query(after, limit, types, stream_prefix)
 
         def query(conn: sqlite3.Connection) -> list[RecordedEvent]:
-            return _decode_rows(conn.execute(sql, params).fetchall())
+            return decode_rows(conn.execute(sql, params).fetchall())
 
         return await self._read(query)
 
@@ -231,54 +213,24 @@ class SqliteEventStore(EventStore):
         """`read_all`'s page, each event as its envelope text assembled from the stored
         columns where that is exact (recent.StoredEnvelopes), else decoded and upcast as
         `read_all` gives it. A catch-up page then costs no decode and no re-encode."""
-        sql, params = _log_query(max(after, 0), max(1, min(limit, MAX_PAGE)), types, stream_prefix)
+        sql, params = log_query(max(after, 0), max(1, min(limit, MAX_PAGE)), types, stream_prefix)
         stored, upcast = self._stored, self._upcasters.upcast
-
-        def query(conn: sqlite3.Connection) -> list[RecentEvent | RecordedEvent]:
-            entries: list[RecentEvent | RecordedEvent] = []
-            for row in conn.execute(sql, params).fetchall():
-                text = stored.text(row)
-                if text is None:
-                    entries.append(_decode_rows([row])[0])
-                else:
-                    entries.append(RecentEvent(row[0], row[4], text))
-            decoded = [e for e in entries if isinstance(e, RecordedEvent)]
-            if not decoded:
-                return entries
-            # Personal data opened (or erased) before upcasting, as read_all does; its keys
-            # read on this connection, in this thread: a live page of sealed events costs
-            # one hop to the reader thread, not two.
-            accounts = pii.accounts_to_open(decoded)
-            keys = _keys_on(conn, accounts) if accounts else {}
-            opened = iter([upcast(e) for e in pii.reveal(decoded, keys)])
-            return [next(opened) if isinstance(e, RecordedEvent) else e for e in entries]
-
-        return await self._read(query)
+        return await self._read(lambda conn: log_entries(conn, sql, params, stored, upcast))
 
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
-        def query(conn: sqlite3.Connection) -> RecordedEvent | None:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE id = ?", (str(event_id),)
-            ).fetchone()
-            return None if row is None else _decode_rows([row])[0]
-
-        return await self._read(query)
+        return await self._read(lambda conn: event_by_id(conn, event_id))
 
     async def _load_keys(self, accounts: Collection[str]) -> dict[str, AccountKey]:
-        return await self._read(lambda conn: _keys_on(conn, accounts))
+        return await self._read(lambda conn: keys_on(conn, accounts))
 
     async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
-        def query(conn: sqlite3.Connection) -> list[RecordedEvent]:
-            rows = conn.execute(_BY_TRANSACTION, (transaction_id, *ACCOUNT_STREAMS, limit))
-            return _decode_rows(rows.fetchall())
-
-        return await self._read(query)
+        return await self._read(lambda conn: transaction_events(conn, transaction_id, limit))
 
     async def stream_version(self, stream: str) -> int:
-        return await self._read(lambda conn: _scalar(conn, _STREAM_VERSION, stream))
+        return await self._read(lambda conn: scalar(conn, STREAM_VERSION, stream))
 
     async def head_position(self) -> int:
-        head = await self._read(lambda conn: _scalar(conn, _HEAD))
+        head = await self._read(lambda conn: scalar(conn, HEAD))
         self._known_head = max(self._known_head, head)
         return head
 
@@ -309,8 +261,7 @@ class SqliteEventStore(EventStore):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
         waiter = (loop, asyncio.Event())
-        with self._waiters_lock:
-            self._waiters.add(waiter)
+        self._waiters.add(waiter)
         try:
             while True:
                 # Clear before checking: a commit that lands between the check and the wait
@@ -328,15 +279,7 @@ class SqliteEventStore(EventStore):
                     async with asyncio.timeout(min(remaining, self._poll_interval)):
                         await waiter[1].wait()
         finally:
-            with self._waiters_lock:
-                self._waiters.discard(waiter)
-
-    def _wake_waiters(self) -> None:
-        with self._waiters_lock:
-            waiters = list(self._waiters)
-        for loop, event in waiters:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
-                loop.call_soon_threadsafe(event.set)
+            self._waiters.discard(waiter)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store can read and write: the file answers, the
@@ -384,7 +327,7 @@ class SqliteEventStore(EventStore):
             if self._head_probe is None:
                 self._head_probe = connect(self._path, busy_timeout=0)
                 self._head_probe.execute("PRAGMA query_only = ON")
-            row = self._head_probe.execute(_HEAD).fetchone()
+            row = self._head_probe.execute(HEAD).fetchone()
         except sqlite3.Error:
             return False
         return int(row[0]) <= self._recent.end
@@ -396,7 +339,7 @@ class SqliteEventStore(EventStore):
         return await asyncio.to_thread(self._run_read, query)
 
     def _run_read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        with _translated():
+        with translated():
             conn = self._readers.acquire()
             try:
                 result = query(conn)
@@ -417,7 +360,7 @@ class SqliteEventStore(EventStore):
                 raise StoreUnavailable("the event store is closed")
             if self._started:
                 return
-            with _translated():
+            with translated():
                 try:
                     Path(self._path).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
@@ -434,22 +377,13 @@ class SqliteEventStore(EventStore):
             engine = GroupCommit(side, loop)
             self._writer_loop, self._engine, self._write_side = loop, engine, side
             self._writer = threading.Thread(
-                target=self._run_writer,
+                target=run_writer,
                 args=(loop, engine, side),
                 name="eventledger-sqlite-writer",
                 daemon=True,
             )
             self._writer.start()
             self._started = True
-
-    @staticmethod
-    def _run_writer(loop: asyncio.AbstractEventLoop, engine: GroupCommit, side: WriteSide) -> None:
-        """The writer thread: the engine on a loop of its own, then the connection closed."""
-        try:
-            loop.run_until_complete(engine.run())
-        finally:
-            side.close()
-            loop.close()
 
     def _shutdown(self) -> None:
         """Refuse new appends, let the writer answer the queued ones, then stop it."""
@@ -463,7 +397,7 @@ class SqliteEventStore(EventStore):
         if self._writer is not None:
             self._writer.join()
         self._readers.close()
-        self._wake_waiters()
+        self._waiters.wake()
 
     def connect(self) -> sqlite3.Connection:
         return connect(self._path, busy_timeout=self._busy_timeout)
@@ -475,128 +409,3 @@ class SqliteEventStore(EventStore):
         conn = self.connect()
         conn.execute("PRAGMA query_only = ON")
         return conn
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-class _ReaderPool:
-    """Read-only connections, each used by one thread at a time. A few are kept idle."""
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], keep: int = 8) -> None:
-        self._connect = connect
-        self._keep = keep
-        self._idle: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def acquire(self) -> sqlite3.Connection:
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailable("the event store is closed")
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
-
-    def release(self, conn: sqlite3.Connection) -> None:
-        with self._lock:
-            if not self._closed and len(self._idle) < self._keep:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def discard(self, conn: sqlite3.Connection) -> None:
-        conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise unavailable(exc) from exc
-
-
-def _keys_on(conn: sqlite3.Connection, accounts: Collection[str]) -> dict[str, AccountKey]:
-    """The current personal data keys of these accounts (pii.py, keys.py)."""
-    rows = conn.execute(
-        "SELECT account_id, key_id, secret FROM personal_data_keys WHERE account_id IN"
-        " (SELECT value FROM json_each(?))",
-        (json.dumps(sorted(accounts)),),
-    )
-    return rows_to_keys(rows.fetchall())
-
-
-def _stream_exists(conn: sqlite3.Connection, stream: str) -> bool:
-    return (
-        _scalar(
-            conn, "SELECT count(*) FROM (SELECT 1 FROM events WHERE stream = ? LIMIT 1)", stream
-        )
-        > 0
-    )
-
-
-def _scalar(conn: sqlite3.Connection, sql: str, *params: object) -> int:
-    value: int = conn.execute(sql, params).fetchone()[0]
-    return value
-
-
-def _decode_rows(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
-    """Rows of _COLUMNS as events. A page is decoded in one loop: the events of one append
-    share their time, parsed once; empty metadata is not parsed (catch-up reads are bound by
-    this loop)."""
-    loads, parse, uuid = json.loads, datetime.fromisoformat, UUID
-    times: dict[str, datetime] = {}
-    events: list[RecordedEvent] = []
-    for position, event_id, stream, version, type_, schema, data, meta, at, hash_, end in rows:
-        moment = times.get(at)
-        if moment is None:
-            moment = times[at] = parse(at)
-        events.append(
-            RecordedEvent(
-                uuid(event_id), stream, type_, schema, loads(data),
-                {} if meta == "{}" else loads(meta), version, position, moment, hash_, end,
-            )
-        )  # fmt: skip
-    return events
-
-
-def _log_query(
-    after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
-) -> tuple[str, list[object]]:
-    """The SQL and parameters of a page of the global log (read_all's filters)."""
-    after = min(after, _MAX_INT)
-    # substr, not LIKE: '_' is a legal stream name character and a LIKE wildcard.
-    prefix = " AND substr(stream, 1, ?) = ?" if stream_prefix else ""
-    prefix_params = (len(stream_prefix), stream_prefix) if stream_prefix else ()
-    params: list[object]
-    types = tuple(dict.fromkeys(types))  # a type named twice selects its events once
-    if len(types) > 1:
-        # One index range per type (events_by_type), each cut at `limit`, merged: a page
-        # costs at most `limit` rows per type. (`type IN (...) ORDER BY position` sorts
-        # every matching event after `after` first: the whole log for a new subscriber.)
-        part = (
-            f"SELECT * FROM (SELECT {_COLUMNS} FROM events WHERE type = ? AND position > ?"
-            f"{prefix} ORDER BY position LIMIT ?)"
-        )
-        sql = " UNION ALL ".join([part] * len(types)) + " ORDER BY position LIMIT ?"
-        params = []
-        for event_type in types:
-            params.extend((event_type, after, *prefix_params, limit))
-        params.append(limit)
-    else:
-        sql = f"SELECT {_COLUMNS} FROM events WHERE position > ?"
-        params = [after]
-        if types:
-            sql += " AND type = ?"
-            params.append(types[0])
-        sql += f"{prefix} ORDER BY position LIMIT ?"
-        params.extend((*prefix_params, limit))
-    return sql, params
