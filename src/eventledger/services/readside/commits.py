@@ -69,6 +69,7 @@ def evolve_append(
     changes: list[_C] = []
     applied: list[Event] = []
     recorded: list[RecordedEvent] = []
+    paired = reversal = False  # which rules on the whole append apply (noted on the way)
     for event in events:
         account_id = account_id_of(event.stream)
         if account_id is None:
@@ -82,13 +83,15 @@ def evolve_append(
         changes.append(change)
         applied.append(domain_event)
         recorded.append(event)
-    if whole and any(isinstance(e, PAIRED_EVENTS) for e in applied):
+        paired = paired or isinstance(domain_event, PAIRED_EVENTS)
+        reversal = reversal or isinstance(domain_event, domain_events.TransactionReversed)
+    if whole and paired:
         try:
             check_transfers(applied, {a: facts_of(a, row) for a, row in rows.items()})
         except InvalidAccountEvent as exc:
             index = exc.index or 0
             return changes[:index], EventRejected(recorded[index], exc.reason)
-    if whole and any(isinstance(e, domain_events.TransactionReversed) for e in applied):
+    if whole and reversal:
         try:
             validity.check_reversals(applied, {a: facts_of(a, row) for a, row in rows.items()})
         except InvalidAccountEvent as exc:
