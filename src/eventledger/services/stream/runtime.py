@@ -57,7 +57,10 @@ class Runtime:
             try:
                 await self.snapshots.flush()  # what was noted, not lost to the stop
             except Exception as exc:
-                logging.getLogger(__name__).warning("guard snapshots not written: %s", exc)
+                # The app's logger, as before this class moved here: operators filter on it.
+                logging.getLogger("eventledger.services.stream.app").warning(
+                    "guard snapshots not written: %s", exc
+                )
             await self.snapshots.store.close()
         store, self._store = self._store, None
         if store is not None:
