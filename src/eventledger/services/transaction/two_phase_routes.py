@@ -1,6 +1,6 @@
 """The HTTP side of two-phase transfers (`two_phase`): `POST /transfers/{id}/post`,
 `POST /transfers/{id}/void` and `GET /transfers/{id}`. (The hold itself is `POST /transfers`
-with `"pending": true`, in `app`.)
+with `"pending": true`, in `transfer_routes`.)
 
 Registered by `app.create_app` with the service's own `execute` (Idempotency-Key, problem
 documents, metrics), like every command.
@@ -29,7 +29,8 @@ from eventledger.services.transaction.two_phase import TwoPhaseTransfers
 
 
 class Execute(Protocol):
-    """`app.create_app`'s `execute`: checks the input, runs the command, answers."""
+    """The service's `execute` (`execution.command_executor`): checks the input, runs the
+    command, answers."""
 
     def __call__(
         self,
