@@ -12,6 +12,7 @@ as an audit record, honoured by every later rebuild). Only the database's own co
 (unreachable, locked, full) is retried. `rebuild()` resets the read model and replays the log;
 the reset is stored in the checkpoint, so every instance sharing the database stops answering
 until the replay is back where it was. What the service shows of all this: status.py, http.py.
+Following the log itself (batches, the writer thread, halts): following.py.
 
 The read model may have several *versions* (versions.py): the runner serves from the live one
 and follows the log into it. A blue/green rebuild (bluegreen.py) builds the next version with
@@ -24,48 +25,37 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import aclosing, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 import aiohttp
 
 from eventledger.eventstore.codec import format_time, to_envelope
-from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside import apply
-from eventledger.services.readside.apply import Applied, Item, Stop, at_boundary
+from eventledger.services.readside.apply import Applied
 from eventledger.services.readside.checkpoints import (
     Action,
     Checkpoint,
     Decision,
     load_checkpoint,
 )
-from eventledger.services.readside.db import (
-    CheckpointMoved,
-    ReadModelDataError,
-    ReadModelDB,
-    ReadModelError,
+from eventledger.services.readside.db import ReadModelDB
+from eventledger.services.readside.following import (
+    BATCH_SIZE,
+    QUEUED_PAGES,
+    RunnerFollowing,
+    load,
 )
 from eventledger.services.readside.projection import Projection
-from eventledger.services.readside.status import Halt, NotHaltedThere, RunnerStatus
+from eventledger.services.readside.status import Halt, NotHaltedThere
 from eventledger.services.readside.subscription import StreamSubscription, fetch_head_position
 from eventledger.services.readside.versions import Hold, Versions, owned, versions_of
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# Pages of the subscription (one per chunk read, 64 KiB or so) received ahead of the writer.
-QUEUED_PAGES = 32
-# Events per transaction at most. Catching up, every batch is full: one commit (an fsync on
-# SQLite, ~10 ms here) and one checkpoint write per 4,000 events, not per 500. Live, a batch is
-# what has arrived, usually one commit of the log. Memory: a batch of small events is ~8 MB.
-BATCH_SIZE = 4000
 
 
-class ProjectionRunner(RunnerStatus):
+class ProjectionRunner(RunnerFollowing):
     """Keeps one read model up to date with the log. Start it once; it runs in the background
     until `stop()`, reconnecting to the stream service and retrying the database as needed.
     What it shows (health, probes, snapshots for queries) is in `RunnerStatus`."""
@@ -83,7 +73,9 @@ class ProjectionRunner(RunnerStatus):
         probe_interval: float = 1.0,
         versioned: bool = True,
     ) -> None:
-        super().__init__(projection.name, probe_interval=probe_interval)
+        super().__init__(
+            projection, batch_size=batch_size, max_delay=max_delay, probe_interval=probe_interval
+        )
         # False for the runner that builds a new version: it writes where `open_db` says.
         self._versioned = versioned
         self.versions: Versions | None = None
@@ -91,22 +83,12 @@ class ProjectionRunner(RunnerStatus):
         self._base: ReadModelDB | None = None
         self._hold: Hold | None = None
         self._adopting: asyncio.Task[bool] | None = None
-        self.projection = projection
         self._stream_token = stream_token  # presented to the stream service; never logged
         self.stream_url = stream_url.rstrip("/")
         self._open_db = open_db
-        self.batch_size = batch_size
         self._head_poll_interval = head_poll_interval
-        self._max_delay = max_delay
-        self._held: tuple[Item, ...] = ()  # what the halted batch did not apply
-        self._halted_event: RecordedEvent | None = None  # None: it could not be decoded
         self._control = asyncio.Lock()
-        # One writer thread: batches and resets run in order, never two at once, and a batch
-        # already handed to the database finishes before a reset or a stop.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-writer")
-        self._inflight: Future[Any] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._follow_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
 
     @property
@@ -262,7 +244,7 @@ class ProjectionRunner(RunnerStatus):
     async def _swap(self, version: int, db: ReadModelDB, hold: Hold) -> None:
         """Serve from `db` (held, migrated; the caller holds `_control`, nothing follows)."""
         old_db, old_hold = self._db, self._hold
-        checkpoint = await self._write(lambda: _load(db, self.name))
+        checkpoint = await self._write(lambda: load(db, self.name))
         self._db, self._hold, self.version = db, hold, version
         self._unhalt()
         self.last_error = None
@@ -375,167 +357,6 @@ class ProjectionRunner(RunnerStatus):
             await self._set_position(checkpoint.position)
             self._follow_task = asyncio.create_task(self._run(), name=f"{self.name}-follow")
 
-    async def _stop_following(self) -> None:
-        if self._follow_task is not None:
-            self._follow_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._follow_task
-            self._follow_task = None
-        await self._settle()
-
-    # -- following -------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self._follow()
-                return  # halted
-            except CheckpointMoved as exc:
-                # Another process applied events to this read model: go on from where it is.
-                log.info("%s: %s (another writer?); reloading it", self.name, exc)
-                delay = 0.0
-            except ReadModelError as exc:
-                self._retrying(f"read model unavailable: {exc}")
-            except Exception as exc:
-                self._retrying(f"{type(exc).__name__}: {exc}", trace=True)
-            await asyncio.sleep(delay)
-            delay = min(max(delay * 2, 0.05), self._max_delay)
-            # The outcome of a failed commit is unknown: the database's checkpoint is the truth.
-            with suppress(ReadModelError):
-                checkpoint = await self._write(self._load_checkpoint)
-                if checkpoint.retired_to is not None:
-                    self.adopt_soon()  # another instance switched versions: follow the live one
-                    return
-                self.checkpoint = checkpoint
-                await self._set_position(self.checkpoint.position)
-
-    def _retrying(self, error: str, *, trace: bool = False) -> None:
-        # Said once per distinct error, not at every retry.
-        if error != self.last_error:
-            log.warning("%s: %s; retrying", self.name, error, exc_info=trace)
-        self.last_error = error
-
-    async def _follow(self) -> None:
-        assert self._subscription is not None
-        # Pages as they arrive (one per chunk read): a bounded queue, so a read model slower
-        # than the stream service stops reading and TCP holds the rest.
-        queue: asyncio.Queue[list[Item] | BaseException] = asyncio.Queue(maxsize=QUEUED_PAGES)
-        pending: deque[Item] = deque()  # received, not yet in a batch
-        reader = asyncio.create_task(self._read_into(queue, after=self.position))
-        try:
-            while True:
-                if not await self._apply(await self._next_batch(queue, pending)):
-                    return
-        finally:
-            reader.cancel()
-            with suppress(asyncio.CancelledError):
-                await reader
-
-    async def _next_batch(
-        self, queue: asyncio.Queue[list[Item] | BaseException], pending: deque[Item]
-    ) -> list[Item]:
-        """What has arrived, up to `batch_size` events, but never ending inside an atomic
-        append: then it waits for the rest of it, however long the append. Catching up, the
-        batches are full (few transactions); live, a batch is what one commit wrote."""
-        batch: list[Item] = []
-        last = self.position
-        while True:
-            if not pending and not queue.empty():
-                page = queue.get_nowait()
-                if isinstance(page, BaseException):
-                    raise page
-                pending.extend(page)
-            if (
-                batch
-                and ((not pending and queue.empty()) or len(batch) >= self.batch_size)
-                and at_boundary(batch)
-            ):
-                return batch
-            if not pending:
-                page = await queue.get()
-                if isinstance(page, BaseException):
-                    raise page
-                pending.extend(page)
-                continue
-            item = pending.popleft()
-            if item.position is None:
-                return [*batch, item]  # nothing can follow what has no place in the log
-            if item.position <= last:
-                continue  # already applied or delivered
-            batch.append(item)
-            last = item.position
-
-    async def _read_into(
-        self, queue: asyncio.Queue[list[Item] | BaseException], *, after: int
-    ) -> None:
-        assert self._subscription is not None
-        try:
-            async with aclosing(self._subscription.pages(after=after)) as pages:
-                async for page in pages:
-                    await queue.put(page)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            await queue.put(exc)
-
-    async def _apply(self, batch: Sequence[Item]) -> bool:
-        """Apply a batch; False when the runner halted."""
-        expected = self.position
-
-        def work() -> Applied:
-            with self.db.transaction() as tx:
-                return apply.apply_batch(tx, self.projection, batch, expected=expected)
-
-        try:
-            applied = await self._write(work)
-        except ReadModelDataError as exc:  # our own statements refused: it would repeat
-            first = batch[0]
-            event = first if isinstance(first, RecordedEvent) else None
-            stop = Stop(first.position, event, first.type, str(exc))
-            applied = Applied(self.checkpoint, stop=stop, rest=tuple(batch))
-        self.last_error = None
-        await self._applied(applied)
-        return applied.stop is None
-
-    async def _applied(self, applied: Applied) -> None:
-        self.checkpoint = applied.checkpoint
-        await self._set_position(applied.checkpoint.position)
-        if applied.stop is not None:
-            await self._halt(applied.stop, applied.rest)
-
-    async def _halt(self, stop: Stop, rest: tuple[Item, ...]) -> None:
-        event = stop.event
-        self.halted = Halt(
-            stop.position,
-            None if event is None else str(event.id),
-            None if event is None else event.stream,
-            stop.type,
-            stop.reason,
-            format_time(datetime.now(UTC)),
-        )
-        self._halted_event = event
-        self._held = rest
-        log.error(
-            "%s: HALTED at position %s (%s on %s): %s. Reads go on from position %d; skip or "
-            "park the event (eventledger projection skip|park %s --position %s), or fix the "
-            "projection and restart or rebuild.",
-            self.name,
-            stop.position,
-            stop.type,
-            self.halted.stream,
-            stop.reason,
-            self.position,
-            self.name,
-            stop.position,
-        )
-        await self._notify()
-
-    def _unhalt(self) -> None:
-        self.halted = None
-        self._halted_event = None
-        self._held = ()
-
     async def _poll_head(self) -> None:
         assert self._session is not None
         while True:
@@ -544,32 +365,10 @@ class ProjectionRunner(RunnerStatus):
             )
             await asyncio.sleep(self._head_poll_interval)
 
-    # -- the writer thread -----------------------------------------------------------------
-
-    async def _write(self, work: Callable[[], T]) -> T:
-        future = self._writer.submit(work)
-        self._inflight = future
-        return await asyncio.wrap_future(future)
-
-    async def _settle(self) -> None:
-        """Wait for a batch already handed to the database (its task may have been cancelled)."""
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            with suppress(Exception):
-                await asyncio.wrap_future(inflight)
-
-    def _load_checkpoint(self) -> Checkpoint:
-        return _load(self.db, self.name)
-
     def _reset(self, head: int) -> Checkpoint:
         with self.db.transaction() as tx:
             old = load_checkpoint(tx, self.name)
             return apply.reset(tx, self.projection, rebuild_until=max(old.position, head))
 
 
-__all__ = ["Halt", "NotHaltedThere", "ProjectionRunner"]
-
-
-def _load(db: ReadModelDB, name: str) -> Checkpoint:
-    with db.transaction() as tx:
-        return load_checkpoint(tx, name)
+__all__ = ["BATCH_SIZE", "QUEUED_PAGES", "Halt", "NotHaltedThere", "ProjectionRunner"]
