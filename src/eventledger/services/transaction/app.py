@@ -252,7 +252,11 @@ def create_app(
             _404="`account-not-found`",
             _403="`forbidden`: the caller's token lacks scope `admin` (here or at the stream "
             "service)",
-            _422="`invalid-account-id`",
+            _400="Malformed JSON, or an invalid Idempotency-Key header "
+            "(`invalid-idempotency-key`).",
+            _413="Body over 1 MiB (`body-too-large`).",
+            _415="A body that is not `application/json`.",
+            _422="`invalid-account-id`, or a body other than none or `{}` (`validation-error`)",
             _502="`stream-error`",
             _503="`stream-unavailable`, `too-much-contention` (retry after `Retry-After`)",
         ),
