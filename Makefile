@@ -24,7 +24,8 @@ $(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	@echo "Installing eventledger into $(VENV)/ with what it needs to run: FastAPI, pydantic and"
 	@echo "uvicorn (the HTTP services), aiohttp and httpx (calls between services and from the"
 	@echo "command line), psycopg (PostgreSQL), prometheus-client (metrics), typer and rich (the"
-	@echo "command line). A minute or so the first time; no test tools (make test adds those)."
+	@echo "command line), cryptography (personal data sealed per account, erased by forgetting"
+	@echo "its key). A minute or so the first time; no test tools (make test adds those)."
 	$(PIP_INSTALL) -e .
 	@touch $@
 
