@@ -17,7 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eventledger.domain.events import EVENT_TYPES
+from eventledger.domain.upcasters import UPCASTERS
+
 Row = tuple[int, str, str, str]  # version, event id, fingerprint, payload
+
+
+def code_fingerprint(kind: str, code_version: int) -> str:
+    """What a snapshot was folded by: the folding code's version, every event schema and the
+    upcasters. A snapshot whose fingerprint differs from the running code's is ignored."""
+    schemas = ",".join(f"{t}:{c.SCHEMA_VERSION}" for t, c in sorted(EVENT_TYPES.items()))
+    upcasters = ",".join(f"{t}:{v}" for t, v, _ in UPCASTERS)
+    return f"{kind}-{code_version};{schemas};{upcasters}"
 
 
 class SnapshotFile:

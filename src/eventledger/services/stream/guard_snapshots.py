@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from eventledger.domain.events import EVENT_TYPES
 from eventledger.domain.pending import CREDIT, DEBIT, decode_holds, encode_holds
-from eventledger.domain.upcasters import UPCASTERS
 from eventledger.domain.validity import AccountFacts
-from eventledger.services.snapshot_file import SnapshotFile
+from eventledger.services.snapshot_file import SnapshotFile, code_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +48,7 @@ MAX_HOLDS = 5000
 
 def guard_fingerprint() -> str:
     """The code that folds facts: its version, the event schemas and the upcasters."""
-    schemas = ",".join(f"{t}:{c.SCHEMA_VERSION}" for t, c in sorted(EVENT_TYPES.items()))
-    upcasters = ",".join(f"{t}:{v}" for t, v, _ in UPCASTERS)
-    return f"guard-facts-{GUARD_CODE_VERSION};{schemas};{upcasters}"
+    return code_fingerprint("guard-facts", GUARD_CODE_VERSION)
 
 
 @dataclass(frozen=True, slots=True)

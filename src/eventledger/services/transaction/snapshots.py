@@ -37,10 +37,9 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from eventledger.domain.account import Account, initial_state
-from eventledger.domain.events import EVENT_TYPES, stream_name
+from eventledger.domain.events import stream_name
 from eventledger.domain.pending import CREDIT, DEBIT, decode_holds, encode_holds
-from eventledger.domain.upcasters import UPCASTERS
-from eventledger.services.snapshot_file import SnapshotFile
+from eventledger.services.snapshot_file import SnapshotFile, code_fingerprint
 from eventledger.services.transaction.accounts import fold_recorded
 from eventledger.services.transaction.stream_client import StreamClient
 
@@ -60,9 +59,7 @@ MAX_HOLDS = 5000
 
 def fold_fingerprint() -> str:
     """The code that folds accounts: its version, the event schemas and the upcasters."""
-    schemas = ",".join(f"{t}:{c.SCHEMA_VERSION}" for t, c in sorted(EVENT_TYPES.items()))
-    upcasters = ",".join(f"{t}:{v}" for t, v, _ in UPCASTERS)
-    return f"account-fold-{FOLD_CODE_VERSION};{schemas};{upcasters}"
+    return code_fingerprint("account-fold", FOLD_CODE_VERSION)
 
 
 @dataclass(frozen=True, slots=True)
