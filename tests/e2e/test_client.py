@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from eventledger.client import (
     IdempotencyKeyReused,
     InsufficientFunds,
     NewEvent,
+    NotRebuilding,
     StreamNotFound,
     TransportError,
     Unauthenticated,
@@ -197,6 +199,26 @@ def test_a_rebuild_is_started_and_its_health_followed(ledger: Client) -> None:
     assert stats.position >= moved.position
     assert ledger.health("statistics").rebuilding is False
     assert ledger.decisions("statistics") == ()
+
+
+def test_a_blue_green_rebuild_is_followed_to_its_switch_and_cannot_be_cancelled_after(
+    ledger: Client,
+) -> None:
+    account = new_id("bluegreen")
+    ledger.open_account("EUR", account_id=account)
+    moved = ledger.deposit(account, 250)
+    started = ledger.rebuild_blue_green("accounting")
+    assert started.build is not None and started.build.from_version == started.live_version
+    deadline = time.monotonic() + 60
+    status = ledger.rebuild_status("accounting")
+    while status.build is not None and status.build.active and time.monotonic() < deadline:
+        status = ledger.rebuild_status("accounting")
+    assert status.build is not None and status.build.state == "done", status
+    assert status.live_version == status.build.version == started.build.version
+    assert status.build.position >= moved.position
+    assert ledger.consistent_with(moved).account(account).balance == 250
+    with pytest.raises(NotRebuilding):
+        ledger.cancel_rebuild("accounting")
 
 
 def test_an_unreachable_service_is_a_transport_error_not_a_problem(

@@ -15,8 +15,8 @@
 `AsyncClient` has the same methods, awaited (`async with AsyncClient() as ledger: …`;
 `async for event in ledger.subscribe(after=0)`). Modules: `calls` (every operation as a
 request and the reading of its answer: no I/O), `core` (what runs a call: config, retry
-policy, SSE parser), `sync` and `aio` (the two clients), `models` and `events` (the frozen
-results), `errors` (the exception tree).
+policy, SSE parser), `sync` and `aio` (the two clients), `models`, `events`, `holds`,
+`reversals` and `rebuilds` (the frozen results), `errors` (the exception tree).
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ from eventledger.client.errors import (
     NotCaughtUp,
     NotFound,
     NotHaltedHere,
+    NotRebuilding,
     PendingTransfers,
     ProblemError,
     RateLimited,
     Rebuilding,
+    RebuildInProgress,
     SameAccountTransfer,
     StreamNotFound,
     TransferNotFound,
@@ -74,6 +76,7 @@ from eventledger.client.models import (
     TwoPhaseStats,
 )
 from eventledger.client.models import AccountClosed as AccountClosedResult
+from eventledger.client.rebuilds import BlueGreenBuild, RebuildStatus
 from eventledger.client.sync import Client
 
 __all__ = [
@@ -89,6 +92,7 @@ __all__ = [
     "BalanceAt",
     "BalanceNotZero",
     "BalanceOutOfRange",
+    "BlueGreenBuild",
     "Client",
     "Conflict",
     "CurrencyMismatch",
@@ -110,12 +114,15 @@ __all__ = [
     "NotCaughtUp",
     "NotFound",
     "NotHaltedHere",
+    "NotRebuilding",
     "Page",
     "PendingTransfer",
     "PendingTransfers",
     "ProblemError",
     "RateLimited",
     "ReadModelHealth",
+    "RebuildInProgress",
+    "RebuildStatus",
     "Rebuilding",
     "RecordedEvent",
     "SameAccountTransfer",

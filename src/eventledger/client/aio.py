@@ -14,6 +14,7 @@ from eventledger.client import erasure as er
 from eventledger.client import events as ev
 from eventledger.client import holds as h
 from eventledger.client import models as m
+from eventledger.client import rebuilds as rb
 from eventledger.client import reversals as rv
 from eventledger.client.calls import ExpectedVersion
 from eventledger.client.core import Call, Positioned
@@ -282,6 +283,21 @@ class AsyncClient(core.Shared):
     async def rebuild(self, service: m.ReadModel) -> m.ReadModelHealth:
         """Start replaying the log into the read model from position 0 (admin scope)."""
         return await self._run(calls.rebuild(service))
+
+    async def rebuild_blue_green(self, service: m.ReadModel) -> rb.RebuildStatus:
+        """Start building a new version of the read model beside the live one, which goes on
+        serving until the new one has caught up and takes over (admin scope). Raises
+        `RebuildInProgress` while another blue/green rebuild goes on."""
+        return await self._run(calls.rebuild_blue_green(service))
+
+    async def rebuild_status(self, service: m.ReadModel) -> rb.RebuildStatus:
+        """The last blue/green rebuild (state, position of head, error) and the live version."""
+        return await self._run(calls.rebuild_status(service))
+
+    async def cancel_rebuild(self, service: m.ReadModel) -> rb.RebuildStatus:
+        """Cancel the blue/green rebuild in progress; the live version stays (admin scope).
+        Raises `NotRebuilding` when none is in progress."""
+        return await self._run(calls.cancel_rebuild(service))
 
     async def skip(
         self, service: m.ReadModel, *, position: int, reason: str = "", by: str = ""

@@ -18,6 +18,7 @@ import httpx
 from eventledger.client import events as ev
 from eventledger.client import holds as h
 from eventledger.client import models as m
+from eventledger.client import rebuilds as rb
 from eventledger.client import reversals as rv
 from eventledger.client.core import Call
 
@@ -246,6 +247,22 @@ def health(service: m.ReadModel) -> Call[m.ReadModelHealth]:
 def rebuild(service: m.ReadModel) -> Call[m.ReadModelHealth]:
     read = _body(m.ReadModelHealth.from_json)
     return Call(service, "POST", "/admin/rebuild", read, json={}, safe_to_repeat=False)
+
+
+def rebuild_blue_green(service: m.ReadModel) -> Call[rb.RebuildStatus]:
+    read = _body(rb.RebuildStatus.from_json)
+    body = {"mode": "blue-green"}
+    return Call(service, "POST", "/admin/rebuild", read, json=body, safe_to_repeat=False)
+
+
+def rebuild_status(service: m.ReadModel) -> Call[rb.RebuildStatus]:
+    return Call(service, "GET", "/admin/rebuild", _body(rb.RebuildStatus.from_json))
+
+
+def cancel_rebuild(service: m.ReadModel) -> Call[rb.RebuildStatus]:
+    read = _body(rb.RebuildStatus.from_json)
+    # Every state-changing request carries Content-Type: application/json (CSRF guard).
+    return Call(service, "DELETE", "/admin/rebuild", read, json={}, safe_to_repeat=False)
 
 
 def decide(

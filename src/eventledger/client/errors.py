@@ -204,6 +204,14 @@ class PendingTransfers(Conflict):
     """Raised when closing an account that is party to pending transfers."""
 
 
+class RebuildInProgress(Conflict):
+    """Raised when a rebuild is asked for while a blue/green rebuild goes on."""
+
+
+class NotRebuilding(Conflict):
+    """Raised when cancelling a blue/green rebuild and none is in progress."""
+
+
 _BY_TYPE: dict[str, type[ProblemError]] = {
     "amount-exceeds-hold": AmountExceedsHold,
     "transfer-not-found": TransferNotFound,
@@ -227,6 +235,8 @@ _BY_TYPE: dict[str, type[ProblemError]] = {
     "rate-limited": RateLimited,
     "not-caught-up": NotCaughtUp,
     "rebuilding": Rebuilding,
+    "rebuild-in-progress": RebuildInProgress,
+    "not-rebuilding": NotRebuilding,
 }
 _BY_STATUS: dict[int, type[ProblemError]] = {
     400: ValidationError,
