@@ -183,6 +183,29 @@ def test_a_rebuild_started_by_an_admin_shows_its_progress_until_caught_up(
     assert credentials.tokens[ADMIN] not in console.log_text()
 
 
+def test_a_blue_green_rebuild_started_by_an_admin_is_shown_until_its_version_is_live(
+    console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
+) -> None:
+    system, console = console_system
+    head = seed(system, credentials)
+    sign_in(page, console.url, credentials.tokens[ADMIN], then="/readmodels")
+    card = page.locator("#rm-statistics")
+    expect(card.locator("dd.position")).to_have_text(f"{head:,}", timeout=60_000)
+    expect(card.locator("button[data-action=cancel-rebuild]")).to_be_disabled()
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    card.locator("button[data-action=rebuild-blue-green]").click()
+    expect(page.locator("#admin-ok")).to_contain_text("rebuild blue/green of statistics accepted")
+    # The live version serves all along (never "rebuilding"), then the new one takes over.
+    line = card.locator("p.bluegreen")
+    expect(line).to_have_attribute("data-state", "done", timeout=120_000)
+    expect(line).to_contain_text(re.compile(r"blue/green: version \d+ live since "))
+    expect(card.locator("dd.state")).to_have_text("ok")
+    assert int(card.locator("dd.position").inner_text().replace(",", "")) >= head
+    expect(card.locator("button[data-action=rebuild-blue-green]")).to_be_enabled()
+    expect(card.locator("button[data-action=cancel-rebuild]")).to_be_disabled()
+
+
 def test_the_console_asks_who_you_are_and_a_reader_sees_no_controls(
     console_system: tuple[System, ServiceProcess], credentials: Credentials, page: Any
 ) -> None:

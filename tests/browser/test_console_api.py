@@ -71,6 +71,8 @@ def test_commands_from_another_origin_or_not_typed_json_are_refused_and_write_no
         ("/api/commands/open", {"currency": "EUR"}, {"Idempotency-Key": "bad key"}),
         ("/api/commands/close", {"account_id": "a"}, {}),
         ("/api/readmodels/stream/rebuild", {}, {}),
+        ("/api/readmodels/accounting/rebuild", {"mode": "sideways"}, {}),
+        ("/api/readmodels/accounting/cancel-rebuild", {"now": True}, {}),
     ],
 )
 def test_bad_input_gets_a_4xx_problem_and_writes_nothing(
@@ -155,6 +157,9 @@ def test_no_token_reaches_the_browser_and_admin_calls_are_the_operators_own(
         timeout=60.0,
         what="the statistics rebuild to end",
     )
+    # Cancelling when no blue/green rebuild goes on is the read model's own 409, relayed.
+    nothing = http.post(f"{console.url}/api/readmodels/statistics/cancel-rebuild", json={})
+    assert nothing.status_code == 409 and problem_type(nothing) == "not-rebuilding"
     # A principal who may only read cannot, and sees no button for it.
     with signed_in_client(console.url, credentials.tokens[READER]) as reader:
         refused = reader.post(f"{console.url}/api/readmodels/statistics/rebuild", json={})

@@ -4,9 +4,10 @@
 * `GET /api/accounts`, `/api/accounts/{id}` (`min_position` → `X-Min-Position`),
   `/api/accounts/{id}/history` (the balance after each transaction, oldest first);
 * `GET /api/stats`, `/api/stats/daily`; `GET /api/readmodels` (position, lag, state, rebuild);
-* `POST /api/readmodels/{name}/rebuild|skip|park`: the read model's admin call, made with
-  the signed-in operator's token (kept server-side in the session; `signin.py` checked that
-  it has `admin`), never the console's own;
+* `POST /api/readmodels/{name}/rebuild|skip|park|cancel-rebuild`: the read model's admin
+  call (`rebuild` takes `{"mode": "blue-green"}` too; `cancel-rebuild` is its `DELETE
+  /admin/rebuild`), made with the signed-in operator's token (kept server-side in the
+  session; `signin.py` checked that it has `admin`), never the console's own;
 * `POST /api/commands/open|deposit|withdraw|transfer`: the command, then the events it wrote.
 
 Every input is validated here before anything is sent on (ids by the API's pattern, bodies by
@@ -38,7 +39,7 @@ from eventledger.services.transaction.schemas import (
 )
 
 READ_MODELS = ("accounting", "statistics")
-ACTIONS = ("rebuild", "skip", "park")
+ACTIONS = ("rebuild", "skip", "park", "cancel-rebuild")
 RECENT_EVENTS = 50
 HISTORY_PAGE = 100
 HISTORY_PAGES = 10  # the chart draws at most the last 1,000 transactions
@@ -58,7 +59,13 @@ class MoneyCommand(StrictModel):
 
 
 class RebuildBody(StrictModel):
-    """A rebuild takes no parameters: `{}`."""
+    """A rebuild: `{}` (in place) or `{"mode": "blue-green"}` (beside the live version)."""
+
+    mode: Literal["in-place", "blue-green"] = "in-place"
+
+
+class CancelBody(StrictModel):
+    """Cancelling a blue/green rebuild takes no parameters: `{}`."""
 
 
 def account_id(value: str, field: str = "account_id") -> str:
@@ -264,6 +271,7 @@ def state_of(name: str, answer: Answer) -> dict[str, Any]:
         "halted": body.get("halted"),
         "rebuilding": bool(body.get("rebuilding")),
         "rebuild_until": checkpoint.get("rebuild_until"),
+        "blue_green": body.get("blue_green"),
         "decisions": body.get("decisions"),
         "reason": body.get("reason"),
     }
@@ -280,19 +288,26 @@ def add_readmodel_routes(app: FastAPI, upstream: Upstream) -> None:
             raise invalid_param("name", f"must be one of {', '.join(READ_MODELS)}")
         if action not in ACTIONS:
             raise invalid_param("action", f"must be one of {', '.join(ACTIONS)}")
-        body: RebuildBody | DecisionBody = await read_model(
-            request, RebuildBody if action == "rebuild" else DecisionBody
-        )
+        kind: type[RebuildBody | CancelBody | DecisionBody] = DecisionBody
+        if action in ("rebuild", "cancel-rebuild"):
+            kind = RebuildBody if action == "rebuild" else CancelBody
+        body: RebuildBody | CancelBody | DecisionBody = await read_model(request, kind)
         answer = await upstream.call(
-            "POST",
+            "DELETE" if action == "cancel-rebuild" else "POST",
             name,
-            f"/admin/{action}",
+            "/admin/rebuild" if action == "cancel-rebuild" else f"/admin/{action}",
             body=body.model_dump(exclude_defaults=True),
             # the operator's token (None on an open console, whose services need none)
             authorization=operator_authorization(request),
         )
-        if answer.ok and action == "rebuild":  # its 202 is the health: the progress from 0
+        if not answer.ok:
+            return relay(answer)
+        if action == "rebuild" and "blue_green" not in (answer.body or {}):
+            # an in-place rebuild's 202 is the health: the progress from 0
             return JSONResponse(state_of(name, answer), status_code=answer.status)
+        if action in ("rebuild", "cancel-rebuild"):
+            # a blue/green start or cancel: the health, which shows the build from now on
+            return JSONResponse(await readmodel_state(upstream, name), status_code=answer.status)
         return relay(answer)
 
 

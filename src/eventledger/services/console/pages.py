@@ -151,8 +151,8 @@ STATISTICS = """
 READMODELS = """
 <section class="card wide">
 <h2>Read models</h2>
-<p id="admin-note" class="muted">Rebuild, skip and park are made with your own token, which
-needs the <code>admin</code> scope.</p>
+<p id="admin-note" class="muted">Rebuilds (in place or blue/green), skip and park are made
+with your own token, which needs the <code>admin</code> scope.</p>
 <div id="readmodels"></div>
 <div id="admin-result" aria-live="polite"></div>
 </section>

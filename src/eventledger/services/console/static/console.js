@@ -434,12 +434,37 @@ function readModelCard(m) {
       el("label", {}, `rebuilding: ${number(done)} of ${number(until)} `, el("progress", { class: "rebuild-progress", max: Math.max(until, 1), value: done })),
     );
   }
+  const build = m.blue_green;
+  const building = Boolean(build && (build.state === "building" || build.state === "switching"));
+  if (build) {
+    // The last blue/green rebuild: its progress while it goes on, then how it ended.
+    const line = el("p", { class: "bluegreen", "data-state": build.state });
+    if (building) {
+      const head = Math.max(build.head || 0, 1);
+      line.append(
+        `blue/green: version ${build.version} ${build.state}, ${number(build.position)} of ${number(build.head)} `,
+        el("progress", { class: "bluegreen-progress", max: head, value: Math.min(build.position || 0, head) }),
+      );
+    } else if (build.state === "done") {
+      line.append(`blue/green: version ${build.version} live since ${build.finished_at ?? ""}`);
+    } else {
+      line.append(`blue/green: version ${build.version} failed: ${build.error ?? ""} (version ${build.from_version} serves)`);
+    }
+    card.append(line);
+  }
   if (!may("admin")) return card; // the buttons need the admin scope
   const buttons = el("div", { class: "buttons" });
-  for (const action of ["rebuild", "skip", "park"]) {
-    const disabled = action === "rebuild" ? m.rebuilding || !m.reachable : !m.halted;
-    const button = el("button", { type: "button", "data-action": action, "data-name": m.name }, action);
-    button.disabled = disabled;
+  const enabled = {
+    rebuild: m.reachable && !m.rebuilding && !building,
+    "rebuild-blue-green": m.reachable && !m.rebuilding && !building,
+    "cancel-rebuild": m.reachable && building,
+    skip: Boolean(m.halted),
+    park: Boolean(m.halted),
+  };
+  const labels = { "rebuild-blue-green": "rebuild blue/green", "cancel-rebuild": "cancel build" };
+  for (const action of Object.keys(enabled)) {
+    const button = el("button", { type: "button", "data-action": action, "data-name": m.name }, labels[action] ?? action);
+    button.disabled = !enabled[action];
     button.addEventListener("click", () => operate(m, action));
     buttons.append(button);
   }
@@ -447,23 +472,33 @@ function readModelCard(m) {
   return card;
 }
 
+const CONFIRM = {
+  rebuild: (name) => `Rebuild ${name}: drop it and replay the whole log?`,
+  "rebuild-blue-green": (name) => `Build a new version of ${name} from the log beside the live one (which goes on serving)?`,
+  "cancel-rebuild": (name) => `Cancel the blue/green rebuild of ${name}? (the live version stays)`,
+};
+
 async function operate(m, action) {
   const out = document.getElementById("admin-result");
   let body = {};
-  if (action !== "rebuild") {
+  if (action === "skip" || action === "park") {
     const reason = prompt(`Why ${action} the event at position ${m.halted.position}? (kept in the audit)`, "");
     if (reason === null) return;
     body = { position: m.halted.position, reason };
-  } else if (!confirm(`Rebuild ${m.name}: drop it and replay the whole log?`)) {
+  } else if (!confirm(CONFIRM[action](m.name))) {
     return;
+  } else if (action === "rebuild-blue-green") {
+    body = { mode: "blue-green" };
   }
+  const path = action === "rebuild-blue-green" ? "rebuild" : action;
   try {
     // made with the signed-in operator's own token, which the console keeps server-side
-    const answer = await post(`/api/readmodels/${m.name}/${action}`, body);
+    const answer = await post(`/api/readmodels/${m.name}/${path}`, body);
     actions += 1;
-    out.replaceChildren(el("p", { class: "ok", id: "admin-ok" }, `${action} of ${m.name} accepted`));
-    // A rebuild answers with the read model's state as it starts: show its progress at once.
-    if (action === "rebuild") document.getElementById(`rm-${m.name}`).replaceWith(readModelCard(answer));
+    const said = action.replaceAll("-", " ").replace("blue green", "blue/green");
+    out.replaceChildren(el("p", { class: "ok", id: "admin-ok" }, `${said} of ${m.name} accepted`));
+    // A rebuild or cancel answers with the read model's state: show it at once.
+    if (path !== "skip" && path !== "park") document.getElementById(`rm-${m.name}`).replaceWith(readModelCard(answer));
   } catch (error) {
     showError(out, error);
   }
