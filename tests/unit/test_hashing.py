@@ -22,6 +22,7 @@ from eventledger.eventstore.hashing import (
     event_hash,
     flat_json,
     is_flat,
+    orjson_flat_json,
 )
 from eventledger.eventstore.records import RecordedEvent
 
@@ -97,6 +98,31 @@ def test_a_flat_object_is_written_as_the_plain_sorted_json_encoder_writes_it(
         data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
     assert flat_json(data) == canonical_json(data) == expected
+
+
+def _documented(data: dict[str, Any]) -> str:
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def test_orjson_writes_every_code_point_as_the_documented_encoder_does() -> None:
+    # flat_json's fast path (orjson) is only right if it escapes exactly what json escapes.
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(points), 4096):
+        chunk = points[start : start + 4096]
+        data = {f"k{i}{c}": c for i, c in enumerate(chunk)}
+        assert orjson_flat_json(data) == flat_json(data) == _documented(data)
+
+
+def test_what_orjson_refuses_is_written_by_the_standard_library() -> None:
+    for data in ({"a": 2**64, "b": -(2**63) - 1}, {"a": "\ud800"}):
+        assert orjson_flat_json(data) is None
+        assert flat_json(data) == _documented(data)
+    assert orjson_flat_json({1: "a"}) is None  # not a flat object: the caller's slow path
+    assert orjson_flat_json({"a": 2**63 - 1, "b": -(2**63)}) == _documented(
+        {"a": 2**63 - 1, "b": -(2**63)}
+    )
 
 
 def test_objects_with_floats_nested_values_or_other_keys_are_not_flat() -> None:

@@ -12,6 +12,7 @@ events are tuples, and what the events of a write share is encoded once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,14 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from uuid import UUID
 
 from eventledger.eventstore.codec import check_text, format_time, json_text
-from eventledger.eventstore.hashing import HashChain, canonical_json, flat_json, is_flat
+from eventledger.eventstore.hashing import (
+    HashChain,
+    canonical_json,
+    flat_json,
+    flat_values,
+    is_flat,
+    orjson_flat_json,
+)
 from eventledger.eventstore.records import AppendResult, NewEvent, StreamAppend
 from eventledger.eventstore.store import Placed, check_expected_version, classify_batch_replay
 
@@ -62,16 +70,17 @@ def _texts(value: Mapping[str, Any], what: str, event_id: UUID) -> tuple[str, st
     """The stored and the canonical JSON text of a data or metadata object. A flat object (the
     common event) is stored in its canonical text: encoded once, and the hash covers exactly
     the stored text. Any other keeps its own key order and is encoded twice."""
-    if not value and type(value) is dict:
-        return "{}", "{}"
-    if is_flat(value):
-        try:
-            text = flat_json(value)
-        except (ValueError, RecursionError):  # e.g. an int too long to write: said below
-            pass
-        else:
-            check_text(text, what, event_id)
-            return text, text
+    if type(value) is dict:
+        if not value:
+            return "{}", "{}"
+        if flat_values(value):
+            text = orjson_flat_json(value)  # the common event: 0.3 µs
+            if text is None and is_flat(value):
+                with contextlib.suppress(ValueError, RecursionError):  # e.g. an int too long
+                    text = flat_json(value)  # to write: said below
+            if text is not None:
+                check_text(text, what, event_id)
+                return text, text
     return json_text(value, what, event_id), canonical_json(value)
 
 

@@ -57,6 +57,16 @@ _KEYS = (  # the key ids of the accounts a group seals personal data for (keys.p
     "SELECT account_id, key_id FROM personal_data_keys"
     " WHERE account_id IN (SELECT value FROM json_each(?))"
 )
+# The write connection's page cache and WAL size. A bulk append touches a page of every index
+# for each event, and the index of transaction ids (sqlite_schema.TRANSACTION_INDEX) is keyed
+# by random ids: with SQLite's default 2 MiB cache those pages are read again from the file
+# for every group, and with its default checkpoint every 1,000 WAL pages (4 MiB, about one
+# 1,000-event append) the same pages are copied back into the database file after nearly
+# every group. A 64 MiB cache and a checkpoint every 10,000 pages (40 MiB of WAL) halve the
+# system time of a 200,000-event bulk load (10 vs 13-15 µs of CPU an event; bench/bulk.py).
+# Durability is the same: every COMMIT is still fsynced (synchronous = FULL).
+WRITER_CACHE_KIB = 64 * 1024
+WAL_CHECKPOINT_PAGES = 10_000
 PROBE_BYTES = 64 * 1024  # how much the file must be able to grow for ping to say it can write
 # Errors that say the file cannot take writes (rather than a busy lock): ping reports them
 # until a write or a probe succeeds again.
@@ -81,7 +91,7 @@ class WriteSide:
 
     def __init__(self, store: WriterHost, conn: sqlite3.Connection) -> None:
         self._store = store
-        self._conn: sqlite3.Connection | None = conn
+        self._conn: sqlite3.Connection | None = _writer_settings(conn)
 
     # -- Backend
 
@@ -233,7 +243,7 @@ class WriteSide:
 
     def _reconnect(self) -> None:
         try:
-            self._conn = self._store.connect()
+            self._conn = _writer_settings(self._store.connect())
         except sqlite3.Error as exc:
             raise self._fault(exc) from exc
 
@@ -249,6 +259,12 @@ class WriteSide:
             yield
         except sqlite3.Error as exc:
             raise self._fault(exc) from exc
+
+
+def _writer_settings(conn: sqlite3.Connection) -> sqlite3.Connection:
+    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+    return conn
 
 
 @functools.lru_cache(maxsize=64)
