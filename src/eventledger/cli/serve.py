@@ -9,6 +9,7 @@ connections is bounded to a few seconds, and the process then exits with code 0.
 from __future__ import annotations
 
 import enum
+import gc
 import importlib.util
 import logging
 import signal
@@ -27,6 +28,11 @@ if TYPE_CHECKING:  # imported when serving only: the client commands start faste
     from fastapi import FastAPI
 
 GRACEFUL_SHUTDOWN_SECONDS = 3
+# The cyclic collector's first threshold (Python's default: 700). A service allocates many
+# short-lived containers per request, a bulk append several per event; at 700 the young
+# collections and the older ones they trigger cost ~14% of the stream service's CPU on bulk
+# appends (29.8 vs 25.7 µs an event, bench/bulk.py). Collections stay on, only rarer.
+GC_THRESHOLDS = (20_000, 50, 50)
 KEEP_ALIVE_SECONDS = 5
 
 
@@ -411,6 +417,7 @@ def serve(
     if exposure_warning is not None:  # logged once uvicorn's logging is configured
         logging.getLogger("eventledger.security").warning(exposure_warning)
     server = _server(config, app)
+    gc.set_threshold(*GC_THRESHOLDS)
     # uvicorn re-raises the signal that stopped it once it has shut down; with these no-op
     # handlers in place that re-raise is harmless, and a requested stop exits with code 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
