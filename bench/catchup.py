@@ -37,13 +37,15 @@ import orjson
 
 from eventledger.eventstore.codec import to_envelope
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.readside.apply import Item, apply_batch, at_boundary
+from eventledger.services.readside.apply import Item, apply_batch, batch_end
 from eventledger.services.readside.db import ReadModelDB, SqliteReadModelDB, open_readmodel_db
+from eventledger.services.readside.envelopes import EnvelopeDecoder
 from eventledger.services.readside.projection import Projection
 from eventledger.services.readside.runner import BATCH_SIZE
 from eventledger.services.readside.subscription import SSEParser, _decode
 
 CHUNK = 64 * 1024
+BULK_BATCH = 1_000  # events per append of bench/whole.py's bulk append
 
 
 @dataclass
@@ -51,7 +53,10 @@ class Result:
     events: int
     wall: float
     cpu: float
-    decode_cpu: float
+    parse_cpu: float  # SSEParser.feed
+    decode_cpu: float  # the envelopes into RecordedEvents
+    apply_cpu: float  # apply.apply_batch
+    commit_cpu: float  # leaving the transaction: COMMIT
 
     @property
     def rate(self) -> float:
@@ -59,10 +64,12 @@ class Result:
 
     def line(self, label: str) -> str:
         per = 1e6 / self.events
+        parts = self.parse_cpu + self.decode_cpu + self.apply_cpu + self.commit_cpu
         return (
             f"{label}: {self.rate:,.0f} events/s, CPU {self.cpu * per:.1f} µs/event "
-            f"(parse+decode {self.decode_cpu * per:.1f}, "
-            f"apply {(self.cpu - self.decode_cpu) * per:.1f})"
+            f"(parse {self.parse_cpu * per:.1f}, decode {self.decode_cpu * per:.1f}, "
+            f"apply {self.apply_cpu * per:.1f}, commit {self.commit_cpu * per:.1f}, "
+            f"other {(self.cpu - parts) * per:.1f})"
         )
 
 
@@ -151,6 +158,50 @@ def synthetic_log(count: int, *, accounts: int = 1000, seed: int = 7) -> list[Re
     return events
 
 
+def bulk_log(count: int) -> list[RecordedEvent]:
+    """`count` events as `bench/whole.py`'s bulk append writes them (the log the issue's
+    catch-up row is measured on): appends of `BULK_BATCH` events, each a new account opened
+    then deposits of 100."""
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    events: list[RecordedEvent] = []
+    rng = random.Random(7)
+    for first in range(1, count + 1, BULK_BATCH):
+        end = min(first + BULK_BATCH - 1, count)
+        account = f"bulk-{first // BULK_BATCH:06d}"
+        at = start + timedelta(milliseconds=first // 100)
+        for position in range(first, end + 1):
+            version = position - first + 1
+            if version == 1:
+                type_, schema = "AccountOpened", 2
+                data: dict[str, Any] = {
+                    "account_id": account,
+                    "currency": "EUR",
+                    "overdraft_limit": 0,
+                    "owner": None,
+                }
+            else:
+                type_, schema = "MoneyDeposited", 1
+                tx = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                data = {"account_id": account, "transaction_id": tx, "amount": 100}
+                data["reference"] = None
+            events.append(
+                RecordedEvent(
+                    uuid.UUID(int=rng.getrandbits(128), version=4),
+                    f"account-{account}",
+                    type_,
+                    schema,
+                    data,
+                    {},
+                    version,
+                    position,
+                    at,
+                    hashlib.sha256(str(position).encode()).hexdigest(),
+                    end,
+                )
+            )
+    return events
+
+
 def sse_chunks(events: list[RecordedEvent]) -> list[bytes]:
     """The log as the stream service's subscription sends it, in reads of CHUNK bytes."""
     body = b"".join(
@@ -163,19 +214,20 @@ def sse_chunks(events: list[RecordedEvent]) -> list[bytes]:
 
 def _pages(chunks: list[bytes], clock: list[float]) -> Iterator[list[Item]]:
     """The runner's batches catching up: `BATCH_SIZE` decoded items or a little more, cut
-    where an append ends."""
+    where an append ends. `clock` gets the CPU time of parsing [0] and decoding [1]."""
     parser = SSEParser()
+    decoder = EnvelopeDecoder()
     held: list[Item] = []
     for chunk in chunks:
         before = time.process_time()
-        for message in parser.feed(chunk):
-            held.append(_decode(message, _DECODER))
-        clock[0] += time.process_time() - before
+        messages = parser.feed(chunk)
+        parsed = time.process_time()
+        held += [_decode(message, decoder) for message in messages]
+        clock[0] += parsed - before
+        clock[1] += time.process_time() - parsed
         if len(held) < BATCH_SIZE:
             continue
-        cut = len(held)
-        while cut and not at_boundary(held[:cut]):
-            cut -= 1
+        cut = boundary_cut(held)
         if cut:
             yield held[:cut]
             held = held[cut:]
@@ -183,37 +235,48 @@ def _pages(chunks: list[bytes], clock: list[float]) -> Iterator[list[Item]]:
         yield held
 
 
+def boundary_cut(items: list[Item]) -> int:
+    """The longest prefix of `items` that ends where an atomic append ends (`apply.at_boundary`
+    accepts it), in one pass: its length, 0 for none."""
+    cut = reach = 0
+    for index, item in enumerate(items):
+        reach = max(reach, batch_end(item))
+        if item.position is not None and reach <= item.position:
+            cut = index + 1
+    return cut
+
+
 def run(
     db: ReadModelDB, projection: Projection, chunks: list[bytes], profile: str | None
 ) -> Result:
     db.migrate(projection.migrations)
-    global _DECODER
-    from eventledger.services.readside.envelopes import EnvelopeDecoder
-
-    _DECODER = EnvelopeDecoder()
-    decode_clock = [0.0]
+    clock = [0.0, 0.0]
+    commit_cpu = apply_cpu = 0.0
     checkpoint = 0
     count = 0
     profiler = cProfile.Profile() if profile else None
     wall, cpu = time.perf_counter(), time.process_time()
-    for page in _pages(chunks, decode_clock):
+    for page in _pages(chunks, clock):
         if profiler:
             profiler.enable()
         with db.transaction() as session:
+            begun = time.process_time()
             applied = apply_batch(session, projection, page, expected=checkpoint)
+            applied_at = time.process_time()
+        commit_cpu += time.process_time() - applied_at
+        apply_cpu += applied_at - begun
         if profiler:
             profiler.disable()
         if applied.stop is not None:
             raise SystemExit(f"halted: {applied.stop}")
         checkpoint = applied.checkpoint.position
         count += len(page)
-    result = Result(count, time.perf_counter() - wall, time.process_time() - cpu, decode_clock[0])
+    result = Result(
+        count, time.perf_counter() - wall, time.process_time() - cpu, *clock, apply_cpu, commit_cpu
+    )
     if profiler and profile:
         profiler.dump_stats(profile)
     return result
-
-
-_DECODER: Any = None
 
 
 def _projection(name: str) -> Projection:
@@ -232,12 +295,21 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--projection", choices=("accounting", "statistics"), default="accounting")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--workload",
+        choices=("mixed", "bulk"),
+        default="mixed",
+        help="mixed: deposits, withdrawals, transfers, holds on 1,000 accounts; bulk: the log "
+        "of bench/whole.py's bulk append (an account opened then 999 deposits per append)",
+    )
     parser.add_argument("--profile", help="write a cProfile of the apply part here")
     parser.add_argument(
         "--postgres-url", default=os.environ.get("EVENTLEDGER_TEST_POSTGRES_URL", "")
     )
     args = parser.parse_args()
-    chunks = sse_chunks(synthetic_log(args.events))
+    log = bulk_log(args.events) if args.workload == "bulk" else synthetic_log(args.events)
+    chunks = sse_chunks(log)
+    del log  # not kept alive: the collector would walk it at every pass, as no runner does
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             if args.backend == "sqlite":
@@ -254,7 +326,7 @@ def main() -> None:
                     with db.transaction() as session:
                         session.execute(f"DROP SCHEMA IF EXISTS {namespace} CASCADE")
                 db.close()
-        print(result.line(f"{args.backend} {args.projection}"), flush=True)
+        print(result.line(f"{args.backend} {args.projection} {args.workload}"), flush=True)
 
 
 if __name__ == "__main__":

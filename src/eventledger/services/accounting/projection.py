@@ -184,7 +184,7 @@ def _evolve(account: Account | None, event: RecordedEvent) -> tuple[Change, ev.E
         )
     except InvalidAccountEvent as exc:
         raise EventRejected(event, exc.reason) from None
-    at = _time_text(event.recorded_at)
+    at = time_text(event.recorded_at)
     if isinstance(domain_event, ev.AccountOpened):
         opened = Account(
             account_id=domain_event.account_id,
@@ -323,7 +323,7 @@ def _two_phase(
 _last_time: list[tuple[datetime, str]] = [(datetime.min, "")]
 
 
-def _time_text(moment: datetime) -> str:
+def time_text(moment: datetime) -> str:
     """`format_time`, remembering the last answer: the events of one commit share their time,
     and strftime is a good part of an event's cost (a pure memo: the same answer, faster)."""
     last = _last_time[0]

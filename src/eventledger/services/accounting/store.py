@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from operator import itemgetter
 
 from eventledger.domain.pending import CREDIT, DEBIT
 from eventledger.eventstore.records import RecordedEvent
@@ -19,10 +19,11 @@ from eventledger.services.accounting.projection import (
     Kind,
     account_id_of,
     evolve_commit,
+    time_text,
 )
-from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
 from eventledger.services.readside.holds import Needed, holds_needed
+from eventledger.services.readside.plain import OPENED, Live, Move, fold_page
 from eventledger.services.readside.projection import EventRejected
 
 NAME = "accounting"
@@ -256,37 +257,77 @@ class AccountingProjection:
     def apply(self, session: Session, events: Sequence[RecordedEvent]) -> EventRejected | None:
         accounts = load_accounts(
             session,
-            (a for a in (account_id_of(e.stream) for e in events) if a is not None),
+            # Streams first: a page has far fewer streams than events.
+            (a for a in map(account_id_of, {e.stream for e in events}) if a is not None),
             holds_needed(events, account_id_of),
         )
         changed: dict[str, Account] = {}
-        items: list[HistoryItem] = []
+        items: list[ItemRow] = []
         # The page's net effect on `pending_transfers`: deleted first, then inserted, so a
         # hold placed and settled within the page is never written.
         placed: dict[tuple[str, str], Hold] = {}
         released: set[tuple[str, str]] = set()
-        rejected: EventRejected | None = None
         erased: set[str] = set()  # accounts whose stored references are blanked
-        # One atomic append at a time: some rules (transfers come in pairs) span an append.
-        for group, whole in commit_groups(events):
+        # Plain appends (opens, deposits, withdrawals, transfers) are folded on `live`
+        # without domain objects (`readside.plain`); `moved` holds the last plain event of
+        # each account whose `accounts` row is behind its `live` state.
+        live = {a: _live(row) for a, row in accounts.items()}
+        moved: dict[str, RecordedEvent] = {}
+
+        def plain(moves: list[Move]) -> None:
+            for account_id, event, amount, other, tx, reference, balance in moves:
+                moved[account_id] = event
+                if event.type == OPENED:
+                    accounts[account_id] = _opened(account_id, event)
+                    continue
+                state = live[account_id]
+                items.append(
+                    (
+                        account_id,
+                        event.position,
+                        tx,
+                        _PLAIN_KINDS[event.type],
+                        amount,
+                        balance,
+                        other,
+                        reference,
+                        time_text(event.recorded_at),
+                        None,
+                        state.pending_debits,
+                        state.pending_credits,
+                        None,
+                    )
+                )
+
+        def full(group: Sequence[RecordedEvent], whole: bool) -> EventRejected | None:
+            nonlocal items, placed
+            for event in group:  # the rows the rule reads, caught up with `live`
+                account_id = account_id_of(event.stream)
+                if account_id is not None and account_id in moved:
+                    caught_up = _caught_up(accounts[account_id], live, moved)
+                    accounts[account_id] = changed[account_id] = caught_up
             changes, rejected = evolve_commit(accounts, group, whole=whole)
             for change in changes:
                 account = change.account
                 accounts[account.account_id] = changed[account.account_id] = account
+                live[account.account_id] = _live(account)
                 if change.erased:  # PersonalDataErased: this page's rows too, before it
                     erased.add(account.account_id)
-                    items = [_blanked(i, account.account_id) for i in items]
+                    items = [_blanked_item(i, account.account_id) for i in items]
                     placed = {k: _blanked(h, account.account_id) for k, h in placed.items()}
                 if change.item is not None:
-                    items.append(change.item)
+                    items.append(_item_row(change.item))
                 if change.hold is not None:
                     placed[(account.account_id, change.hold.transaction_id)] = change.hold
                 if change.released is not None:
                     key = (account.account_id, change.released)
                     if placed.pop(key, None) is None:
                         released.add(key)
-            if rejected is not None:
-                break
+            return rejected
+
+        rejected = fold_page(events, live, plain=plain, full=full)
+        for account_id in list(moved):
+            changed[account_id] = _caught_up(accounts[account_id], live, moved)
         if changed:
             session.executemany(
                 _UPSERT_ACCOUNT,
@@ -306,7 +347,7 @@ class AccountingProjection:
                         a.pending_debits,
                         a.pending_credits,
                     )
-                    for a in changed.values()
+                    for _, a in sorted(changed.items())  # in key order, as the items
                 ],
             )
         if released:
@@ -334,28 +375,10 @@ class AccountingProjection:
                 ],
             )
         if items:  # the bulk of a page: COPY on PostgreSQL (`Session.insert_many`)
-            session.insert_many(
-                "transactions",
-                ITEM_COLUMN_NAMES,
-                [
-                    (
-                        i.account_id,
-                        i.position,
-                        i.transaction_id,
-                        i.kind,
-                        i.amount,
-                        i.balance_after,
-                        i.counterparty,
-                        i.reference,
-                        i.recorded_at,
-                        i.held,
-                        i.pending_debits_after,
-                        i.pending_credits_after,
-                        i.reverses,
-                    )
-                    for i in items
-                ],
-            )
+            # In key order: each B-tree page is visited once, not once per row (SQLite,
+            # 4,000-row pages of 1,000 accounts: 8 µs CPU a row against 11 in log order).
+            items.sort(key=_ITEM_KEY)
+            session.insert_many("transactions", ITEM_COLUMN_NAMES, items)
         return rejected
 
     def reset(self, session: Session) -> None:
@@ -364,9 +387,98 @@ class AccountingProjection:
         session.execute("DELETE FROM accounts")
 
 
-_Row = TypeVar("_Row", HistoryItem, Hold)
+# A `transactions` row in ITEM_COLUMNS order.
+ItemRow = tuple[
+    str, int, str, str, int, int, str | None, str | None, str, int | None, int, int, str | None
+]
+_ITEM_KEY = itemgetter(0, 1)  # the primary key (account_id, position)
+_PLAIN_KINDS: dict[str, Kind] = {
+    "MoneyDeposited": "deposit",
+    "MoneyWithdrawn": "withdrawal",
+    "TransferSent": "transfer_out",
+    "TransferReceived": "transfer_in",
+}
 
 
-def _blanked(row: _Row, account_id: str) -> _Row:
-    """The row without its reference when it is the erased account's."""
+def _item_row(i: HistoryItem) -> ItemRow:
+    return (
+        i.account_id,
+        i.position,
+        i.transaction_id,
+        i.kind,
+        i.amount,
+        i.balance_after,
+        i.counterparty,
+        i.reference,
+        i.recorded_at,
+        i.held,
+        i.pending_debits_after,
+        i.pending_credits_after,
+        i.reverses,
+    )
+
+
+def _live(account: Account) -> Live:
+    return Live(
+        account.version,
+        account.balance,
+        account.pending_debits,
+        account.pending_credits,
+        account.currency,
+        account.status == "closed",
+    )
+
+
+def _opened(account_id: str, event: RecordedEvent) -> Account:
+    """The row of an account a plain AccountOpened opens (its data checked by the fold)."""
+    data = event.data
+    at = time_text(event.recorded_at)
+    return Account(
+        account_id,
+        data["currency"],
+        0,
+        data["overdraft_limit"],
+        data["owner"],
+        "open",
+        1,
+        at,
+        event.position,
+        at,
+        event.position,
+    )
+
+
+def _caught_up(
+    account: Account, live: Mapping[str, Live], moved: dict[str, RecordedEvent]
+) -> Account:
+    """The row of an account that plain events moved, as of the last of them (it leaves
+    `moved`)."""
+    event = moved.pop(account.account_id)
+    state = live[account.account_id]
+    # Spelled out rather than dataclasses.replace (3x the cost; a page may do it per hold).
+    return Account(
+        account.account_id,
+        account.currency,
+        state.balance,
+        account.overdraft_limit,
+        account.owner,
+        account.status,
+        state.version,
+        account.opened_at,
+        account.opened_position,
+        time_text(event.recorded_at),
+        event.position,
+        account.pending_debits,
+        account.pending_credits,
+        account.holds,
+    )
+
+
+def _blanked_item(row: ItemRow, account_id: str) -> ItemRow:
+    """The history row without its reference when it is the erased account's."""
+    return (*row[:7], None, *row[8:]) if row[0] == account_id else row
+
+
+def _blanked(row: Hold, account_id: str) -> Hold:
+    """The hold without its reference when it is the erased account's."""
     return replace(row, reference=None) if row.account_id == account_id else row

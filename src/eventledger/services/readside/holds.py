@@ -62,8 +62,10 @@ def holds_needed(
     some: dict[str, set[str]] = {}
     every: set[str] = set()
     for event in events:
+        if event.type in _SUMS_ONLY:  # first: most events are, and it is the cheap test
+            continue
         account_id = account_id_of(event.stream)
-        if account_id is None or event.type in _SUMS_ONLY:
+        if account_id is None:
             continue
         transaction_id = event.data.get("transaction_id") if event.type in _OWN_HOLD else None
         if isinstance(transaction_id, str):

@@ -190,7 +190,7 @@ def total(deltas: Sequence[Tally]) -> Tally:
 _last_day: list[tuple[datetime, str]] = [(datetime.min, "")]
 
 
-def _day_of(moment: datetime) -> str:
+def day_of(moment: datetime) -> str:
     """The UTC day of `moment`, remembering the last answer: the events of one commit share
     their time (a pure memo: the same answer, faster)."""
     last = _last_day[0]
@@ -210,7 +210,7 @@ def _evolve(account: StatsAccount | None, event: RecordedEvent) -> tuple[StatsCh
         )
     except InvalidAccountEvent as exc:
         raise EventRejected(event, exc.reason) from None
-    day = _day_of(event.recorded_at)
+    day = day_of(event.recorded_at)
     after = StatsAccount(
         account_id,
         facts.currency,

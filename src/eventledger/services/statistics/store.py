@@ -12,15 +12,16 @@ from dataclasses import replace
 
 from eventledger.domain.pending import CREDIT, DEBIT, PendingHold
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.db import Migration, Row, Session
 from eventledger.services.readside.holds import Needed, holds_needed
+from eventledger.services.readside.plain import Live, Move, fold_page
 from eventledger.services.readside.projection import EventRejected
 from eventledger.services.statistics.projection import (
     TALLY_FIELDS,
     StatsAccount,
     Tally,
     account_id_of,
+    day_of,
     evolve_commit,
     total,
 )
@@ -150,6 +151,53 @@ _UPSERT_DAY = (
 )
 
 
+# The counters plain events move (`readside.plain`), and where each type counts: -1 an
+# opening, 0 the balance only (a transfer's receiving side), else the index of its count
+# (its volume follows).
+_PLAIN_COUNTERS = (
+    "opened",
+    "balance",
+    "deposits_count",
+    "deposits_volume",
+    "withdrawals_count",
+    "withdrawals_volume",
+    "transfers_count",
+    "transfers_volume",
+)
+_PLAIN_INDEX = {
+    "AccountOpened": -1,
+    "MoneyDeposited": 2,
+    "MoneyWithdrawn": 4,
+    "TransferSent": 6,
+    "TransferReceived": 0,
+}
+
+
+def _live(account: StatsAccount) -> Live:
+    return Live(
+        account.version,
+        account.balance,
+        account.pending_debits,
+        account.pending_credits,
+        account.currency,
+        account.status == "closed",
+    )
+
+
+def _caught_up(account: StatsAccount, state: Live) -> StatsAccount:
+    """The row of an account that plain events moved, as of the last of them."""
+    return StatsAccount(
+        account.account_id,
+        account.currency,
+        account.status,
+        state.version,
+        state.balance,
+        account.pending_debits,
+        account.pending_credits,
+        account.holds,
+    )
+
+
 def tally_from_row(row: Row) -> Tally:
     """A Tally from its columns in TALLY_FIELDS order (money read back from TEXT)."""
     return Tally(*(int(value) for value in row))
@@ -183,17 +231,54 @@ class StatisticsProjection:
         # A page's deltas per currency and day, summed once (not a Tally per event and key).
         by_currency: dict[str, list[Tally]] = {}
         by_day: dict[tuple[str, str], list[Tally]] = {}
-        rejected: EventRejected | None = None
-        # One atomic append at a time: some rules (transfers come in pairs) span an append.
-        for group, whole in commit_groups(events):
+        # Plain appends are folded on `live` without domain objects (`readside.plain`), their
+        # counters summed in `sums` per (day, currency); `moved`: the accounts whose row in
+        # `accounts` is behind their `live` state.
+        live = {a: _live(row) for a, row in accounts.items()}
+        moved: set[str] = set()
+        sums: dict[tuple[str, str], list[int]] = {}
+
+        def plain(moves: list[Move]) -> None:
+            for account_id, event, amount, _, _, _, _ in moves:
+                moved.add(account_id)
+                state = live[account_id]
+                key = (day_of(event.recorded_at), state.currency)
+                counters = sums.get(key)
+                if counters is None:
+                    counters = sums[key] = [0] * len(_PLAIN_COUNTERS)
+                index = _PLAIN_INDEX[event.type]
+                if index < 0:  # AccountOpened
+                    counters[0] += 1
+                    accounts[account_id] = StatsAccount(account_id, state.currency, "open", 1)
+                    continue
+                counters[1] += amount
+                if index:  # the counted side: a count and a volume
+                    counters[index] += 1
+                    counters[index + 1] += abs(amount)
+
+        def full(group: Sequence[RecordedEvent], whole: bool) -> EventRejected | None:
+            for event in group:  # the rows the rule reads, caught up with `live`
+                account_id = account_id_of(event.stream)
+                if account_id is not None and account_id in moved:
+                    moved.discard(account_id)
+                    caught_up = _caught_up(accounts[account_id], live[account_id])
+                    accounts[account_id] = changed[account_id] = caught_up
             changes, rejected = evolve_commit(accounts, group, whole=whole)
             for change in changes:
                 account = change.account
                 accounts[account.account_id] = changed[account.account_id] = account
+                live[account.account_id] = _live(account)
                 by_currency.setdefault(change.currency, []).append(change.delta)
                 by_day.setdefault((change.day, change.currency), []).append(change.delta)
-            if rejected is not None:
-                break
+            return rejected
+
+        rejected = fold_page(events, live, plain=plain, full=full)
+        for account_id in moved:
+            changed[account_id] = _caught_up(accounts[account_id], live[account_id])
+        for (day, currency), counters in sums.items():
+            delta = Tally(**dict(zip(_PLAIN_COUNTERS, counters, strict=True)))
+            by_currency.setdefault(currency, []).append(delta)
+            by_day.setdefault((day, currency), []).append(delta)
         currencies = {key: total(deltas) for key, deltas in by_currency.items()}
         days = {key: total(deltas) for key, deltas in by_day.items()}
         if changed:
