@@ -51,18 +51,15 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # With EVENTLEDGER_TEST_POSTGRES_URL set (CI sets it), the PostgreSQL suites run inside the
-# first pytest, and the end-to-end suite runs a second time with the stream on PostgreSQL.
-# That second run leaves out the files whose systems never take the suite's store (they pick
-# their own: `up` and the bench on SQLite, the scale test on PostgreSQL, blue/green per backend,
-# the halts and abuse systems on SQLite): the first run covered them already.
-E2E_OWN_STORE := test_up.py test_up_child.py test_up_health.py test_bench_whole.py \
-	test_scale.py test_blue_green.py test_halts.py test_abuse.py
+# first pytest, and the end-to-end tests on the suite's store (marked `suite_store`: those on
+# the shared system or a system of their own on that store) run a second time with the stream
+# on PostgreSQL. The other end-to-end tests pick their store themselves (once per backend, or
+# SQLite/PostgreSQL only, or no system at all): the first run covered each of them already.
 test: lint typecheck
 	$(BIN)/pytest
 	@if [ -n "$$EVENTLEDGER_TEST_POSTGRES_URL" ]; then \
-		echo "end-to-end suite again, stream service on PostgreSQL"; \
-		EVENTLEDGER_E2E_STORE=postgresql $(BIN)/pytest tests/e2e \
-			$(foreach f,$(E2E_OWN_STORE),--ignore=tests/e2e/$(f)); \
+		echo "end-to-end tests on the suite's store again, stream service on PostgreSQL"; \
+		EVENTLEDGER_E2E_STORE=postgresql $(BIN)/pytest tests/e2e -m suite_store; \
 	else \
 		echo "SKIPPED: end-to-end suite on PostgreSQL (set EVENTLEDGER_TEST_POSTGRES_URL to run it)"; \
 	fi

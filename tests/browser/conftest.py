@@ -101,7 +101,7 @@ def console_system(
 ) -> Iterator[tuple[System, ServiceProcess]]:
     root = tmp_path_factory.mktemp("console")
     with ExitStack() as stack:
-        system = start_system(request, stack, root, credentials=credentials)
+        system = start_system(request, stack, root, "sqlite", credentials=credentials)
         yield system, start_console(system, credentials, root, stack)
 
 

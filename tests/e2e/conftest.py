@@ -1,10 +1,15 @@
 """Fixtures of the end-to-end suite: whole systems of real processes, shared where safe.
 
 `system` is one system for the whole session, for tests that only add their own accounts
-(unique ids, no cleanup). Tests that kill processes start their own. The stream store is
-SQLite unless `EVENTLEDGER_E2E_STORE=postgresql`; `store_system` runs a test once per store
-backend, on PostgreSQL in a fresh database on the server of `EVENTLEDGER_TEST_POSTGRES_URL`
-(skipped without it, a failure when `EVENTLEDGER_REQUIRE_POSTGRES=1`: see tests/conftest.py).
+(unique ids, no cleanup). Tests that kill processes start their own. The suite's stream store,
+`suite_store`, is SQLite unless `EVENTLEDGER_E2E_STORE=postgresql`; `store_system` runs a test
+once per store backend, on PostgreSQL in a fresh database on the server of
+`EVENTLEDGER_TEST_POSTGRES_URL` (skipped without it, a failure when
+`EVENTLEDGER_REQUIRE_POSTGRES=1`: see tests/conftest.py).
+
+Every test whose fixtures take `suite_store` (`system` does) is marked `suite_store`: only
+those change with `EVENTLEDGER_E2E_STORE`, so the suite's pass on PostgreSQL (`make test`)
+runs `-m suite_store`; the others pick their store themselves and ran once on each already.
 
 When a test fails, the tail of the log of every service process it used is shown.
 """
@@ -21,12 +26,24 @@ import pytest
 from tests.e2e.harness import STARTED, ServiceProcess, System, default_store, start_system
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "suite_store" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.suite_store)
+
+
+@pytest.fixture(scope="session")
+def suite_store() -> str:
+    """The stream store of the suite's systems: "sqlite", or `EVENTLEDGER_E2E_STORE`."""
+    return default_store()
+
+
 @pytest.fixture(scope="session")
 def system(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, suite_store: str
 ) -> Iterator[System]:
     with ExitStack() as stack:
-        yield start_system(request, stack, tmp_path_factory.mktemp("system"))
+        yield start_system(request, stack, tmp_path_factory.mktemp("system"), suite_store)
 
 
 @pytest.fixture(

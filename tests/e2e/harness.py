@@ -306,7 +306,8 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
 
 
 def default_store() -> str:
-    """The stream store of the suite's systems: `EVENTLEDGER_E2E_STORE`, else SQLite."""
+    """The stream store of the suite's systems: `EVENTLEDGER_E2E_STORE`, else SQLite. Tests
+    take it through the `suite_store` fixture (tests/e2e/conftest.py), which marks them."""
     return os.environ.get("EVENTLEDGER_E2E_STORE", "sqlite")
 
 
@@ -314,17 +315,18 @@ def start_system(
     request: pytest.FixtureRequest,
     stack: ExitStack,
     root: Path,
-    store: str | None = None,
+    store: str,
     *,
     credentials: Credentials | None = None,
     extra_args: Sequence[str] = (),
 ) -> System:
-    """A running system whose stream service uses `store` ("sqlite" or "postgresql"; default
-    `default_store()`), stopped when `stack` closes. PostgreSQL: a fresh database on the
-    server of the `postgres_url` fixture (which skips, or fails in CI, without a server).
-    With `credentials`, every service requires tokens."""
+    """A running system whose stream service uses `store` ("sqlite" or "postgresql"; the
+    suite's own is the `suite_store` fixture), stopped when `stack` closes. PostgreSQL: a fresh
+    database on the server of the `postgres_url` fixture (which skips, or fails in CI, without
+    a server). With `credentials`, every service requires tokens."""
+    assert store in ("sqlite", "postgresql"), f"unknown store {store!r}"
     store_url = None
-    if (store or default_store()) == "postgresql":
+    if store == "postgresql":
         server = request.getfixturevalue("postgres_url")
         store_url = stack.enter_context(fresh_postgres_database(server))
     system = System(root, store=store_url, credentials=credentials, extra_args=extra_args)

@@ -447,12 +447,12 @@ SCOPED_USERS = {
 
 @pytest.fixture(scope="module")
 def secured(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, suite_store: str
 ) -> Iterator[tuple[System, Credentials]]:
     root = tmp_path_factory.mktemp("bad-ledger-scopes")
     credentials = make_credentials(root, SCOPED_USERS)
     with ExitStack() as stack:
-        yield start_system(request, stack, root, credentials=credentials), credentials
+        yield start_system(request, stack, root, suite_store, credentials=credentials), credentials
 
 
 # (service, method, path, body, tokens that lack the scope, the scope the route needs)

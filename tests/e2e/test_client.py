@@ -233,13 +233,13 @@ def test_an_unreachable_service_is_a_transport_error_not_a_problem(
 
 @pytest.fixture(scope="module")
 def secured(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, suite_store: str
 ) -> Iterator[tuple[System, dict[str, str]]]:
     root = tmp_path_factory.mktemp("secured")
     users = {"teller": ["ledger:write", "ledger:read"], "reader": ["ledger:read"]}
     credentials = make_credentials(root / "credentials", users)
     with ExitStack() as stack:
-        system = start_system(request, stack, root / "system", credentials=credentials)
+        system = start_system(request, stack, root / "system", suite_store, credentials=credentials)
         yield system, dict(credentials.tokens)
 
 

@@ -36,11 +36,11 @@ DEADLINE = 60.0
 
 @pytest.fixture(scope="module")
 def crash_system(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, suite_store: str
 ) -> Iterator[System]:
     """A system of its own: these tests kill its processes."""
     with ExitStack() as stack:
-        yield start_system(request, stack, tmp_path_factory.mktemp("crash"))
+        yield start_system(request, stack, tmp_path_factory.mktemp("crash"), suite_store)
 
 
 @dataclass

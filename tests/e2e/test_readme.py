@@ -87,7 +87,7 @@ def normalised(text: str) -> str:
 
 
 def test_the_readme_walkthrough_runs_as_written(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, suite_store: str
 ) -> None:
     steps = walkthrough_steps(README.read_text(encoding="utf-8"))
     assert any(step.command.startswith("curl") for step in steps), "no curl command found"
@@ -100,7 +100,9 @@ def test_the_readme_walkthrough_runs_as_written(
         installation.token_files,
     )
     with ExitStack() as stack:
-        system = start_system(request, stack, tmp_path / "system", credentials=credentials)
+        system = start_system(
+            request, stack, tmp_path / "system", suite_store, credentials=credentials
+        )
         env = cli_env(
             # `eventledger` is the script of the venv that runs the tests
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

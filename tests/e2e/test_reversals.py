@@ -27,11 +27,11 @@ REVERSALS = 24
 
 @pytest.fixture(scope="module")
 def reversal_system(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, suite_store: str
 ) -> Iterator[System]:
     """A system of its own: a test kills its transaction service."""
     with ExitStack() as stack:
-        yield start_system(request, stack, tmp_path_factory.mktemp("reversals"))
+        yield start_system(request, stack, tmp_path_factory.mktemp("reversals"), suite_store)
 
 
 async def command(

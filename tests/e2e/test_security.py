@@ -80,7 +80,7 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, suite_store: str
 ) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("secured")
     credentials = make_credentials(root / "credentials", USERS)
@@ -89,6 +89,7 @@ def secured(
             request,
             stack,
             root,
+            suite_store,
             credentials=credentials,
             extra_args=["--cors-origin", CONSOLE],
         )

@@ -154,7 +154,9 @@ def test_the_expected_output_matching_rules() -> None:
     assert not matches("balance 1500", "balance 1501")
 
 
-def test_the_tutorial_runs_as_written(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_the_tutorial_runs_as_written(
+    request: pytest.FixtureRequest, tmp_path: Path, suite_store: str
+) -> None:
     steps = tutorial_steps(TUTORIAL.read_text(encoding="utf-8"))
     assert [s.command for s in steps if s.background] == ["eventledger tail"]
     commands = " ".join(s.command for s in steps)
@@ -168,7 +170,9 @@ def test_the_tutorial_runs_as_written(request: pytest.FixtureRequest, tmp_path: 
         installation.token_files,
     )
     with ExitStack() as stack:
-        system = start_system(request, stack, tmp_path / "system", credentials=credentials)
+        system = start_system(
+            request, stack, tmp_path / "system", suite_store, credentials=credentials
+        )
         env = cli_env(
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             COLUMNS="100",

@@ -198,11 +198,12 @@ async def test_the_command_line_lists_pending_transfers(
 
 @pytest.fixture(scope="module")
 def crash_system(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, suite_store: str
 ) -> Iterator[System]:
     """A system of its own: this test kills its read models."""
     with ExitStack() as stack:
-        yield start_system(request, stack, tmp_path_factory.mktemp("two-phase-crash"))
+        root = tmp_path_factory.mktemp("two-phase-crash")
+        yield start_system(request, stack, root, suite_store)
 
 
 async def test_read_models_killed_among_holds_and_outcomes_apply_each_once(
