@@ -34,6 +34,7 @@ from eventledger.eventstore.errors import StreamNotFound, WrongExpectedVersion
 from eventledger.eventstore.records import AppendResult, StreamAppend, StreamState
 from eventledger.eventstore.store import EventStore
 from eventledger.services.http import ProblemError
+from eventledger.services.stream.guard_plain import Move, plain_events, plain_facts
 from eventledger.services.stream.guard_snapshots import GuardSnapshots
 
 DEFAULT_CACHE_SIZE = 10_000
@@ -64,19 +65,25 @@ class AccountGuard:
         """Raise a 422 problem unless every append to an account stream is valid on the
         facts at its expected version (a 409 WrongExpectedVersion when the stream has not
         reached that version). None when there is nothing to remember afterwards."""
-        parts: list[tuple[StreamAppend, int, list[Event]]] = []
+        parts: list[tuple[StreamAppend, int, list[Event] | None, list[Move] | None]] = []
         for append in appends:
             if append.stream.startswith(ACCOUNT_STREAM_PREFIX):
-                parts.append((append, _expected(append), _decoded(append)))
+                # Plain events are checked later, without domain objects (guard_plain.py);
+                # any other append is decoded now, so that a malformed event is refused
+                # before anything is read, as always.
+                expected = _expected(append)
+                moves = plain_events(append.events)
+                decoded = _decoded(append) if moves is None else None
+                parts.append((append, expected, decoded, moves))
         if not parts:
             return None
-        hot = [self._hot(append.stream, expected) for append, expected, _ in parts]
+        hot = [self._hot(append.stream, expected) for append, expected, _, _ in parts]
         if all(f is not None for f in hot):
             # Every stream's facts are cached at its expected version (a command's usual
             # case): no read, hence no task per stream and no gather.
             found: list[AccountFacts | BaseException | None] = list(hot)
         else:
-            found = await self._read_facts(store, parts)
+            found = await self._read_facts(store, [(a, e) for a, e, _, _ in parts])
         facts: dict[str, AccountFacts] = {}
         for stream_facts in found:
             if isinstance(stream_facts, BaseException):
@@ -85,22 +92,30 @@ class AccountGuard:
                 # The stream is past `expected`: the store writes nothing new for this batch.
                 return None
             facts[stream_facts.account_id] = stream_facts
-        try:
-            after = check_batch(facts, [(_account_id(a.stream), events) for a, _, events in parts])
-        except InvalidAccountEvent as exc:
-            stream = ACCOUNT_STREAM_PREFIX + (exc.account_id or "")
-            raise invalid_event(stream, exc.index, exc) from None
-        last_ids = {a.stream: a.events[-1].id for a, _, _ in parts if a.events}
+        after = _plain_batch(facts, parts)
+        if after is None:
+            try:
+                after = check_batch(
+                    facts,
+                    [
+                        (_account_id(a.stream), _decoded(a) if events is None else events)
+                        for a, _, events, _ in parts
+                    ],
+                )
+            except InvalidAccountEvent as exc:
+                stream = ACCOUNT_STREAM_PREFIX + (exc.account_id or "")
+                raise invalid_event(stream, exc.index, exc) from None
+        last_ids = {a.stream: a.events[-1].id for a, _, _, _ in parts if a.events}
         return Checked({ACCOUNT_STREAM_PREFIX + a: f for a, f in after.items()}, last_ids)
 
     async def _read_facts(
-        self, store: EventStore, parts: Sequence[tuple[StreamAppend, int, list[Event]]]
+        self, store: EventStore, parts: Sequence[tuple[StreamAppend, int]]
     ) -> list[AccountFacts | BaseException | None]:
         # The facts of every stream at once: a batch over many streams the guard has not seen
         # costs one read's wait, not one per stream (cached streams read nothing).
         # Outcomes are taken in the order of the appends, as if read one after the other.
         return await asyncio.gather(
-            *(self._facts_at(store, append.stream, expected) for append, expected, _ in parts),
+            *(self._facts_at(store, append.stream, expected) for append, expected in parts),
             return_exceptions=True,
         )
 
@@ -212,6 +227,24 @@ class AccountGuard:
         self._facts.move_to_end(stream)
         while len(self._facts) > self._max_size:
             self._facts.popitem(last=False)
+
+
+def _plain_batch(
+    facts: Mapping[str, AccountFacts],
+    parts: Sequence[tuple[StreamAppend, int, list[Event] | None, list[Move] | None]],
+) -> dict[str, AccountFacts] | None:
+    """The facts after the batch when every append of it is plain (guard_plain.py), else
+    None: the full rule decides."""
+    after: dict[str, AccountFacts] = {}
+    for append, _, _, moves in parts:
+        if moves is None:
+            return None
+        account_id = _account_id(append.stream)
+        moved = plain_facts(facts[account_id], moves)
+        if moved is None:
+            return None
+        after[account_id] = moved
+    return after
 
 
 def _account_id(stream: str) -> str:
