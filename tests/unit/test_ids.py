@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 import time
+import uuid
 
 from eventledger.eventstore.ids import uuid7
 
@@ -24,3 +26,14 @@ def test_ids_made_one_after_another_are_unique_and_mostly_ascending() -> None:
     # neighbour pair ascends (a random v4 would ascend half the time).
     ascending = sum(a < b for a, b in itertools.pairwise(ids))
     assert ascending >= 0.99 * (len(ids) - 1)
+
+
+def test_an_id_is_a_uuid_like_any_other() -> None:
+    # uuid7 builds the UUID without its constructor: it must be indistinguishable from one.
+    made = uuid7()
+    same = uuid.UUID(str(made))
+    assert type(made) is uuid.UUID
+    assert made == same and hash(made) == hash(same) and repr(made) == repr(same)
+    assert made.is_safe is same.is_safe
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert {made: 1}[same] == 1

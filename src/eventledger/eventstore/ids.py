@@ -20,12 +20,19 @@ import uuid
 
 _random = random.Random(os.urandom(32))
 _sequence = itertools.count()
+_new = uuid.UUID.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
 
 
 def uuid7() -> uuid.UUID:
     """A new time-ordered UUID (version 7, RFC 9562 variant)."""
     millis = time.time_ns() // 1_000_000
     counter = next(_sequence) & 0xFFF
-    return uuid.UUID(
-        int=(millis << 80) | (0x7 << 76) | (counter << 64) | (0x2 << 62) | _random.getrandbits(62)
-    )
+    value = (millis << 80) | (0x7 << 76) | (counter << 64) | (0x2 << 62) | _random.getrandbits(62)
+    # What `uuid.UUID(int=value)` builds, without its argument checks (0.24 vs 0.67 µs: the
+    # service gives an id to every event of a bulk append that comes without one).
+    made = _new(uuid.UUID)
+    _set(made, "int", value)
+    _set(made, "is_safe", _UNKNOWN)
+    return made

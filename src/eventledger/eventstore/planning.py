@@ -33,6 +33,8 @@ from eventledger.eventstore.store import Placed, check_expected_version, classif
 
 # -- encoding ------------------------------------------------------------------------------
 
+_tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
+
 
 class Encoded(NamedTuple):
     """A new event as it will be stored: its data and metadata as JSON text (codec.json_text,
@@ -53,16 +55,23 @@ class Encoded(NamedTuple):
 def encode(event: NewEvent) -> Encoded:
     """Raises InvalidAppend for data or metadata no backend can store."""
     data, canonical_data = _texts(event.data, "data", event.id)
-    metadata, canonical_metadata = _texts(event.metadata, "metadata", event.id)
-    return Encoded(
-        event.id,
-        str(event.id),
-        event.type,
-        event.schema_version,
-        data,
-        metadata,
-        canonical_data,
-        canonical_metadata,
+    if type(event.metadata) is dict and not event.metadata:  # the common event: no metadata
+        metadata = canonical_metadata = "{}"
+    else:
+        metadata, canonical_metadata = _texts(event.metadata, "metadata", event.id)
+    # tuple.__new__ rather than Encoded(...): the same tuple without a Python-level __new__.
+    return _tuple_new(
+        Encoded,
+        (
+            event.id,
+            str(event.id),
+            event.type,
+            event.schema_version,
+            data,
+            metadata,
+            canonical_data,
+            canonical_metadata,
+        ),
     )
 
 
@@ -210,19 +219,22 @@ class Planner:
                     hashes.string(event.type),
                 )
                 rows.append(
-                    Row(
-                        position,
-                        event.id_text,
-                        stream,
-                        version,
-                        event.type,
-                        event.schema_version,
-                        event.data,
-                        event.metadata,
-                        at,
-                        digest,
-                        batch_end,
-                        event.id,
+                    _tuple_new(
+                        Row,
+                        (
+                            position,
+                            event.id_text,
+                            stream,
+                            version,
+                            event.type,
+                            event.schema_version,
+                            event.data,
+                            event.metadata,
+                            at,
+                            digest,
+                            batch_end,
+                            event.id,
+                        ),
                     )
                 )
                 position += 1

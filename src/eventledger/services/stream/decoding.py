@@ -57,6 +57,8 @@ _SIZE_CHUNK = 50  # events measured in one encode: one call instead of fifty
 # model's, at a tenth of its cost (0.06 vs 0.9 ms for 1,000 deposits); only a chunk this
 # bound does not clear is measured exactly. orjson refuses ints past 64 bits: measured too.
 _UTF8_GROWTH = 3
+_TYPES_SEEN: set[str] = set()  # event type names that matched EVENT_TYPE
+_MAX_TYPES_SEEN = 1024
 
 
 def _expected(value: object) -> ExpectedVersion | None:
@@ -72,7 +74,9 @@ def _event(raw: object) -> NewEvent | None:
         return None
     event_type = raw.get("type")
     data = raw.get("data")
-    if type(event_type) is not str or EVENT_TYPE.fullmatch(event_type) is None:
+    if type(event_type) is not str or (
+        event_type not in _TYPES_SEEN and not _type_name(event_type)
+    ):
         return None
     if type(data) is not dict:
         return None
@@ -93,9 +97,18 @@ def _event(raw: object) -> NewEvent | None:
         event_id = UUID(given)
     else:
         return None
-    return NewEvent(
-        id=event_id, type=event_type, data=data, metadata=metadata, schema_version=version
-    )
+    # Positional, in the fields' order: a quarter cheaper than keywords, once per event.
+    return NewEvent(event_id, event_type, data, metadata, version)
+
+
+def _type_name(event_type: str) -> bool:
+    """Whether `event_type` is a valid event type name (EVENT_TYPE), remembering the valid
+    ones (a bulk append repeats a few types a thousand times; the memory is bounded)."""
+    if EVENT_TYPE.fullmatch(event_type) is None:
+        return False
+    if len(_TYPES_SEEN) < _MAX_TYPES_SEEN:
+        _TYPES_SEEN.add(event_type)
+    return True
 
 
 def _events(raw: object) -> list[NewEvent] | None:
