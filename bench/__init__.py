@@ -29,4 +29,5 @@ Modules, one concept each:
     report.py      the store section's table and bench/results.md
     service.py     the optional store workload over a running stream service
     auth_cost.py   the CPU cost of the security middleware per request
+    edge.py        the CPU cost of each layer of a read over HTTP (middleware, route, query)
 """
