@@ -37,7 +37,7 @@ from eventledger.services.transaction.idempotency import (
     CommandIds,
     check_correlation_id,
     check_key,
-    fingerprint,
+    fingerprints,
 )
 from eventledger.services.transaction.problems import problem_for
 from eventledger.services.transaction.results import Result
@@ -95,16 +95,18 @@ def command_executor(*, secret: bytes, new_id: Callable[[], UUID], commands: Cou
             if path_account_id is not None:
                 check_account_id(path_account_id)
             body = await read()
-            plain = None if key is None else body.model_dump(mode="json")
+            keyed, legacy = (
+                (None, None)
+                if key is None
+                else fingerprints(
+                    request.method, request.url.path, body.model_dump(mode="json"), secret
+                )
+            )
             ids = CommandIds(
                 key=key,
                 secret=secret,
-                request_fingerprint=None
-                if plain is None
-                else fingerprint(request.method, request.url.path, plain, secret),
-                legacy_fingerprint=None
-                if plain is None
-                else fingerprint(request.method, request.url.path, plain),
+                request_fingerprint=keyed,
+                legacy_fingerprint=legacy,
                 # A caller's correlation id, else its request id: one id follows the
                 # request from the access log into the events it wrote.
                 correlation_id=check_correlation_id(

@@ -74,8 +74,21 @@ def fingerprint(method: str, path: str, body: Mapping[str, Any], secret: bytes =
     holds personal data (an owner, a reference): a plain hash would let anyone holding the
     log confirm a guessed name even after the account was forgotten (eventstore/pii.py).
     Without a secret: the plain sha256 that events written before this change carry."""
+    return _fingerprint(_fingerprinted(method, path, body), secret)
+
+
+def fingerprints(method: str, path: str, body: Mapping[str, Any], secret: bytes) -> tuple[str, str]:
+    """`fingerprint` under `secret` and without it (the legacy one), from one canonical JSON."""
+    text = _fingerprinted(method, path, body)
+    return _fingerprint(text, secret), _fingerprint(text, b"")
+
+
+def _fingerprinted(method: str, path: str, body: Mapping[str, Any]) -> bytes:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    text = f"{method.upper()}\n{path}\n{canonical}".encode()
+    return f"{method.upper()}\n{path}\n{canonical}".encode()
+
+
+def _fingerprint(text: bytes, secret: bytes) -> str:
     if secret:
         return hmac.new(secret, text, hashlib.sha256).hexdigest()
     return hashlib.sha256(text).hexdigest()
@@ -106,12 +119,14 @@ class CommandIds:
     _fresh: dict[str, UUID] = field(default_factory=dict, repr=False)
 
     def _id(self, name: str) -> UUID:
-        if self.key is not None:
-            return derived_id(self.secret, self.key, name)
-        # Fresh ids are drawn once per command, so a retry after a conflict reuses them.
-        if name not in self._fresh:
-            self._fresh[name] = self.new_id()
-        return self._fresh[name]
+        # Fresh ids are drawn once per command, so a retry after a conflict reuses them;
+        # derived ones are kept too (an HMAC and a UUID each, asked for several times).
+        made = self._fresh.get(name)
+        if made is None:
+            key = self.key
+            made = self.new_id() if key is None else derived_id(self.secret, key, name)
+            self._fresh[name] = made
+        return made
 
     def event_id(self, index: int) -> UUID:
         return self._id(str(index))
