@@ -7,10 +7,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from eventledger.domain.account import Account, initial_state
 from eventledger.eventstore.codec import to_envelope
 from eventledger.eventstore.records import RecordedEvent
-from eventledger.services.transaction.accounts import AccountCache, fold_recorded
+from eventledger.services.transaction.accounts import (
+    AccountCache,
+    InvalidAccountHistory,
+    fold_recorded,
+)
 from eventledger.services.transaction.follower import LogFollower
 
 TX = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab"
@@ -121,3 +127,87 @@ def test_an_answer_arriving_after_the_feed_went_further_does_not_set_the_entry_b
     cache.offer(fold_recorded(answered, [deposit(4, 5), deposit(5, 1)]))
     state = cache.peek("a")
     assert state is not None and state.version == 5
+
+
+# -- the plain path (deposits, withdrawals, transfer halves without decoding) -----------------
+
+HOLD = "7a1c2d3e-4a5b-4c6d-8e7f-0123456789ab"
+HISTORIES = {
+    "open": [opened(), deposit(2, 50)],
+    "with a hold": [
+        opened(),
+        deposit(2, 50),
+        recorded(
+            3,
+            "PendingTransferSent",
+            {
+                "account_id": "a",
+                "transaction_id": HOLD,
+                "to_account": "b",
+                "amount": 20,
+                "reference": None,
+                "expires_at": None,
+            },
+        ),
+    ],
+    "closed": [opened(), recorded(2, "AccountClosed", {"account_id": "a"})],
+}
+
+
+def _money(type: str, **change: Any) -> tuple[str, int, dict[str, Any]]:
+    data: dict[str, Any] = {"account_id": "a", "transaction_id": TX, "amount": 30}
+    data["reference"] = None
+    if type == "TransferSent":
+        data["to_account"] = "b"
+    if type == "TransferReceived":
+        data["from_account"] = "b"
+    schema = change.pop("schema_version", 1)
+    return (type, schema, {**data, **change})
+
+
+NEXT_EVENTS = {
+    "a deposit": _money("MoneyDeposited"),
+    "a withdrawal past zero": _money("MoneyWithdrawn", amount=500),
+    "a transfer sent": _money("TransferSent", reference="rent"),
+    "a transfer received": _money("TransferReceived"),
+    "another account's id": _money("MoneyDeposited", account_id="b"),
+    "no amount": _money("MoneyDeposited", amount=None),
+    "an amount of 0": _money("MoneyDeposited", amount=0),
+    "an amount that is true": _money("MoneyDeposited", amount=True),
+    "an amount that is a float": _money("MoneyDeposited", amount=30.0),
+    "an amount past 2^53-1": _money("MoneyDeposited", amount=2**53),
+    "a transaction id in upper case": _money("MoneyDeposited", transaction_id=TX.upper()),
+    "a reference with a bidi override": _money("MoneyDeposited", reference="gpj\u202eexe"),
+    "a transfer to itself": _money("TransferSent", to_account="a"),
+    "a transfer from a bad account id": _money("TransferReceived", from_account="-x"),
+    "an old schema version": _money("MoneyDeposited", schema_version=0),
+    "a newer schema version": _money("MoneyDeposited", schema_version=2),
+    "an unknown type": ("MoneyTeleported", 1, {"account_id": "a"}),
+}
+
+
+@pytest.mark.parametrize("history", HISTORIES.values(), ids=HISTORIES.keys())
+@pytest.mark.parametrize("event", NEXT_EVENTS.values(), ids=NEXT_EVENTS.keys())
+def test_the_feed_gives_the_state_the_full_fold_gives_or_drops_what_it_refuses(
+    history: list[RecordedEvent], event: tuple[str, int, dict[str, Any]]
+) -> None:
+    cache, follower, before = cached(*history)
+    type, schema, data = event
+    next_event = recorded(before.version + 1, type, data, schema=schema)
+    try:
+        expected: Account | None = fold_recorded(before, [next_event])
+    except InvalidAccountHistory:
+        expected = None
+    outcome = follower.apply_data(sse_data(next_event))
+    assert (outcome, cache.peek("a")) == (
+        ("applied", expected) if expected is not None else ("dropped", None)
+    )
+
+
+def test_a_balance_past_the_signed_64_bit_range_is_left_to_the_full_fold() -> None:
+    cache, follower, _ = cached(opened(), deposit(2, 2**53 - 1))
+    for version in range(3, 1030):  # 2^63 / (2^53 - 1) is about 1024 deposits
+        outcome = follower.apply_data(sse_data(deposit(version, 2**53 - 1)))
+        if outcome != "applied":
+            break
+    assert outcome == "dropped" and cache.peek("a") is None

@@ -190,10 +190,40 @@ def _halves_agree(sent: Move, received: Move, states: Mapping[str, Live]) -> boo
 def _move(event: RecordedEvent, account_id: str, state: Live) -> Move | None:
     """The move of one money event on an open account that passes the rule's per-event
     checks, else None."""
-    kind = _MONEY.get(event.type)
-    if kind is None or event.schema_version != 1 or event.stream_version != state.version + 1:
+    if event.stream_version != state.version + 1:
         return None
-    data = event.data
+    move = money_move(
+        event.type,
+        event.schema_version,
+        event.data,
+        account_id,
+        state.balance,
+        state.pending_debits,
+        state.pending_credits,
+    )
+    if move is None:
+        return None
+    return (account_id, event, *move)
+
+
+def money_move(
+    event_type: object,
+    schema_version: object,
+    data: Mapping[str, object],
+    account_id: str,
+    balance: int,
+    pending_debits: int,
+    pending_credits: int,
+) -> tuple[int, str | None, str, str | None, int] | None:
+    """(signed amount, the other account or None, transaction id, reference, balance after)
+    of a plain money event of `account_id`'s stream (MoneyDeposited, MoneyWithdrawn,
+    TransferSent, TransferReceived at schema version 1) on an open account at `balance` with
+    these holds, when it passes the rule's per-event checks of its values; else None. The
+    caller checks the stream version and that the account is open (also the transaction
+    service's log follower, on one event of the live feed)."""
+    kind = _MONEY.get(event_type) if isinstance(event_type, str) else None
+    if kind is None or schema_version != 1:
+        return None
     if data.get("account_id") != account_id:
         return None
     sign, field = kind
@@ -205,9 +235,7 @@ def _move(event: RecordedEvent, account_id: str, state: Live) -> Move | None:
         other = None if field is None else check_account_id(data.get(field))
     except InvalidCommand:
         return None
-    balance = state.balance + amount
-    if other == account_id or (
-        out_of_range(balance, state.pending_debits, state.pending_credits) is not None
-    ):
+    after = balance + amount
+    if other == account_id or out_of_range(after, pending_debits, pending_credits) is not None:
         return None
-    return (account_id, event, amount, other, transaction_id, reference, balance)
+    return (amount, other, transaction_id, reference, after)

@@ -33,8 +33,10 @@ from typing import Any
 
 import aiohttp
 
+from eventledger.domain.account import Account
 from eventledger.domain.events import stream_name
 from eventledger.eventstore.codec import from_envelope
+from eventledger.services.readside.plain import money_move
 from eventledger.services.readside.subscription import SSEParser, auth_headers
 from eventledger.services.transaction.accounts import (
     AccountCache,
@@ -161,6 +163,10 @@ class LogFollower:
         if version != state.version + 1:
             self._cache.drop(account_id)
             return self._outcome("dropped")
+        after = _plain_next(state, envelope)
+        if after is not None:
+            self._cache.advance(after)
+            return self._outcome("applied")
         try:
             recorded = from_envelope(envelope)
             after = fold_recorded(state, [recorded])
@@ -176,3 +182,39 @@ class LogFollower:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
         return outcome
+
+
+def _plain_next(state: Account, envelope: dict[str, Any]) -> Account | None:
+    """The state after the envelope's event when it is a plain money event on the open
+    account that passes the rule's per-event checks (`readside.plain.money_move`, the checks
+    `fold_recorded` would make), without decoding it into a recorded and a domain event: a
+    third of the cost of applying the usual traffic. None for anything else: the full fold
+    decides, and words any refusal."""
+    data = envelope.get("data")
+    if not state.exists or state.closed or not isinstance(data, dict):
+        return None
+    move = money_move(
+        envelope.get("type"),
+        envelope.get("schema_version"),
+        data,
+        state.account_id,
+        state.balance,
+        state.pending_debits,
+        state.pending_credits,
+    )
+    if move is None:
+        return None
+    # Spelled out rather than dataclasses.replace (the cost of the rest of this function).
+    return Account(
+        state.account_id,
+        state.exists,
+        state.currency,
+        state.overdraft_limit,
+        state.owner,
+        move[4],
+        state.closed,
+        state.version + 1,
+        state.pending,
+        state.pending_debits,
+        state.pending_credits,
+    )
