@@ -39,6 +39,7 @@ from eventledger.services.transaction.execution import (
     REQUEST_ID_HEADER,
     checked,
     command_executor,
+    counting,
     read_optional_model,
 )
 from eventledger.services.transaction.expiry import HoldExpirer
@@ -159,7 +160,7 @@ def create_app(
             stream_url,
             cache,
             token=stream_token,
-            on_outcome=lambda o: follow_events.labels(o).inc(),
+            on_outcome=counting(follow_events),
         )
         Gauge(
             "eventledger_transaction_cache_following",
@@ -185,7 +186,7 @@ def create_app(
         max_retries=max_retries,
         cache=cache,
         snapshots=snapshots,
-        on_retry=lambda name: retries.labels(name).inc(),
+        on_retry=counting(retries),
     )
     app.state.handler = handler
     two_phase = TwoPhaseTransfers(handler, clock=clock, secret=secret)
