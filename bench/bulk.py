@@ -9,7 +9,8 @@ it: each `--side` names a source tree (a `src` directory, e.g. of a `git worktre
 commit) that the stream service is started from; the sides run interleaved (A, B, A, B …, the
 first side alternating between runs), each on a fresh store (SQLite, or a fresh PostgreSQL
 database). Prints, per side, events/s and the stream's CPU µs per appended event for every
-run and their median.
+run and their median; with PostgreSQL also the CPU of every `postgres` process of the
+machine per event (the server shares the cores; other users of the server count too).
 """
 
 from __future__ import annotations
@@ -25,8 +26,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.http import Phase, Plan, run_phase
-from bench.processes import REPO, Ours
+from bench.processes import CLOCK_TICKS, REPO, Ours
 from bench.whole import BULK_BATCH, BULK_CLIENTS, fresh_database
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time so far of every process named `postgres` on this machine."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(")")
+        if name == "postgres":
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
 
 
 def measure(src: Path, root: Path, events: int, postgres: str | None) -> Phase:
@@ -37,6 +53,7 @@ def measure(src: Path, root: Path, events: int, postgres: str | None) -> Phase:
         ours = Ours(root, store=store)
         try:
             ours.start(names=())
+            server = postgres_cpu_seconds() if postgres else 0.0
             phase = run_phase(
                 ours,
                 "bulk",
@@ -46,6 +63,8 @@ def measure(src: Path, root: Path, events: int, postgres: str | None) -> Phase:
                 clients=BULK_CLIENTS,
                 extra=["--events", str(events), "--batch", str(BULK_BATCH)],
             )
+            if postgres:
+                phase.cpu["postgres"] = postgres_cpu_seconds() - server
         finally:
             ours.stop()
     if phase.errors():
@@ -81,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--side", action="append", default=[], help="NAME=SRC (repeatable)")
     args = p.parse_args(argv)
     sides = _sides(args.side)
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
     names = list(sides)
     with tempfile.TemporaryDirectory(prefix="eventledger-bulk-") as directory, _environment():
         for run in range(args.runs):
@@ -90,20 +109,24 @@ def main(argv: list[str] | None = None) -> int:
                 root = Path(directory) / f"{name}-{run}"
                 phase = measure(sides[name], root, args.events, args.postgres)
                 cpu = phase.cpu_us_per_op()
-                results[name].append((phase.rate, cpu.get("stream", 0.0)))
+                results[name].append((phase.rate, cpu["stream"], cpu.get("postgres", 0.0)))
                 print(
-                    f"run {run} {name}: {phase.rate:,.0f} ev/s, stream "
-                    f"{cpu.get('stream', 0.0):.1f} µs/event, load {cpu.get('load', 0.0):.1f}",
+                    f"run {run} {name}: {phase.rate:,.0f} ev/s, stream {cpu['stream']:.1f} "
+                    f"µs/event, load {cpu.get('load', 0.0):.1f}, postgres "
+                    f"{cpu.get('postgres', 0.0):.1f}",
                     file=sys.stderr,
                     flush=True,
                 )
     for name, rows in results.items():
-        rates = ", ".join(f"{r:,.0f}" for r, _ in rows)
-        cpus = ", ".join(f"{c:.1f}" for _, c in rows)
-        print(
-            f"{name}: median {statistics.median(r for r, _ in rows):,.0f} ev/s ({rates}); "
-            f"stream median {statistics.median(c for _, c in rows):.1f} µs/event ({cpus})"
+        rates = ", ".join(f"{r:,.0f}" for r, _, _ in rows)
+        cpus = ", ".join(f"{c:.1f}" for _, c, _ in rows)
+        line = (
+            f"{name}: median {statistics.median(r for r, _, _ in rows):,.0f} ev/s ({rates}); "
+            f"stream median {statistics.median(c for _, c, _ in rows):.1f} µs/event ({cpus})"
         )
+        if args.postgres:
+            line += f"; postgres median {statistics.median(p for _, _, p in rows):.1f} µs/event"
+        print(line)
     return 0
 
 
