@@ -1,7 +1,8 @@
 """The whole system over HTTP, eventledger beside the HTTP peer, in the same run.
 
     python -m bench.http --quick          # commands/s and reads/s on SQLite, ≤ 90 s
-    python -m bench.http [--runs N] [--seconds S] [--postgres] [--latency]
+    python -m bench.http --quick --latency  # and the command → read latency
+    python -m bench.http [--runs N] [--seconds S]
 
 Starts eventledger's four services (bench/processes.py, through the CLI only) and the peer
 (bench/peer_app.py), then, per run, on each system in turn (the first alternates between
@@ -276,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(args.runs, plan.seconds, plan.warmup, plan.latency)
     if args.seconds:
         plan = Plan(plan.runs, args.seconds, plan.warmup, plan.latency)
+    if args.latency:
+        plan = Plan(plan.runs, plan.seconds, plan.warmup, latency=True)
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="eventledger-bench-http-") as directory:
         root = Path(directory)
@@ -327,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="2 runs of 5 s per phase, ≤ 90 s")
     p.add_argument("--runs", type=int, default=0)
     p.add_argument("--seconds", type=float, default=0.0)
+    p.add_argument("--latency", action="store_true", help="also command → read (on by default)")
     return p
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from eventledger.services.readside.checkpoints import Checkpoint
 from eventledger.services.readside.db import ReadModelUnavailable, Session
-from eventledger.services.readside.http import GroupedReads
+from eventledger.services.readside.http import GroupedReads, Reads
 from eventledger.services.readside.runner import ProjectionRunner
 from eventledger.services.readside.status import Snapshot
 
@@ -111,3 +111,27 @@ async def test_a_caller_that_gives_up_leaves_the_others_answered() -> None:
     assert (await stays).answer == 2
     with pytest.raises(asyncio.CancelledError):
         await gone
+
+
+class CommittingRunner(FakeRunner):
+    """A runner whose commit of `position` lands while the first snapshot is being read."""
+
+    def __init__(self) -> None:
+        super().__init__(position=4)
+        self.database_error = None
+        self.halted = None
+
+    async def snapshot(
+        self, query: Callable[[Session], Any], *, min_position: int
+    ) -> Snapshot[Any]:
+        answer = await super().snapshot(query, min_position=min_position)
+        self.position = 5  # committed meanwhile: the next snapshot sees it
+        return answer
+
+
+async def test_a_read_whose_snapshot_began_before_the_commit_it_waits_for_reads_again() -> None:
+    runner = CommittingRunner()
+    reads = Reads(cast(ProjectionRunner, runner), min_position_wait=0.0)
+    # No time left to wait, yet answered: the position was applied during the first snapshot.
+    assert await reads.answer(constant(7), min_position=5) == 7
+    assert runner.snapshots == 2

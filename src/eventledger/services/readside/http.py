@@ -159,6 +159,7 @@ class Reads:
         deadline = loop.time() + self.min_position_wait
         moves = 0
         while True:
+            applied_before = runner.position
             snapshot = await self.grouped.snapshot(query, min_position=min_position)
             if snapshot.answered:
                 return cast(T, snapshot.answer)
@@ -178,6 +179,11 @@ class Reads:
                 )
             if snapshot.checkpoint.rebuilding:
                 raise rebuilding_problem(snapshot.checkpoint)
+            if applied_before < min_position <= runner.position:
+                # Applied while that snapshot was read, which began before the commit: a new
+                # one sees it. (Once: the next `applied_before` is past it. This was the 50 ms
+                # sleep below, the tail of command -> read latency.)
+                continue
             remaining = deadline - loop.time()
             halted = runner.halted is not None and runner.position < min_position
             if remaining <= 0 or halted:
