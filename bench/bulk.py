@@ -9,8 +9,9 @@ it: each `--side` names a source tree (a `src` directory, e.g. of a `git worktre
 commit) that the stream service is started from; the sides run interleaved (A, B, A, B …, the
 first side alternating between runs), each on a fresh store (SQLite, or a fresh PostgreSQL
 database). Prints, per side, events/s and the stream's CPU µs per appended event for every
-run and their median; with PostgreSQL also the CPU of every `postgres` process of the
-machine per event (the server shares the cores; other users of the server count too).
+run and their median; with PostgreSQL also the CPU of the server processes connected to the
+stream's database per event (the server shares the cores; its WAL writer and checkpointer,
+shared with other databases, are not counted).
 """
 
 from __future__ import annotations
@@ -30,19 +31,24 @@ from bench.processes import CLOCK_TICKS, REPO, Ours
 from bench.whole import BULK_BATCH, BULK_CLIENTS, fresh_database
 
 
-def postgres_cpu_seconds() -> float:
-    """User + system CPU time so far of every process named `postgres` on this machine."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def backend_cpu_seconds(database_url: str) -> dict[int, float]:
+    """CPU time so far (user + system) of each server process connected to the database of
+    `database_url` (the stream service's pool: the server's own share of an append)."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    found: dict[int, float] = {}
+    for (pid,) in rows:
         try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile, or the server is on another machine
             continue
-        name, _, rest = text.partition(" (")[2].rpartition(")")
-        if name == "postgres":
-            fields = rest.split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        found[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
 
 
 def measure(src: Path, root: Path, events: int, postgres: str | None) -> Phase:
@@ -53,7 +59,7 @@ def measure(src: Path, root: Path, events: int, postgres: str | None) -> Phase:
         ours = Ours(root, store=store)
         try:
             ours.start(names=())
-            server = postgres_cpu_seconds() if postgres else 0.0
+            server = backend_cpu_seconds(store) if store else {}
             phase = run_phase(
                 ours,
                 "bulk",
@@ -63,8 +69,9 @@ def measure(src: Path, root: Path, events: int, postgres: str | None) -> Phase:
                 clients=BULK_CLIENTS,
                 extra=["--events", str(events), "--batch", str(BULK_BATCH)],
             )
-            if postgres:
-                phase.cpu["postgres"] = postgres_cpu_seconds() - server
+            if store:
+                after = backend_cpu_seconds(store)
+                phase.cpu["postgres"] = sum(t - server.get(p, 0.0) for p, t in after.items())
         finally:
             ours.stop()
     if phase.errors():

@@ -27,6 +27,7 @@ from eventledger.eventstore.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
+from eventledger.eventstore.hashing import verify_chain
 from eventledger.eventstore.postgres import (
     IncompatibleSchema,
     PostgresEventStore,
@@ -451,6 +452,53 @@ async def test_an_id_committed_by_another_instance_meanwhile_is_a_duplicate_not_
         await hold.release()
         await asyncio.gather(first.close(), second.close())
     assert len(await assert_positions_gapless(postgres_url, pg_schema)) == 2
+
+
+async def test_a_bulk_append_is_copied_and_reads_back_as_written(
+    store: PostgresEventStore,
+) -> None:
+    # Groups of COPY_ROWS rows or more are written by COPY: its text format reads
+    # backslashes specially, and JSON text is full of them.
+    awkward = {
+        "path": "C:\\temp\\new",
+        "quote": 'say "hi"',
+        "escapes": "tab\there\nnewline\\u0041",
+        "ü": "€ 𝄞",
+        "nested": {"list": [1, "\\", {"x": None}], "float": 1.5},
+    }
+    events = [new_event(data={**awkward, "n": n}) for n in range(postgres_write.COPY_ROWS)]
+    stream = new_stream()
+    result = await store.append(stream, expected_version=NO_STREAM, events=events)
+    assert len(result.positions) == postgres_write.COPY_ROWS
+    stored = await store.read_stream(stream, from_version=1, limit=postgres_write.COPY_ROWS)
+    assert [e.data for e in stored] == [e.data for e in events]
+    assert [e.id for e in stored] == [e.id for e in events]
+    assert (await verify_chain(store)).broken_at is None
+
+
+async def test_a_bulk_append_whose_copy_is_refused_fails_alone(
+    postgres_url: str, pg_schema: str, store: PostgresEventStore
+) -> None:
+    # A rule only the database knows refuses one event of a bulk append (written by COPY):
+    # that append fails alone, the bulk append committed in the same group is written.
+    marker = f"poison{uuid4().hex[:8]}"
+    await execute(
+        postgres_url,
+        sql.SQL("ALTER TABLE {}.events ADD CONSTRAINT {} CHECK (NOT data ? {})").format(
+            sql.Identifier(pg_schema), sql.Identifier(marker), sql.Literal(marker)
+        ),
+    )
+    count = postgres_write.COPY_ROWS
+    bad = [*new_events(count - 1), new_event(data={marker: True})]
+    refused, written = await asyncio.gather(
+        store.append(new_stream(), expected_version=NO_STREAM, events=bad),
+        store.append(new_stream(), expected_version=NO_STREAM, events=new_events(count)),
+        return_exceptions=True,
+    )
+    assert isinstance(refused, InvalidAppend)
+    assert not isinstance(written, BaseException) and len(written.positions) == count
+    assert await store.get_event(bad[0].id) is None
+    assert len(await assert_positions_gapless(postgres_url, pg_schema)) == count
 
 
 async def test_a_backend_terminated_inside_commit_is_an_unknown_outcome_and_loses_nothing(
