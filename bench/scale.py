@@ -10,9 +10,10 @@ after an untimed warm-up that primes every instance's cache with every account
 account id; `--streams N`: stream instances). Reported per run:
 commands/s, p50/p99 latency, retries per command (the instances'
 `eventledger_transaction_retries_total`), CPU ms per command of the eventledger processes
-(steadier than commands/s when others load the machine). Money is checked after every run:
-each account's deposits in the log sum to the amounts acknowledged, one event per key, every
-201 in the log; a run that fails the check raises.
+(steadier than commands/s when others load the machine) and their context switches per
+command (how often each process was woken: what more instances multiply). Money is checked
+after every run: each account's deposits in the log sum to the amounts acknowledged, one
+event per key, every 201 in the log; a run that fails the check raises.
 
 `--src DIR` runs the services from another source tree (PYTHONPATH=DIR, e.g. a `git worktree`
 of an older commit); with several, the trees are measured interleaved, repeat by repeat, so a
@@ -180,6 +181,19 @@ def measure(
         )
 
 
+def wakeups(pids: Sequence[int]) -> int:
+    """Context switches of the processes so far (Linux /proc/PID/status: voluntary, each a
+    wait for input ended, and involuntary): how often the work was cut up. Every instance
+    that follows the log is woken for every commit, and smaller batches mean more requests."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[-1])
+    return total
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU time the processes used so far (Linux /proc)."""
     total = 0
@@ -213,11 +227,14 @@ async def _run(
         # The stream instances' pids come first.
         stream_pids, transaction_pids = pids[:stream_count], pids[stream_count:]
         stream_before, transaction_before = cpu_seconds(stream_pids), cpu_seconds(transaction_pids)
+        calls_before = wakeups(stream_pids), wakeups(transaction_pids)
         started = time.perf_counter()
         commands = await load.run(clients, seconds)
         elapsed = time.perf_counter() - started
         stream_cpu = cpu_seconds(stream_pids) - stream_before
         transaction_cpu = cpu_seconds(transaction_pids) - transaction_before
+        stream_calls = wakeups(stream_pids) - calls_before[0]
+        transaction_calls = wakeups(transaction_pids) - calls_before[1]
         retries = await _retries(session, transactions) - retries_before
         await _check_money(session, stream, load)
     latencies = sorted(load.latencies)
@@ -231,6 +248,8 @@ async def _run(
         "cpu_ms_per_command": 1000 * (stream_cpu + transaction_cpu) / commands,
         "stream_cpu_ms_per_command": 1000 * stream_cpu / commands,
         "transaction_cpu_ms_per_command": 1000 * transaction_cpu / commands,
+        "stream_wakeups_per_command": stream_calls / commands,
+        "transaction_wakeups_per_command": transaction_calls / commands,
         "commands": float(commands),
         "resent": float(load.resent),
     }
@@ -420,7 +439,9 @@ def _line(src: str | None, accounts: int, instances: int, r: dict[str, float]) -
         f" | retries/cmd {r['retries_per_command']:.4f} | resent {r['resent']:.0f}"
         f" | CPU {r['cpu_ms_per_command']:.2f} ms/cmd (stream"
         f" {r['stream_cpu_ms_per_command']:.2f}, transaction"
-        f" {r['transaction_cpu_ms_per_command']:.2f})"
+        f" {r['transaction_cpu_ms_per_command']:.2f}) | wakeups/cmd stream"
+        f" {r['stream_wakeups_per_command']:.1f}, transaction"
+        f" {r['transaction_wakeups_per_command']:.1f}"
     )
 
 
