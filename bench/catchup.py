@@ -1,20 +1,24 @@
 """Read-model catch-up in one process, without HTTP: where a projection's time goes per event.
 
     python -m bench.catchup [--events N] [--backend sqlite|postgresql] \
-        [--projection accounting|statistics] [--profile FILE] [--repeats R]
+        [--projection accounting|statistics] [--workload mixed|bulk] [--profile FILE] \
+        [--repeats R]
 
-A synthetic log of valid account events (opens, deposits, withdrawals, transfers as pairs in
-one append, two-phase holds that are posted) is encoded once as the stream service sends it
-(`id: P` `event: T` `data: {envelope}` SSE messages) and cut into 64 KiB chunks, the size a
-subscriber reads at once. The timed part is what a read model does with them: the SSE parser,
-the envelope decoder (`subscription._decode`), then `apply.apply_batch` for each page
-(`runner.BATCH_SIZE` events, cut at an append's end, as the runner does catching up), each
-page in its own transaction with the checkpoint.
+A log of valid account events is encoded once as the stream service sends it (`id: P`
+`event: T` `data: {envelope}` SSE messages) and cut into 64 KiB chunks, the size a subscriber
+reads at once. `--workload mixed` (default): 1,000 accounts, opens, deposits, withdrawals,
+transfers as pairs in one append, two-phase holds that are posted; `--workload bulk`: the log
+bench/whole.py's bulk append writes and its catch-up row reads (appends of 1,000 events, each
+a new account opened then 999 deposits). The timed part is what a read model does with the
+chunks: the SSE parser, the envelope decoder (`subscription._decode`), then
+`apply.apply_batch` for each page (`runner.BATCH_SIZE` events, cut at an append's end, as the
+runner does catching up), each page in its own transaction with the checkpoint.
 
 It prints events/s (wall) and CPU µs per event of this process (the database's own work, on
-PostgreSQL, is in another process and shows only in the wall rate), split into parse+decode
-and apply. `--profile` writes a cProfile of the apply part. PostgreSQL: EVENTLEDGER_TEST_
-POSTGRES_URL or `--postgres-url`; a fresh schema namespace is used and dropped.
+PostgreSQL, is in another process and shows only in the wall rate), by part: parse, decode,
+apply, commit and other (the harness). `--profile` writes a cProfile of the apply part.
+PostgreSQL: EVENTLEDGER_TEST_POSTGRES_URL or `--postgres-url`; a fresh schema namespace is used
+and dropped.
 """
 
 from __future__ import annotations
