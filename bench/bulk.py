@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                 phase = measure(sides[name], root, args.events, args.postgres)
                 cpu = phase.cpu_us_per_op()
                 results[name].append((phase.rate, cpu["stream"], cpu.get("postgres", 0.0)))
+                server = f", postgres {cpu['postgres']:.1f}" if "postgres" in cpu else ""
                 print(
                     f"run {run} {name}: {phase.rate:,.0f} ev/s, stream {cpu['stream']:.1f} "
-                    f"µs/event, load {cpu.get('load', 0.0):.1f}, postgres "
-                    f"{cpu.get('postgres', 0.0):.1f}",
+                    f"µs/event, load {cpu.get('load', 0.0):.1f}{server}",
                     file=sys.stderr,
                     flush=True,
                 )
