@@ -176,10 +176,10 @@ async def _layers(
     reads = Reads(runner, min_position_wait=5.0)
     for concurrent in (1, CONCURRENT):
         alone = await cpu_us(lambda: runner.snapshot(query, min_position=0), requests, concurrent)
-        grouped = await cpu_us(lambda: reads.answer(query), requests, concurrent)
+        grouped = await cpu_us(lambda: reads.answer(query, grouped=True), requests, concurrent)
         out.append((f"query: a snapshot each, {concurrent} at once", alone))
         out.append((f"query: grouped snapshots, {concurrent} at once", grouped))
-    account = await reads.answer(query)
+    account = await reads.answer(query, grouped=True)
 
     async def plain() -> None:
         await JSONResponse(_account_json(account))(scope, _receive, _drop)

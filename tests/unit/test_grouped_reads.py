@@ -133,5 +133,8 @@ async def test_a_read_whose_snapshot_began_before_the_commit_it_waits_for_reads_
     runner = CommittingRunner()
     reads = Reads(cast(ProjectionRunner, runner), min_position_wait=0.0)
     # No time left to wait, yet answered: the position was applied during the first snapshot.
-    assert await reads.answer(constant(7), min_position=5) == 7
-    assert runner.snapshots == 2
+    for grouped in (True, False):
+        runner.position = 4
+        runner.snapshots = 0
+        assert await reads.answer(constant(7), min_position=5, grouped=grouped) == 7
+        assert runner.snapshots == 2

@@ -237,7 +237,9 @@ create_app = ACCOUNTING.create_app
 async def _find_account(reads: Reads, account_id: str, floor: int) -> Account:
     check_account_id(account_id)
     account = await reads.answer(
-        lambda session: queries.get_account(session, account_id), min_position=floor
+        lambda session: queries.get_account(session, account_id),
+        min_position=floor,
+        grouped=True,  # a lookup by key: quick
     )
     if account is None:
         raise _not_found(account_id)

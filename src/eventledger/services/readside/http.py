@@ -8,7 +8,7 @@
 * consistent reads (`Reads.answer`): every query runs in one read snapshot after checking, in
   that snapshot, the stored checkpoint: during a rebuild the answer is 503 `rebuilding`, and
   with `X-Min-Position: P` (or `?min_position=P`) it waits until the checkpoint is at P;
-  queries asked at the same time share one snapshot and one trip to a worker thread
+  quick queries asked at the same time share one snapshot and one trip to a worker thread
   (`GroupedReads`);
 * strict query-parameter integers (`int_param`) and their 422 problems (`invalid_param`).
 """
@@ -139,11 +139,16 @@ class Reads:
     def __post_init__(self) -> None:
         object.__setattr__(self, "grouped", GroupedReads(self.runner))
 
-    async def answer(self, query: Callable[[Session], T], *, min_position: int = 0) -> T:
+    async def answer(
+        self, query: Callable[[Session], T], *, min_position: int = 0, grouped: bool = False
+    ) -> T:
         """`query`'s answer from one read snapshot whose stored checkpoint is at
         `min_position` or past it, waiting up to `min_position_wait` for it; a 503
         `rebuilding` while a rebuild replays the log, a 503 `not-caught-up` past the wait
-        (at once when the projection is halted below it)."""
+        (at once when the projection is halted below it). `grouped`: for a query that is
+        always quick (a lookup by key), read in a group with others (`GroupedReads`); a
+        query that may take long (a page) is read in a snapshot of its own, beside others,
+        so that it holds no other query back."""
         runner = self.runner
         if runner.database_error is not None:
             # The last probe (at most a second old) found the database away: say so now
@@ -160,7 +165,10 @@ class Reads:
         moves = 0
         while True:
             applied_before = runner.position
-            snapshot = await self.grouped.snapshot(query, min_position=min_position)
+            if grouped:
+                snapshot = await self.grouped.snapshot(query, min_position=min_position)
+            else:
+                snapshot = await runner.snapshot(query, min_position=min_position)
             if snapshot.answered:
                 return cast(T, snapshot.answer)
             if snapshot.checkpoint.retired_to is not None and moves < 3:
