@@ -45,6 +45,7 @@ Errors
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import weakref
@@ -82,7 +83,7 @@ from eventledger.eventstore.postgres_schema import (
     migrate,
 )
 from eventledger.eventstore.postgres_write import Session, translate, translating
-from eventledger.eventstore.recent import RecentLog, RecentPage
+from eventledger.eventstore.recent import RecentLog, RecentPage, has_float
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import ACCOUNT_STREAMS, EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
@@ -109,6 +110,10 @@ _COLUMNS = (
     "id, stream, type, schema_version, data, metadata, stream_version, position, recorded_at,"
     " hash, batch_end"
 )  # what reads select; the write statements are in postgres_write.py
+_LOG_COLUMNS: LiteralString = (
+    "id, stream, type, schema_version, data::text, metadata::text, stream_version, position,"
+    " recorded_at, hash, batch_end"
+)
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -339,7 +344,8 @@ class PostgresEventStore(EventStore):
     async def _read_all(
         self, after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
     ) -> list[RecordedEvent]:
-        query: LiteralString = "SELECT " + _COLUMNS + " FROM events WHERE position > %s"
+        # data and metadata as text, parsed by `_json`: a catch-up reads every event once.
+        query: LiteralString = "SELECT " + _LOG_COLUMNS + " FROM events WHERE position > %s"
         params: list[Any] = [after]
         if types:
             query += " AND type = ANY(%s::text[])"
@@ -349,7 +355,10 @@ class PostgresEventStore(EventStore):
             params.append(_like_prefix(stream_prefix))
         query += " ORDER BY position LIMIT %s"
         params.append(limit)
-        return [_record(row) for row in await self._fetch(query, params)]
+        return [
+            _record((*row[:4], _json(row[4]), _json(row[5]), *row[6:]))
+            for row in await self._fetch(query, params)
+        ]
 
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
         rows = await self._fetch("SELECT " + _COLUMNS + " FROM events WHERE id = %s", [event_id])
@@ -439,6 +448,21 @@ def _record(row: Sequence[Any]) -> RecordedEvent:
         hash=row[9],
         batch_end=row[10],
     )
+
+
+def _json(text: str) -> Any:
+    """A `jsonb` column's text as psycopg's own loader (`json.loads`) gives it: by orjson
+    where that is the same (it parsed, and no float anywhere: orjson also reads an integer
+    past 64 bits as one), by the standard library otherwise. A catch-up page of 500 events
+    parses 1,000 of these (stdlib 2-3 µs each, orjson under 1)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    kind = type(value)
+    if kind is float or ((kind is dict or kind is list) and has_float(value)):
+        return json.loads(text)
+    return value
 
 
 def _as_read(row: Row) -> Row:

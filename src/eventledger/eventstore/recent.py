@@ -349,10 +349,12 @@ def _plain(text: str) -> bool:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return False
-    return type(value) is dict and not _has_float(value)
+    return type(value) is dict and not has_float(value)
 
 
-def _has_float(value: dict[str, Any]) -> bool:
+def has_float(value: dict[str, Any] | list[Any]) -> bool:
+    """Whether a float is anywhere in a JSON object or array of exact JSON types (what
+    orjson gives), however deep."""
     todo: list[Any] = [value]
     while todo:
         item = todo.pop()
@@ -424,4 +426,4 @@ def _canonical(text: object) -> bool:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return False
-    return type(value) is dict and not _has_float(value) and orjson.dumps(value) == text.encode()
+    return type(value) is dict and not has_float(value) and orjson.dumps(value) == text.encode()
