@@ -19,7 +19,6 @@ of the rest). Three shortcuts, each with the exact path behind it:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -27,6 +26,7 @@ from uuid import UUID
 import orjson
 
 from eventledger.eventstore.codec import from_envelope, parse_time
+from eventledger.eventstore.recent import has_float
 from eventledger.eventstore.records import RecordedEvent
 
 
@@ -69,8 +69,8 @@ class EnvelopeDecoder:
             and (metadata is None or type(metadata) is dict)
             and (digest is None or type(digest) is str)
             and (batch_end is None or type(batch_end) is int)
-            and not _has_float(data)
-            and (not metadata or not _has_float(metadata))
+            and not has_float(data)
+            and (not metadata or not has_float(metadata))
         ):
             return None
         if recorded_at != self._time_text or self._time is None:
@@ -89,17 +89,3 @@ class EnvelopeDecoder:
             digest or "",
             batch_end or 0,
         )
-
-
-def _has_float(value: Mapping[str, Any]) -> bool:
-    """Whether a float is anywhere in `value` (a JSON object), however deep (no recursion)."""
-    pending: list[Any] = [value]
-    while pending:
-        current = pending.pop()
-        for item in current.values() if type(current) is dict else current:
-            kind = type(item)
-            if kind is float:
-                return True
-            if kind is dict or kind is list:
-                pending.append(item)
-    return False
