@@ -269,14 +269,17 @@ class CommandHandler:
         expected version of the append checks them); a refusal decided on a cached state is
         decided again on fresh state, so that no command is refused on stale knowledge."""
         cached = [self.cache.get(a) for a in account_ids]
-        states = list(
-            await asyncio.gather(
-                *(
-                    _ready(c) if c is not None else self._load(a)
-                    for a, c in zip(account_ids, cached, strict=True)
+        states = [c for c in cached if c is not None]
+        if len(states) < len(cached):
+            # Only then gather: it makes a task per account and waits a turn of the loop.
+            states = list(
+                await asyncio.gather(
+                    *(
+                        _ready(c) if c is not None else self._load(a)
+                        for a, c in zip(account_ids, cached, strict=True)
+                    )
                 )
             )
-        )
         for state in states:
             self.cache.put(state)
         try:
