@@ -1,6 +1,7 @@
-"""`GET /accounts/{id}` is served by a lean route in front of the documented FastAPI route:
-every request gets exactly the answer the documented route gives (status, headers, body),
-and the OpenAPI document still shows the documented route."""
+"""The accounting queries are served by lean routes in front of the documented FastAPI routes
+(`GET /accounts/{id}` its own, the others `serve_text_routes_directly`): every request gets
+exactly the answer the documented route gives (status, headers, body), and the OpenAPI
+document still shows the documented routes."""
 
 from __future__ import annotations
 
@@ -40,17 +41,51 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("HEAD", "/accounts/acc-1", {}),
     ("POST", "/accounts/acc-1", {}),
     ("DELETE", "/accounts/acc-1", {}),
+    ("GET", "/accounts/acc-1/transactions", {}),
+    ("GET", "/accounts/acc-1/transactions?limit=1", {"X-Min-Position": "2"}),
+    ("GET", "/accounts/acc-1/transactions?limit=1&limit=5&before=cDI", {}),
+    ("GET", "/accounts/acc-1/transactions?limit=", {}),
+    ("GET", "/accounts/acc-1/transactions?limit=0", {"X-Min-Position": "x"}),  # position first
+    ("GET", "/accounts/acc-1/transactions?before=zzz", {}),
+    ("GET", "/accounts/nobody/transactions", {}),
+    ("GET", "/accounts/acc-1/transactions?min_position=99", {}),
+    ("HEAD", "/accounts/acc-1/transactions", {}),
+    ("POST", "/accounts/acc-1/transactions", {}),
+    ("GET", "/accounts/acc-1/balance?at_position=2", {}),
+    ("GET", "/accounts/acc-1/balance?at=2026-11-27T10:00:00Z", {}),
+    ("GET", "/accounts/acc-1/balance", {}),
+    ("GET", "/accounts/acc-1/balance?at=yesterday", {}),
+    ("GET", "/accounts/acc-1/balance?at_position=1&at=2026-11-27T10:00:00Z", {}),
+    ("GET", "/accounts/acc-1/pending?limit=2&after=cDE", {}),
+    ("GET", "/accounts/-bad/pending", {}),
+    ("GET", "/accounts?limit=1", {}),
+    ("GET", "/accounts?after=acc-0&limit=1001", {}),
+    ("GET", "/accounts?after=%20", {}),
+    ("GET", "/accounts?limit=1", {"X-Min-Position": "99"}),
 ]
 
 
 def documented_only(app: FastAPI) -> FastAPI:
-    """The same app without the lean route: what the documented route answers alone."""
+    """The same app without the lean routes: what the documented routes answer alone."""
+    documented = {r.path for r in app.router.routes if isinstance(r, APIRoute)}
     app.router.routes[:] = [
-        r
-        for r in app.router.routes
-        if isinstance(r, APIRoute) or r.path != "/accounts/{account_id}"
+        r for r in app.router.routes if isinstance(r, APIRoute) or r.path not in documented
     ]
     return app
+
+
+def test_every_query_route_has_a_lean_route_in_front(open_db: OpenDB) -> None:
+    app = create_app(stream_url="http://127.0.0.1:9", open_db=open_db)
+    documented = {r.path for r in app.router.routes if isinstance(r, APIRoute)}
+    fronted = {r.path for r in app.router.routes if not isinstance(r, APIRoute)} & documented
+    assert fronted == {
+        "/accounts",
+        "/accounts/{account_id}",
+        "/accounts/{account_id}/balance",
+        "/accounts/{account_id}/pending",
+        "/accounts/{account_id}/transactions",
+    }
+    assert fronted <= documented
 
 
 @pytest.fixture

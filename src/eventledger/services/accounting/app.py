@@ -20,7 +20,7 @@ from eventledger.eventstore.codec import format_time, parse_time
 from eventledger.services.accounting import queries
 from eventledger.services.accounting.projection import Account, HistoryItem, Hold
 from eventledger.services.accounting.store import AccountingProjection
-from eventledger.services.asgi import header, lean_route, query_param, send_json
+from eventledger.services.asgi import lean_route, send_json
 from eventledger.services.http import ProblemError
 from eventledger.services.readside.db import Session
 from eventledger.services.readside.http import (
@@ -28,9 +28,9 @@ from eventledger.services.readside.http import (
     MinPosition,
     ReadModelService,
     Reads,
+    floor_of,
     int_param,
     invalid_param,
-    min_position_of,
     query_responses,
 )
 
@@ -55,11 +55,9 @@ def _add_routes(app: FastAPI, reads: Reads) -> None:
         return JSONResponse(_account_json(await _find_account(reads, account_id, floor)))
 
     async def lean_get_account(scope: Scope, receive: Receive, send: Send) -> None:
-        floor = min_position_of(
-            header(scope, b"x-min-position"), query_param(scope, "min_position")
-        )
         account_id = scope["path_params"]["account_id"]
-        await send_json(send, _account_json(await _find_account(reads, account_id, floor)))
+        found = await _find_account(reads, account_id, floor_of(scope))
+        await send_json(send, _account_json(found))
 
     # The hottest read, answered in plain ASGI in front of the documented route above (which
     # stays for the OpenAPI document and /docs): FastAPI's dependency injection, Request and
