@@ -10,7 +10,7 @@ RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 PIP_INSTALL := $(BIN)/python -m pip install -c constraints.txt
 
-.PHONY: run test lint typecheck unit integration e2e bench clean clean-data
+.PHONY: run test test-half-1 test-half-2 lint typecheck unit integration e2e bench clean clean-data
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -50,19 +50,31 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# With EVENTLEDGER_TEST_POSTGRES_URL set (CI sets it), the PostgreSQL suites run inside the
-# first pytest, and the end-to-end tests on the suite's store (marked `suite_store`: those on
-# the shared system or a system of their own on that store) run a second time with the stream
-# on PostgreSQL. The other end-to-end tests pick their store themselves (once per backend, or
-# SQLite/PostgreSQL only, or no system at all): the first run covered each of them already.
+# With EVENTLEDGER_TEST_POSTGRES_URL set (CI sets it), the PostgreSQL suites run too, and the
+# end-to-end tests on the suite's store (marked `suite_store`: those on the shared system or a
+# system of their own on that store) run a second time with the stream on PostgreSQL. The
+# other end-to-end tests pick their store themselves (once per backend, or SQLite/PostgreSQL
+# only, or no system at all): the first run covered each of them already.
+# Every test runs once, in one of two halves of about equal length: (1) unit and integration,
+# then the end-to-end pass on PostgreSQL; (2) everything else (browser, end-to-end). With
+# TEST_JOBS=2 (the default with two cores or more) they run side by side, one per core, each
+# one's output shown as a whole when it ends; with TEST_JOBS=1 one after the other.
+TEST_JOBS ?= $(if $(filter 1,$(shell nproc 2>/dev/null || echo 2)),1,2)
 test: lint typecheck
-	$(BIN)/pytest
+	@echo "pytest in two halves, $(TEST_JOBS) at a time; each prints its output when it ends"
+	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-half-1 test-half-2
+
+test-half-1: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider tests/unit tests/integration
 	@if [ -n "$$EVENTLEDGER_TEST_POSTGRES_URL" ]; then \
 		echo "end-to-end tests on the suite's store again, stream service on PostgreSQL"; \
-		EVENTLEDGER_E2E_STORE=postgresql $(BIN)/pytest tests/e2e -m suite_store; \
+		EVENTLEDGER_E2E_STORE=postgresql $(BIN)/pytest -p no:cacheprovider tests/e2e -m suite_store; \
 	else \
 		echo "SKIPPED: end-to-end suite on PostgreSQL (set EVENTLEDGER_TEST_POSTGRES_URL to run it)"; \
 	fi
+
+test-half-2: $(STAMP)
+	$(BIN)/pytest --ignore=tests/unit --ignore=tests/integration
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
