@@ -44,6 +44,16 @@ HTTP = httpx.Client(timeout=5.0)
 STARTED: list[ServiceProcess] = []
 
 
+BIND_FAILED = "error while attempting to bind on address"
+
+
+class PortTaken(AssertionError):
+    """The service could not bind its port: another process took it after `free_port`."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} was taken by another process")
+
+
 def free_port() -> int:
     """A port that nothing listens on now, on 127.0.0.1 only."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -132,22 +142,49 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def this_start_log(self) -> str:
+        """The log written since the last start."""
+        text = self.log_text()
+        return text[text.rfind(f"--- start #{self.starts}:") :]
+
     def healthy(self) -> bool:
         if self.process is None:
             return False
+        log = self.this_start_log()
+        if BIND_FAILED in log:
+            raise PortTaken(self.port)
         if self.process.poll() is not None:
             raise AssertionError(
                 f"{self.name} exited with code {self.process.returncode} while starting\n"
                 + self.log_tail()
             )
+        # Ours only once this process says it listens: until then, whatever else took the
+        # port meanwhile (another test's service, a bench) could answer /health.
+        if f"running on {self.url}" not in log:
+            return False
         try:
             return HTTP.get(f"{self.url}/health", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
 
     def wait_healthy(self, timeout: float = START_TIMEOUT) -> ServiceProcess:
-        wait_for(self.healthy, timeout=timeout, what=f"{self.name} /health\n{self.log_tail()}")
-        return self
+        moves = 2 if self.starts == 1 else 0  # a restart must keep its port
+        while True:
+            try:
+                wait_for(self.healthy, timeout=timeout, what=f"{self.name} /health")
+                return self
+            except PortTaken:
+                # free_port() found the port free; another process bound it before this one
+                # did. A first start moves to another free port.
+                if moves == 0:
+                    raise AssertionError(f"port {self.port} taken\n{self.log_tail()}") from None
+                moves -= 1
+                assert self.process is not None
+                self.process.wait(timeout=30)
+                self.port = free_port()
+                self.start()
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{self.log_tail()}") from None
 
     def kill(self, sig: int = signal.SIGKILL, timeout: float = STOP_TIMEOUT) -> int:
         """Send `sig` and wait for the process to end; its exit code."""
@@ -247,6 +284,9 @@ class System:
 
     def start(self) -> System:
         self.stream.start().wait_healthy()
+        for service in self.services[1:]:  # the stream's port may have moved (PortTaken)
+            args = service.extra_args
+            args[args.index("--stream-url") + 1] = self.stream.url
         others = [s.start() for s in self.services[1:]]
         for service in others:
             service.wait_healthy()
