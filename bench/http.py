@@ -3,6 +3,7 @@
     python -m bench.http --quick          # commands/s and reads/s on SQLite, ≤ 90 s
     python -m bench.http --quick --latency  # and the command → read latency
     python -m bench.http [--runs N] [--seconds S]
+    python -m bench.http --quick --postgres [URL]  # on PostgreSQL (URL: the test server's)
 
 Starts eventledger's four services (bench/processes.py, through the CLI only) and the peer
 (bench/peer_app.py), then, per run, on each system in turn (the first alternates between
@@ -11,12 +12,16 @@ accounts (reads/s), optionally the command → read latency (ours), then the cor
 (money conserved, every acknowledged command visible). Around each timed phase it reads each
 service's CPU time and resident memory: CPU µs per command per service.
 
-The load generator (bench/load.py) is a process of its own for every phase.
+The load generator (bench/load.py) is a process of its own for every phase. On PostgreSQL
+(ours on a fresh database, the peer on a fresh schema) it also reads, per process, the CPU of
+the server processes serving its connections (`pg:<name>`) and the data segments it sent them
+(bench/pg_usage.py): how many messages a command costs the database.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
@@ -31,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.pg import configured_url
+from bench.pg_usage import Usage, usage
 from bench.processes import REPO, Ours, Peer, Process, child_env
 
 ACCOUNTS = 200
@@ -62,6 +69,7 @@ class Phase:
     cpu: dict[str, float]  # process name -> CPU seconds during the phase ("load": generator)
     rss: dict[str, int]  # process name -> bytes after the phase
     wall: float
+    segments: dict[str, int] = field(default_factory=dict)  # name -> data segments to PG
 
     @property
     def rate(self) -> float:
@@ -70,6 +78,10 @@ class Phase:
     def cpu_us_per_op(self) -> dict[str, float]:
         ops = max(int(self.result.get("all_ops", self.result["ops"])), 1)
         return {name: seconds * 1e6 / ops for name, seconds in self.cpu.items()}
+
+    def segments_per_op(self) -> dict[str, float]:
+        ops = max(int(self.result.get("all_ops", self.result["ops"])), 1)
+        return {name: n / ops for name, n in self.segments.items()}
 
     def errors(self) -> list[str]:
         return list(self.result.get("errors", []))
@@ -144,6 +156,8 @@ def run_phase(
         *extra,
     ]
     processes = running_processes(system)
+    pg_url = system.store if isinstance(system, Ours) else system.postgres
+    pg_before = _pg_usage(pg_url, processes)
     before = {p.name: p.cpu_seconds() for p in processes}
     children_before = _children_cpu()
     start = time.perf_counter()
@@ -153,10 +167,19 @@ def run_phase(
     wall = time.perf_counter() - start
     cpu = {p.name: p.cpu_seconds() - before[p.name] for p in processes}
     cpu["load"] = _children_cpu() - children_before
+    segments = {}
+    for name, used in _pg_usage(pg_url, processes).items():
+        if used.connections:
+            cpu[f"pg:{name}"] = used.server_cpu - pg_before[name].server_cpu
+            segments[name] = used.segments_out - pg_before[name].segments_out
     if done.returncode != 0:
         raise RuntimeError(f"load generator {phase} failed: {done.stderr.decode()[-2000:]}")
     result = json.loads(done.stdout)
-    return Phase(result, cpu, {p.name: p.rss_bytes() for p in processes}, wall)
+    return Phase(result, cpu, {p.name: p.rss_bytes() for p in processes}, wall, segments)
+
+
+def _pg_usage(url: str | None, processes: Sequence[Process]) -> dict[str, Usage]:
+    return {p.name: usage(url, {p.pid}) for p in processes} if url else {}
 
 
 def running_processes(system: System) -> list[Process]:
@@ -209,6 +232,9 @@ def brief(result: RunResult) -> str:
             continue
         cpu = " ".join(f"{k}={v:,.0f}" for k, v in p.cpu_us_per_op().items())
         parts.append(f"{phase} {p.rate:,.0f}/s (CPU µs/op: {cpu})")
+        if p.segments:
+            sent = " ".join(f"{k}={v:.2f}" for k, v in p.segments_per_op().items())
+            parts.append(f"{phase} segments to PostgreSQL per op: {sent}")
         if p.result.get("latencies"):
             lat = sorted(p.result["latencies"])
             p50, p99 = percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3
@@ -280,9 +306,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency:
         plan = Plan(plan.runs, plan.seconds, plan.warmup, latency=True)
     begin = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="eventledger-bench-http-") as directory:
+    backend = "PostgreSQL" if args.postgres else "SQLite"
+    with (
+        tempfile.TemporaryDirectory(prefix="eventledger-bench-http-") as directory,
+        contextlib.ExitStack() as stack,
+    ):
         root = Path(directory)
-        ours, peer = Ours(root / "ours"), Peer(root / "peer")
+        if args.postgres:
+            from bench.whole import fresh_database, fresh_schema  # bench.whole imports us
+
+            store = stack.enter_context(fresh_database(args.postgres))
+            schema = stack.enter_context(fresh_schema(args.postgres))
+            ours = Ours(root / "ours", store=store)
+            peer = Peer(root / "peer", postgres=args.postgres, schema=schema)
+        else:
+            ours, peer = Ours(root / "ours"), Peer(root / "peer")
         try:
             ours.start()
             peer.start()
@@ -292,12 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             peer.stop()
             ours.stop()
     lines = [
-        f"SQLite, {ACCOUNTS} accounts, {CLIENTS} closed-loop clients, {plan.runs} runs of "
+        f"{backend}, {ACCOUNTS} accounts, {CLIENTS} closed-loop clients, {plan.runs} runs of "
         f"{plan.seconds:.0f} s (+{plan.warmup:.0f} s warm-up), {_load()}",
         "",
         "| measure | eventledger | peer | ratio (median) | ratio per run |",
         "|---|---:|---:|---:|---:|",
-        *table(results["eventledger"], results["peer"], "SQLite"),
+        *table(results["eventledger"], results["peer"], backend),
         "",
         "| phase | process | CPU µs per operation (median) |",
         "|---|---|---:|",
@@ -331,6 +369,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=0)
     p.add_argument("--seconds", type=float, default=0.0)
     p.add_argument("--latency", action="store_true", help="also command → read (on by default)")
+    p.add_argument(
+        "--postgres",
+        nargs="?",
+        const=configured_url() or "postgresql://postgres@127.0.0.1:5432/test",
+        default=None,
+        metavar="URL",
+        help="on PostgreSQL (default URL: EVENTLEDGER_TEST_POSTGRES_URL)",
+    )
     return p
 
 
