@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -101,12 +101,16 @@ class TestPostgresEventStore(EventStoreContract):
     def failing_commit(
         self, store: EventStore, monkeypatch: pytest.MonkeyPatch, *, applied: bool
     ) -> Iterator[None]:
-        async def fail(*_: object) -> None:
+        send_commit = postgres_write._send_commit
+
+        async def fail(conn: postgres_write.Connection, statements: Sequence[str]) -> None:
+            if applied:  # the COMMIT took effect, then the connection was lost
+                await send_commit(conn, statements)
             raise psycopg.OperationalError("server closed the connection unexpectedly")
 
         with monkeypatch.context() as patch:
-            # After COMMIT was sent, the NOTIFY fails; or the COMMIT itself is never sent.
-            patch.setattr(postgres_write, "send_notify" if applied else "_run_commit", fail)
+            # The message with the COMMIT fails after it was run, or before it was sent.
+            patch.setattr(postgres_write, "_send_commit", fail)
             yield
 
 
@@ -452,6 +456,58 @@ async def test_an_id_committed_by_another_instance_meanwhile_is_a_duplicate_not_
         await hold.release()
         await asyncio.gather(first.close(), second.close())
     assert len(await assert_positions_gapless(postgres_url, pg_schema)) == 2
+
+
+async def test_a_group_is_two_messages_to_the_server(
+    store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BEGIN and its reads in one message, INSERT, COMMIT and NOTIFY in the other: one send
+    # and one wait each, whatever the group holds.
+    await store.append(new_stream(), expected_version=NO_STREAM, events=[new_event()])  # warm
+    sent: list[Sequence[str]] = []
+    send = postgres_write._send
+
+    async def counting(conn: postgres_write.Connection, statements: Sequence[str]) -> Any:
+        sent.append(statements)
+        return await send(conn, statements)
+
+    monkeypatch.setattr(postgres_write, "_send", counting)
+    commits = store.commits
+    await asyncio.gather(
+        *(
+            store.append(new_stream(), expected_version=NO_STREAM, events=new_events(2))
+            for _ in range(20)
+        )
+    )
+    assert len(sent) == 2 * (store.commits - commits)
+    assert [s[0] for s in sent[:2]] == ["BEGIN", sent[1][0]]
+    assert "COMMIT" in sent[1]
+
+
+async def test_event_data_with_quotes_and_backslashes_reads_back_as_written(
+    store: PostgresEventStore,
+) -> None:
+    # A group's rows travel inside its message as an SQL string constant.
+    awkward = {"quote": "it's", "both": "\\'", "e": "E'x'", "end": "\\", "dollar": "$$x$$"}
+    stream = new_stream()
+    await store.append(stream, expected_version=NO_STREAM, events=[new_event(data=awkward)])
+    (stored,) = await store.read_stream(stream)
+    assert stored.data == awkward
+
+
+async def test_a_writer_whose_session_lost_its_statements_prepares_them_again(
+    postgres_url: str, pg_schema: str
+) -> None:
+    store = await PostgresEventStore.open(postgres_url, schema=pg_schema, max_size=1)
+    stream = new_stream()
+    try:
+        await store.append(stream, expected_version=NO_STREAM, events=[new_event()])
+        async with store._pool.connection() as conn:  # the writer's: the pool's only one
+            await conn.execute("DEALLOCATE ALL")
+        more = await store.append(stream, expected_version=1, events=[new_event()])
+        assert more.first_version == 2
+    finally:
+        await store.close()
 
 
 async def test_a_bulk_append_is_copied_and_reads_back_as_written(

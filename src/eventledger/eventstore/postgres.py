@@ -135,6 +135,8 @@ class PostgresEventStore(EventStore):
         self._pool = pool
         self._schema = schema
         self._idle_check = idle_check or _IdleCheck()
+        # The pooled connections that have the writer's statements prepared (postgres_write).
+        self._prepared: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._watch = HeadWatch(on_forget=self._forgotten, on_connect=self._listening)
         # What this instance committed last, served to its live subscribers without a query
         # (recent.py), and the highest position known committed: a lower bound of the head
@@ -186,7 +188,10 @@ class PostgresEventStore(EventStore):
         idle_check = _IdleCheck()
         pool: Pool = AsyncConnectionPool(
             conninfo,
-            kwargs={"autocommit": True},
+            # psycopg never prepares on its own here: on a connection where it has, a ROLLBACK
+            # makes it send DEALLOCATE ALL, which would drop the writer's statements too
+            # (postgres_write.prepare). The writer's are prepared, the reads are not.
+            kwargs={"autocommit": True, "prepare_threshold": None},
             min_size=min_size,
             max_size=max_size,
             open=False,
@@ -240,7 +245,7 @@ class PostgresEventStore(EventStore):
         """The engine's connection (group_commit.Backend), kept while appends keep coming."""
         try:
             async with self._connection() as conn:
-                yield Session(conn, self._schema, self._sending_commit)
+                yield Session(conn, self._schema, self._sending_commit, self._prepared)
         except psycopg.Error as exc:  # no connection within the pool timeout
             raise translate(exc) from exc
 

@@ -1,7 +1,8 @@
 """How `PostgresEventStore.wait_for_events` learns of new events: LISTEN/NOTIFY as a hint,
 the `event_position` table as the truth.
 
-    writer:   COMMIT; then `send_notify`: NOTIFY eventledger_events '<schema>:<head>'
+    writer:   COMMIT; then, in the same message, `notify_statement`: NOTIFY
+              eventledger_events '<schema>:<head>'
     listen:   one LISTEN connection per store (not from the pool), reconnecting after
               failures; a payload for its schema advances the `HeadWatch`. After each
               (re)connect, and every RECHECK_INTERVAL while someone waits, it reads the head
@@ -41,20 +42,21 @@ logger = logging.getLogger(__name__)
 CHANNEL = "eventledger_events"  # NOTIFY payload: "<schema>:<head position>"
 RECHECK_INTERVAL = 1.0  # seconds; re-read the head while someone waits, in case a NOTIFY was lost
 
-# Sent right after COMMIT, in the same pipeline; the payload names the committed head. A NOTIFY
+# Sent right after COMMIT, in the same message; the payload names the committed head. A NOTIFY
 # gets a transaction id, so its own little transaction would wait for a second WAL flush; it
 # carries no data, so it commits asynchronously (set_config(..., true): this transaction only).
 _NOTIFY = (
-    "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, %s || last)"
-    " FROM event_position WHERE id = 1"
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify('{channel}', '{schema}:'"
+    " || last) FROM event_position WHERE id = 1"
 )
 
 
-async def send_notify(conn: Connection, schema: str) -> None:
-    """Tell listeners, after the COMMIT and outside the transaction: NOTIFY inside it would
-    serialise the commits of the whole database on the notification queue lock. A hint
-    only: listeners read the head from the table, and re-check it every second."""
-    await conn.execute(_NOTIFY, [CHANNEL, f"{schema}:"])
+def notify_statement(schema: str) -> str:
+    """The statement that tells listeners, sent after the COMMIT and outside the transaction:
+    NOTIFY inside it would serialise the commits of the whole database on the notification
+    queue lock. A hint only: listeners read the head from the table, and re-check it every
+    second. `schema` is a checked name (check_schema_name: no quote)."""
+    return _NOTIFY.format(channel=CHANNEL, schema=schema)
 
 
 def forget_notice(schema: str, event_id: str, account: str) -> str:

@@ -3,8 +3,14 @@ transaction on a pooled connection, and the one place where psycopg errors becom
 errors (`translate`).
 
     begin               BEGIN; lock the counter row (head and its hash); read the stored ids
-                        and the stream versions                                 one round trip
-    insert_and_commit   INSERT every row; advance the counter; COMMIT; NOTIFY  one round trip
+                        and the stream versions                                 one message
+    insert_and_commit   INSERT every row; advance the counter; COMMIT; NOTIFY  one message
+
+Each round trip of a group is one simple-query message holding all its statements: one send
+and one wait each. A psycopg pipeline sends, and waits on the event loop for, every statement
+on its own: 13 sends and as many loop wake-ups a group. The statements are prepared once per
+connection (`prepare`) and run by name (EXECUTE), their values written into the message as
+literals (`_literal`): the server parses and plans them once, not once a group.
 
 A failure before COMMIT was sent leaves nothing written (StoreUnavailable, or InsertRefused
 for rows PostgreSQL refused); a failure once it was sent is StoreOutcomeUnknown.
@@ -14,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, MutableSet, Sequence
 from contextlib import asynccontextmanager
-from typing import LiteralString
+from typing import Any, LiteralString
 from uuid import UUID
 
 import psycopg
@@ -34,7 +40,7 @@ from eventledger.eventstore.errors import (
 from eventledger.eventstore.group_commit import InsertRefused
 from eventledger.eventstore.keys import KeyWork
 from eventledger.eventstore.planning import Row, Snapshot, StoredPlace
-from eventledger.eventstore.postgres_listener import CHANNEL, forget_notice, send_notify
+from eventledger.eventstore.postgres_listener import CHANNEL, forget_notice, notify_statement
 from eventledger.eventstore.postgres_schema import Connection
 
 logger = logging.getLogger(__name__)
@@ -54,23 +60,23 @@ logger = logging.getLogger(__name__)
 # extra round trip, and no other writer can chain from it before we commit. The time is read
 # under the lock too, so `recorded_at` never goes backwards along the log.
 _LOCK_HEAD = "SELECT last, hash, clock_timestamp() FROM event_position WHERE id = 1 FOR UPDATE"
-_KEYS = "SELECT account_id, key_id FROM personal_data_keys WHERE account_id = ANY(%s::text[])"
+_KEYS = "SELECT account_id, key_id FROM personal_data_keys WHERE account_id = ANY({}::text[])"
 
-_ADVANCE_HEAD = "UPDATE event_position SET last = %s, hash = %s WHERE id = 1"
+_ADVANCE_HEAD = "UPDATE event_position SET last = $1, hash = $2 WHERE id = 1"
 
-# Lists travel as one text parameter each, split by the server: psycopg adapting a Python list
-# of a thousand UUIDs or rows costs more than PostgreSQL storing them (50 us an event for the
-# INSERT as 11 arrays, 22 us as one JSON document, measured). Ids and stream names hold no
-# comma (records.STREAM_NAME), so a comma separates them.
+# Lists travel as one text each, split by the server: psycopg adapting a Python list of a
+# thousand UUIDs or rows costs more than PostgreSQL storing them (50 us an event for the INSERT
+# as 11 arrays, 22 us as one JSON document, measured). Ids and stream names hold no comma
+# (records.STREAM_NAME), so a comma separates them.
 _STORED_BY_ID = (
     "SELECT id, stream, stream_version, position FROM events"
-    " WHERE id = ANY(string_to_array(%s, ',')::uuid[])"
+    " WHERE id = ANY(string_to_array($1, ',')::uuid[])"
 )
 
 # One index seek per stream, whatever its length.
 _STREAM_VERSIONS = (
     "SELECT s, (SELECT max(stream_version) FROM events WHERE stream = s)"
-    " FROM unnest(string_to_array(%s, ',')) AS s"
+    " FROM unnest(string_to_array($1, ',')) AS s"
 )
 
 # The rows as one JSON array of arrays, one per row, its items in the order of the columns;
@@ -80,8 +86,24 @@ _INSERT = """
                         metadata, recorded_at, hash, batch_end)
     SELECT (e->>0)::bigint, (e->>1)::uuid, e->>2, (e->>3)::integer, e->>4, (e->>5)::integer,
            e->6, e->7, (e->>8)::timestamptz, e->>9, (e->>10)::bigint
-    FROM jsonb_array_elements(%s::jsonb) AS e
+    FROM jsonb_array_elements($1) AS e
 """
+
+
+def _prepared(schema: str) -> dict[str, str]:
+    """The PREPARE of each statement a group runs, by name."""
+    return {
+        name: f"PREPARE {name}{types} AS {statement}"
+        for name, types, statement in (
+            ("eventledger_lock_head", "", _LOCK_HEAD),
+            ("eventledger_stored", "(text)", _STORED_BY_ID),
+            ("eventledger_versions", "(text)", _STREAM_VERSIONS),
+            ("eventledger_insert", "(jsonb)", _INSERT),
+            ("eventledger_advance_head", "(bigint, text)", _ADVANCE_HEAD),
+            ("eventledger_notify", "", notify_statement(schema)),
+        )
+    }
+
 
 # Groups of this many rows or more are written by COPY: PostgreSQL spends less CPU on them than
 # on the JSON array (9.8-10.5 vs 11.5-12.3 µs a row of server CPU, 60 x 1,000 rows, measured),
@@ -136,40 +158,65 @@ class Session:
     pooled connection."""
 
     def __init__(
-        self, conn: Connection, schema: str, sending: Callable[[int], None] | None = None
+        self,
+        conn: Connection,
+        schema: str,
+        sending: Callable[[int], None] | None = None,
+        prepared: MutableSet[Connection] | None = None,
     ) -> None:
         self._conn = conn
         self._schema = schema
         # Told the head a COMMIT is about to make, before it is sent (PostgresEventStore: a
         # forget heard from now on may follow it: recent.py).
         self._sending = sending
+        # The connections whose session has our statements prepared (the store's, weakly).
+        self._prepared = prepared if prepared is not None else set()
 
     def usable(self) -> bool:
         return idle(self._conn)
 
+    async def prepare(self) -> None:
+        """Prepare the group's statements in this connection's session, once: those it lacks
+        (a PREPARE outlives a failed transaction, so the server is asked)."""
+        if self._conn in self._prepared:
+            return
+        statements = _prepared(self._schema)
+        async with translating():
+            cur = await self._conn.execute(
+                "SELECT name FROM pg_prepared_statements WHERE name = ANY(%s)", [list(statements)]
+            )
+            have = {name for (name,) in await cur.fetchall()}
+            if missing := [s for name, s in statements.items() if name not in have]:
+                await _send(self._conn, missing)
+        self._prepared.add(self._conn)
+
     async def begin(
         self, ids: Sequence[str], streams: Sequence[str], accounts: Sequence[str] = ()
     ) -> Snapshot:
-        conn = self._conn
+        statements = [
+            "BEGIN",
+            "EXECUTE eventledger_lock_head",  # first: see _LOCK_HEAD
+            f"EXECUTE eventledger_stored({_literal(','.join(ids))})",
+            f"EXECUTE eventledger_versions({_literal(','.join(streams))})",
+            'SAVEPOINT "group"',
+        ]
+        if accounts:  # the key ids of the accounts it seals for (keys.py)
+            statements.insert(4, _KEYS.format(_array(accounts)))
+        cur = await self._send_prepared(statements)
         async with translating():
-            # One round trip: leaving the pipeline sends its only Sync and waits for every
-            # result (an explicit `sync()` inside the block would cost a second round trip).
-            async with conn.pipeline():
-                await conn.execute("BEGIN")
-                head_cur = await conn.execute(_LOCK_HEAD)  # first: see _LOCK_HEAD
-                stored_cur = await conn.execute(_STORED_BY_ID, [",".join(ids)])
-                versions_cur = await conn.execute(_STREAM_VERSIONS, [",".join(streams)])
-                # In the same round trip: the key ids of the accounts it seals for (keys.py).
-                keys_cur = await conn.execute(_KEYS, [list(accounts)]) if accounts else None
-                await conn.execute('SAVEPOINT "group"')
-            head_row = await head_cur.fetchone()
+            cur.nextset()  # BEGIN
+            head_row = await cur.fetchone()
             assert head_row is not None
+            cur.nextset()
             stored = {
-                row[0]: StoredPlace(row[0], row[1], row[2], row[3])
-                for row in await stored_cur.fetchall()
+                row[0]: StoredPlace(row[0], row[1], row[2], row[3]) for row in await cur.fetchall()
             }
-            versions = {s: v for s, v in await versions_cur.fetchall() if v}
-            keys: dict[str, str] = dict(await keys_cur.fetchall()) if keys_cur else {}
+            cur.nextset()
+            versions = {s: v for s, v in await cur.fetchall() if v}
+            keys: dict[str, str] = {}
+            if accounts:
+                cur.nextset()
+                keys = dict(await cur.fetchall())
         return Snapshot(int(head_row[0]), head_row[1], head_row[2], stored, versions, keys)
 
     async def insert(self, rows: Sequence[Row]) -> None:
@@ -177,7 +224,7 @@ class Session:
             if len(rows) >= COPY_ROWS:
                 await _copy(self._conn, rows)
             else:
-                await self._conn.execute(_INSERT, _insert_params(rows))
+                await _send(self._conn, [_execute_insert(rows)])
         except (psycopg.DataError, pg_errors.IntegrityError) as exc:
             raise InsertRefused(translate(exc, event_data=True)) from exc
         except psycopg.Error as exc:
@@ -188,7 +235,7 @@ class Session:
             await self.insert(rows)
             await self._commit(head, head_hash, ())
             return
-        # One round trip: INSERT, counter, COMMIT, NOTIFY, then the pipeline's Sync.
+        # One round trip: INSERT, counter, COMMIT, NOTIFY.
         await self._commit(head, head_hash, rows)
 
     async def commit(self, head: int, head_hash: str) -> None:
@@ -196,18 +243,22 @@ class Session:
 
     async def _commit(self, head: int, head_hash: str, rows: Sequence[Row]) -> None:
         conn = self._conn
+        statements = [
+            f"EXECUTE eventledger_advance_head({int(head)}, {_literal(head_hash)})",
+            "COMMIT",
+            # After the COMMIT, in its own transaction: see notify_statement.
+            "EXECUTE eventledger_notify",
+        ]
+        if rows:
+            statements.insert(0, _execute_insert(rows))
         if self._sending is not None:
             self._sending(head)
         try:
-            async with conn.pipeline():
-                if rows:
-                    await conn.execute(_INSERT, _insert_params(rows))
-                await conn.execute(_ADVANCE_HEAD, [head, head_hash])
-                await _run_commit(conn)
-                await send_notify(conn, self._schema)
+            await _send_commit(conn, statements)
         except psycopg.Error as exc:
+            self._prepared.discard(conn)  # asked again: a session may have lost them
             if _in_failed_transaction(conn):
-                # A statement before COMMIT failed, so the pipeline skipped the COMMIT.
+                # A statement before COMMIT failed, so the server skipped the COMMIT.
                 if rows and isinstance(exc, psycopg.DataError | pg_errors.IntegrityError):
                     raise InsertRefused(translate(exc, event_data=True)) from exc
                 raise translate(exc) from exc
@@ -215,6 +266,20 @@ class Session:
             raise StoreOutcomeUnknown(
                 f"the commit failed, the append may or may not be stored: {exc}"
             ) from exc
+
+    async def _send_prepared(self, statements: Sequence[str]) -> psycopg.AsyncCursor[Any]:
+        """Send the first message of a transaction, which runs prepared statements."""
+        for attempt in range(2):
+            await self.prepare()
+            try:
+                return await _send(self._conn, statements)
+            except psycopg.Error as exc:
+                self._prepared.discard(self._conn)  # asked again before the next group
+                if attempt or not isinstance(exc, pg_errors.InvalidSqlStatementName):
+                    raise translate(exc) from exc
+            # The session lost them (DISCARD ALL, DEALLOCATE ALL): nothing ran but BEGIN.
+            await self.rollback()
+        raise AssertionError("unreachable")
 
     async def apply_keys(self, work: KeyWork) -> None:
         async with translating():
@@ -258,9 +323,30 @@ class Session:
                 logger.info("rollback after a failed group failed: %s", exc)
 
 
-async def _run_commit(conn: Connection) -> None:
-    """COMMIT (one place, so that the tests can make it fail)."""
-    await conn.execute("COMMIT")
+async def _send(conn: Connection, statements: Sequence[str]) -> psycopg.AsyncCursor[Any]:
+    """Run `statements` as one simple-query message: one send, one wait for all the results
+    (the cursor is on the first). The server runs them in order and skips the rest after
+    one fails; the error is raised here. Never prepared by psycopg: each message differs."""
+    return await conn.execute(";".join(statements).encode(), prepare=False)
+
+
+def _execute_insert(rows: Sequence[Row]) -> str:
+    return f"EXECUTE eventledger_insert({_literal(_rows_json(rows))})"
+
+
+async def _send_commit(conn: Connection, statements: Sequence[str]) -> None:
+    """The message that holds the COMMIT (one place, so that the tests can make it fail)."""
+    await _send(conn, statements)
+
+
+def _literal(text: str) -> str:
+    """`text` as an SQL string constant. In the E'' form only a backslash and a quote are
+    special, whatever `standard_conforming_strings` says; our texts hold no NUL."""
+    return "E'" + text.replace(_BACKSLASH, _ESCAPED).replace("'", "''") + "'"
+
+
+def _array(texts: Sequence[str]) -> str:
+    return "ARRAY[" + ",".join(map(_literal, texts)) + "]" if texts else "'{}'"
 
 
 def _savepoint(name: str) -> LiteralString:
@@ -288,11 +374,11 @@ async def _copy(conn: Connection, rows: Sequence[Row]) -> None:
         await copy.write(text)
 
 
-def _insert_params(rows: Sequence[Row]) -> list[str]:
+def _rows_json(rows: Sequence[Row]) -> str:
     """The rows as the JSON array _INSERT reads. Only data and metadata (already JSON text,
     codec.json_text) and stream names and types (records.STREAM_NAME, EVENT_TYPE: no character
     that JSON escapes) are written in; the rest are numbers, ids, times and hex."""
-    return [
+    return (
         "["
         + ",".join(
             [
@@ -303,7 +389,7 @@ def _insert_params(rows: Sequence[Row]) -> list[str]:
             ]
         )
         + "]"
-    ]
+    )
 
 
 def _in_failed_transaction(conn: Connection) -> bool:
