@@ -46,3 +46,19 @@ async def test_the_answer_is_the_tables_and_an_old_confirmation_is_renewed() -> 
     watch.confirmed_at -= RECHECK_INTERVAL  # the last read is stale
     assert not await watch.wait_for_events(7, 0.05, read_head=table.read)
     assert table.reads == 4  # at once (stale), and at the deadline (the answer)
+
+
+async def test_a_wake_up_by_our_own_commit_costs_no_read() -> None:
+    watch, table = HeadWatch(), Table(5)
+    known = 5
+    assert await watch.wait_for_events(4, 1.0, read_head=table.read, known=lambda: known)
+    assert table.reads == 0  # our own commit is known committed: no query
+    waiting = asyncio.create_task(
+        watch.wait_for_events(5, 5.0, read_head=table.read, known=lambda: known)
+    )
+    await asyncio.sleep(0)
+    assert table.reads == 1  # nothing known past 5: the table is asked once
+    known = 6  # our writer's COMMIT returned
+    watch.advance(6)
+    assert await waiting
+    assert table.reads == 1

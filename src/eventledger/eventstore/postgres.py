@@ -404,9 +404,9 @@ class PostgresEventStore(EventStore):
     # -- waiting ---------------------------------------------------------------------------
 
     async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
-        if self._known_head > after:  # committed and visible: no query
-            return True
-        return await self._watch.wait_for_events(after, timeout, read_head=self.head_position)
+        return await self._watch.wait_for_events(
+            after, timeout, read_head=self.head_position, known=self.known_head
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 

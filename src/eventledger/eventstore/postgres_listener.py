@@ -171,11 +171,18 @@ class HeadWatch:
         timeout: float,  # noqa: ASYNC109
         *,
         read_head: Callable[[], Awaitable[int]],
+        known: Callable[[], int] = lambda: 0,
     ) -> bool:
-        """True once the head read by `read_head` is above `after`; False after `timeout`."""
+        """True once the head read by `read_head` is above `after`; False after `timeout`.
+        `known` is a head known committed and visible without a read (this process's own
+        commits, answered by PostgreSQL): above `after`, it is the answer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
         while True:
+            if known() > after:
+                # Woken by our own commit (`advance` after COMMIT returned): a read of the
+                # table would say what its answer said (it cost the feed a query a commit).
+                return True
             hint = self.head
             fresh = self.confirmed_at + RECHECK_INTERVAL - loop.time()
             remaining = deadline - loop.time()
