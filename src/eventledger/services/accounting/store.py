@@ -271,7 +271,7 @@ class AccountingProjection:
         # Plain appends (opens, deposits, withdrawals, transfers) are folded on `live`
         # without domain objects (`readside.plain`); `moved` holds the last plain event of
         # each account whose `accounts` row is behind its `live` state.
-        live = {a: _live(row) for a, row in accounts.items()}
+        live = {a: Live.of(row) for a, row in accounts.items()}
         moved: dict[str, RecordedEvent] = {}
 
         def plain(moves: list[Move]) -> None:
@@ -310,7 +310,7 @@ class AccountingProjection:
             for change in changes:
                 account = change.account
                 accounts[account.account_id] = changed[account.account_id] = account
-                live[account.account_id] = _live(account)
+                live[account.account_id] = Live.of(account)
                 if change.erased:  # PersonalDataErased: this page's rows too, before it
                     erased.add(account.account_id)
                     items = [_blanked_item(i, account.account_id) for i in items]
@@ -415,17 +415,6 @@ def _item_row(i: HistoryItem) -> ItemRow:
         i.pending_debits_after,
         i.pending_credits_after,
         i.reverses,
-    )
-
-
-def _live(account: Account) -> Live:
-    return Live(
-        account.version,
-        account.balance,
-        account.pending_debits,
-        account.pending_credits,
-        account.currency,
-        account.status == "closed",
     )
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from eventledger.domain.errors import InvalidCommand
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
@@ -82,6 +83,35 @@ class Live:
             self.currency,
             self.closed,
         )
+
+    @classmethod
+    def of(cls, account: AccountRow) -> Live:
+        """The working copy of a read model's account row."""
+        return cls(
+            account.version,
+            account.balance,
+            account.pending_debits,
+            account.pending_credits,
+            account.currency,
+            account.status == "closed",
+        )
+
+
+class AccountRow(Protocol):
+    """What both read models keep of an account and `Live.of` reads."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def balance(self) -> int: ...
+    @property
+    def pending_debits(self) -> int: ...
+    @property
+    def pending_credits(self) -> int: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def status(self) -> str: ...
 
 
 # What a plain event does: (account id, event, signed amount, the other account or None,

@@ -173,17 +173,6 @@ _PLAIN_INDEX = {
 }
 
 
-def _live(account: StatsAccount) -> Live:
-    return Live(
-        account.version,
-        account.balance,
-        account.pending_debits,
-        account.pending_credits,
-        account.currency,
-        account.status == "closed",
-    )
-
-
 def _caught_up(account: StatsAccount, state: Live) -> StatsAccount:
     """The row of an account that plain events moved, as of the last of them."""
     return StatsAccount(
@@ -234,7 +223,7 @@ class StatisticsProjection:
         # Plain appends are folded on `live` without domain objects (`readside.plain`), their
         # counters summed in `sums` per (day, currency); `moved`: the accounts whose row in
         # `accounts` is behind their `live` state.
-        live = {a: _live(row) for a, row in accounts.items()}
+        live = {a: Live.of(row) for a, row in accounts.items()}
         moved: set[str] = set()
         sums: dict[tuple[str, str], list[int]] = {}
 
@@ -267,7 +256,7 @@ class StatisticsProjection:
             for change in changes:
                 account = change.account
                 accounts[account.account_id] = changed[account.account_id] = account
-                live[account.account_id] = _live(account)
+                live[account.account_id] = Live.of(account)
                 by_currency.setdefault(change.currency, []).append(change.delta)
                 by_day.setdefault((change.day, change.currency), []).append(change.delta)
             return rejected
