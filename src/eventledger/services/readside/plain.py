@@ -35,30 +35,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from eventledger.domain.errors import InvalidCommand
 from eventledger.domain.events import ACCOUNT_STREAM_PREFIX
-from eventledger.domain.money import (
-    check_account_id,
-    check_amount,
-    check_currency,
-    check_overdraft_limit,
-    check_owner,
-    check_reference,
-    check_transaction_id,
-)
-from eventledger.domain.pending import out_of_range
+from eventledger.domain.plain import OPENED, money_move, opened_currency
 from eventledger.eventstore.records import RecordedEvent
 from eventledger.services.readside.commits import commit_groups
 from eventledger.services.readside.projection import EventRejected
 
-# type -> (the sign of its amount on the balance, the field naming the other account).
-_MONEY: dict[str, tuple[int, str | None]] = {
-    "MoneyDeposited": (1, None),
-    "MoneyWithdrawn": (-1, None),
-    "TransferSent": (-1, "to_account"),
-    "TransferReceived": (1, "from_account"),
-}
-OPENED = "AccountOpened"
+__all__ = ["OPENED", "Live", "Move", "fold_page", "fold_plain"]
 _PREFIX = len(ACCOUNT_STREAM_PREFIX)
 
 
@@ -188,21 +171,12 @@ def fold_plain(group: Sequence[RecordedEvent], live: dict[str, Live]) -> list[Mo
 
 
 def _opens(event: RecordedEvent, account_id: str) -> bool:
-    """An AccountOpened that opens the stream's account, first in its stream, with valid
-    values (the rule's own checks, `domain.money`)."""
+    """An AccountOpened that opens the stream's account, first in its stream, with values
+    the rule accepts (`domain.plain.opened_currency`)."""
     data = event.data
-    if event.schema_version != 2 or event.stream_version != 1:
+    if event.stream_version != 1 or data.get("account_id") != account_id:
         return False
-    if data.get("account_id") != account_id:
-        return False
-    try:
-        check_account_id(account_id)
-        check_currency(data.get("currency"))
-        check_overdraft_limit(data.get("overdraft_limit"))
-        check_owner(data.get("owner"))
-    except InvalidCommand:
-        return False
-    return True
+    return opened_currency(event.schema_version, data) is not None
 
 
 def _halves_agree(sent: Move, received: Move, states: Mapping[str, Live]) -> bool:
@@ -234,38 +208,3 @@ def _move(event: RecordedEvent, account_id: str, state: Live) -> Move | None:
     if move is None:
         return None
     return (account_id, event, *move)
-
-
-def money_move(
-    event_type: object,
-    schema_version: object,
-    data: Mapping[str, object],
-    account_id: str,
-    balance: int,
-    pending_debits: int,
-    pending_credits: int,
-) -> tuple[int, str | None, str, str | None, int] | None:
-    """(signed amount, the other account or None, transaction id, reference, balance after)
-    of a plain money event of `account_id`'s stream (MoneyDeposited, MoneyWithdrawn,
-    TransferSent, TransferReceived at schema version 1) on an open account at `balance` with
-    these holds, when it passes the rule's per-event checks of its values; else None. The
-    caller checks the stream version and that the account is open (also the transaction
-    service's log follower, on one event of the live feed)."""
-    kind = _MONEY.get(event_type) if isinstance(event_type, str) else None
-    if kind is None or schema_version != 1:
-        return None
-    if data.get("account_id") != account_id:
-        return None
-    sign, field = kind
-    # The rule's own checks of the values (`domain.money`, as `check_event` calls them).
-    try:
-        transaction_id = check_transaction_id(data.get("transaction_id"))
-        amount = sign * check_amount(data.get("amount"))
-        reference = check_reference(data.get("reference"))
-        other = None if field is None else check_account_id(data.get(field))
-    except InvalidCommand:
-        return None
-    after = balance + amount
-    if other == account_id or out_of_range(after, pending_debits, pending_credits) is not None:
-        return None
-    return (amount, other, transaction_id, reference, after)

@@ -5,7 +5,7 @@ apply (`domain.validity`): each event decoded into a typed domain event, then `c
 with the account's facts, a new `AccountFacts` after each. For a bulk append (an account
 opened, then a thousand deposits) that was a third of the stream service's Python time. Here
 the common events are checked straight from their data, with the rule's own value checks
-(`domain.money`), the facts kept in locals and built once per append.
+(`domain.plain`), the facts kept in locals and built once per append.
 
 This path only ever *accepts*, and only a subset of what the rule accepts, with the same
 facts after it (tests/unit/test_guard_plain.py checks it against the rule on many appends,
@@ -33,23 +33,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eventledger.domain.errors import InvalidCommand
-from eventledger.domain.money import (
-    INT64_MAX,
-    INT64_MIN,
-    check_account_id,
-    check_amount,
-    check_currency,
-    check_overdraft_limit,
-    check_owner,
-    check_reference,
-    check_transaction_id,
-)
+from eventledger.domain.money import INT64_MAX, INT64_MIN
+from eventledger.domain.plain import OPENED, money_values, opened_currency
 from eventledger.domain.validity import AccountFacts
 from eventledger.eventstore.records import NewEvent
 
-OPENED = "AccountOpened"
-_SIGNS = {"MoneyDeposited": 1, "MoneyWithdrawn": -1}  # the money events of the fast path
+# The money events of the fast path (transfers pair across an append: the full rule).
+_MONEY_TYPES = frozenset({"MoneyDeposited", "MoneyWithdrawn"})
 
 # One event's move: (account id, signed amount, currency). An AccountOpened moves no money
 # and names its currency; a money event names none ("").
@@ -67,22 +57,17 @@ def plain_events(events: Sequence[NewEvent]) -> list[Move] | None:
         account_id = data.get("account_id")
         if type(account_id) is not str:
             return None
-        sign = _SIGNS.get(event.type)
-        try:
-            if sign is not None and event.schema_version == 1:
-                check_transaction_id(data.get("transaction_id"))
-                amount = sign * check_amount(data.get("amount"))
-                check_reference(data.get("reference"))
-                moves.append((account_id, amount, ""))
-            elif event.type == OPENED and event.schema_version == 2:
-                check_account_id(account_id)
-                currency = check_currency(data.get("currency"))
-                check_overdraft_limit(data.get("overdraft_limit"))
-                check_owner(data.get("owner"))
-                moves.append((account_id, 0, currency))
-            else:
+        if event.type in _MONEY_TYPES:
+            values = money_values(event.type, event.schema_version, data)
+            if values is None:
                 return None
-        except InvalidCommand:
+            moves.append((account_id, values[0], ""))
+        elif event.type == OPENED:
+            currency = opened_currency(event.schema_version, data)
+            if currency is None:
+                return None
+            moves.append((account_id, 0, currency))
+        else:
             return None
     return moves
 

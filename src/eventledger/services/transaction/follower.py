@@ -35,8 +35,8 @@ import aiohttp
 
 from eventledger.domain.account import Account
 from eventledger.domain.events import stream_name
+from eventledger.domain.plain import money_move
 from eventledger.eventstore.codec import from_envelope
-from eventledger.services.readside.plain import money_move
 from eventledger.services.readside.subscription import SSEParser, auth_headers
 from eventledger.services.transaction.accounts import (
     AccountCache,
@@ -186,7 +186,7 @@ class LogFollower:
 
 def _plain_next(state: Account, envelope: dict[str, Any]) -> Account | None:
     """The state after the envelope's event when it is a plain money event on the open
-    account that passes the rule's per-event checks (`readside.plain.money_move`, the checks
+    account that passes the rule's per-event checks (`domain.plain.money_move`, the checks
     `fold_recorded` would make), without decoding it into a recorded and a domain event: a
     third of the cost of applying the usual traffic. None for anything else: the full fold
     decides, and words any refusal."""
