@@ -46,6 +46,8 @@ import aiohttp
 import psycopg
 from psycopg import sql
 
+from bench.pg_usage import usage
+
 HOST = "127.0.0.1"
 CLIENTS = 16
 STREAM_INSTANCES = 2
@@ -177,7 +179,17 @@ def measure(
             for i in range(instances)
         ]
         return asyncio.run(
-            _run(transactions, streams[0], accounts, seconds, clients, pids, route, len(streams))
+            _run(
+                transactions,
+                streams[0],
+                accounts,
+                seconds,
+                clients,
+                pids,
+                route,
+                len(streams),
+                server_url=store,
+            )
         )
 
 
@@ -213,6 +225,8 @@ async def _run(
     pids: Sequence[int] = (),
     route: str = "round-robin",
     stream_count: int = 0,
+    *,
+    server_url: str | None = None,
 ) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=clients * 2)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -228,6 +242,7 @@ async def _run(
         stream_pids, transaction_pids = pids[:stream_count], pids[stream_count:]
         stream_before, transaction_before = cpu_seconds(stream_pids), cpu_seconds(transaction_pids)
         calls_before = wakeups(stream_pids), wakeups(transaction_pids)
+        database_before = usage(server_url, set(pids)) if server_url else None
         started = time.perf_counter()
         commands = await load.run(clients, seconds)
         elapsed = time.perf_counter() - started
@@ -235,6 +250,11 @@ async def _run(
         transaction_cpu = cpu_seconds(transaction_pids) - transaction_before
         stream_calls = wakeups(stream_pids) - calls_before[0]
         transaction_calls = wakeups(transaction_pids) - calls_before[1]
+        database = (
+            usage(server_url, set(pids)).minus(database_before)
+            if server_url and database_before
+            else None
+        )
         retries = await _retries(session, transactions) - retries_before
         await _check_money(session, stream, load)
     latencies = sorted(load.latencies)
@@ -250,6 +270,9 @@ async def _run(
         "transaction_cpu_ms_per_command": 1000 * transaction_cpu / commands,
         "stream_wakeups_per_command": stream_calls / commands,
         "transaction_wakeups_per_command": transaction_calls / commands,
+        # The PostgreSQL server processes serving the services' connections: what stays
+        # single however many instances run (the primary's commit order).
+        "postgres_cpu_ms_per_command": 1000 * database.server_cpu / commands if database else 0.0,
         "commands": float(commands),
         "resent": float(load.resent),
     }
@@ -442,6 +465,7 @@ def _line(src: str | None, accounts: int, instances: int, r: dict[str, float]) -
         f" {r['transaction_cpu_ms_per_command']:.2f}) | wakeups/cmd stream"
         f" {r['stream_wakeups_per_command']:.1f}, transaction"
         f" {r['transaction_wakeups_per_command']:.1f}"
+        f" | PostgreSQL CPU {r.get('postgres_cpu_ms_per_command', 0.0):.2f} ms/cmd"
     )
 
 
