@@ -52,7 +52,7 @@ import weakref
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC
-from typing import Any, LiteralString
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -74,6 +74,18 @@ from eventledger.eventstore.keys import rows_to_keys
 from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.postgres_listener import CHANNEL, HeadWatch, listen
+from eventledger.eventstore.postgres_read import (
+    GET_EVENT,
+    HEAD_POSITION,
+    LOAD_KEYS,
+    NEAR_HEAD,
+    READ_ALL,
+    READ_STREAM,
+    READ_TRANSACTION,
+    STREAM_VERSION,
+    PreparedReads,
+    Read,
+)
 from eventledger.eventstore.postgres_schema import (
     MIGRATIONS,
     Connection,
@@ -85,7 +97,7 @@ from eventledger.eventstore.postgres_schema import (
 from eventledger.eventstore.postgres_write import Session, translate, translating
 from eventledger.eventstore.recent import RecentLog, RecentPage, has_float
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
-from eventledger.eventstore.store import ACCOUNT_STREAMS, EventStore
+from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 # What other modules import from here; the schema's names are re-exported for them.
@@ -102,18 +114,6 @@ logger = logging.getLogger(__name__)
 
 Pool = AsyncConnectionPool[Connection]
 BARRIER_SECONDS = 1.0  # longest wait for our listener to hear its own barrier: then read the store
-
-
-# -- statements --------------------------------------------------------------------------
-
-_COLUMNS = (
-    "id, stream, type, schema_version, data, metadata, stream_version, position, recorded_at,"
-    " hash, batch_end"
-)  # what reads select; the write statements are in postgres_write.py
-_LOG_COLUMNS: LiteralString = (
-    "id, stream, type, schema_version, data::text, metadata::text, stream_version, position,"
-    " recorded_at, hash, batch_end"
-)
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -137,6 +137,8 @@ class PostgresEventStore(EventStore):
         self._idle_check = idle_check or _IdleCheck()
         # The pooled connections that have the writer's statements prepared (postgres_write).
         self._prepared: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # The reads, prepared on each pooled connection as it first runs them (postgres_read).
+        self._reads = PreparedReads()
         self._watch = HeadWatch(on_forget=self._forgotten, on_connect=self._listening)
         # What this instance committed last, served to its live subscribers without a query
         # (recent.py), and the highest position known committed: a lower bound of the head
@@ -190,7 +192,8 @@ class PostgresEventStore(EventStore):
             conninfo,
             # psycopg never prepares on its own here: on a connection where it has, a ROLLBACK
             # makes it send DEALLOCATE ALL, which would drop the writer's statements too
-            # (postgres_write.prepare). The writer's are prepared, the reads are not.
+            # (postgres_write.prepare). The writer's statements and the reads are prepared by
+            # name (postgres_read.py).
             kwargs={"autocommit": True, "prepare_threshold": None},
             min_size=min_size,
             max_size=max_size,
@@ -309,13 +312,14 @@ class PostgresEventStore(EventStore):
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def _fetch(self, query: LiteralString, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _fetch(
+        self, read: Read, args: Sequence[Any] = (), *, generic: bool = True
+    ) -> list[tuple[Any, ...]]:
         async with translating():
             for attempt in range(2):
                 async with self._connection() as conn:
                     try:
-                        cur = await conn.execute(query, params)
-                        return await cur.fetchall()
+                        return await self._reads.fetch(conn, read, args, generic=generic)
                     except psycopg.OperationalError:
                         if attempt or not conn.closed:
                             raise
@@ -335,9 +339,7 @@ class PostgresEventStore(EventStore):
             start = max(from_version - 1, 1)
             extra = 1 if start < from_version and limit is not None else 0
             rows = await self._fetch(
-                "SELECT " + _COLUMNS + " FROM events WHERE stream = %s AND stream_version >= %s"
-                " ORDER BY stream_version LIMIT %s",
-                [stream, start, None if limit is None else limit + extra],
+                READ_STREAM, [stream, start, None if limit is None else limit + extra]
             )
             if rows and rows[0][6] < from_version:
                 rows, exists = rows[1:], True
@@ -350,52 +352,42 @@ class PostgresEventStore(EventStore):
         self, after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None
     ) -> list[RecordedEvent]:
         # data and metadata as text, parsed by `_json`: a catch-up reads every event once.
-        query: LiteralString = "SELECT " + _LOG_COLUMNS + " FROM events WHERE position > %s"
         params: list[Any] = [after]
         if types:
-            query += " AND type = ANY(%s::text[])"
             params.append(list(types))
         if stream_prefix:
-            query += " AND stream LIKE %s"
             params.append(_like_prefix(stream_prefix))
-        query += " ORDER BY position LIMIT %s"
         params.append(limit)
-        return [
-            _record((*row[:4], _json(row[4]), _json(row[5]), *row[6:]))
-            for row in await self._fetch(query, params)
-        ]
+        # A filtered page far behind the head is planned for its values (a rare type's
+        # index); near it, and unfiltered, the generic plan is the one (postgres_read.py).
+        generic = not (types or stream_prefix) or (
+            self._known_head > 0 and after >= self._known_head - NEAR_HEAD
+        )
+        rows = await self._fetch(
+            READ_ALL[bool(types), bool(stream_prefix)], params, generic=generic
+        )
+        return [_record((*row[:4], _json(row[4]), _json(row[5]), *row[6:])) for row in rows]
 
     async def _get_event(self, event_id: UUID) -> RecordedEvent | None:
-        rows = await self._fetch("SELECT " + _COLUMNS + " FROM events WHERE id = %s", [event_id])
+        rows = await self._fetch(GET_EVENT, [event_id])
         return _record(rows[0]) if rows else None
 
     async def _load_keys(self, accounts: Collection[str]) -> dict[str, AccountKey]:
-        rows = await self._fetch(
-            "SELECT account_id, key_id, secret FROM personal_data_keys"
-            " WHERE account_id = ANY(%s::text[])",
-            [sorted(accounts)],
-        )
+        rows = await self._fetch(LOAD_KEYS, [sorted(accounts)])
         return rows_to_keys(rows)
 
     async def _read_transaction(self, transaction_id: str, limit: int) -> list[RecordedEvent]:
-        # The expression is the index's (migration 3). starts_with, not a range of names: a
-        # linguistic collation orders "account-x" and "account." by letters first.
-        rows = await self._fetch(
-            "SELECT " + _COLUMNS + " FROM events WHERE (data->>'transaction_id') = %s"
-            " AND starts_with(stream, %s) ORDER BY position LIMIT %s",
-            [transaction_id, ACCOUNT_STREAMS[0], limit],
-        )
+        # By the index on data->>'transaction_id' (postgres_read.READ_TRANSACTION).
+        rows = await self._fetch(READ_TRANSACTION, [transaction_id, limit])
         return [_record(row) for row in rows]
 
     async def stream_version(self, stream: str) -> int:
-        rows = await self._fetch(
-            "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream = %s", [stream]
-        )
+        rows = await self._fetch(STREAM_VERSION, [stream])
         return int(rows[0][0])
 
     async def head_position(self) -> int:
         # The committed counter is the newest visible position (appends commit in its order).
-        rows = await self._fetch("SELECT last FROM event_position WHERE id = 1", [])
+        rows = await self._fetch(HEAD_POSITION)
         head = int(rows[0][0])
         if head > self._known_head:
             self._known_head = head
