@@ -187,3 +187,32 @@ async def test_hostile_filter_values_are_values(store: PostgresEventStore) -> No
     assert await store.read_all(after=2**70) == []
     assert len(await store.read_stream("account-1", limit=2**70)) == 4
     assert await store.read_stream("account-1", from_version=2**40) == []
+
+
+async def test_a_statement_is_planned_again_for_a_log_that_grew(
+    store: PostgresEventStore,
+) -> None:
+    # Planned on a one-event log, a filtered page's generic plan is a scan of the table and a
+    # sort; once the log has grown past twice that (and 1,000 more) it is prepared again, and
+    # planned for the log as it is: the position index, reading only the page's events.
+    await store.append("account-0", expected_version=NO_STREAM, events=[new_event()])
+    assert await store.read_all(stream_prefix="account-") != []
+    assert await store.head_position() == 1
+    prepares = store._reads.prepares
+    assert "Seq Scan" in await generic_plan(store, "eventledger_read_all_prefix")
+    for n in range(1, 4):
+        await store.append(f"account-{n}", expected_version=NO_STREAM, events=new_events(1000))
+    page = await store.read_all(after=3000, stream_prefix="account-")
+    assert [e.position for e in page] == [3001]
+    assert store._reads.prepares == prepares + 1
+    assert "Index Scan using" in await generic_plan(store, "eventledger_read_all_prefix")
+
+
+async def generic_plan(store: PostgresEventStore, name: str) -> str:
+    async with store._pool.connection() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            cur = await conn.execute(f"EXPLAIN EXECUTE {name}(0, 'account-%', 10)".encode())
+            return "\n".join(row[0] for row in await cur.fetchall())
+        finally:
+            await conn.execute("RESET plan_cache_mode")

@@ -29,7 +29,15 @@ Plans
     type the value's plan is the (type, position) index and a sort, while the generic plan
     walks the position index and filters, reading every event up to the head to fill a page.
     Near the head that walk is short and the generic plan right (the live subscriber's
-    pages); far behind, such a page is planned for its values, as before (`near_head`).
+    pages); far behind, such a page is planned for its values, as before (`NEAR_HEAD`).
+
+    A generic plan is made for the table as it is at the statement's first EXECUTE, and kept
+    until the table's statistics change (ANALYZE). Made on an empty log, a filtered page's is
+    a sequential scan and a sort (it costs nothing there), still used a few thousand events
+    later, when autovacuum has not analyzed the table yet: a new database's first minutes,
+    a bench. So a statement is prepared again (DEALLOCATE, PREPARE, in the same message) once
+    the log has grown past twice its size when the statement was prepared (and 1,000 more
+    events): a handful of times in a log's life, one plan each.
 
 Lost statements
     A connection's statements are known from what it ran here. A session that lost them
@@ -68,6 +76,9 @@ LOG_COLUMNS = (
 # A filtered page whose `after` is at most this many positions behind the known head runs on
 # the generic plan (the position index): it reads at most the events after `after`.
 NEAR_HEAD = 2_000
+# A statement is prepared again (so planned again) when the head passed 2 x (the head when it
+# was prepared) + REPLAN_EVENTS.
+REPLAN_EVENTS = 1_000
 
 _GENERIC = "SET LOCAL plan_cache_mode = force_generic_plan"
 _CUSTOM = "SET LOCAL plan_cache_mode = force_custom_plan"
@@ -161,26 +172,40 @@ NAMES = tuple(r.name for r in READS)
 
 class PreparedReads:
     """Runs the reads on pooled connections, preparing each once per connection's session.
-    Knows, weakly, which connections have which of them prepared (None: ask the server)."""
+    Knows, weakly, which connections have which of them prepared, and at which head (None:
+    ask the server)."""
 
     def __init__(self) -> None:
-        self._have: weakref.WeakKeyDictionary[Connection, set[str] | None]
+        self._have: weakref.WeakKeyDictionary[Connection, dict[str, int] | None]
         self._have = weakref.WeakKeyDictionary()
         self.prepares = 0  # PREPAREs sent (observable: the tests count them)
 
     async def fetch(
-        self, conn: Connection, read: Read, args: Sequence[Any], *, generic: bool = True
+        self,
+        conn: Connection,
+        read: Read,
+        args: Sequence[Any],
+        *,
+        head: int = 0,
+        generic: bool = True,
     ) -> list[tuple[Any, ...]]:
-        """The rows of `read` with `args`, on its generic plan (or planned for the values)."""
+        """The rows of `read` with `args`, on its generic plan (or planned for the values).
+        `head`: a recent head of the log (a lower bound will do)."""
         execute = read.execute(args)
         for attempt in range(2):
             have = await self._prepared(conn)
-            statements = [] if read.name in have else [read.prepare]
+            made = have.get(read.name)
+            statements = []
+            if made is None:
+                statements.append(read.prepare)
+            elif head >= 2 * made + REPLAN_EVENTS:  # planned for a much smaller log
+                statements += [f"DEALLOCATE {read.name}", read.prepare]
+            prepares = bool(statements)
             if read.types:  # a statement without parameters always has its generic plan
                 statements.append(_GENERIC if generic else _CUSTOM)
             statements.append(execute)
             try:
-                self.prepares += read.name not in have
+                self.prepares += prepares
                 cur = await _send(conn, statements)
                 for _ in range(len(statements) - 1):
                     cur.nextset()
@@ -195,20 +220,21 @@ class PreparedReads:
             except BaseException:
                 self._have[conn] = None  # did its PREPARE run? the server is asked next time
                 raise
-            have.add(read.name)
+            if prepares:
+                have[read.name] = head
             return rows
         raise AssertionError("unreachable")
 
-    async def _prepared(self, conn: Connection) -> set[str]:
+    async def _prepared(self, conn: Connection) -> dict[str, int]:
         if conn not in self._have:  # a connection we never read on: a new session
-            have: set[str] | None = set()
+            have: dict[str, int] | None = {}
         else:
             have = self._have[conn]
-        if have is None:
+        if have is None:  # when they were prepared is not known: as if on an empty log
             cur = await conn.execute(
                 "SELECT name FROM pg_prepared_statements WHERE name = ANY(%s)", [list(NAMES)]
             )
-            have = {name for (name,) in await cur.fetchall()}
+            have = {name: 0 for (name,) in await cur.fetchall()}
         self._have[conn] = have
         return have
 
