@@ -16,6 +16,8 @@ from eventledger.eventstore.errors import StreamNotFound
 from eventledger.eventstore.postgres import PostgresEventStore
 from eventledger.eventstore.recent import RecentPage
 from eventledger.eventstore.records import NewEvent, StreamAppend, StreamState
+from eventledger.services.http import ProblemError
+from eventledger.services.stream.guards import AccountGuard
 from eventledger.services.stream.sse import FramesPage, LogFeed
 from tests.integration.test_sqlite_recent import DATA
 
@@ -55,7 +57,9 @@ async def test_every_page_served_from_memory_is_the_page_the_store_reads(
             appends = []
             for s in range(rng.randint(1, 3)):
                 kinds = rng.sample([*DATA, PLAIN], rng.randint(1, 3))
-                metadata = rng.choice([{}, {"correlation_id": f"c-{n}", "b": 1}, {"f": 0.5}])
+                metadata: dict[str, Any] = rng.choice(
+                    [{}, {"correlation_id": f"c-{n}", "b": 1}, {"f": 0.5}]
+                )
                 stream = f"{rng.choice(['notes', 'account'])}-{n}-{s}"
                 appends.append(
                     StreamAppend(stream, StreamState.NO_STREAM, [new(k, metadata) for k in kinds])
@@ -82,7 +86,7 @@ async def test_every_page_served_from_memory_is_the_page_the_store_reads(
         await reader.close()
 
 
-async def test_another_instances_events_are_read_and_ours_need_no_query(
+async def test_another_instances_events_are_read_once_and_ours_need_no_query(
     postgres_url: str, pg_schema: str
 ) -> None:
     ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
@@ -101,9 +105,15 @@ async def test_another_instances_events_are_read_and_ours_need_no_query(
         await ours.append(
             "notes-c", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
         )
-        assert ours.recent_page(0, limit=10, max_bytes=10**6) is None  # the run starts at 3
-        served = ours.recent_page(2, limit=10, max_bytes=10**6)
-        assert served is not None and [e.position for e in served.events] == [3]
+        # Ours follows theirs: kept aside (position 2 is not in memory), until one read of
+        # what follows our run brings it; then one run again.
+        assert ours.recent_page(2, limit=10, max_bytes=10**6) is None
+        served = ours.recent_page(0, limit=10, max_bytes=10**6)
+        assert served is not None and [e.position for e in served.events] == [1]
+        assert await ours.fill_recent(3, after=2)
+        served = ours.recent_page(0, limit=10, max_bytes=10**6)
+        assert served is not None and [e.position for e in served.events] == [1, 2, 3]
+        assert not await ours.fill_recent(3, after=2)  # nothing more to read
         assert await ours.wait_for_events(2, 0.0)  # our own commit: known without a query
     finally:
         await ours.close()
@@ -137,3 +147,157 @@ async def test_reading_past_a_streams_end_costs_one_query(
             await store.read_stream("notes-b", from_version=2)
     finally:
         await store.close()
+
+
+# -- two instances on one log ------------------------------------------------------------
+
+PLAIN_KINDS: list[tuple[str, int, dict[str, Any]]] = [
+    PLAIN,
+    ("MoneyDeposited", 1, {"account_id": "a-1", "amount": 5, "reference": None, "ok": True}),
+    ("Noted", 1, {"nested": {"list": [1, "two", None, {"k": False}]}, "z": 1, "a": 2}),
+    ("Noted", 1, {"text": 'quote " backslash \\ newline \n tab \t ctl \x01 del \x7f'}),
+    ("Noted", 1, {}),
+]
+FILTERS: list[tuple[tuple[str, ...], str | None]] = [
+    ((), None), (("Noted",), None), ((), "account-"), (("MoneyDeposited",), "account-"),
+]  # fmt: skip
+
+
+def counting(store: PostgresEventStore, name: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls of one of the store's methods (a list, to read it as it grows)."""
+    calls = [0]
+    method = getattr(store, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await method(*args, **kwargs)
+
+    monkeypatch.setattr(store, name, counted)
+    return calls
+
+
+async def caught_up(store: PostgresEventStore, key: tuple[tuple[str, ...], str | None]) -> bytes:
+    """Every frame a subscriber from the start is sent, read from the store."""
+    feed, frames, last = LogFeed(store), b"", 0
+    head = await store.head_position()
+    while last < head:
+        page = await feed._read((last, *key))
+        frames, last = frames + page.frames, page.last
+    return frames
+
+
+async def test_a_subscriber_of_one_instance_is_served_the_others_commits_from_one_read(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(11)
+    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    reader = await ReadOnly.open(postgres_url, schema=pg_schema)
+    feed = LogFeed(ours)
+    try:
+        await ours.append(
+            "notes-0", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+        )
+        reads = counting(ours, "_read_all", monkeypatch)
+        fills = counting(ours, "_fill", monkeypatch)
+        frames = {key: b"" for key in FILTERS}
+        lasts = dict.fromkeys(FILTERS, 0)
+        for n in range(25):
+            for store in rng.sample([ours, theirs], rng.randint(1, 2)):
+                appends = [
+                    StreamAppend(
+                        f"{rng.choice(['notes', 'account'])}-{n}-{s}-{id(store)}",
+                        StreamState.NO_STREAM,
+                        [new(k, {}) for k in rng.sample(PLAIN_KINDS, rng.randint(1, 3))],
+                    )
+                    for s in range(rng.randint(1, 2))
+                ]
+                await store.append_batch(appends)
+            head = await theirs.head_position()
+            for key in FILTERS:  # every subscriber follows up to the head, as event_stream
+                while lasts[key] < head:
+                    assert await feed.wait_past(lasts[key], 5.0)
+                    page = await feed.page((lasts[key], *key))
+                    frames[key] += page.frames
+                    lasts[key] = page.last
+        assert reads[0] == 0  # no page read from the store, for any filter
+        assert 0 < fills[0] <= 25  # at most one read a round, for every filter together
+        for key in FILTERS:
+            assert frames[key] == await caught_up(reader, key), key  # byte for byte, in order
+    finally:
+        await feed.close()
+        await ours.close()
+        await theirs.close()
+        await reader.close()
+
+
+def account_event(type_: str, **data: Any) -> NewEvent:
+    version = 2 if type_ == "AccountOpened" else 1
+    return NewEvent(uuid.uuid4(), type_, data, schema_version=version)
+
+
+def deposit(account: str, amount: int) -> NewEvent:
+    return account_event(
+        "MoneyDeposited",
+        account_id=account,
+        transaction_id=str(uuid.uuid4()),
+        amount=amount,
+        reference=None,
+    )
+
+
+async def test_the_guard_of_one_instance_decides_on_the_others_writes_without_reading_them(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    guard = AccountGuard()
+
+    async def through_guard(store: PostgresEventStore, append: StreamAppend) -> None:
+        guard.remember(await guard.check(store, [append]), await store.append_batch([append]))
+
+    try:
+        opened = account_event(
+            "AccountOpened", account_id="a", currency="EUR", overdraft_limit=0, owner=None
+        )
+        await through_guard(ours, StreamAppend("account-a", 0, [opened]))
+        reads = counting(ours, "_read_stream", monkeypatch)
+        version = 1
+        for amount in (100, 20, 3):
+            # Another instance deposits (twice, with another account's event between) ...
+            for n in range(2):
+                await theirs.append(
+                    "account-a", expected_version=version, events=[deposit("a", amount)]
+                )
+                await theirs.append(
+                    f"notes-{amount}-{n}",
+                    expected_version=StreamState.NO_STREAM,
+                    events=[new(PLAIN, {})],
+                )
+                version += 1
+            # ... and ours is asked to append after it: the guard knows its facts, unread.
+            withdrawal = account_event(
+                "MoneyWithdrawn",
+                account_id="a",
+                transaction_id=str(uuid.uuid4()),
+                amount=2 * amount,
+                reference=None,
+            )
+            checked = await guard.check(ours, [StreamAppend("account-a", version, [withdrawal])])
+            assert checked is not None and checked.facts["account-a"].balance == 0
+            guard.remember(
+                checked, await ours.append_batch([StreamAppend("account-a", version, [withdrawal])])
+            )
+            version += 1
+        assert reads[0] == 0 and guard.events_read == 0 and guard.events_recent == 6
+        # Closing refused on their deposit (a balance of 5, not 0): decided, still unread.
+        await theirs.append("account-a", expected_version=version, events=[deposit("a", 5)])
+        closing = StreamAppend(
+            "account-a", version + 1, [account_event("AccountClosed", account_id="a")]
+        )
+        with pytest.raises(ProblemError) as refused:
+            await guard.check(ours, [closing])
+        assert refused.value.status == 422 and reads[0] == 0
+    finally:
+        await ours.close()
+        await theirs.close()

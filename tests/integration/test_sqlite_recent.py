@@ -52,7 +52,7 @@ async def fill(store: SqliteEventStore, rng: random.Random, commits: int) -> Non
         appends = []
         for s in range(rng.randint(1, 3)):
             kinds = rng.sample(DATA, rng.randint(1, 3))
-            metadata = rng.choice([{}, {"correlation_id": f"c-{n}"}, {"f": 0.5}])
+            metadata: dict[str, Any] = rng.choice([{}, {"correlation_id": f"c-{n}"}, {"f": 0.5}])
             appends.append(
                 StreamAppend(
                     f"{rng.choice(['notes', 'account'])}-{n}-{s}",

@@ -60,7 +60,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from eventledger.eventstore.codec import format_time
 from eventledger.eventstore.errors import (
+    EventStoreError,
     IncompatibleSchema,
     StoreUnavailable,
     StreamNotFound,
@@ -95,7 +97,7 @@ from eventledger.eventstore.postgres_schema import (
     migrate,
 )
 from eventledger.eventstore.postgres_write import Session, translate, translating
-from eventledger.eventstore.recent import RecentLog, RecentPage, has_float
+from eventledger.eventstore.recent import Filled, RecentLog, RecentPage, has_float
 from eventledger.eventstore.records import AppendResult, RecordedEvent, StreamAppend
 from eventledger.eventstore.store import EventStore
 from eventledger.eventstore.upcasting import UpcasterRegistry
@@ -114,6 +116,13 @@ logger = logging.getLogger(__name__)
 
 Pool = AsyncConnectionPool[Connection]
 BARRIER_SECONDS = 1.0  # longest wait for our listener to hear its own barrier: then read the store
+FILL_ROWS = 1000  # rows of other instances one fill of the recent log reads at most
+# The rows after a position, as they are stored (recent.py serves them): RecentLog.fill.
+_FILL = (
+    "SELECT position, id, stream, stream_version, type, schema_version, data::text,"
+    " metadata::text, recorded_at, hash, batch_end FROM events WHERE position > %s"
+    " ORDER BY position LIMIT %s"
+)
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -142,8 +151,10 @@ class PostgresEventStore(EventStore):
         self._watch = HeadWatch(on_forget=self._forgotten, on_connect=self._listening)
         # What this instance committed last, served to its live subscribers without a query
         # (recent.py), and the highest position known committed: a lower bound of the head
-        # that spares the feed a query per commit. Other instances' commits are read.
-        self._recent = RecentLog(self._upcasters)
+        # that spares the feed a query per commit. Other instances' commits are read into it
+        # once for everyone who needs them (fill_recent).
+        self._recent = RecentLog(self._upcasters, fills=True)
+        self._filling: asyncio.Task[None] | None = None  # the one fill in flight (fill_recent)
         self._known_head = 0
         self._sending = 0  # the highest head a COMMIT of ours was sent for
         self._closed = False
@@ -276,6 +287,54 @@ class PostgresEventStore(EventStore):
     def known_head(self) -> int:
         return self._known_head
 
+    # Other instances' commits reach the recent log by one read for everyone who needs them
+    # (the feed's subscribers of every filter, the stream guard), not one per filter and
+    # wake-up. The rows after the log's end are exactly the log's next run: positions are
+    # gapless and commit in position order (the head row lock, postgres_write._LOCK_HEAD),
+    # so a statement that sees position P sees every position below it, and the log's end
+    # is a committed position.
+
+    async def fill_recent(self, upto: int | None, *, after: int | None = None) -> bool:
+        if self._closed:
+            return False
+        filled = False
+        for _ in range(2):  # someone else's fill in flight may be enough; else one of ours
+            task = self._filling
+            mine = task is None
+            if task is None:
+                start = self._recent.fill_start(after, upto, FILL_ROWS)
+                if start is None:
+                    return filled
+                task = self._filling = asyncio.create_task(self._fill(start))
+                task.add_done_callback(self._filled)
+            try:
+                await asyncio.shield(task)
+            except EventStoreError:
+                return filled  # the caller reads the store, which says what is wrong
+            filled = True
+            if mine:
+                break
+        return filled
+
+    async def _fill(self, start: int) -> None:
+        async with translating(), self._connection() as conn:
+            cur = await conn.execute(_FILL, [start, FILL_ROWS])
+            rows = await cur.fetchall()
+        self._recent.fill(start, [_filled(row) for row in rows])
+        if rows and rows[-1][0] > self._known_head:
+            self._known_head = rows[-1][0]  # committed and visible: a lower bound of the head
+
+    def _filled(self, task: asyncio.Task[None]) -> None:
+        if self._filling is task:
+            self._filling = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers saw it, or none was left to
+
+    def recent_events(self, stream: str, after_version: int) -> list[tuple[Row, Any]] | None:
+        if self._closed:
+            return None
+        return self._recent.stream_events(stream, after_version)
+
     def _sealing(self, keys: Mapping[str, AccountKey]) -> None:
         self._recent.remember_keys(keys)
 
@@ -319,9 +378,7 @@ class PostgresEventStore(EventStore):
             for attempt in range(2):
                 async with self._connection() as conn:
                     try:
-                        return await self._reads.fetch(
-                            conn, read, args, head=self._known_head, generic=generic
-                        )
+                        return await self._reads.fetch(conn, read, args, generic=generic)
                     except psycopg.OperationalError:
                         if attempt or not conn.closed:
                             raise
@@ -426,6 +483,8 @@ class PostgresEventStore(EventStore):
             task.cancel()
         await asyncio.gather(self._writer, self._listener, return_exceptions=True)
         self._engine.fail_queued(StoreUnavailable("the store is closed"))
+        if self._filling is not None:
+            self._filling.cancel()
         await self._pool.close()
 
 
@@ -462,6 +521,37 @@ def _json(text: str) -> Any:
     if kind is float or ((kind is dict or kind is list) and has_float(value)):
         return json.loads(text)
     return value
+
+
+def _filled(row: tuple[Any, ...]) -> Filled:
+    """A row read by `_FILL` as recent.py keeps it: data and metadata in the text `_as_read`
+    gives our own rows, the time as a read formats it (`_record`, then `format_time`)."""
+    position, event_id, stream, version, type_, schema, data, metadata, at, hash_, end = row
+    return Filled(
+        position,
+        str(event_id),
+        stream,
+        version,
+        type_,
+        schema,
+        _compact(data),
+        _compact(metadata),
+        format_time(at.astimezone(UTC)),
+        hash_ or "",  # none (older rows): only a read can say (recent.Filled)
+        end or 0,
+        event_id,
+    )
+
+
+def _compact(text: str) -> str:
+    """A `jsonb` column's text (keys already in jsonb's order) in orjson's compact spelling,
+    which recent.py serves where it is exact (ASCII, no float)."""
+    if text == "{}":
+        return text
+    try:
+        return orjson.dumps(orjson.loads(text)).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return text  # recent.py's own check leaves it to a read
 
 
 def _as_read(row: Row) -> Row:

@@ -1,40 +1,59 @@
-"""The events this store instance committed last, kept in memory so that live subscribers are
-served what the writer just committed without reading it back from the database.
+"""The tail of the log, kept in memory so that live subscribers (and the stream guard) are
+served what was just committed without reading it back from the database.
 
 Why: every commit woke the subscriptions, which read the new events back (a thread hop, a
 query, a decode into `RecordedEvent`s) only to encode them again as envelopes. The writer
-already holds those events as `Row`s, their data and metadata as the stored JSON text.
+already holds those events as `Row`s, their data and metadata as the stored JSON text. With
+several instances writing one PostgreSQL log, the rows another instance committed are read
+back once (`fill`), for every subscriber filter and the guard together, instead of once per
+filter per wake-up.
 
-    writer thread, after COMMIT   RecentLog.add(rows)       keep the rows (a list extend)
-    event loop, a subscription    RecentLog.page(after, …)  the envelopes after `after`, or
+    writer, after COMMIT       RecentLog.add(rows)          this instance's rows
+    store, for a waiter        RecentLog.fill(after, rows)  the rows after `after`, read once
+    event loop, a subscriber   RecentLog.page(after, …)     the envelopes after `after`, or
                                                             None: read the store instead
+    the guard                  RecentLog.stream_events(…)   an account's newest events
 
 What keeps it exact:
 
-* **Only committed rows**, added after COMMIT returned and before the waiters are woken.
-* **No gap**: the log holds one run of consecutive positions. A commit that does not follow
-  its last position (another process wrote in between, or a commit whose outcome was unknown)
-  starts the run over. A page is served only when the run holds `after + 1`, so every event
-  from there to the run's end is in it; events past the run's end (another writer's) are
-  found by the store read the next time round.
+* **Only committed rows**: added after COMMIT returned and before the waiters are woken, or
+  read from the store (committed, by definition).
+* **No gap**: the log serves one run of consecutive positions. A page is served only when
+  the run holds `after + 1`, so every event from there to the run's end is in it; events
+  past the run's end are filled in or read from the store. A commit of ours that does not
+  follow the run's end (another instance wrote in between) is kept aside (`fills=True`,
+  bounded) until a fill brings the rows between, then joins the run; a store that cannot
+  fill (SQLite: `fills=False`), or an aside past its bound, starts the run over at the gap,
+  as it always did. `fill` is given the rows with positions `after + 1, after + 2, …` read
+  in one statement: the store guarantees they are exactly the log's next rows (PostgreSQL:
+  positions are gapless and commit in order, postgres.py); rows already held are skipped,
+  rows of ours kept aside are taken instead of their copies, and rows that do not follow
+  on are never added.
 * **The same text** as a read: the envelope is assembled from the stored texts only where
   that gives exactly `pages.encoded_envelope`'s text for the event read back (ASCII JSON
   without floats, whose re-encoding is itself, and no upcaster for its type and schema
   version). Any other event in the page's range answers None: the page is read from the store.
-* **Bounded**: at most `MAX_EVENTS` rows and `MAX_BYTES` of stored text.
+  A filled row's texts come from the database (the store normalises them as for its own,
+  `_as_read`), its hash and batch end are checked (`Filled`).
+* **Bounded**: at most `MAX_EVENTS` rows and `MAX_BYTES` of stored text in the run, and a
+  quarter of each aside.
 
-Personal data (pii.py): a row whose `owner`/`reference` is sealed is served opened, with the
-key this instance sealed it under (`remember_keys`, before the append is sent), opened once
-and shared by every subscriber. A forget makes that text wrong, so the log forgets it:
+Personal data (pii.py): a row of ours whose `owner`/`reference` is sealed is served opened,
+with the key this instance sealed it under (`remember_keys`, before the append is sent),
+opened once and shared by every subscriber. A filled row (another instance's) is never opened
+here: its page, and its events for the guard, are left to a read. A forget makes an opened
+text wrong, so the log forgets it:
 
 * **Here**: `add` sees the PersonalDataErased row of a forget this instance committed, before
   the forget's caller is answered, and drops the account's opened texts and key; rows of the
-  account up to that position are never opened again from memory (`_floors`).
+  account up to that position are never opened again from memory (`_floors`). A filled
+  PersonalDataErased row does the same at its position.
 * **Elsewhere**: another instance's forget is heard by the store (PostgreSQL: a NOTIFY sent
   in the forget's own transaction, postgres_listener.py), which calls `forget_account`;
-  rows of the account up to this log's end are never opened again. The store confirms, before
-  serving a page that `sealed` marks, that it has heard every forget committed before the
-  request (EventStore.live_page); when it cannot (its listener is down), `forget_all`.
+  rows of the account up to this log's end (aside included) are never opened again. The
+  store confirms, before serving a page that `sealed` marks, that it has heard every forget
+  committed before the request (EventStore.live_page); when it cannot (its listener is
+  down), `forget_all`.
 
 Rows after a floor of their account were sealed after the forget (each append's transaction
 checks its key is still the account's: keys.py), under a new key: opening them is right.
@@ -88,9 +107,18 @@ class RecentPage:
     sealed: bool = False  # shows opened personal data: only served once forgets are heard
 
 
+class Filled(Row):
+    """A row another instance committed, read back from the store (`RecentLog.fill`). Its
+    personal data is never opened here (sealed: only a read can say), and its hash and batch
+    end are served only when the store had them (a row of older code may not: then "" and
+    0, and only a read can say)."""
+
+    __slots__ = ()
+
+
 class RecentLog:
-    """The last committed rows of one store instance; `add` from the writer's thread, `page`
-    from any."""
+    """The tail of the log as one store instance knows it; `add` from the writer's thread,
+    the rest from any."""
 
     def __init__(
         self,
@@ -98,13 +126,21 @@ class RecentLog:
         *,
         max_events: int = MAX_EVENTS,
         max_bytes: int = MAX_BYTES,
+        fills: bool = False,
     ) -> None:
         self._upcasters = upcasters
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._rows: deque[Row] = deque()
+        self._rows: deque[Row] = deque()  # the run: consecutive positions
         self._bytes = 0
+        # The positions of each stream's rows in the run, oldest first (the guard's lookup).
+        self._streams: dict[str, list[int]] = {}
+        # Rows of ours past a gap, in position order (maybe with gaps between them), until a
+        # fill joins them to the run; only for a store that fills (else a gap clears the run).
+        self._fills = fills
+        self._aside: deque[Row] = deque()
+        self._aside_bytes = 0
         # Envelopes made so far, by position (None: only a read can say): the subscriptions
         # with different filters ask for the same events.
         self._texts: dict[int, str | None] = {}
@@ -120,42 +156,168 @@ class RecentLog:
         self._applied: deque[str] = deque(maxlen=64)  # event ids of the forgets added here
 
     def add(self, rows: Sequence[Row]) -> None:
-        """The rows of one COMMIT, in position order."""
+        """The rows of one COMMIT of ours, in position order."""
         if not rows:
             return
-        size = sum(len(r.data) + len(r.metadata) for r in rows)
         with self._lock:
-            if self._rows and self._rows[-1].position + 1 != rows[0].position:
-                self._clear()  # a gap: start the run over
-            self._rows.extend(rows)
-            self._bytes += size
-            while self._rows and (
-                len(self._rows) > self._max_events or self._bytes > self._max_bytes
-            ):
-                old = self._rows.popleft()
-                self._bytes -= len(old.data) + len(old.metadata)
-                self._texts.pop(old.position, None)
-                self._opened.discard(old.position)
+            end = self._rows[-1].position if self._rows else 0
+            if self._rows and rows[0].position <= end:
+                # Read back by a fill before the writer got here: the same committed rows.
+                rows_past = [r for r in rows if r.position > end]
+            else:
+                rows_past = list(rows)
+            if rows_past:
+                if self._aside or (self._rows and end + 1 != rows_past[0].position):
+                    if self._fills:
+                        self._set_aside(rows_past)  # a gap: until a fill brings what is between
+                    else:
+                        self._clear()  # a gap: start the run over
+                        self._extend(rows_past)
+                else:
+                    self._extend(rows_past)
+                self._trim()
             for row in rows:
                 if row.type == ERASURE and (account := pii.account_of(row.stream)) is not None:
                     self._forget(account, row.position)  # before its caller is answered
                     self._applied.append(row.id_text)
 
+    def fill(self, after: int, rows: Sequence[Row]) -> None:
+        """The log's rows after `after` (positions `after + 1, …`, as one read of the store
+        gave them: committed, consecutive, nothing left out), another instance's among them.
+        They extend the run when they reach its end, or start it over at `after` when the
+        run ends before `after`; rows of ours kept aside join it."""
+        if not rows or rows[0].position != after + 1:
+            return
+        with self._lock:
+            end = self._rows[-1].position if self._rows else 0
+            if self._rows and self._rows[0].position - 1 <= after <= end:
+                start = end - after  # rows already held are skipped
+            elif self._rows and after < end:
+                return  # a fill from before the run: nothing it can join exactly
+            else:
+                self._clear()  # the run ends before `after` (or is empty): start it there
+                start = 0
+            last = self._rows[-1].position if self._rows else after
+            aside = self._aside
+            erased: list[tuple[str, int]] = []
+            for row in itertools.islice(rows, start, None):
+                if row.position != last + 1:
+                    break  # not the store's promise: keep what joined exactly
+                while aside and aside[0].position < row.position:
+                    self._drop_aside()  # before a run started over at `after`
+                if aside and aside[0].position == row.position:
+                    self._aside_bytes -= _size(aside[0])
+                    row = aside.popleft()  # ours: opened with our keys
+                elif row.type == ERASURE and (account := pii.account_of(row.stream)) is not None:
+                    erased.append((account, row.position))
+                self._push(row)
+                last = row.position
+            self._join()
+            self._trim()
+            for account, position in erased:
+                self._forget(account, position)
+
+    def fill_start(self, after: int | None, upto: int | None, limit: int) -> int | None:
+        """Where a fill of at most `limit` rows should read from for a reader at `after`
+        (None: anywhere, the guard) that needs the run to reach `upto` (None: past its end);
+        None when no fill is needed or it would not serve that reader (far behind the run:
+        read the store)."""
+        with self._lock:
+            if upto is None:
+                upto = (self._rows[-1].position if self._rows else 0) + 1
+            if not self._rows:
+                start = after if after is not None and upto - after <= limit else None
+            else:
+                first, end = self._rows[0].position, self._rows[-1].position
+                if after is None or first - 1 <= after <= end:
+                    start = end
+                elif after > end:
+                    start = end if upto - end <= limit else after
+                    if upto - start > limit:
+                        start = None  # far ahead of the run and behind the head: read
+                else:
+                    start = None
+        return start if start is not None and start < upto else None
+
     def clear(self) -> None:
         with self._lock:
             self._clear()
+            while self._aside:
+                self._drop_aside()
 
     def _clear(self) -> None:
         self._rows.clear()
+        self._streams.clear()
         self._texts.clear()
         self._opened.clear()
         self._bytes = 0
 
+    def _push(self, row: Row) -> None:
+        self._rows.append(row)
+        self._bytes += _size(row)
+        positions = self._streams.get(row.stream)
+        if positions is None:
+            self._streams[row.stream] = [row.position]
+        else:
+            positions.append(row.position)
+
+    def _extend(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            self._push(row)
+
+    def _trim(self) -> None:
+        while self._rows and (len(self._rows) > self._max_events or self._bytes > self._max_bytes):
+            old = self._rows.popleft()
+            self._bytes -= _size(old)
+            self._texts.pop(old.position, None)
+            self._opened.discard(old.position)
+            positions = self._streams[old.stream]
+            if len(positions) == 1:
+                del self._streams[old.stream]
+            else:
+                del positions[0]
+
+    def _set_aside(self, rows: Sequence[Row]) -> None:
+        self._aside.extend(rows)
+        self._aside_bytes += sum(_size(r) for r in rows)
+        while self._aside and (
+            len(self._aside) > self._max_events // 4 or self._aside_bytes > self._max_bytes // 4
+        ):
+            # Past the bound, the oldest row kept aside goes to the run as a commit always
+            # did: past a gap, the run starts over there.
+            row = self._aside.popleft()
+            self._aside_bytes -= _size(row)
+            if self._rows and self._rows[-1].position + 1 != row.position:
+                self._clear()
+            self._push(row)
+        self._join()
+
+    def _join(self) -> None:
+        """Move the rows kept aside that now follow the run's end (or start an empty run)."""
+        aside = self._aside
+        while aside:
+            end = self._rows[-1].position if self._rows else None
+            if end is not None and aside[0].position <= end:
+                self._drop_aside()
+            elif end is None or aside[0].position == end + 1:
+                self._aside_bytes -= _size(aside[0])
+                self._push(aside.popleft())
+            else:
+                return
+
+    def _drop_aside(self) -> None:
+        self._aside_bytes -= _size(self._aside.popleft())
+
     @property
     def end(self) -> int:
-        """The position of the last row held (0: none)."""
+        """The position of the last row of the run (0: none)."""
         with self._lock:
             return self._rows[-1].position if self._rows else 0
+
+    def _held_end(self) -> int:
+        """The highest position held, aside included (0: none)."""
+        end = self._rows[-1].position if self._rows else 0
+        return max(end, self._aside[-1].position) if self._aside else end
 
     def remember_keys(self, keys: Mapping[str, AccountKey]) -> None:
         """The keys an append is about to be sealed under (before it is sent: a subscriber
@@ -176,14 +338,14 @@ class RecentLog:
         with self._lock:
             if event_id and event_id in self._applied:
                 return
-            self._forget(account, max(floor, self._rows[-1].position if self._rows else 0))
+            self._forget(account, max(floor, self._held_end()))
 
     def forget_all(self, *, floor: int = 0) -> None:
         """Forgets may have been missed (the store's listener was down): no row up to `floor`,
         nor any held now, is opened from memory again."""
         with self._lock:
             self._forgets += 1
-            self._floor = max(self._floor, floor, self._rows[-1].position if self._rows else 0)
+            self._floor = max(self._floor, floor, self._held_end())
             self._keys.clear()
             for position in self._opened:
                 self._texts.pop(position, None)
@@ -204,7 +366,7 @@ class RecentLog:
             self._floors = {a: f for a, f in self._floors.items() if f >= first}
             if len(self._floors) > MAX_KEYS:  # (bounded whatever happens: the safe side)
                 self._floors.clear()
-                self._floor = max(self._floor, self._rows[-1].position if self._rows else 0)
+                self._floor = max(self._floor, self._held_end())
 
     def page(
         self,
@@ -262,6 +424,36 @@ class RecentLog:
             return None  # a forget was heard while this page was made: read the store
         return RecentPage(events, last, cut, sealed=holds_opened)
 
+    def stream_events(self, stream: str, after_version: int) -> list[tuple[Row, Any]] | None:
+        """The run's events of `stream` after `after_version`, oldest first, each with its
+        data as a read decodes it, when the run holds all of them up to its end ([]: none
+        up to the run's end); None when only a read can say: the run does not reach back to
+        `after_version + 1`, or an event's data may read otherwise (an upcaster applies,
+        sealed personal data, not plain JSON: see `_plain`)."""
+        with self._lock:
+            positions = self._streams.get(stream)
+            if not positions:
+                return None
+            first = self._rows[0].position
+            held: list[Row] = []
+            for position in reversed(positions):
+                row = self._rows[position - first]
+                if row.stream_version <= after_version:
+                    break  # versions follow positions: the rest are older
+                held.append(row)
+            else:
+                if not held or held[-1].stream_version != after_version + 1:
+                    return None  # older events of it are before the run
+        events: list[tuple[Row, Any]] = []
+        for row in reversed(held):
+            if self._upcasters.applies(row.type, row.schema_version) or _sealed(row.data):
+                return None
+            data = _plain_object(row.data)
+            if data is None:
+                return None
+            events.append((row, data))
+        return events
+
     def _keep(self, made: dict[int, str | None], opened: set[int], forgets: int) -> bool:
         """Keep the texts made for rows still held, except opened ones when a forget was
         heard meanwhile (then False: they may show what was just erased)."""
@@ -287,7 +479,14 @@ class RecentLog:
             return None, False
         data = row.data
         opened = False
+        hash_ = row.hash
+        if type(row) is Filled:
+            if not hash_ or not row.batch_end:
+                return None, False
+            hash_ = encode_basestring_ascii(hash_)[1:-1]  # from the database: escaped as a read
         if _sealed(data) and (account := pii.account_of(row.stream)) is not None:
+            if type(row) is Filled:
+                return None, False  # another instance's: never opened here
             opened_data = self._opened_data(row, account)
             if opened_data is None:
                 return None, False
@@ -296,7 +495,7 @@ class RecentLog:
             f'{{"id":"{row.id_text}","stream":{encode_basestring_ascii(row.stream)},'
             f'"type":{encode_basestring_ascii(row.type)},"schema_version":{row.schema_version},'
             f'"data":{data},"metadata":{row.metadata},"stream_version":{row.stream_version},'
-            f'"position":{row.position},"recorded_at":"{row.recorded_at}","hash":"{row.hash}",'
+            f'"position":{row.position},"recorded_at":"{row.recorded_at}","hash":"{hash_}",'
             f'"batch_end":{row.batch_end}}}'
         ), opened
 
@@ -341,15 +540,22 @@ def _plain(text: str) -> bool:
     """Whether the stored JSON text is its own compact ASCII re-encoding: ASCII (the stdlib
     escapes nothing else), of an object with no float (whose spelling may change) and no
     integer orjson cannot hold (then we cannot tell)."""
-    if text == "{}":
-        return True
+    return text == "{}" or _plain_object(text) is not None
+
+
+def _plain_object(text: str) -> dict[str, Any] | None:
+    """The object a plain text (`_plain`) holds, as a read decodes it; None if not plain."""
     if not text.isascii():
-        return False
+        return None
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return False
-    return type(value) is dict and not has_float(value)
+        return None
+    return value if type(value) is dict and not has_float(value) else None
+
+
+def _size(row: Row) -> int:
+    return len(row.data) + len(row.metadata)
 
 
 def has_float(value: dict[str, Any] | list[Any]) -> bool:

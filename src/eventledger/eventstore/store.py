@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from eventledger.eventstore import pii
@@ -45,6 +45,7 @@ from eventledger.eventstore.records import (
 from eventledger.eventstore.upcasting import UpcasterRegistry
 
 if TYPE_CHECKING:  # recent.py builds on planning.py, which builds on this module
+    from eventledger.eventstore.planning import Row
     from eventledger.eventstore.recent import RecentPage
 
 MAX_PAGE = 10_000
@@ -258,6 +259,20 @@ class EventStore(ABC):
     ) -> RecentPage | None:
         """The log page after `after` from the events this instance committed last, without
         I/O (recent.py), or None when the store must be read for it."""
+        return None
+
+    async def fill_recent(self, upto: int | None, *, after: int | None = None) -> bool:
+        """Extend the recent run (recent.py) toward `upto` (None: whatever follows its end)
+        with what other instances committed, read once for every caller asking at the same
+        time, when a reader at `after` (None: the stream guard) needs positions past the
+        run's end. True when a fill ran. A store that serves only its own commits does
+        nothing."""
+        return False
+
+    def recent_events(self, stream: str, after_version: int) -> list[tuple[Row, Any]] | None:
+        """The events of `stream` after `after_version` from the recent run, each with its
+        data as a read gives it, without I/O (RecentLog.stream_events; [] when none up to
+        the run's end); None: read the store."""
         return None
 
     async def live_page(

@@ -10,10 +10,13 @@ nothing is written.
 The rule needs the account's facts at the version the append lands after, so an append to an
 account stream must state a numeric `expected_version` (`no_stream` counts as 0; `any` and
 `exists` are 422 `expected-version-required`). The guard keeps the facts of recently used
-streams (LRU, bounded) and brings them up to date by reading only the events after the
-cached version. Deciding on the facts at version N is safe because the store then writes
-only if the stream is still at N: if it moved, the append is a 409 or an idempotent replay
-and nothing new is written. For the same reason a stream already past N needs no check.
+streams (LRU, bounded) and brings them up to date with only the events after the cached
+version: from the store's recent log when it holds them (`EventStore.recent_events`: what
+another instance wrote a moment ago, already in memory for the live subscribers; no read,
+no task), else read from the store. Deciding on the facts at version N is safe because the
+store then writes only if the stream is still at N: if it moved, the append is a 409 or an
+idempotent replay and nothing new is written. For the same reason a stream already past N
+needs no check.
 
     AccountGuard.check      -> the facts after the batch (or None: nothing to remember)
     AccountGuard.remember   -> keep them once the store has written the batch
@@ -59,6 +62,7 @@ class AccountGuard:
         self._max_size = max_size
         self._snapshots = snapshots  # facts at some version, so a cold stream is not folded
         self.events_read = 0  # stored events folded into facts (a measure for tests/benches)
+        self.events_recent = 0  # events folded from the store's recent log (no read)
         self._facts: OrderedDict[str, AccountFacts] = OrderedDict()
 
     async def check(self, store: EventStore, appends: Sequence[StreamAppend]) -> Checked | None:
@@ -77,7 +81,7 @@ class AccountGuard:
                 parts.append((append, expected, decoded, moves))
         if not parts:
             return None
-        hot = [self._hot(append.stream, expected) for append, expected, _, _ in parts]
+        hot = [self._hot(store, append.stream, expected) for append, expected, _, _ in parts]
         if all(f is not None for f in hot):
             # Every stream's facts are cached at its expected version (a command's usual
             # case): no read, hence no task per stream and no gather.
@@ -135,24 +139,65 @@ class AccountGuard:
     def __len__(self) -> int:
         return len(self._facts)
 
-    def _hot(self, stream: str, expected: int) -> AccountFacts | None:
+    def _hot(self, store: EventStore, stream: str, expected: int) -> AccountFacts | None:
         """The facts of `stream` at `expected` when they are known without a read, else None."""
         cached = self._facts.get(stream)
         if cached is None:
             # A stream at version 0 has no events: nothing to read (the store checks the 0).
-            return AccountFacts(_account_id(stream)) if expected == 0 else None
-        if cached.version == expected:
+            if expected == 0:
+                return AccountFacts(_account_id(stream))
+        elif cached.version == expected:
             self._facts.move_to_end(stream)
             return cached  # the hot path: no read at all
-        return None
+        elif cached.version > expected:
+            return None
+        # Behind: another instance wrote the stream since; its events may be in memory.
+        facts = self._from_recent(store, stream, cached or AccountFacts(_account_id(stream)))
+        return facts if facts is not None and facts.version == expected else None
+
+    def _from_recent(
+        self, store: EventStore, stream: str, facts: AccountFacts
+    ) -> AccountFacts | None:
+        """`facts` after the events of the store's recent log that follow them, up to its
+        end (kept); None when it cannot say, or an event there breaks the rule: the store
+        read that follows checks them again and answers in the order of the appends
+        (_read_facts)."""
+        held = store.recent_events(stream, facts.version)
+        if held is None:
+            return None
+        if not held:
+            return facts  # nothing newer up to the log's end
+        since = facts.version
+        try:
+            for row, data in held:
+                event = decode_event(row.type, data, schema_version=row.schema_version)
+                facts = check_event(facts, event, stream_version=row.stream_version)
+        except InvalidAccountEvent:
+            return None
+        self.events_recent += len(held)
+        self._put(stream, facts)
+        if self._snapshots is not None:
+            self._snapshots.note(facts, held[-1][0].id, since)
+        return facts
 
     async def _facts_at(self, store: EventStore, stream: str, expected: int) -> AccountFacts | None:
         """The facts of `stream` at version `expected`; None when the stream is already past
         it; WrongExpectedVersion when it has not reached it."""
-        hot = self._hot(stream, expected)
+        hot = self._hot(store, stream, expected)
         if hot is not None:
             return hot
         cached = self._facts.get(stream)
+        if cached is None or cached.version < expected:
+            known = self._from_recent(store, stream, cached or AccountFacts(_account_id(stream)))
+            if known is not None and known.version < expected and await store.fill_recent(None):
+                # The recent log holds the stream up to its end, and the events up to
+                # `expected` (committed: the caller saw them) come after it: another
+                # instance's, read into the log once for everyone who needs them (the live
+                # subscribers too), then taken from there.
+                hot = self._hot(store, stream, expected)
+                if hot is not None:
+                    return hot
+            cached = self._facts.get(stream)
         if cached is not None:
             self._facts.move_to_end(stream)
             if cached.version > expected:

@@ -24,6 +24,9 @@ Many subscribers cost the store and the event loop about what one does (`LogFeed
   eventstore/recent.py): a live subscriber's page costs no query, thread hop or decode, and
   personal data in it is opened once for all subscribers (a page showing it is served once
   the store has heard every forget committed before; never kept in the page cache);
+* what other instances committed (PostgreSQL) is read into that memory once, by one query
+  for every subscriber and filter at the tail (`EventStore.fill_recent`), not by a page read
+  per filter per wake-up; a subscriber far behind reads the store as before;
 * at most `READ_CONCURRENCY` page reads run at once: the store's threads and connections stay
   free for appends, reads and `/health` however many subscribers catch up;
 * every page is bounded in bytes (`SSE_PAGE_BYTES`) as well as in count (`PAGE_SIZE`);
@@ -244,6 +247,17 @@ class LogFeed:
         recent = await self.store.live_page(
             after, limit=PAGE_SIZE, max_bytes=SSE_PAGE_BYTES, types=types, stream_prefix=prefix
         )
+        if (
+            recent is None
+            and self.head > after
+            and await self.store.fill_recent(self.head, after=after)
+        ):
+            # At the tail, past what the store holds in memory: another instance's commits,
+            # read once into it for every subscriber and filter (PostgreSQL), then served
+            # from there. A subscriber far behind is not filled for: it reads the store.
+            recent = await self.store.live_page(
+                after, limit=PAGE_SIZE, max_bytes=SSE_PAGE_BYTES, types=types, stream_prefix=prefix
+            )
         if recent is not None:
             frames = "".join(
                 f"id: {e.position}\nevent: {e.type}\ndata: {e.text}\n\n" for e in recent.events
