@@ -378,7 +378,9 @@ class PostgresEventStore(EventStore):
             for attempt in range(2):
                 async with self._connection() as conn:
                     try:
-                        return await self._reads.fetch(conn, read, args, generic=generic)
+                        return await self._reads.fetch(
+                            conn, read, args, head=self._known_head, generic=generic
+                        )
                     except psycopg.OperationalError:
                         if attempt or not conn.closed:
                             raise
