@@ -5,6 +5,7 @@ a subscriber's feed learns of this instance's commits without a query."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from eventledger.bootstrap import build_upcasters
 from eventledger.eventstore.errors import StreamNotFound
-from eventledger.eventstore.postgres import PostgresEventStore
+from eventledger.eventstore.postgres import FILL_ROWS, PostgresEventStore
 from eventledger.eventstore.recent import RecentPage
 from eventledger.eventstore.records import NewEvent, StreamAppend, StreamState
 from eventledger.services.http import ProblemError
@@ -301,3 +302,47 @@ async def test_the_guard_of_one_instance_decides_on_the_others_writes_without_re
     finally:
         await ours.close()
         await theirs.close()
+
+
+async def test_one_fill_serves_everyone_asking_at_once_and_none_runs_for_a_reader_far_behind(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    reader = await ReadOnly.open(postgres_url, schema=pg_schema)
+    try:
+        await ours.append(
+            "notes-0", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+        )
+        for n in range(3):
+            await theirs.append(
+                f"notes-{n + 1}", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+            )
+        fills = counting(ours, "_fill", monkeypatch)
+        done = await asyncio.gather(*(ours.fill_recent(4, after=after) for after in (1, 1, 0, 1)))
+        assert fills[0] == 1 and all(done)  # one read, for every caller
+        assert not await ours.fill_recent(4, after=1)  # nothing past the run's end
+        served = ours.recent_page(0, limit=10, max_bytes=10**6)
+        assert served is not None and [e.position for e in served.events] == [1, 2, 3, 4]
+        # An instance that knows nothing of the log yet: a reader far behind the head reads
+        # the store, page by page, as before; one near the head is filled for, then served.
+        events = [new(PLAIN, {}) for _ in range(FILL_ROWS + 10)]
+        await theirs.append("notes-bulk", expected_version=StreamState.NO_STREAM, events=events)
+        head = await ours.head_position()
+        late = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+        try:
+            reads, late_fills = (counting(late, n, monkeypatch) for n in ("_read_all", "_fill"))
+            feed = LogFeed(late)
+            feed.head = head
+            page = await feed._read((0, (), None))
+            store_reads = reads[0]
+            assert store_reads >= 1 and late_fills[0] == 0 and page.cut
+            page = await feed._read((head - 5, (), None))
+            assert reads[0] == store_reads and late_fills[0] == 1 and page.count == 5
+            assert page.frames == (await LogFeed(reader)._read((head - 5, (), None))).frames
+        finally:
+            await late.close()
+    finally:
+        await ours.close()
+        await theirs.close()
+        await reader.close()
