@@ -296,6 +296,32 @@ async def test_due_holds_expire_from_the_log_exactly_once_with_two_instances() -
         assert "PendingTransferVoided" not in await types(ledger, never)
 
 
+async def test_instances_following_the_log_expire_holds_once_on_one_subscription_each() -> None:
+    clock = Clock()
+    async with running_ledger(clock=clock, follow_log=True) as ledger:
+        other = await ledger.another_instance(clock=clock, follow_log=True)
+        expirers = [ledger.app.state.expirer]
+        source, target, tid = await held(ledger, 300, timeout_seconds=30)
+        kept, _, _ = await held(ledger, 100, fund=500, timeout_seconds=60)
+        clock.now += timedelta(seconds=30)
+        await _wait_for_type(ledger, source, "PendingTransferVoided")
+        async with asyncio.timeout(10):  # the other hold: learnt from the feed, not due
+            while len(expirers[0]) != 1:  # noqa: ASYNC110 - nothing to await
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # both instances had their chance
+        for account in (source, target):
+            events = await ledger.events(account)
+            assert [e.data["reason"] for e in events if e.type == "PendingTransferVoided"] == [
+                "expired"
+            ]
+        assert "PendingTransferVoided" not in await types(ledger, kept)
+        assert (await other.get(f"/transfers/{tid}")).json()["status"] == "expired"
+        # The follower's subscription feeds the expirer: one per instance, not two.
+        async with httpx.AsyncClient(base_url=ledger.stream.url) as stream:
+            metrics = (await stream.get("/metrics")).text
+        assert "eventledger_stream_subscribers 2.0" in metrics
+
+
 async def test_a_restarted_instance_expires_holds_whose_deadline_passed_while_it_was_down() -> None:
     clock = Clock()
     async with running_ledger(clock=clock) as ledger:  # this one does not expire holds

@@ -1,14 +1,21 @@
 """The hold expirer's bookkeeping, without a stream service: the deadlines it learns from
-the log's envelopes, which it hands to `expire` and when, and that its memory is bounded."""
+the log's envelopes, which it hands to `expire` and when, that its memory is bounded, and the
+hand-over from its catch-up pages to the follower's feed (no gap, no duplicate)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 
+from eventledger.services.transaction.accounts import AccountCache
 from eventledger.services.transaction.expiry import HoldExpirer
+from eventledger.services.transaction.follower import LogFollower
 
 START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -122,3 +129,122 @@ def test_events_of_other_streams_and_malformed_ones_are_ignored() -> None:
     bad["data"]["expires_at"] = "tomorrow"
     expirer.apply(bad)
     assert len(expirer) == 0
+
+
+# -- fed by the follower's subscription ----------------------------------------------------------
+
+
+def posted(n: int, position: int) -> dict[str, Any]:
+    return ended(n, position=position)
+
+
+def credited(position: int) -> dict[str, Any]:
+    return {"stream": "account-b", "type": "MoneyDeposited", "position": position, "data": {}}
+
+
+Page = list[dict[str, Any]]
+
+
+class Paged(HoldExpirer):
+    """An expirer fed by a real `LogFollower` (never connected: the test hands it the feed's
+    messages) whose catch-up reads scripted pages: each catch-up takes the next script, a list
+    of (page, what the feed delivers while that page is read)."""
+
+    def __init__(self, expire: Expiries, clock: Clock) -> None:
+        self.follower = LogFollower("http://127.0.0.1:9", AccountCache())
+        super().__init__(
+            "http://127.0.0.1:9", expire, clock=clock, idle_wait=0.01, feed=self.follower
+        )
+        self.scripts: list[list[tuple[Page, Callable[[], None]]]] = []
+        self.caught_up_times = 0
+        self.done = asyncio.Event()
+
+    def deliver(self, *envelopes: dict[str, Any]) -> None:
+        for envelope in envelopes:
+            self.follower.apply_data(json.dumps(envelope))
+
+    async def catch_up(self, session: aiohttp.ClientSession) -> None:
+        for page, meanwhile in self.scripts.pop(0):
+            for envelope in page:
+                self.apply(envelope)
+            meanwhile()
+            await asyncio.sleep(0)
+        self.caught_up = True
+        self.caught_up_times += 1
+        self.done.set()
+
+
+async def _caught_up(expirer: Paged, times: int) -> None:
+    async with asyncio.timeout(5):
+        while expirer.caught_up_times < times:
+            expirer.done.clear()
+            await expirer.done.wait()
+    # The hand-over runs on in the same turn as the catch-up's end: it is done by now.
+
+
+@pytest.mark.asyncio
+async def test_the_feed_takes_over_from_the_pages_without_a_gap_or_a_duplicate() -> None:
+    clock, expire = Clock(), Expiries()
+    expirer = Paged(expire, clock)
+    expirer.scripts.append(
+        [
+            # While the first page is read the feed brings 2 and 3 (the pages will too).
+            ([sent(1, 10, 1)], lambda: expirer.deliver(sent(2, 10, 2), posted(1, 3))),
+            # While the second is read: 4 (read by the pages too, and ended there at 5) and 6,
+            # past the pages' end. Applying 4 again would bring back a posted hold.
+            (
+                [sent(2, 10, 2), posted(1, 3), sent(4, 10, 4), posted(4, 5)],
+                lambda: expirer.deliver(sent(4, 10, 4), sent(3, 20, 6)),
+            ),
+        ]
+    )
+    task = asyncio.create_task(expirer.run())
+    try:
+        assert expirer.caught_up_times == 0
+        expirer.feed_connected()
+        await _caught_up(expirer, 1)
+        assert expirer.position == 6 and len(expirer) == 2  # 2 and 3
+        # Live: each event as it comes, in order, once.
+        expirer.deliver(posted(4, 5), ended(2, "PendingTransferVoided", 7), credited(8))
+        assert expirer.position == 8 and len(expirer) == 1
+        expirer.deliver(sent(5, 30, 9))
+        clock.now = START + timedelta(seconds=60)
+        async with asyncio.timeout(5):
+            while len(expire.calls) < 2:  # noqa: ASYNC110 - the expirer offers nothing to await
+                await asyncio.sleep(0.01)
+        assert expire.calls == [tid(3), tid(5)]
+        assert expirer.caught_up_times == 1  # no page read once the feed carries the log
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_lost_feed_is_joined_again_through_the_pages_from_where_the_log_was_read() -> None:
+    clock, expire = Clock(), Expiries()
+    expirer = Paged(expire, clock)
+
+    def lost() -> None:
+        expirer.deliver(sent(2, 10, 2))  # kept, then the feed ends: 3 never comes by it
+        expirer.feed_lost()
+
+    expirer.scripts.append([([sent(1, 10, 1)], lost)])
+    expirer.scripts.append([([sent(2, 10, 2), sent(3, 10, 3)], lambda: None)])
+    task = asyncio.create_task(expirer.run())
+    try:
+        expirer.feed_connected()
+        await _caught_up(expirer, 1)
+        assert expirer.position == 1 and len(expirer) == 1  # what the lost feed kept: dropped
+        expirer.deliver(sent(9, 10, 9))  # not followed while the feed is away
+        expirer.feed_connected()
+        await _caught_up(expirer, 2)
+        expirer.deliver(sent(4, 10, 4))
+        assert len(expirer) == 4 and expirer.position == 4
+        clock.now = START + timedelta(seconds=10)
+        async with asyncio.timeout(5):
+            while len(expire.calls) < 4:  # noqa: ASYNC110 - the expirer offers nothing to await
+                await asyncio.sleep(0.01)
+        assert sorted(expire.calls) == [tid(1), tid(2), tid(3), tid(4)]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -206,6 +206,7 @@ def create_app(
             clock=clock,
             token=stream_token,
             on_outcome=lambda o: expiries.labels(o).inc(),
+            feed=follower,  # its subscription, not a second one (see expiry.py)
         )
     app.state.expirer = expirer
     app.state.follower = follower

@@ -19,6 +19,20 @@ failure (stream service away) keeps the deadline and tries again after a backoff
 
 Memory is bounded: at most `max_tracked` deadlines, the earliest; past that the latest are
 dropped and the log is read again from 0 once the tracked ones have been worked off.
+
+Given the instance's `LogFollower` (`feed`), the expirer opens no subscription of its own: the
+follower's feed carries every account event, and a second subscription would cost the stream
+service a wake-up at every commit (and, for another stream instance's commit, a page read from
+the store) to deliver almost nothing. The hand-over from the pages to that feed leaves no gap
+and repeats nothing:
+
+    feed connected ─▶ keep its events from now on ─▶ pages from `position` until one is not
+                      (those after the follower's      full: they reach at least the head,
+                       last_position, in order)        hence the follower's position then
+                    ─▶ apply the kept events past the pages' end ─▶ live: apply each as it comes
+
+A feed lost (or kept events past `BUFFER_LIMIT`, or a rescan after an overflow) goes back to
+the pages from `position` and joins the feed again the same way.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from eventledger.domain.events import (
 )
 from eventledger.domain.pending import parse_time
 from eventledger.services.readside.subscription import SSEParser, auth_headers
+from eventledger.services.transaction.follower import LogFollower
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +67,9 @@ PAGE = 1000
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 30.0  # no heartbeat for this long: the feed is gone
 RETRY_AFTER = timedelta(seconds=1)  # a failed expiry is tried again this much later
+# Events of the feed kept while the pages catch up; past this the pages are slower than the
+# log grows, and the hand-over starts again from where they got to.
+BUFFER_LIMIT = 10 * PAGE
 
 
 class HoldExpirer:
@@ -67,6 +85,7 @@ class HoldExpirer:
         max_tracked: int = DEFAULT_MAX_TRACKED,
         idle_wait: float = 1.0,
         on_outcome: Callable[[str], None] | None = None,
+        feed: LogFollower | None = None,
     ) -> None:
         self._base = stream_url.rstrip("/")
         self._expire = expire
@@ -82,6 +101,14 @@ class HoldExpirer:
         self.caught_up = False
         self.overflowed = False
         self.expired = 0  # expiries this instance wrote
+        # Fed by the follower's subscription (None: the expirer subscribes itself).
+        self._feed = feed
+        self._feed_up = asyncio.Event()  # the feed is connected
+        self._detached = asyncio.Event()  # live no more: catch up and join the feed again
+        self._kept: list[dict[str, Any]] | None = None  # the feed's events during catch-up
+        self._live = False  # the feed's events are applied as they come
+        if feed is not None:
+            feed.add_listener(self)
 
     def __len__(self) -> int:
         return len(self._deadlines)
@@ -175,11 +202,12 @@ class HoldExpirer:
             self.overflowed = False
             self.position = 0
             self.caught_up = False
+            self._detach()
         return written
 
     async def run(self) -> None:
         """Follow the log and expire holds, for ever (until cancelled)."""
-        follower = asyncio.create_task(self._follow_forever())
+        follower = asyncio.create_task(self._follow())
         try:
             while True:
                 if self.caught_up:
@@ -189,32 +217,98 @@ class HoldExpirer:
                 if deadline is not None:
                     wait = min(wait, max(0.0, (deadline - self._clock()).total_seconds()))
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+                # that arrives as the wake-up does, and the expirer would outlive its app.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 if follower.done():  # it only ends by failing: say so, start again
                     log.error("hold expirer feed ended: %s", follower.exception())
-                    follower = asyncio.create_task(self._follow_forever())
+                    follower = asyncio.create_task(self._follow())
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
 
+    # -- the follower's feed (FeedListener) ---------------------------------------------------
+
+    def feed_connected(self) -> None:
+        self._feed_up.set()
+
+    def feed_event(self, envelope: dict[str, Any]) -> None:
+        if self._live:
+            position = envelope.get("position")
+            if type(position) is not int or position <= self.position:
+                return  # read by the pages already (or no place in the log)
+            if envelope.get("type") in TYPES:
+                self.apply(envelope)
+            else:  # every account event comes in order: nothing before it is missing
+                self.position = position
+        elif self._kept is not None and envelope.get("type") in TYPES:
+            if len(self._kept) < BUFFER_LIMIT:
+                self._kept.append(envelope)
+            else:
+                self._kept = None  # the hand-over starts again once the pages are done
+
+    def feed_lost(self) -> None:
+        self._feed_up.clear()
+        self._detach()
+
+    def _detach(self) -> None:
+        self._live = False
+        self._kept = None
+        self._detached.set()
+
     # -- reading the log --------------------------------------------------------------------
 
-    async def _follow_forever(self) -> None:
+    async def _follow(self) -> None:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT
         )
-        delay = 0.05
         async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
-            while True:
-                try:
-                    await self.catch_up(session)
-                    delay = 0.05
-                    await self._subscribe(session)
-                except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
-                    log.debug("hold expirer: %s; again in %.2f s", exc, delay)
+            if self._feed is None:
+                await self._follow_forever(session)
+            else:
+                await self._follow_feed(session)
+
+    async def _follow_forever(self, session: aiohttp.ClientSession) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.catch_up(session)
+                delay = 0.05
+                await self._subscribe(session)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
+                log.debug("hold expirer: %s; again in %.2f s", exc, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
+            delay = min(delay * 2, 2.0)
+
+    async def _follow_feed(self, session: aiohttp.ClientSession) -> None:
+        """Catch up with pages, then apply the follower's feed (see the module docstring)."""
+        delay = 0.05
+        while True:
+            await self._feed_up.wait()
+            # No await between the wait and here: the feed has handed out every event up to
+            # its last_position, and keeps each one after it from now on.
+            self._detached.clear()
+            self._kept = []
+            try:
+                await self.catch_up(session)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
+                self._kept = None
+                log.debug("hold expirer: %s; again in %.2f s", exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.0))
                 delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
+            kept, self._kept = self._kept, None
+            if kept is None or not self.caught_up:
+                continue  # the feed was lost, kept too much, or a rescan was asked for
+            # The pages ended at or past the feed's position when it was joined: what the
+            # feed brought since, past the pages, follows them without a gap.
+            self._live = True
+            for envelope in kept:
+                self.feed_event(envelope)
+            await self._detached.wait()
 
     def _params(self, after: int) -> list[tuple[str, str]]:
         return [

@@ -20,6 +20,11 @@ A lost connection drops the whole cache (nothing cached while the feed was away 
 vouched for) and the follower subscribes again from the head then, with backoff. Either way
 the cache stays a guess that the append's expected version checks: the follower only makes
 the guess right far more often.
+
+The subscription is shared: every envelope it carries is also handed to the `FeedListener`s
+added (the hold expirer, `expiry`), in log order, with word of each connection made and lost.
+One subscription per instance, not one per consumer: each costs the stream service a wake-up
+and, for a commit of another stream instance, a page read from the store, at every commit.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -51,6 +56,21 @@ ACCOUNT_PREFIX = stream_name("")  # "account-"
 # heartbeat comment every few seconds when idle.
 READ_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 2.0
+
+
+class FeedListener(Protocol):
+    """Something else that reads the follower's subscription (`LogFollower.add_listener`)."""
+
+    def feed_connected(self) -> None:
+        """A subscription is open: from here on every account event after the follower's
+        `last_position` is handed to `feed_event`, in log order, until `feed_lost`."""
+
+    def feed_event(self, envelope: dict[str, Any]) -> None:
+        """One event envelope of the feed (decoded JSON; not checked beyond being an object).
+        Called synchronously from the follower's read loop: keep it short, never raise."""
+
+    def feed_lost(self) -> None:
+        """The subscription ended: events may be missed until the next `feed_connected`."""
 
 
 class LogFollower:
@@ -78,6 +98,11 @@ class LogFollower:
         self.connected = False
         self.last_position = 0
         self.last_error: str | None = None
+        self._listeners: list[FeedListener] = []
+
+    def add_listener(self, listener: FeedListener) -> None:
+        """Hand every envelope of the feed to `listener` too (see `FeedListener`)."""
+        self._listeners.append(listener)
 
     async def run(self) -> None:
         """Follow for ever (until cancelled), reconnecting with backoff."""
@@ -95,6 +120,8 @@ class LogFollower:
                 finally:
                     if self.connected:
                         delay = self._min_delay
+                        for listener in self._listeners:
+                            listener.feed_lost()
                     self.connected = False
                     # What was cached while the feed is away cannot be vouched for.
                     self._cache.clear()
@@ -126,6 +153,8 @@ class LogFollower:
             self.connected = True
             self.last_position = head
             self._outcome("connected")
+            for listener in self._listeners:
+                listener.feed_connected()
             parser = SSEParser()
             async for chunk in response.content.iter_any():
                 for message in parser.feed(chunk):
@@ -145,10 +174,17 @@ class LogFollower:
         """Apply one SSE message's envelope to the cache; what became of it."""
         try:
             envelope = json.loads(data)
+        except ValueError:
+            return self._outcome("skipped")
+        if not isinstance(envelope, dict):
+            return self._outcome("skipped")
+        for listener in self._listeners:
+            listener.feed_event(envelope)
+        try:
             stream = envelope["stream"]
             version = envelope["stream_version"]
             position = envelope["position"]
-        except (ValueError, KeyError, TypeError):
+        except KeyError:
             return self._outcome("skipped")
         if type(position) is int:
             self.last_position = max(self.last_position, position)
