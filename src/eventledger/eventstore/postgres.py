@@ -77,6 +77,7 @@ from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import Row
 from eventledger.eventstore.postgres_listener import CHANNEL, HeadWatch, listen
 from eventledger.eventstore.postgres_read import (
+    FILL,
     GET_EVENT,
     HEAD_POSITION,
     LOAD_KEYS,
@@ -117,12 +118,6 @@ logger = logging.getLogger(__name__)
 Pool = AsyncConnectionPool[Connection]
 BARRIER_SECONDS = 1.0  # longest wait for our listener to hear its own barrier: then read the store
 FILL_ROWS = 1000  # rows of other instances one fill of the recent log reads at most
-# The rows after a position, as they are stored (recent.py serves them): RecentLog.fill.
-_FILL = (
-    "SELECT position, id, stream, stream_version, type, schema_version, data::text,"
-    " metadata::text, recorded_at, hash, batch_end FROM events WHERE position > %s"
-    " ORDER BY position LIMIT %s"
-)
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -318,8 +313,7 @@ class PostgresEventStore(EventStore):
 
     async def _fill(self, start: int) -> None:
         async with translating(), self._connection() as conn:
-            cur = await conn.execute(_FILL, [start, FILL_ROWS])
-            rows = await cur.fetchall()
+            rows = await self._reads.fetch(conn, FILL, [start, FILL_ROWS], head=self._known_head)
         self._recent.fill(start, [_filled(row) for row in rows])
         if rows and rows[-1][0] > self._known_head:
             self._known_head = rows[-1][0]  # committed and visible: a lower bound of the head
@@ -526,8 +520,9 @@ def _json(text: str) -> Any:
 
 
 def _filled(row: tuple[Any, ...]) -> Filled:
-    """A row read by `_FILL` as recent.py keeps it: data and metadata in the text `_as_read`
-    gives our own rows, the time as a read formats it (`_record`, then `format_time`)."""
+    """A row read by `FILL` (postgres_read.py) as recent.py keeps it: data and metadata in the
+    text `_as_read` gives our own rows, the time as a read formats it (`_record`, then
+    `format_time`)."""
     position, event_id, stream, version, type_, schema, data, metadata, at, hash_, end = row
     return Filled(
         position,

@@ -142,6 +142,15 @@ STREAM_VERSION = Read(
 )
 # The committed counter is the newest visible position (appends commit in its order).
 HEAD_POSITION = Read("eventledger_head", (), "SELECT last FROM event_position WHERE id = 1")
+# The rows after a position, as they are stored: what a fill of the recent log reads
+# (postgres.PostgresEventStore.fill_recent, recent.RecentLog.fill), once per wake-up.
+FILL = Read(
+    "eventledger_fill",
+    ("bigint", "bigint"),
+    "SELECT position, id, stream, stream_version, type, schema_version, data::text,"
+    " metadata::text, recorded_at, hash, batch_end FROM events WHERE position > $1"
+    " ORDER BY position LIMIT $2",
+)
 GET_EVENT = Read("eventledger_get_event", ("uuid",), f"SELECT {COLUMNS} FROM events WHERE id = $1")
 LOAD_KEYS = Read(
     "eventledger_load_keys",
