@@ -101,21 +101,33 @@ async def test_another_instances_events_are_read_once_and_ours_need_no_query(
             "notes-b", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
         )
         assert ours.recent_page(1, limit=10, max_bytes=10**6) is None  # theirs: read it
-        assert await ours.wait_for_events(1, 5.0)  # heard of, then read from the table
+        # Heard of, then read once: the rows the wake-up's fill brought say the head.
+        assert await ours.wait_for_events(1, 5.0)
         assert ours.known_head() == 2
+        served = ours.recent_page(1, limit=10, max_bytes=10**6)
+        assert served is not None and [e.position for e in served.events] == [2]
         await ours.append(
             "notes-c", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
         )
-        # Ours follows theirs: kept aside (position 2 is not in memory), until one read of
-        # what follows our run brings it; then one run again.
-        assert ours.recent_page(2, limit=10, max_bytes=10**6) is None
-        served = ours.recent_page(0, limit=10, max_bytes=10**6)
-        assert served is not None and [e.position for e in served.events] == [1]
-        assert await ours.fill_recent(3, after=2)
+        # Ours follows theirs, which is in memory: one run, no read.
         served = ours.recent_page(0, limit=10, max_bytes=10**6)
         assert served is not None and [e.position for e in served.events] == [1, 2, 3]
         assert not await ours.fill_recent(3, after=2)  # nothing more to read
-        assert await ours.wait_for_events(2, 0.0)  # our own commit: known without a query
+        await theirs.append(
+            "notes-d", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+        )
+        await ours.append(
+            "notes-e", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+        )
+        # Ours follows theirs unheard of: kept aside (position 4 is not in memory), until one
+        # read of what follows our run brings it; then one run again.
+        assert ours.recent_page(4, limit=10, max_bytes=10**6) is None
+        served = ours.recent_page(0, limit=10, max_bytes=10**6)
+        assert served is not None and [e.position for e in served.events] == [1, 2, 3]
+        assert await ours.fill_recent(5, after=4)
+        served = ours.recent_page(0, limit=10, max_bytes=10**6)
+        assert served is not None and [e.position for e in served.events] == [1, 2, 3, 4, 5]
+        assert await ours.wait_for_events(4, 0.0)  # our own commit: known without a query
     finally:
         await ours.close()
         await theirs.close()
@@ -346,3 +358,31 @@ async def test_one_fill_serves_everyone_asking_at_once_and_none_runs_for_a_reade
         await ours.close()
         await theirs.close()
         await reader.close()
+
+
+async def test_a_wake_up_by_another_instances_commit_reads_its_rows_not_the_counter(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    try:
+        await ours.append(
+            "notes-a", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+        )
+        head_reads = counting(ours, "head_position", monkeypatch)
+        fills = counting(ours, "_fill", monkeypatch)
+        for n in range(1, 6):
+            after = ours.known_head()
+            waiting = asyncio.create_task(ours.wait_for_events(after, 5.0))
+            await theirs.append(
+                f"notes-b{n}", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+            )
+            assert await waiting  # woken by their NOTIFY, the head found by one fill
+            assert ours.known_head() == await theirs.head_position() == after + 1
+        assert head_reads[0] == 0 and fills[0] == 5
+        # Their commits are in our run: a subscriber at the tail is served without a read.
+        page = await ours.live_page(1, limit=10, max_bytes=1 << 20)
+        assert page is not None and [e.position for e in page.events] == [2, 3, 4, 5, 6]
+    finally:
+        await ours.close()
+        await theirs.close()

@@ -452,8 +452,20 @@ class PostgresEventStore(EventStore):
 
     async def wait_for_events(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
         return await self._watch.wait_for_events(
-            after, timeout, read_head=self.head_position, known=self.known_head
+            after, timeout, read_head=self._read_head, known=self.known_head
         )
+
+    async def _read_head(self) -> int:
+        """The head as the watcher reads it when woken by a NOTIFY (another instance's commit)
+        or its periodic check: the fill of the recent log the subscribers need next anyway,
+        when it brings rows (they are committed, consecutive and visible: the run's end is a
+        head), saving the read of the counter row a wake-up cost; else the counter row. A
+        fill that brings nothing (nothing new, a schema recreated under us) says nothing of
+        the table: the counter row does."""
+        before = self._recent.end
+        if before and await self.fill_recent(None) and self._recent.end > before:
+            return self._recent.end
+        return await self.head_position()
 
     # -- lifecycle -------------------------------------------------------------------------
 
