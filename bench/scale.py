@@ -228,7 +228,10 @@ async def _run(
     *,
     server_url: str | None = None,
 ) -> dict[str, float]:
-    connector = aiohttp.TCPConnector(limit=clients * 2)
+    # Idle connections are dropped before the services' 5 s keep-alive ends: a connection
+    # the server closed meanwhile and the pool reused was a ServerDisconnectedError (priming
+    # 4 instances leaves the first one's connections idle that long).
+    connector = aiohttp.TCPConnector(limit=clients * 2, keepalive_timeout=3.0)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         ids = [f"scale-{uuid4().hex[:12]}" for _ in range(accounts)]
