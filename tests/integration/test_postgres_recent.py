@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -37,6 +38,20 @@ class ReadOnly(PostgresEventStore):
 def new(kind: tuple[str, int, dict[str, Any]], metadata: dict[str, Any]) -> NewEvent:
     type_, version, data = kind
     return NewEvent(uuid.uuid4(), type_, data, metadata, schema_version=version)
+
+
+@pytest.fixture
+async def two(
+    postgres_url: str, pg_schema: str
+) -> AsyncIterator[tuple[PostgresEventStore, PostgresEventStore]]:
+    """Two store instances on one schema, as two stream services on one PostgreSQL log."""
+    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    try:
+        yield ours, theirs
+    finally:
+        await ours.close()
+        await theirs.close()
 
 
 async def page(
@@ -88,49 +103,34 @@ async def test_every_page_served_from_memory_is_the_page_the_store_reads(
 
 
 async def test_another_instances_events_are_read_once_and_ours_need_no_query(
-    postgres_url: str, pg_schema: str
+    two: tuple[PostgresEventStore, PostgresEventStore],
 ) -> None:
-    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
-    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
-    try:
-        await ours.append(
-            "notes-a", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
-        )
-        assert ours.known_head() == 1
-        await theirs.append(
-            "notes-b", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
-        )
-        assert ours.recent_page(1, limit=10, max_bytes=10**6) is None  # theirs: read it
-        # Heard of, then read once: the rows the wake-up's fill brought say the head.
-        assert await ours.wait_for_events(1, 5.0)
-        assert ours.known_head() == 2
-        served = ours.recent_page(1, limit=10, max_bytes=10**6)
-        assert served is not None and [e.position for e in served.events] == [2]
-        await ours.append(
-            "notes-c", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
-        )
-        # Ours follows theirs, which is in memory: one run, no read.
-        served = ours.recent_page(0, limit=10, max_bytes=10**6)
-        assert served is not None and [e.position for e in served.events] == [1, 2, 3]
-        assert not await ours.fill_recent(3, after=2)  # nothing more to read
-        await theirs.append(
-            "notes-d", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
-        )
-        await ours.append(
-            "notes-e", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
-        )
-        # Ours follows theirs unheard of: kept aside (position 4 is not in memory), until one
-        # read of what follows our run brings it; then one run again.
-        assert ours.recent_page(4, limit=10, max_bytes=10**6) is None
-        served = ours.recent_page(0, limit=10, max_bytes=10**6)
-        assert served is not None and [e.position for e in served.events] == [1, 2, 3]
-        assert await ours.fill_recent(5, after=4)
-        served = ours.recent_page(0, limit=10, max_bytes=10**6)
-        assert served is not None and [e.position for e in served.events] == [1, 2, 3, 4, 5]
-        assert await ours.wait_for_events(4, 0.0)  # our own commit: known without a query
-    finally:
-        await ours.close()
-        await theirs.close()
+    ours, theirs = two
+    await ours.append("notes-a", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})])
+    assert ours.known_head() == 1
+    await theirs.append("notes-b", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})])
+    assert ours.recent_page(1, limit=10, max_bytes=10**6) is None  # theirs: read it
+    # Heard of, then read once: the rows the wake-up's fill brought say the head.
+    assert await ours.wait_for_events(1, 5.0)
+    assert ours.known_head() == 2
+    served = ours.recent_page(1, limit=10, max_bytes=10**6)
+    assert served is not None and [e.position for e in served.events] == [2]
+    await ours.append("notes-c", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})])
+    # Ours follows theirs, which is in memory: one run, no read.
+    served = ours.recent_page(0, limit=10, max_bytes=10**6)
+    assert served is not None and [e.position for e in served.events] == [1, 2, 3]
+    assert not await ours.fill_recent(3, after=2)  # nothing more to read
+    await theirs.append("notes-d", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})])
+    await ours.append("notes-e", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})])
+    # Ours follows theirs unheard of: kept aside (position 4 is not in memory), until one
+    # read of what follows our run brings it; then one run again.
+    assert ours.recent_page(4, limit=10, max_bytes=10**6) is None
+    served = ours.recent_page(0, limit=10, max_bytes=10**6)
+    assert served is not None and [e.position for e in served.events] == [1, 2, 3]
+    assert await ours.fill_recent(5, after=4)
+    served = ours.recent_page(0, limit=10, max_bytes=10**6)
+    assert served is not None and [e.position for e in served.events] == [1, 2, 3, 4, 5]
+    assert await ours.wait_for_events(4, 0.0)  # our own commit: known without a query
 
 
 async def test_reading_past_a_streams_end_costs_one_query(
@@ -200,11 +200,13 @@ async def caught_up(store: PostgresEventStore, key: tuple[tuple[str, ...], str |
 
 
 async def test_a_subscriber_of_one_instance_is_served_the_others_commits_from_one_read(
-    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+    two: tuple[PostgresEventStore, PostgresEventStore],
+    postgres_url: str,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = random.Random(11)
-    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
-    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    ours, theirs = two
     reader = await ReadOnly.open(postgres_url, schema=pg_schema)
     feed = LogFeed(ours)
     try:
@@ -239,8 +241,6 @@ async def test_a_subscriber_of_one_instance_is_served_the_others_commits_from_on
             assert frames[key] == await caught_up(reader, key), key  # byte for byte, in order
     finally:
         await feed.close()
-        await ours.close()
-        await theirs.close()
         await reader.close()
 
 
@@ -260,67 +260,64 @@ def deposit(account: str, amount: int) -> NewEvent:
 
 
 async def test_the_guard_of_one_instance_decides_on_the_others_writes_without_reading_them(
-    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+    two: tuple[PostgresEventStore, PostgresEventStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
-    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    ours, theirs = two
     guard = AccountGuard()
 
     async def through_guard(store: PostgresEventStore, append: StreamAppend) -> None:
         guard.remember(await guard.check(store, [append]), await store.append_batch([append]))
 
-    try:
-        opened = account_event(
-            "AccountOpened", account_id="a", currency="EUR", overdraft_limit=0, owner=None
-        )
-        await through_guard(ours, StreamAppend("account-a", 0, [opened]))
-        reads = counting(ours, "_read_stream", monkeypatch)
-        version = 1
-        for amount in (100, 20, 3):
-            # Another instance deposits (twice, with another account's event between) ...
-            for n in range(2):
-                await theirs.append(
-                    "account-a", expected_version=version, events=[deposit("a", amount)]
-                )
-                await theirs.append(
-                    f"notes-{amount}-{n}",
-                    expected_version=StreamState.NO_STREAM,
-                    events=[new(PLAIN, {})],
-                )
-                version += 1
-            # ... and ours is asked to append after it: the guard knows its facts, unread.
-            withdrawal = account_event(
-                "MoneyWithdrawn",
-                account_id="a",
-                transaction_id=str(uuid.uuid4()),
-                amount=2 * amount,
-                reference=None,
+    opened = account_event(
+        "AccountOpened", account_id="a", currency="EUR", overdraft_limit=0, owner=None
+    )
+    await through_guard(ours, StreamAppend("account-a", 0, [opened]))
+    reads = counting(ours, "_read_stream", monkeypatch)
+    version = 1
+    for amount in (100, 20, 3):
+        # Another instance deposits (twice, with another account's event between) ...
+        for n in range(2):
+            await theirs.append(
+                "account-a", expected_version=version, events=[deposit("a", amount)]
             )
-            checked = await guard.check(ours, [StreamAppend("account-a", version, [withdrawal])])
-            assert checked is not None and checked.facts["account-a"].balance == 0
-            guard.remember(
-                checked, await ours.append_batch([StreamAppend("account-a", version, [withdrawal])])
+            await theirs.append(
+                f"notes-{amount}-{n}",
+                expected_version=StreamState.NO_STREAM,
+                events=[new(PLAIN, {})],
             )
             version += 1
-        assert reads[0] == 0 and guard.events_read == 0 and guard.events_recent == 6
-        # Closing refused on their deposit (a balance of 5, not 0): decided, still unread.
-        await theirs.append("account-a", expected_version=version, events=[deposit("a", 5)])
-        closing = StreamAppend(
-            "account-a", version + 1, [account_event("AccountClosed", account_id="a")]
+        # ... and ours is asked to append after it: the guard knows its facts, unread.
+        withdrawal = account_event(
+            "MoneyWithdrawn",
+            account_id="a",
+            transaction_id=str(uuid.uuid4()),
+            amount=2 * amount,
+            reference=None,
         )
-        with pytest.raises(ProblemError) as refused:
-            await guard.check(ours, [closing])
-        assert refused.value.status == 422 and reads[0] == 0
-    finally:
-        await ours.close()
-        await theirs.close()
+        checked = await guard.check(ours, [StreamAppend("account-a", version, [withdrawal])])
+        assert checked is not None and checked.facts["account-a"].balance == 0
+        guard.remember(
+            checked, await ours.append_batch([StreamAppend("account-a", version, [withdrawal])])
+        )
+        version += 1
+    assert reads[0] == 0 and guard.events_read == 0 and guard.events_recent == 6
+    # Closing refused on their deposit (a balance of 5, not 0): decided, still unread.
+    await theirs.append("account-a", expected_version=version, events=[deposit("a", 5)])
+    closing = StreamAppend(
+        "account-a", version + 1, [account_event("AccountClosed", account_id="a")]
+    )
+    with pytest.raises(ProblemError) as refused:
+        await guard.check(ours, [closing])
+    assert refused.value.status == 422 and reads[0] == 0
 
 
 async def test_one_fill_serves_everyone_asking_at_once_and_none_runs_for_a_reader_far_behind(
-    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+    two: tuple[PostgresEventStore, PostgresEventStore],
+    postgres_url: str,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
-    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
+    ours, theirs = two
     reader = await ReadOnly.open(postgres_url, schema=pg_schema)
     try:
         await ours.append(
@@ -355,34 +352,25 @@ async def test_one_fill_serves_everyone_asking_at_once_and_none_runs_for_a_reade
         finally:
             await late.close()
     finally:
-        await ours.close()
-        await theirs.close()
         await reader.close()
 
 
 async def test_a_wake_up_by_another_instances_commit_reads_its_rows_not_the_counter(
-    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+    two: tuple[PostgresEventStore, PostgresEventStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ours = await PostgresEventStore.open(postgres_url, schema=pg_schema)
-    theirs = await PostgresEventStore.open(postgres_url, schema=pg_schema)
-    try:
-        await ours.append(
-            "notes-a", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
+    ours, theirs = two
+    await ours.append("notes-a", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})])
+    head_reads = counting(ours, "head_position", monkeypatch)
+    fills = counting(ours, "_fill", monkeypatch)
+    for n in range(1, 6):
+        after = ours.known_head()
+        waiting = asyncio.create_task(ours.wait_for_events(after, 5.0))
+        await theirs.append(
+            f"notes-b{n}", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
         )
-        head_reads = counting(ours, "head_position", monkeypatch)
-        fills = counting(ours, "_fill", monkeypatch)
-        for n in range(1, 6):
-            after = ours.known_head()
-            waiting = asyncio.create_task(ours.wait_for_events(after, 5.0))
-            await theirs.append(
-                f"notes-b{n}", expected_version=StreamState.NO_STREAM, events=[new(PLAIN, {})]
-            )
-            assert await waiting  # woken by their NOTIFY, the head found by one fill
-            assert ours.known_head() == await theirs.head_position() == after + 1
-        assert head_reads[0] == 0 and fills[0] == 5
-        # Their commits are in our run: a subscriber at the tail is served without a read.
-        page = await ours.live_page(1, limit=10, max_bytes=1 << 20)
-        assert page is not None and [e.position for e in page.events] == [2, 3, 4, 5, 6]
-    finally:
-        await ours.close()
-        await theirs.close()
+        assert await waiting  # woken by their NOTIFY, the head found by one fill
+        assert ours.known_head() == await theirs.head_position() == after + 1
+    assert head_reads[0] == 0 and fills[0] == 5
+    # Their commits are in our run: a subscriber at the tail is served without a read.
+    page = await ours.live_page(1, limit=10, max_bytes=1 << 20)
+    assert page is not None and [e.position for e in page.events] == [2, 3, 4, 5, 6]
