@@ -101,11 +101,12 @@ def _service(
     port = _free_port()
     data = root / f"{name}-{port}"
     data.mkdir(parents=True)
+    url = f"http://{HOST}:{port}"
     argv = [sys.executable, "-m", "eventledger", "serve", name, "--host", HOST]
-    argv += ["--port", str(port), "--data-dir", str(data), *args]
+    argv += ["--port", str(port), "--data-dir", str(data)]
+    argv += [arg.replace("{url}", url) for arg in args]  # "{url}": this process's own URL
     with (root / f"{name}-{port}.log").open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://{HOST}:{port}"
     if pids is not None:
         pids.append(process.pid)
     try:
@@ -155,6 +156,7 @@ def measure(
     server_url: str | None = None,
     src: str | None = None,
     route: str = "round-robin",
+    writer: str = "lease",
 ) -> dict[str, float]:
     """One run; plain numbers: commands_per_s, p50_ms, p99_ms, retries_per_command,
     commands, resent (503s sent again)."""
@@ -166,8 +168,13 @@ def measure(
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-")))
         env = _env(src)
         pids: list[int] = []
+        # The stream instances elect one writer, and the others hand it their appends
+        # (--advertise-url; `writer="each"`: every instance appends itself, as before).
+        stream_args = ["--store", store]
+        if writer == "lease":
+            stream_args += ["--advertise-url", "{url}"]
         streams = [
-            stack.enter_context(_service("stream", ["--store", store], root, env, pids))
+            stack.enter_context(_service("stream", stream_args, root, env, pids))
             for _ in range(stream_instances)
         ]
         transactions = [
@@ -430,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         default="round-robin",
         help="which transaction instance a command goes to: the next one, or the account's",
     )
+    parser.add_argument(
+        "--writer",
+        choices=("lease", "each"),
+        default="lease",
+        help="stream instances elect one writer (--advertise-url), or each appends itself",
+    )
     parser.add_argument("--src", action="append", help="run the services from this tree")
     args = parser.parse_args(argv)
     seconds = args.seconds or (QUICK_SECONDS if args.quick else SECONDS)
@@ -448,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                         src=src,
                         stream_instances=args.streams,
                         route=args.route,
+                        writer=args.writer,
                     )
                     rows.setdefault((src, accounts, instances), []).append(result)
                     print(_line(src, accounts, instances, result), flush=True)

@@ -25,8 +25,11 @@ def build_upcasters() -> UpcasterRegistry:
     return registry
 
 
-async def open_event_store(url: str, *, allow_unsafe_durability: bool = False) -> EventStore:
-    """Open the event store named by `url` (sqlite:///…, postgresql://…, memory://)."""
+async def open_event_store(
+    url: str, *, allow_unsafe_durability: bool = False, advertise_url: str | None = None
+) -> EventStore:
+    """Open the event store named by `url` (sqlite:///…, postgresql://…, memory://);
+    `advertise_url`: a PostgreSQL store's instance takes part in the writer lease."""
     scheme = urlsplit(url).scheme
     upcasters = build_upcasters()
     if scheme == "memory":
@@ -40,7 +43,10 @@ async def open_event_store(url: str, *, allow_unsafe_durability: bool = False) -
     from eventledger.eventstore.postgres import PostgresEventStore
 
     return await PostgresEventStore.open(
-        url, upcasters=upcasters, allow_unsafe_durability=allow_unsafe_durability
+        url,
+        upcasters=upcasters,
+        allow_unsafe_durability=allow_unsafe_durability,
+        advertise_url=advertise_url,
     )
 
 
@@ -134,9 +140,12 @@ def _build_service(service: str, settings: Settings) -> FastAPI:
 
         store_url = settings.store_url()
         unsafe = settings.allow_unsafe_durability
+        advertise = settings.advertise_url
 
         async def open_store() -> EventStore:
-            return await open_event_store(store_url, allow_unsafe_durability=unsafe)
+            return await open_event_store(
+                store_url, allow_unsafe_durability=unsafe, advertise_url=advertise
+            )
 
         from eventledger.services.stream.guard_snapshots import GuardSnapshotStore
 

@@ -38,6 +38,9 @@ class Settings:
     store: str | None = None  # the event store URL; None: SQLite under data_dir
     readmodel_store: str | None = None  # read models' store URL; None: SQLite under data_dir
     stream_url: str | None = None  # None: the local stream service
+    # Where the other stream instances of a shared PostgreSQL store reach this one: given,
+    # the instance takes part in the writer lease (eventstore/postgres_lease.py).
+    advertise_url: str | None = None
     # Where the console finds the other services (`--transaction-url`, EVENTLEDGER_…_URL);
     # a service missing here is on this host at its port.
     service_urls: Mapping[str, str] = field(default_factory=dict)
@@ -176,6 +179,19 @@ def load_settings(
     stream_url, stream_key = pick("stream_url", "EVENTLEDGER_STREAM_URL")
     if stream_url and urlsplit(stream_url).scheme not in ("http", "https"):
         raise ConfigError(f"{stream_key} must be an http:// URL, not {stream_url!r}")
+    advertise, advertise_key = pick("advertise_url", "EVENTLEDGER_ADVERTISE_URL")
+    if advertise:
+        parts = urlsplit(advertise)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+            raise ConfigError(
+                f"{advertise_key} must be the http:// URL of this service "
+                f"(scheme, host, port), not {advertise!r}"
+            )
+        if not store or urlsplit(store).scheme not in ("postgresql", "postgres"):
+            raise ConfigError(
+                f"{advertise_key} is for stream instances sharing a PostgreSQL store "
+                "(--store postgresql://...)"
+            )
     unsafe, _ = pick("allow_unsafe_durability", "EVENTLEDGER_ALLOW_UNSAFE_DURABILITY")
     auth_file, auth_key = pick("auth_file", "EVENTLEDGER_AUTH_FILE")
     insecure, _ = pick("insecure_no_auth", "EVENTLEDGER_INSECURE_NO_AUTH")
@@ -205,6 +221,7 @@ def load_settings(
         store=check_store_url(store, store_key) if store else None,
         readmodel_store=check_store_url(readmodel, readmodel_key) if readmodel else None,
         stream_url=stream_url or None,
+        advertise_url=advertise.rstrip("/") if advertise else None,
         service_urls=_service_urls(flags, env),
         allow_unsafe_durability=_truthy(unsafe),
         auth_file=Path(auth_file) if auth_file else None,

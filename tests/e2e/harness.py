@@ -94,6 +94,7 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    advertise: bool = False  # stream: take part in the writer lease at its own URL
 
     @property
     def url(self) -> str:
@@ -117,6 +118,7 @@ class ServiceProcess:
             "--data-dir",
             str(self.data_dir),
             *self.extra_args,
+            *(["--advertise-url", self.url] if self.advertise else []),
         ]
 
     def start(self) -> ServiceProcess:

@@ -34,15 +34,25 @@ COMMANDS_PER_WORKER = 25
 TWICE_EVERY = 8  # every 8th command is sent to both instances at once, with one key
 
 
-@pytest.fixture
-def scaled_out(postgres_url: str, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+@pytest.fixture(params=["lease", "each"])
+def scaled_out(
+    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[list[ServiceProcess]]:
     """Two stream instances on one fresh database; two transaction instances, one on each,
-    sharing one data dir (so one idempotency secret, as an installation's instances must)."""
+    sharing one data dir (so one idempotency secret, as an installation's instances must).
+    "lease": the stream instances elect a writer and the other hands it its appends
+    (--advertise-url); "each": both append themselves."""
     with ExitStack() as stack:
         store = stack.enter_context(fresh_postgres_database(postgres_url))
         logs = tmp_path / "logs"
         streams = [
-            ServiceProcess("stream", tmp_path / f"stream{i}", logs, ["--store", store])
+            ServiceProcess(
+                "stream",
+                tmp_path / f"stream{i}",
+                logs,
+                ["--store", store],
+                advertise=request.param == "lease",
+            )
             for i in range(2)
         ]
         transactions = [
@@ -138,3 +148,87 @@ async def test_two_transaction_and_two_stream_instances_keep_every_cent_and_ever
     assert mine == {account: accepted[account] for account in accounts}
     # Both stream instances serve the same log, in the same order.
     assert await log_events(client, stream_a.url, stream_prefix="account-scale-") == events
+    if stream_a.advertise:
+        # One of them wrote, and the other handed it its appends (none came back to it).
+        handed = [forwarded(stream, "answered") for stream in (stream_a, stream_b)]
+        assert sorted(handed)[0] == 0 and sorted(handed)[1] > 0, handed
+        assert forwarded(stream_a, "appended_here") == forwarded(stream_b, "appended_here") == 0
+
+
+def forwarded(stream: ServiceProcess, outcome: str) -> float:
+    """The stream instance's POST /appends handed to the writer, by outcome."""
+    prefix = f'eventledger_stream_forwarded_appends_total{{outcome="{outcome}"}} '
+    for line in HTTP.get(f"{stream.url}/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    raise AssertionError(f"{stream.url}/metrics has no {prefix.strip()}")
+
+
+def lease_held(stream: ServiceProcess) -> bool:
+    metrics = HTTP.get(f"{stream.url}/metrics").text
+    return "eventledger_stream_writer_lease_held 1.0" in metrics
+
+
+async def test_appends_go_on_when_the_writing_stream_instance_is_killed(
+    postgres_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """Two stream instances elect a writer; kill -9 it while commands keep coming through the
+    other: every command is acknowledged (a 503 is sent again with its key), each once in
+    the log, and the survivor takes the lease."""
+    with ExitStack() as stack:
+        store = stack.enter_context(fresh_postgres_database(postgres_url))
+        logs = tmp_path / "logs"
+        streams = [
+            ServiceProcess("stream", tmp_path / f"s{i}", logs, ["--store", store], advertise=True)
+            for i in range(2)
+        ]
+        for stream in streams:
+            stack.callback(stream.stop)
+            stream.start().wait_healthy()
+        writer = wait_for(
+            lambda: next((s for s in streams if lease_held(s)), None),
+            timeout=10,
+            what="a stream instance holds the writer lease",
+        )
+        (survivor,) = [s for s in streams if s is not writer]
+        tx = ServiceProcess("transaction", tmp_path / "tx", logs, ["--stream-url", survivor.url])
+        stack.callback(tx.stop)
+        tx.start().wait_healthy()
+        wait_for(partial(following, tx), timeout=10, what="the transaction service follows")
+
+        accounts = [new_id("fail") for _ in range(4)]
+        for account in accounts:
+            body = {"account_id": account, "currency": "EUR"}
+            response = await send(client, [tx.url], "/accounts", body, uuid.uuid4().hex)
+            assert response.status_code == 201, response.text
+        accepted: Counter[str] = Counter()
+        keys: set[str] = set()
+
+        async def deposits(count: int) -> None:
+            async def one(number: int) -> None:
+                account, key = accounts[number % len(accounts)], uuid.uuid4().hex
+                path = f"/accounts/{account}/deposits"
+                response = await send(client, [tx.url], path, {"amount": 5}, key)
+                assert response.status_code == 201, response.text
+                accepted[account] += 5
+                keys.add(key)
+
+            await asyncio.gather(*(one(n) for n in range(count)))
+
+        await deposits(40)
+        assert forwarded(survivor, "answered") > 0  # handed to the writer while it lived
+
+        killed = asyncio.ensure_future(asyncio.to_thread(writer.kill))
+        await deposits(80)  # during and after the kill
+        await killed
+        wait_for(partial(lease_held, survivor), timeout=15, what="the survivor takes the lease")
+        await deposits(40)
+
+        events = await log_events(client, survivor.url, stream_prefix="account-fail-")
+        money = [e for e in events if e["type"] == "MoneyDeposited"]
+        assert len(money) == len(keys) == 160
+        assert len({e["data"]["transaction_id"] for e in money}) == 160
+        totals: Counter[str] = Counter()
+        for event in money:
+            totals[event["data"]["account_id"]] += event["data"]["amount"]
+        assert totals == accepted

@@ -97,6 +97,15 @@ StreamUrlOpt = Annotated[
         help="Where the other services find the stream service \\[env: EVENTLEDGER_STREAM_URL]",
     ),
 ]
+AdvertiseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--advertise-url",
+        help="stream on PostgreSQL: where the other stream instances reach this one; those "
+        "that give it elect one writer and hand it their POST /appends "
+        "\\[env: EVENTLEDGER_ADVERTISE_URL]",
+    ),
+]
 UnsafeOpt = Annotated[
     bool,
     typer.Option(
@@ -252,6 +261,7 @@ def serve(
     store: StoreOpt = None,
     readmodel_store: ReadModelStoreOpt = None,
     stream_url: StreamUrlOpt = None,
+    advertise_url: AdvertiseUrlOpt = None,
     allow_unsafe_durability: UnsafeOpt = False,
     snapshot_store: SnapshotStoreOpt = None,
     snapshot_every: SnapshotEveryOpt = None,
@@ -358,6 +368,7 @@ def serve(
         store=store,
         readmodel_store=readmodel_store,
         stream_url=stream_url,
+        advertise_url=advertise_url,
         allow_unsafe_durability=allow_unsafe_durability,
         snapshot_store=snapshot_store,
         snapshot_every=snapshot_every,

@@ -75,6 +75,7 @@ from eventledger.eventstore.group_commit import (
 from eventledger.eventstore.keys import rows_to_keys
 from eventledger.eventstore.pii import AccountKey
 from eventledger.eventstore.planning import Row
+from eventledger.eventstore.postgres_lease import LEASE_INTERVAL, WriterLease
 from eventledger.eventstore.postgres_listener import CHANNEL, HeadWatch, listen
 from eventledger.eventstore.postgres_read import (
     FILL,
@@ -134,6 +135,8 @@ class PostgresEventStore(EventStore):
         schema: str,
         upcasters: UpcasterRegistry | None = None,
         idle_check: _IdleCheck | None = None,
+        advertise_url: str | None = None,
+        lease_interval: float = LEASE_INTERVAL,
     ) -> None:
         super().__init__(upcasters=upcasters)
         self._pool = pool
@@ -158,6 +161,17 @@ class PostgresEventStore(EventStore):
         self._listener = asyncio.create_task(
             listen(conninfo, schema, self._watch), name=f"eventledger-listener-{schema}"
         )
+        # Instances that say where they are reached elect one writer among them.
+        self._lease = (
+            WriterLease(conninfo, schema, advertise_url, interval=lease_interval)
+            if advertise_url
+            else None
+        )
+        self._leasing = (
+            asyncio.create_task(self._lease.run(), name=f"eventledger-lease-{schema}")
+            if self._lease is not None
+            else None
+        )
 
     @classmethod
     async def open(
@@ -174,9 +188,13 @@ class PostgresEventStore(EventStore):
         idle_in_transaction_session_timeout: str = "10s",
         application_name: str | None = None,
         pool_timeout: float = 3.0,
+        advertise_url: str | None = None,
+        lease_interval: float = LEASE_INTERVAL,
     ) -> PostgresEventStore:
         """Connect, check durability, migrate the schema, and start the writer and listener.
-        Raises StoreUnavailable when the server cannot be reached."""
+        `advertise_url`: where the other stream instances reach this one; given, it takes
+        part in the writer lease (postgres_lease.py, `forward_to`). Raises StoreUnavailable
+        when the server cannot be reached."""
         check_schema_name(schema)
         conninfo = _conninfo(
             url,
@@ -217,7 +235,13 @@ class PostgresEventStore(EventStore):
             await pool.close()
             raise
         return cls(
-            pool, conninfo=conninfo, schema=schema, upcasters=upcasters, idle_check=idle_check
+            pool,
+            conninfo=conninfo,
+            schema=schema,
+            upcasters=upcasters,
+            idle_check=idle_check,
+            advertise_url=advertise_url,
+            lease_interval=lease_interval,
         )
 
     @asynccontextmanager
@@ -467,6 +491,13 @@ class PostgresEventStore(EventStore):
             return self._recent.end
         return await self.head_position()
 
+    def forward_to(self) -> str | None:
+        return self._lease.writer if self._lease is not None else None
+
+    @property
+    def lease_holder(self) -> bool:
+        return self._lease is not None and self._lease.holder
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -487,9 +518,10 @@ class PostgresEventStore(EventStore):
         self._closed = True
         self._engine.close()
         _, pending = await asyncio.wait({self._writer}, timeout=10.0)
-        for task in (*pending, self._listener):
+        lease = (self._leasing,) if self._leasing is not None else ()
+        for task in (*pending, self._listener, *lease):
             task.cancel()
-        await asyncio.gather(self._writer, self._listener, return_exceptions=True)
+        await asyncio.gather(self._writer, self._listener, *lease, return_exceptions=True)
         self._engine.fail_queued(StoreUnavailable("the store is closed"))
         if self._filling is not None:
             self._filling.cancel()

@@ -137,6 +137,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # The keys personal data is sealed under (keys.py, pii.py): beside the log, never in it.
     (4, POSTGRES_KEYS_TABLE),
+    (
+        5,
+        # Which stream instance writes (postgres_lease.py): the URL of the instance holding
+        # the writer lease, written by it when it takes the lease.
+        """
+        CREATE TABLE stream_writer (
+            id    integer     NOT NULL PRIMARY KEY CHECK (id = 1),
+            url   text        NOT NULL,
+            since timestamptz NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -315,6 +315,17 @@ class EventStore(ABC):
         `timeout` seconds pass. Returns True when there is such an event. A True answer is
         a hint: read with `read_all(after=...)`, which is the truth."""
 
+    @property
+    def lease_holder(self) -> bool:
+        """Whether this instance holds the writer lease of a shared store (postgres_lease)."""
+        return False
+
+    def forward_to(self) -> str | None:
+        """Where this instance hands its appends (`POST /appends`): the URL of the stream
+        instance that holds the writer lease of a shared store (postgres_lease.py); None
+        when this instance writes them itself (always, for a store of one process)."""
+        return None
+
     async def ping(self) -> None:  # noqa: B027 - optional hook
         """Raise StoreUnavailable when the backing database cannot be reached."""
 

@@ -39,6 +39,7 @@ class StreamMetrics:
     """Events appended, append requests by endpoint and outcome, live and refused subscribers."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.events_appended = Counter(
             "eventledger_stream_events_appended",
             "Events newly written to the store (idempotent replays not counted)",
@@ -53,6 +54,12 @@ class StreamMetrics:
         self.subscribers = Gauge(
             "eventledger_stream_subscribers",
             "Server-Sent Events subscriptions currently open",
+            registry=registry,
+        )
+        self.writer_lease = Gauge(
+            "eventledger_stream_writer_lease_held",
+            "1 while this instance holds the writer lease of a shared PostgreSQL store (the "
+            "others hand it their POST /appends), 0 otherwise",
             registry=registry,
         )
         self.subscriptions_refused = Counter(

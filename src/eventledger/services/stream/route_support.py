@@ -51,10 +51,16 @@ PROBLEM_TEXT = {
 
 async def read_json_body(request: Request) -> tuple[Any, int]:
     """The parsed (strict) JSON body and its size in bytes, or a 415/413/400 problem."""
+    payload, raw = await read_json_bytes(request)
+    return payload, len(raw)
+
+
+async def read_json_bytes(request: Request) -> tuple[Any, bytes]:
+    """The parsed (strict) JSON body and its bytes, or a 415/413/400 problem."""
     if not is_json_media_type(request.headers.get("content-type")):
         raise unsupported_media_type()
     raw = await read_body(request)
-    return parse_json(raw), len(raw)
+    return parse_json(raw), raw
 
 
 def check_filters(types: list[str] | None, stream_prefix: str | None) -> tuple[list[str], str]:

@@ -12,6 +12,7 @@ from eventledger.eventstore.errors import EventStoreError
 from eventledger.eventstore.records import AppendResult, StreamAppend
 from eventledger.eventstore.store import EventStore
 from eventledger.services.stream.erasure import refuse_erasure_appends
+from eventledger.services.stream.forwarding import Forwarder
 from eventledger.services.stream.guard_snapshots import GuardSnapshots
 from eventledger.services.stream.guards import AccountGuard
 from eventledger.services.stream.metrics import StreamMetrics
@@ -29,8 +30,11 @@ class Runtime:
         metrics: StreamMetrics,
         subscriptions: Subscriptions,
         snapshots: GuardSnapshots | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.heartbeat = heartbeat
+        # Hands POST /appends to the writing instance of a shared store (forwarding.py).
+        self.forwarder = forwarder or Forwarder(metrics.registry)
         self.metrics = metrics
         self.subscriptions = subscriptions
         self.estimate = SizeEstimate()  # the encoded size of an event, to size store reads
@@ -42,12 +46,14 @@ class Runtime:
 
     async def start(self, store: EventStore) -> None:
         self._store = store
+        self.metrics.writer_lease.set_function(lambda: float(store.lease_holder))
         self.subscriptions.open(store)
         if self.snapshots is not None:
             self._snapshot_writer = asyncio.create_task(self.snapshots.run())
 
     async def stop(self) -> None:
         await self.subscriptions.aclose()
+        await self.forwarder.close()
         writer, self._snapshot_writer = self._snapshot_writer, None
         if writer is not None:
             writer.cancel()

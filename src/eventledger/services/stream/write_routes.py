@@ -26,8 +26,14 @@ from eventledger.services.stream.encoding import (
     encode_items,
     json_response,
 )
+from eventledger.services.stream.forwarding import every_event_has_an_id
 from eventledger.services.stream.problems import invalid_stream_name
-from eventledger.services.stream.route_support import StreamPath, problems, read_json_body
+from eventledger.services.stream.route_support import (
+    StreamPath,
+    problems,
+    read_json_body,
+    read_json_bytes,
+)
 from eventledger.services.stream.runtime import Runtime
 
 
@@ -108,12 +114,17 @@ def add_write_routes(app: FastAPI, runtime: Runtime) -> None:
         "problems below) and nothing is written.",
     )
     async def append_many(request: Request) -> Response:
-        payload, size = await read_json_body(request)
+        payload, raw = await read_json_bytes(request)
         raw_items = appends_items(payload)
+        writer = runtime.forwarder.target(request, runtime.store.forward_to())
+        if writer is not None and raw_items is not None and every_event_has_an_id(raw_items):
+            answer = await runtime.forwarder.forward(request, writer, raw)
+            if answer is not None:
+                return answer
         if raw_items is None:
             raw_items = validate_body(payload, s.AppendsEnvelope).items
         items = await run_items(
-            lambda appends: runtime.append("appends", appends), raw_items, body_bytes=size
+            lambda appends: runtime.append("appends", appends), raw_items, body_bytes=len(raw)
         )
         return JSONBytes(encode_items(items))
 

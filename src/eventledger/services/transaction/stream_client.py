@@ -34,6 +34,7 @@ from eventledger.eventstore.records import (
     StreamAppend,
     StreamState,
 )
+from eventledger.services.stream.forwarding import RELAYED, WRITER_HEADER, writer_of
 from eventledger.services.transaction.coalescing import (
     MAX_IN_FLIGHT,
     MAX_ITEMS,
@@ -107,6 +108,9 @@ class StreamClient:
         if max_in_flight < 1 or max_items < 1 or max_request_bytes < 1:
             raise ValueError("max_in_flight, max_items and max_request_bytes must be >= 1")
         self.base_url = base_url.rstrip("/")
+        # The stream instance that writes, when ours named one (WRITER_HEADER): POST /appends
+        # go straight to it instead of through ours (services/stream/forwarding.py).
+        self.writer_url: str | None = None
         # coalesce=False: one request per call on POST /streams/… and POST /batches.
         self.coalesce = coalesce
         self.max_in_flight = max_in_flight
@@ -297,6 +301,20 @@ class StreamClient:
         raise UnexpectedResponse(f"append item answered {status}", status=status)
 
     async def _post_appends(self, body: bytes) -> tuple[int, Any]:
+        writer = self.writer_url
+        if writer is not None:
+            try:
+                status, answer = await self._request("POST", "/appends", raw_body=body, base=writer)
+                if status in RELAYED:
+                    return status, answer
+            except StreamUnavailable:
+                pass
+            # The writer went away, failed, or refused us (401/403: other tokens; 429): back
+            # to our own stream instance, which appends itself or hands the request to
+            # whoever writes now. Every event of ours has an id: if the writer did commit,
+            # this is an idempotent re-send.
+            if self.writer_url == writer:
+                self.writer_url = None
         return await self._request("POST", "/appends", raw_body=body)
 
     # -- plumbing --------------------------------------------------------------------------
@@ -316,9 +334,13 @@ class StreamClient:
         raw_body: bytes | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        base: str | None = None,
     ) -> tuple[int, Any]:
-        """Send one request; answer (status, parsed JSON body or None). Connection errors,
-        timeouts and 5xx answers become StreamUnavailable."""
+        """Send one request (to `base`, by default our stream instance); answer (status,
+        parsed JSON body or None). Connection errors, timeouts and 5xx answers become
+        StreamUnavailable. An answer naming the writing instance (WRITER_HEADER) sets
+        `writer_url`."""
+        base = base or self.base_url
         if self._session is None:
             raise RuntimeError("the stream client is not open")
         data: str | bytes | None = raw_body
@@ -330,7 +352,7 @@ class StreamClient:
         try:
             async with self._session.request(
                 method,
-                self.base_url + path,
+                base + path,
                 params=params,
                 data=data,
                 headers=headers,
@@ -338,9 +360,11 @@ class StreamClient:
             ) as response:
                 raw = await response.read()
                 status = response.status
+                if (writer := response.headers.get(WRITER_HEADER)) is not None:
+                    self.writer_url = writer_of(writer)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StreamUnavailable(
-                f"stream service at {self.base_url} unreachable: {type(exc).__name__} {exc}"
+                f"stream service at {base} unreachable: {type(exc).__name__} {exc}"
             ) from exc
         if status >= 500:
             raise StreamUnavailable(f"stream service answered {status}")
