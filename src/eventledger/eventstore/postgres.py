@@ -34,6 +34,9 @@ Grants
         GRANT SELECT ON eventledger.schema_migrations TO eventledger_stream;
         GRANT SELECT, INSERT ON eventledger.events TO eventledger_stream;
         GRANT SELECT, UPDATE ON eventledger.event_position TO eventledger_stream;
+        GRANT SELECT, INSERT, DELETE ON eventledger.personal_data_keys TO eventledger_stream;
+        -- instances started with --advertise-url (the writer lease, postgres_lease.py):
+        GRANT SELECT, INSERT, UPDATE ON eventledger.stream_writer TO eventledger_stream;
 
 Errors
     psycopg exceptions are translated in `_translate` and nowhere else: connection loss, pool
