@@ -153,6 +153,21 @@ async def test_two_transaction_and_two_stream_instances_keep_every_cent_and_ever
         handed = [forwarded(stream, "answered") for stream in (stream_a, stream_b)]
         assert sorted(handed)[0] == 0 and sorted(handed)[1] > 0, handed
         assert forwarded(stream_a, "appended_here") == forwarded(stream_b, "appended_here") == 0
+        # Both transaction instances follow the writer's feed (rows there first), not their own.
+        writer, other = (stream_a, stream_b) if lease_held(stream_a) else (stream_b, stream_a)
+        wait_for(
+            lambda: (subscribers(writer), subscribers(other)) == (2, 0),
+            timeout=10,
+            what="both transaction instances subscribed at the writer",
+        )
+
+
+def subscribers(stream: ServiceProcess) -> float:
+    prefix = "eventledger_stream_subscribers "
+    for line in HTTP.get(f"{stream.url}/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    raise AssertionError(f"{stream.url}/metrics has no {prefix.strip()}")
 
 
 def forwarded(stream: ServiceProcess, outcome: str) -> float:
@@ -222,6 +237,9 @@ async def test_appends_go_on_when_the_writing_stream_instance_is_killed(
         await deposits(80)  # during and after the kill
         await killed
         wait_for(partial(lease_held, survivor), timeout=15, what="the survivor takes the lease")
+        # The transaction service follows the log again, at the instance that writes now.
+        wait_for(partial(following, tx), timeout=15, what="the follower is back")
+        assert subscribers(survivor) == 1
         await deposits(40)
 
         events = await log_events(client, survivor.url, stream_prefix="account-fail-")

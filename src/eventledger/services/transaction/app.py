@@ -161,6 +161,7 @@ def create_app(
             cache,
             token=stream_token,
             on_outcome=counting(follow_events),
+            writer=client,
         )
         Gauge(
             "eventledger_transaction_cache_following",

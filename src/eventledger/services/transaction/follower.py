@@ -73,6 +73,13 @@ class FeedListener(Protocol):
         """The subscription ended: events may be missed until the next `feed_connected`."""
 
 
+class WriterHint(Protocol):
+    """Where the stream instance that writes is (StreamClient): None when ours writes, or
+    none was named; a follower that cannot reach it sets it back to None."""
+
+    writer_url: str | None
+
+
 class LogFollower:
     """Keeps `cache` following the account streams of the log at `stream_url`.
 
@@ -88,8 +95,12 @@ class LogFollower:
         on_outcome: Callable[[str], None] | None = None,
         min_delay: float = 0.05,
         max_delay: float = 2.0,
+        writer: WriterHint | None = None,
     ) -> None:
         self._base = stream_url.rstrip("/")
+        # The stream instance that writes, when ours named one (StreamClient.writer_url): its
+        # feed has every row the moment it commits, where ours reads them back first.
+        self._writer = writer
         self._cache = cache
         self._headers = auth_headers(token)
         self._on_outcome = on_outcome
@@ -129,11 +140,25 @@ class LogFollower:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.0))
                 delay = min(delay * 2, self._max_delay)
 
+    def _target(self) -> str:
+        writer = self._writer.writer_url if self._writer is not None else None
+        return writer or self._base
+
     async def _follow(self, session: aiohttp.ClientSession) -> None:
+        target = self._target()
+        try:
+            await self._follow_at(session, target)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError):
+            if target != self._base and self._writer is not None:
+                # The writer went away: our own instance again (it appends or hands over).
+                self._writer.writer_url = None
+            raise
+
+    async def _follow_at(self, session: aiohttp.ClientSession, base: str) -> None:
         # The head first, then the cache emptied, then the feed from that head: an entry
         # cached after this point was read at or after the head, so the feed carries every
         # event it lacks.
-        head = await self._head(session)
+        head = await self._head(session, base)
         self._cache.clear()
         params = {"after": str(head), "stream_prefix": ACCOUNT_PREFIX}
         sse_timeout = aiohttp.ClientTimeout(
@@ -143,7 +168,7 @@ class LogFollower:
             sock_read=READ_TIMEOUT,
         )
         async with session.get(
-            self._base + "/events/subscribe",
+            base + "/events/subscribe",
             params=params,
             headers={"Accept": "text/event-stream"},
             timeout=sse_timeout,
@@ -159,10 +184,12 @@ class LogFollower:
             async for chunk in response.content.iter_any():
                 for message in parser.feed(chunk):
                     self.apply_data(message.data)
+                if self._target() != base:
+                    return  # another instance writes now: follow its feed instead
 
-    async def _head(self, session: aiohttp.ClientSession) -> int:
+    async def _head(self, session: aiohttp.ClientSession, base: str) -> int:
         async with session.get(
-            self._base + "/health", timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT)
+            base + "/health", timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT)
         ) as response:
             body: Any = await response.json(content_type=None)
         head = body.get("head_position") if isinstance(body, dict) else None
