@@ -210,34 +210,40 @@ def _scale(postgres_target: PostgresTarget | None, *, quick: bool) -> list[str] 
     # Cold (1,000 accounts: commands rarely meet) and, in a full run, hot (30 accounts: they
     # meet often), round-robin over the instances as the issue measured; then the cold load
     # with each account sent to one instance, as a load balancer hashing the account id would.
-    runs = [(1_000, "round-robin", n) for n in instances]
+    # The stream instances elect one writer ("lease"); in a full run the cold load also with
+    # each stream instance appending itself ("each"), as before the lease, for comparison.
+    runs = [(1_000, "round-robin", n, "lease") for n in instances]
     if not quick:
-        runs += [(30, "round-robin", n) for n in instances]
-        runs += [(1_000, "account", n) for n in instances if n > 1]
+        runs += [(30, "round-robin", n, "lease") for n in instances]
+        runs += [(1_000, "account", n, "lease") for n in instances if n > 1]
+        runs += [(1_000, "round-robin", n, "each") for n in instances if n > 1]
     rows = []
     one: dict[int, float] = {}  # commands/s of one instance, by accounts
-    for accounts, route, n in runs:
+    for accounts, route, n, writer in runs:
         r = scale.measure(
             instances=n,
             accounts=accounts,
             seconds=seconds,
             server_url=postgres_target.url,
             route=route,
+            writer=writer,
         )
-        _say(f"scale: {accounts} accounts, {route}, {n} transaction instance(s): {r}")
+        _say(f"scale: {accounts} accounts, {route}, {writer}, {n} transaction instance(s): {r}")
         retries = f"{100 * r.pop('retries_per_command'):.2f}%"  # of commands (goal: < 1%)
         if n == 1:
             one[accounts] = r["commands_per_s"]
         # Throughput against one instance on the same accounts (goal: >= 95% at 2 and 4).
         of_one = f"{100 * r['commands_per_s'] / one[accounts]:.0f}%" if one.get(accounts) else "—"
         rows.append(
-            {"accounts": accounts, "routing": route, "transaction instances": n}
+            {"accounts": accounts, "routing": route, "stream writer": writer}
+            | {"transaction instances": n}
             | {"of one instance": of_one, **r, "retries": retries}
         )
     note = (
         f"`bench/scale.py`: 16 clients, {seconds:g} s per run, 2 stream instances, deposits "
-        "round-robin over the transaction instances or by account (`routing`); money checked "
-        "after each run."
+        "round-robin over the transaction instances or by account (`routing`); the stream "
+        "instances elect one writer (`lease`, --advertise-url) or each appends itself "
+        "(`each`); money checked after each run."
     )
     return [note, "", *system_report.generic(rows)]
 
