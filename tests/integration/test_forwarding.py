@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import Response
 
 from eventledger.eventstore.memory import MemoryEventStore
 from eventledger.eventstore.records import NewEvent, StreamState
@@ -166,3 +168,35 @@ async def test_the_stream_client_sends_to_the_writer_its_instance_names_until_it
         assert result.first_version == 1
         assert client.writer_url is None
         assert await other_store.stream_version("c-2") == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b"x" * (17 * 1024 * 1024)),  # no writer of ours answers this much
+        (503, b'{"type": "store-unavailable"}'),
+        (429, b'{"type": "rate-limited"}'),
+    ],
+    ids=["oversized", "503", "429"],
+)
+async def test_a_writer_answer_that_is_no_answer_leaves_the_append_here(
+    status: int, body: bytes
+) -> None:
+    fake = FastAPI()
+
+    @fake.post("/appends")
+    async def appends() -> Response:
+        return Response(body, status_code=status, media_type="application/json")
+
+    async with AsyncExitStack() as stack:
+        other_store = HandingStore()
+        other_store.writer = await stack.enter_async_context(running_server(fake))
+        other = await serve(stack, other_store)
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{other}/appends", json={"items": [item("s-1")]})
+            assert answer.status_code == 200, answer.text[:300]
+            assert answer.json()["items"][0]["status"] == 201
+            assert WRITER_HEADER not in answer.headers
+            metrics = (await http.get(f"{other}/metrics")).text
+            assert metric(metrics, "appended_here") == 1
+        assert await other_store.head_position() == 1

@@ -42,6 +42,9 @@ WRITER_HEADER = "x-eventledger-writer"
 TIMEOUT = aiohttp.ClientTimeout(total=10.0, sock_connect=1.0)
 SUSPEND = 5.0  # seconds of appending here after the writer failed us
 RELAYED = frozenset({200, 400, 413, 415, 422})  # the writer's answers that are the answer
+# An answer to at most 1,000 items of at most 1 MiB in all is far below this; past it the
+# "writer" is not one of ours, and this instance appends itself.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _PASSED = ("authorization", "content-type", REQUEST_ID_HEADER.decode())
 
 
@@ -85,10 +88,17 @@ class Forwarder:
             async with session.post(
                 writer.rstrip("/") + "/appends", data=body, headers=headers
             ) as answer:
-                content = await answer.read()
                 status = answer.status
                 media = answer.headers.get("content-type", "application/json")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in answer.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise ValueError(f"an answer of over {MAX_ANSWER_BYTES} bytes")
+                    chunks.append(chunk)
+                content = b"".join(chunks)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             self._failed(writer, f"{type(exc).__name__}: {exc}")
             return None
         if status not in RELAYED:
