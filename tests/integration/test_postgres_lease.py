@@ -61,19 +61,27 @@ async def test_one_instance_holds_the_lease_and_the_others_hand_appends_to_it(
     assert [s.lease_holder for s in opened].count(True) == 1 and holder.lease_holder
 
 
-async def test_a_holder_that_goes_away_frees_the_lease_for_another(
-    postgres_url: str, pg_schema: str, opened: list[PostgresEventStore]
-) -> None:
+async def first_then_second(
+    url: str, schema: str, opened: list[PostgresEventStore]
+) -> tuple[PostgresEventStore, PostgresEventStore]:
+    """A first instance that holds the lease, then a second that hands appends to it."""
     first = await PostgresEventStore.open(
-        postgres_url, schema=pg_schema, advertise_url="http://first:1", lease_interval=INTERVAL
+        url, schema=schema, advertise_url="http://first:1", lease_interval=INTERVAL
     )
     opened.append(first)
-    await until(lambda: first.lease_holder, "the only instance holds the lease")
+    await until(lambda: first.lease_holder, "the first instance holds the lease")
     second = await PostgresEventStore.open(
-        postgres_url, schema=pg_schema, advertise_url="http://second:2", lease_interval=INTERVAL
+        url, schema=schema, advertise_url="http://second:2", lease_interval=INTERVAL
     )
     opened.append(second)
     await until(lambda: second.forward_to() == "http://first:1", "the second learns the first")
+    return first, second
+
+
+async def test_a_holder_that_goes_away_frees_the_lease_for_another(
+    postgres_url: str, pg_schema: str, opened: list[PostgresEventStore]
+) -> None:
+    first, second = await first_then_second(postgres_url, pg_schema, opened)
     assert not second.lease_holder
 
     await first.close()
@@ -85,16 +93,7 @@ async def test_a_killed_holders_session_frees_the_lease(
     postgres_url: str, pg_schema: str, opened: list[PostgresEventStore]
 ) -> None:
     """Like a kill -9 of the holder's process: its session ends on the server."""
-    first = await PostgresEventStore.open(
-        postgres_url, schema=pg_schema, advertise_url="http://first:1", lease_interval=INTERVAL
-    )
-    opened.append(first)
-    await until(lambda: first.lease_holder, "the first holds the lease")
-    second = await PostgresEventStore.open(
-        postgres_url, schema=pg_schema, advertise_url="http://second:2", lease_interval=INTERVAL
-    )
-    opened.append(second)
-    await until(lambda: second.forward_to() == "http://first:1", "the second learns the first")
+    first, second = await first_then_second(postgres_url, pg_schema, opened)
 
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute(
