@@ -89,7 +89,7 @@ async def test_concurrent_appends_share_requests_and_each_gets_its_own_result(
         )
         for i, (stream, result) in enumerate(zip(streams, results, strict=True)):
             assert (result.stream, result.last_version) == (stream, i % 3 + 1)
-        assert client.requests_sent < 20  # 60 calls, 2 requests in flight at most
+        assert client.requests_sent < 20  # 60 calls, one request in flight at a time
         assert await store.head_position() == sum(i % 3 + 1 for i in range(60))
 
 
@@ -116,10 +116,26 @@ async def test_a_re_sent_batch_is_answered_as_replayed(url: str) -> None:
         assert [r.positions for r in first] == [r.positions for r in again]
 
 
+async def test_calls_wait_while_the_request_is_out_and_then_leave_as_one(
+    url: str, store: GatedStore
+) -> None:
+    async with StreamClient(url) as client:  # one request in flight, the default
+        store.gate.clear()
+        calls = [
+            asyncio.create_task(client.append(sid(), expected_version=0, events=events()))
+            for _ in range(12)
+        ]
+        await until(lambda: store.waiting == 1)  # the first, alone
+        assert client.requests_sent == 1
+        store.gate.set()
+        await asyncio.gather(*calls)
+        assert client.requests_sent == 2  # the eleven others together
+
+
 async def test_calls_wait_while_two_requests_are_out_and_then_leave_as_one(
     url: str, store: GatedStore
 ) -> None:
-    async with StreamClient(url) as client:
+    async with StreamClient(url, max_in_flight=2) as client:
         store.gate.clear()
         calls = [
             asyncio.create_task(client.append(sid(), expected_version=0, events=events()))
@@ -133,7 +149,7 @@ async def test_calls_wait_while_two_requests_are_out_and_then_leave_as_one(
 
 
 async def test_a_call_cancelled_while_queued_is_not_sent(url: str, store: GatedStore) -> None:
-    async with StreamClient(url) as client:
+    async with StreamClient(url, max_in_flight=2) as client:
         store.gate.clear()
         out = [
             asyncio.create_task(client.append(sid(), expected_version=0, events=events()))
@@ -170,7 +186,7 @@ async def test_a_request_lost_in_transport_fails_each_of_its_calls_with_stream_u
     server = await asyncio.start_server(drop, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with StreamClient(f"http://127.0.0.1:{port}") as client:
+        async with StreamClient(f"http://127.0.0.1:{port}", max_in_flight=2) as client:
             calls = [
                 asyncio.create_task(client.append(sid(), expected_version=0, events=events()))
                 for _ in range(9)

@@ -24,9 +24,12 @@ from eventledger.services.transaction.stream_errors import (
     UnexpectedResponse,
 )
 
-# Two requests out keep the stream service's group commit fed (one commits while the next is
-# parsed) without one caller's wait growing past about two round trips.
-MAX_IN_FLIGHT = 2
+# One request out at a time: calls that arrive meanwhile leave together when it returns, in
+# one request and one group commit. Measured against two (interleaved, 16 clients): +5% and
+# +6% commands/s with 1 and 2 transaction instances on PostgreSQL (CPU per command 0.76 ->
+# 0.65 and 1.03 -> 0.92 ms), even at 4; 1,934 / 1,827 -> 2,032 / 2,017 on SQLite. A caller
+# waits at most for the request out, then its own.
+MAX_IN_FLIGHT = 1
 MAX_ITEMS = 256  # the stream store's group commit takes at most 256 appends at once
 MAX_REQUEST_BYTES = 512 * 1024  # well inside the stream service's 1 MiB bound on a body
 
